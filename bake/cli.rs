@@ -1,0 +1,101 @@
+//! Command line: global flags and subcommands (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bake",
+    version,
+    about = "Bake golden AMIs from cookbooks and roll Auto Scaling groups onto them",
+    after_help = "Examples:\n  bake validate\n  bake plan boxoffice --env staging\n  bake build boxoffice --env staging\n  bake build --all --env production --roll\n\nExit codes: 0 success, 1 failure or bad input, 2 bad command line, 130 interrupted."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// The project folder holding roles/, cookbooks/ and policies/
+    #[arg(long, global = true, env = "BAKE_ROOT", default_value = ".", value_name = "DIR")]
+    pub root: PathBuf,
+    /// AWS region (default: from the AWS configuration, AWS_REGION or the role's builder.region)
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// AWS shared-config profile
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
+    /// Send every AWS call to this endpoint (AWS_ENDPOINT_URL works too)
+    #[arg(long, global = true, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// More detail on stderr (-v: debug, -vv: trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Print only errors and the final result
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// text for people, json for programs
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Set a variable (repeatable; beats --var-file and BAKE_VAR_<name>)
+    #[arg(long = "var", global = true, value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+    /// Read variables from a TOML file (repeatable; a later file wins)
+    #[arg(long = "var-file", global = true, value_name = "FILE")]
+    pub var_files: Vec<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyKind {
+    Operator,
+    Builder,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check roles, cookbooks and policies; print every problem (file, key, why)
+    #[command(after_help = "Examples:\n  bake validate\n  bake validate boxoffice www")]
+    Validate {
+        /// Roles to check (default: all, and every cookbook)
+        roles: Vec<String>,
+    },
+    /// Show what a bake of ROLE in ENV would do, and its input fingerprint
+    #[command(after_help = "Examples:\n  bake plan boxoffice --env staging\n  bake plan www --env production --output json")]
+    Plan {
+        role: String,
+        #[arg(long)]
+        env: String,
+    },
+    /// Print the rendered step scripts of ROLE in ENV
+    #[command(after_help = "Examples:\n  bake render kaiju --env staging\n  bake render www --env production --step docker/daemon | bash -n")]
+    Render {
+        role: String,
+        #[arg(long)]
+        env: String,
+        /// Only this step, as COOKBOOK/STEP
+        #[arg(long, value_name = "COOKBOOK/STEP")]
+        step: Option<String>,
+    },
+    /// Print a rendered IAM policy: what an operator needs to run bake, or a role's builder policy
+    #[command(after_help = "Examples:\n  bake policy operator --account 123456789012\n  bake policy builder --role boxoffice --env production")]
+    Policy {
+        kind: PolicyKind,
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long, requires = "role")]
+        env: Option<String>,
+        /// Account id to put in ARNs (default *)
+        #[arg(long)]
+        account: Option<String>,
+    },
+}

@@ -1,0 +1,517 @@
+//! From a role file and an env to a checked [`Role`]: merge the overlay, render variables into
+//! strings, apply defaults, check every value. Pure.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use super::duration::Secs;
+use super::role::*;
+use super::tomlfile::KeyPath;
+use super::vars::{scalar, VarInputs};
+use super::{cookbook, list_or_none, Problem, Problems, RoleFile};
+use crate::template;
+
+/// Deep-merges `over` into `base`: tables merge key by key, everything else is replaced;
+/// `source` is replaced whole (it names exactly one kind of source).
+pub fn merge(base: &mut toml::Table, over: &toml::Table, top: bool) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if !(top && k == "source") => merge(b, o, false),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// Renders `{{…}}` in every string of `v` with the plain engine, except the keys in `skip`.
+fn render_strings(
+    v: &mut toml::Value,
+    at: &KeyPath,
+    ctx: &serde_json::Value,
+    skip: &[&str],
+    errs: &mut Vec<(KeyPath, String)>,
+) {
+    match v {
+        toml::Value::String(s) if s.contains("{{") => match template::render_plain(s, ctx) {
+            Ok(r) => *s = r,
+            Err(e) => errs.push((at.clone(), var_message(&e))),
+        },
+        toml::Value::Array(a) => {
+            for (i, x) in a.iter_mut().enumerate() {
+                render_strings(x, &at.index(i), ctx, skip, errs);
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, x) in t.iter_mut() {
+                let p = at.key(k);
+                if skip.contains(&p.to_string().as_str()) {
+                    continue;
+                }
+                render_strings(x, &p, ctx, skip, errs);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn var_message(e: &str) -> String {
+    // "`vars.tag` is not set (strict mode)" → name the ways to set it.
+    if let Some(rest) = e.strip_prefix("`vars.") {
+        if let Some(name) = rest.split('`').next() {
+            return format!(
+                "variable `{name}` is not set (give --var {name}=…, --var-file, BAKE_VAR_{name}, or a default in [vars])"
+            );
+        }
+    }
+    e.to_string()
+}
+
+fn is_region(s: &str) -> bool {
+    // us-east-1, eu-central-2, ap-southeast-4, us-gov-west-1, cn-north-1, il-central-1
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[0].bytes().all(|b| b.is_ascii_lowercase())
+        && parts[1..parts.len() - 1].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[parts.len() - 1].parse::<u32>().is_ok()
+}
+
+fn is_id(s: &str, prefix: &str) -> bool {
+    s.strip_prefix(prefix)
+        .map(|h| (8..=17).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .unwrap_or(false)
+}
+
+/// AMI names: 3–128 characters from letters, digits, ( ) [ ] space . / - ' @ _
+pub fn valid_ami_name(s: &str) -> bool {
+    (3..=128).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"()[] ./-'@_".contains(&b))
+}
+
+const VOLUME_TYPES: &[&str] = &["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"];
+const ARCHES: &[&str] = &["x86_64", "arm64", "i386", "x86_64_mac", "arm64_mac"];
+
+pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Problems> {
+    let Some(overlay) = rf.overlay(env) else {
+        return Err(rf
+            .file
+            .problem(&KeyPath::root().key("env"), format!("no environment `{env}` in this role (it has: {})", list_or_none(&rf.envs)))
+            .into());
+    };
+    let mut merged = rf.file.table.clone();
+    merged.remove("env");
+    merge(&mut merged, overlay, true);
+
+    let mut problems = Problems::default();
+    let root = KeyPath::root();
+    let p = |path: &KeyPath, msg: String| -> Problem { rf.problem_at(env, path, msg) };
+
+    // Variables, then every string rendered with them (the image name waits for build time).
+    let defaults: BTreeMap<String, String> = merged
+        .get("vars")
+        .and_then(|v| v.as_table())
+        .map(|t| t.iter().filter_map(|(k, v)| scalar(v).map(|s| (k.clone(), s))).collect())
+        .unwrap_or_default();
+    let vars = inputs.resolve(&defaults);
+    let ctx = json!({"role": rf.name, "env": env, "vars": vars});
+    let mut rendered = toml::Value::Table(merged);
+    let mut errs = Vec::new();
+    render_strings(&mut rendered, &root, &ctx, &["image.name", "vars"], &mut errs);
+    for (path, msg) in errs {
+        problems.push(p(&path, msg));
+    }
+    let toml::Value::Table(merged) = rendered else { unreachable!("a table stays a table") };
+
+    macro_rules! section {
+        ($key:literal, $ty:ty) => {
+            match merged.get($key) {
+                None => <$ty>::default(),
+                Some(v) => match rf.file.typed::<$ty>(&root.key($key), v.clone()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        problems.push(p(&root.key($key), e.message));
+                        <$ty>::default()
+                    }
+                },
+            }
+        };
+    }
+    let description: String = section!("description", String);
+    let run_list: Vec<String> = section!("run_list", Vec<String>);
+    let source: SourceLayer = section!("source", SourceLayer);
+    let builder: BuilderLayer = section!("builder", BuilderLayer);
+    let image: ImageLayer = section!("image", ImageLayer);
+    let rollout: RolloutLayer = section!("rollout", RolloutLayer);
+    let notify: NotifyLayer = section!("notify", NotifyLayer);
+    let attributes = match merged.get("attributes") {
+        Some(toml::Value::Table(t)) => match cookbook::toml_to_json(t.clone()) {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        },
+        _ => serde_json::Map::new(),
+    };
+
+    // run_list
+    let rl = root.key("run_list");
+    if !merged.contains_key("run_list") {
+        problems.push(p(&root, "a role needs a run_list (the cookbooks to run, in order)".into()));
+    } else if run_list.is_empty() {
+        problems.push(p(&rl, "the run list is empty: name at least one cookbook".into()));
+    }
+    let mut seen = BTreeMap::new();
+    for (i, c) in run_list.iter().enumerate() {
+        if !cookbook::valid_name(c) {
+            problems.push(p(&rl.index(i), format!("`{c}` is not a cookbook name")));
+        } else if let Some(first) = seen.insert(c.clone(), i) {
+            problems.push(p(&rl.index(i), format!("`{c}` is in the run list twice (run_list[{first}] and run_list[{i}])")));
+        }
+    }
+    for k in attributes.keys() {
+        if !run_list.contains(k) {
+            problems.push(p(&root.key("attributes").key(k), format!("no cookbook `{k}` in the run list ({})", run_list.join(", "))));
+        }
+    }
+
+    // source: exactly one
+    let sp = root.key("source");
+    let kinds = [source.ssm_parameter.is_some(), source.filter.is_some(), source.ami.is_some()];
+    let source_spec = match kinds.iter().filter(|k| **k).count() {
+        1 => {
+            if let Some(name) = &source.ssm_parameter {
+                if !name.starts_with('/') && !name.starts_with("arn:") {
+                    problems.push(p(&sp.key("ssm_parameter"), format!("`{name}` is not a parameter name (it starts with /)")));
+                }
+                SourceSpec::SsmParameter { name: name.clone() }
+            } else if let Some(id) = &source.ami {
+                if !is_id(id, "ami-") {
+                    problems.push(p(&sp.key("ami"), format!("`{id}` is not an AMI id (ami- and 8 or 17 hex digits)")));
+                }
+                SourceSpec::Ami { id: id.clone() }
+            } else {
+                let f = source.filter.clone().unwrap_or_default();
+                let fp = sp.key("filter");
+                let owners = f.owners.unwrap_or_default();
+                if owners.is_empty() {
+                    problems.push(p(&fp, "a filter needs owners (account ids, or amazon / aws-marketplace / self)".into()));
+                }
+                let name = f.name.unwrap_or_default();
+                if name.is_empty() {
+                    problems.push(p(&fp, "a filter needs a name pattern (e.g. ubuntu/images/*ubuntu-noble-24.04-amd64-server-*)".into()));
+                }
+                let architecture = f.architecture.unwrap_or_else(|| "x86_64".into());
+                if !ARCHES.contains(&architecture.as_str()) {
+                    problems.push(p(&fp.key("architecture"), format!("`{architecture}` is not one of {}", ARCHES.join(", "))));
+                }
+                SourceSpec::Filter { owners, name, architecture }
+            }
+        }
+        0 => {
+            problems.push(p(&sp, "a role needs a source: exactly one of ssm_parameter, filter or ami".into()));
+            SourceSpec::Ami { id: String::new() }
+        }
+        _ => {
+            problems.push(p(&sp, "give exactly one of ssm_parameter, filter or ami".into()));
+            SourceSpec::Ami { id: String::new() }
+        }
+    };
+
+    // builder
+    let bp = root.key("builder");
+    if let Some(r) = &builder.region {
+        if !is_region(r) {
+            problems.push(p(&bp.key("region"), format!("`{r}` is not a region name")));
+        }
+    }
+    let subnet = match (&builder.subnet_id, &builder.subnet_tags) {
+        (Some(_), Some(_)) => {
+            problems.push(p(&bp, "give subnet_id or subnet_tags, not both".into()));
+            SubnetSpec::Default
+        }
+        (Some(id), None) => {
+            if !is_id(id, "subnet-") {
+                problems.push(p(&bp.key("subnet_id"), format!("`{id}` is not a subnet id")));
+            }
+            SubnetSpec::Id { id: id.clone() }
+        }
+        (None, Some(t)) if !t.is_empty() => SubnetSpec::Tags { tags: t.clone() },
+        _ => SubnetSpec::Default,
+    };
+    for (i, sg) in builder.security_group_ids.iter().flatten().enumerate() {
+        if !is_id(sg, "sg-") {
+            problems.push(p(&bp.key("security_group_ids").index(i), format!("`{sg}` is not a security group id")));
+        }
+    }
+    let vt = builder.root_volume_type.clone().unwrap_or_else(|| "gp3".into());
+    if !VOLUME_TYPES.contains(&vt.as_str()) {
+        problems.push(p(&bp.key("root_volume_type"), format!("`{vt}` is not one of {}", VOLUME_TYPES.join(", "))));
+    }
+    if let Some(s) = builder.root_volume_size {
+        if !(1..=16_384).contains(&s) {
+            problems.push(p(&bp.key("root_volume_size"), "must be between 1 and 16384 GiB".into()));
+        }
+    }
+    let encrypted = builder.encrypted.unwrap_or(true);
+    if builder.kms_key_id.is_some() && !encrypted {
+        problems.push(p(&bp.key("kms_key_id"), "a KMS key needs encrypted = true".into()));
+    }
+    let instance_type = builder.instance_type.clone().unwrap_or_else(|| DEFAULT_INSTANCE_TYPE.into());
+    if !instance_type.contains('.') {
+        problems.push(p(&bp.key("instance_type"), format!("`{instance_type}` is not an instance type (e.g. t3.small)")));
+    }
+    for (key, v) in [("step_timeout", builder.step_timeout), ("ready_timeout", builder.ready_timeout), ("image_timeout", builder.image_timeout)] {
+        if v == Some(Secs(0)) {
+            problems.push(p(&bp.key(key), "must be longer than 0s".into()));
+        }
+    }
+    if let Some(t) = builder.step_timeout {
+        if t.0 > 172_800 {
+            problems.push(p(&bp.key("step_timeout"), "SSM Run Command allows at most 48h".into()));
+        }
+    }
+    let builder_spec = BuilderSpec {
+        region: builder.region.clone(),
+        instance_type,
+        subnet,
+        security_group_ids: builder.security_group_ids.clone().unwrap_or_default(),
+        associate_public_ip: builder.associate_public_ip,
+        root_volume_size: builder.root_volume_size,
+        root_volume_type: vt,
+        encrypted,
+        kms_key_id: builder.kms_key_id.clone(),
+        spot: builder.spot.unwrap_or(false),
+        step_timeout: builder.step_timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
+        ready_timeout: builder.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT),
+        image_timeout: builder.image_timeout.unwrap_or(DEFAULT_IMAGE_TIMEOUT),
+    };
+
+    // image
+    let ip = root.key("image");
+    let name = image.name.clone().unwrap_or_else(|| DEFAULT_IMAGE_NAME.into());
+    if !name.contains("timestamp") && !name.contains("bake_id") {
+        problems.push(p(&ip.key("name"), "must contain {{timestamp}} or {{bake_id}}, so every bake's image has its own name".into()));
+    } else {
+        let sample = json!({"role": rf.name, "env": env, "vars": vars, "timestamp": "20261121T232813Z", "bake_id": "b-0123456789ab"});
+        match template::render_plain(&name, &sample) {
+            Ok(n) if !valid_ami_name(&n) => problems.push(p(
+                &ip.key("name"),
+                format!("renders as `{n}`, not a valid AMI name (3-128 of letters, digits, ( ) [ ] space . / - ' @ _)"),
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(p(&ip.key("name"), var_message(&e))),
+        }
+    }
+    let regions = image.regions.clone().unwrap_or_default();
+    for (i, r) in regions.iter().enumerate() {
+        if !is_region(r) {
+            problems.push(p(&ip.key("regions").index(i), format!("`{r}` is not a region name")));
+        }
+    }
+    for k in image.kms_keys.iter().flat_map(|m| m.keys()) {
+        if !is_region(k) {
+            problems.push(p(&ip.key("kms_keys").key(k), format!("`{k}` is not a region name")));
+        }
+    }
+    for (i, a) in image.share_accounts.iter().flatten().enumerate() {
+        if a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()) {
+            problems.push(p(&ip.key("share_accounts").index(i), format!("`{a}` is not a 12-digit account id")));
+        }
+    }
+    for (i, a) in image.share_organizations.iter().flatten().enumerate() {
+        if !(a.starts_with("arn:") && a.contains(":organization/o-")) {
+            problems.push(p(&ip.key("share_organizations").index(i), format!("`{a}` is not an organization ARN")));
+        }
+    }
+    for (i, a) in image.share_ous.iter().flatten().enumerate() {
+        if !(a.starts_with("arn:") && a.contains(":ou/o-")) {
+            problems.push(p(&ip.key("share_ous").index(i), format!("`{a}` is not an organizational unit ARN")));
+        }
+    }
+    let tags = image.tags.clone().unwrap_or_default();
+    for (k, v) in &tags {
+        let lower = k.to_ascii_lowercase();
+        if lower.starts_with("aws:") || lower.starts_with("bake:") {
+            problems.push(p(&ip.key("tags").key(k), "tag keys starting with aws: or bake: are reserved".into()));
+        } else if k.is_empty() || k.len() > 128 || v.len() > 256 {
+            problems.push(p(&ip.key("tags").key(k), "a tag key is 1-128 characters and a value at most 256".into()));
+        }
+    }
+    if tags.len() > 40 {
+        problems.push(p(&ip.key("tags"), "at most 40 tags (EC2 allows 50; bake adds its own)".into()));
+    }
+    if image.deprecate_after_days == Some(0) {
+        problems.push(p(&ip.key("deprecate_after_days"), "must be at least 1".into()));
+    }
+    let parameter = image.ssm_parameter.clone().unwrap_or_else(|| {
+        template::render_plain(DEFAULT_PARAMETER, &ctx).unwrap_or_default()
+    });
+    if !parameter.starts_with('/') || parameter.to_ascii_lowercase().starts_with("/aws") || parameter.contains("//") {
+        problems.push(p(&ip.key("ssm_parameter"), format!("`{parameter}` is not a parameter name bake may write (it starts with / and not /aws)")));
+    }
+    let image_spec = ImageSpec {
+        name,
+        description: image.description.clone().unwrap_or_else(|| format!("bake {} {}: {}", rf.name, env, description)),
+        tags,
+        regions,
+        kms_keys: image.kms_keys.clone().unwrap_or_default(),
+        share_accounts: image.share_accounts.clone().unwrap_or_default(),
+        share_organizations: image.share_organizations.clone().unwrap_or_default(),
+        share_ous: image.share_ous.clone().unwrap_or_default(),
+        deprecate_after_days: image.deprecate_after_days,
+        keep: image.keep,
+        ssm_parameter: parameter,
+    };
+
+    // rollout
+    let rp = root.key("rollout");
+    let refresh = rollout.refresh.clone().unwrap_or_default();
+    let refresh_main = refresh_spec(&refresh, None, &rp.key("refresh"), &p, &mut problems);
+    let patch_spec = match &rollout.patch {
+        Some(patch) => refresh_spec(patch, Some(&refresh_main), &rp.key("patch"), &p, &mut problems),
+        None => refresh_main.clone(),
+    };
+    if rollout.concurrency == Some(0) {
+        problems.push(p(&rp.key("concurrency"), "must be at least 1".into()));
+    }
+    let rollout_spec = RolloutSpec {
+        groups: rollout.groups.clone().unwrap_or_default(),
+        group_tags: rollout.group_tags.clone().unwrap_or_default(),
+        canaries: rollout.canaries.clone().unwrap_or_default(),
+        canary_bake_time: rollout.canary_bake_time.unwrap_or_default(),
+        concurrency: rollout.concurrency.unwrap_or(4),
+        set_default_version: rollout.set_default_version.unwrap_or(false),
+        keep_launch_configurations: rollout.keep_launch_configurations.unwrap_or(3),
+        refresh: refresh_main,
+        patch_refresh: patch_spec,
+    };
+
+    // notify
+    let np = root.key("notify");
+    let on = notify.on.clone().unwrap_or_else(|| vec!["success".into(), "failure".into()]);
+    for (i, o) in on.iter().enumerate() {
+        if o != "success" && o != "failure" {
+            problems.push(p(&np.key("on").index(i), format!("`{o}` is not one of success, failure")));
+        }
+    }
+    if let Some(u) = &notify.webhook_url {
+        if !(u.starts_with("https://") || u.starts_with("http://")) {
+            problems.push(p(&np.key("webhook_url"), "must be an http(s) URL".into()));
+        }
+    }
+    if let Some(a) = &notify.sns_topic_arn {
+        if !(a.starts_with("arn:") && a.contains(":sns:")) {
+            problems.push(p(&np.key("sns_topic_arn"), format!("`{a}` is not an SNS topic ARN")));
+        }
+    }
+
+    problems.into_result(Role {
+        name: rf.name.clone(),
+        env: env.to_string(),
+        file: rf.file.shown.clone(),
+        description,
+        run_list,
+        source: source_spec,
+        builder: builder_spec,
+        image: image_spec,
+        attributes,
+        rollout: rollout_spec,
+        notify: NotifySpec { sns_topic_arn: notify.sns_topic_arn, webhook_url: notify.webhook_url, on },
+        vars,
+    })
+}
+
+fn refresh_spec(
+    l: &RefreshLayer,
+    base: Option<&RefreshSpec>,
+    at: &KeyPath,
+    p: &dyn Fn(&KeyPath, String) -> Problem,
+    problems: &mut Problems,
+) -> RefreshSpec {
+    let d = base.cloned().unwrap_or(RefreshSpec {
+        min_healthy_percentage: 90,
+        max_healthy_percentage: None,
+        instance_warmup: None,
+        checkpoint_percentages: Vec::new(),
+        checkpoint_delay: None,
+        skip_matching: true,
+        auto_rollback: true,
+    });
+    let spec = RefreshSpec {
+        min_healthy_percentage: l.min_healthy_percentage.unwrap_or(d.min_healthy_percentage),
+        max_healthy_percentage: l.max_healthy_percentage.or(d.max_healthy_percentage),
+        instance_warmup: l.instance_warmup.or(d.instance_warmup),
+        checkpoint_percentages: l.checkpoint_percentages.clone().unwrap_or(d.checkpoint_percentages),
+        checkpoint_delay: l.checkpoint_delay.or(d.checkpoint_delay),
+        skip_matching: l.skip_matching.unwrap_or(d.skip_matching),
+        auto_rollback: l.auto_rollback.unwrap_or(d.auto_rollback),
+    };
+    if spec.min_healthy_percentage > 100 {
+        problems.push(p(&at.key("min_healthy_percentage"), "must be between 0 and 100".into()));
+    }
+    if let Some(m) = spec.max_healthy_percentage {
+        if !(100..=200).contains(&m) {
+            problems.push(p(&at.key("max_healthy_percentage"), "must be between 100 and 200".into()));
+        } else if m - spec.min_healthy_percentage.min(m) > 100 {
+            problems.push(p(&at.key("max_healthy_percentage"), "may exceed min_healthy_percentage by at most 100".into()));
+        }
+    }
+    let cps = &spec.checkpoint_percentages;
+    if cps.iter().any(|c| !(1..=100).contains(c)) || cps.windows(2).any(|w| w[0] >= w[1]) {
+        problems.push(p(&at.key("checkpoint_percentages"), "must rise strictly, each between 1 and 100".into()));
+    }
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> toml::Table {
+        toml::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn overlay_merges_tables_and_replaces_the_rest() {
+        let mut base = t(r#"
+            run_list = ["base", "docker"]
+            [builder]
+            instance_type = "t3.small"
+            root_volume_size = 8
+            [attributes.docker]
+            data_root = "/var/lib/docker"
+            log = { max_size = "10m", max_file = 3 }
+            [source]
+            ssm_parameter = "/p"
+        "#);
+        let over = t(r#"
+            run_list = ["base"]
+            [builder]
+            instance_type = "m6i.large"
+            [attributes.docker]
+            log = { max_file = 5 }
+            [source]
+            ami = "ami-12345678"
+        "#);
+        merge(&mut base, &over, true);
+        assert_eq!(base["run_list"].as_array().unwrap().len(), 1);
+        assert_eq!(base["builder"]["instance_type"].as_str(), Some("m6i.large"));
+        assert_eq!(base["builder"]["root_volume_size"].as_integer(), Some(8));
+        assert_eq!(base["attributes"]["docker"]["data_root"].as_str(), Some("/var/lib/docker"));
+        assert_eq!(base["attributes"]["docker"]["log"]["max_size"].as_str(), Some("10m"));
+        assert_eq!(base["attributes"]["docker"]["log"]["max_file"].as_integer(), Some(5));
+        // source replaced whole, so the result still names exactly one kind
+        assert!(base["source"].get("ssm_parameter").is_none());
+        assert_eq!(base["source"]["ami"].as_str(), Some("ami-12345678"));
+    }
+
+    #[test]
+    fn names_and_ids() {
+        assert!(is_region("us-east-1") && is_region("us-gov-west-1") && is_region("ap-southeast-4"));
+        assert!(!is_region("useast1") && !is_region("us-east") && !is_region("US-east-1"));
+        assert!(is_id("ami-0123456789abcdef0", "ami-") && is_id("ami-12345678", "ami-"));
+        assert!(!is_id("ami-XYZ", "ami-") && !is_id("ami-0123456789ABCDEF0", "ami-"));
+        assert!(valid_ami_name("boxoffice-staging-20261121T232813Z"));
+        assert!(!valid_ami_name("a{b}") && !valid_ami_name("ab"));
+    }
+}

@@ -1,0 +1,228 @@
+//! Roles: `roles/<name>.toml`. A role is a base layer plus `[env.<name>]` overlays; an env's view
+//! is the base with the overlay deep-merged over it (tables merge key by key, arrays and scalars
+//! replace, and `source` is replaced whole because it names exactly one kind of source).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration::Secs;
+
+// ---------------------------------------------------------------------------------------------
+// What a team writes (every key optional here; required keys are checked after merging).
+
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct SourceLayer {
+    pub ssm_parameter: Option<String>,
+    pub filter: Option<FilterLayer>,
+    pub ami: Option<String>,
+}
+
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct FilterLayer {
+    pub owners: Option<Vec<String>>,
+    pub name: Option<String>,
+    pub architecture: Option<String>,
+}
+
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct BuilderLayer {
+    pub region: Option<String>,
+    pub instance_type: Option<String>,
+    pub subnet_id: Option<String>,
+    pub subnet_tags: Option<BTreeMap<String, String>>,
+    pub security_group_ids: Option<Vec<String>>,
+    pub associate_public_ip: Option<bool>,
+    pub root_volume_size: Option<u32>,
+    pub root_volume_type: Option<String>,
+    pub encrypted: Option<bool>,
+    pub kms_key_id: Option<String>,
+    pub spot: Option<bool>,
+    pub step_timeout: Option<Secs>,
+    pub ready_timeout: Option<Secs>,
+    pub image_timeout: Option<Secs>,
+}
+
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ImageLayer {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub tags: Option<BTreeMap<String, String>>,
+    pub regions: Option<Vec<String>>,
+    pub kms_keys: Option<BTreeMap<String, String>>,
+    pub share_accounts: Option<Vec<String>>,
+    pub share_organizations: Option<Vec<String>>,
+    pub share_ous: Option<Vec<String>>,
+    pub deprecate_after_days: Option<u32>,
+    pub keep: Option<u32>,
+    pub ssm_parameter: Option<String>,
+}
+
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshLayer {
+    pub min_healthy_percentage: Option<u32>,
+    pub max_healthy_percentage: Option<u32>,
+    pub instance_warmup: Option<Secs>,
+    pub checkpoint_percentages: Option<Vec<u32>>,
+    pub checkpoint_delay: Option<Secs>,
+    pub skip_matching: Option<bool>,
+    pub auto_rollback: Option<bool>,
+}
+
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutLayer {
+    pub groups: Option<Vec<String>>,
+    pub group_tags: Option<BTreeMap<String, String>>,
+    pub canaries: Option<Vec<String>>,
+    pub canary_bake_time: Option<Secs>,
+    pub concurrency: Option<u32>,
+    pub set_default_version: Option<bool>,
+    pub keep_launch_configurations: Option<u32>,
+    pub refresh: Option<RefreshLayer>,
+    /// Refresh preferences for `bake patch --roll`, merged over `refresh`.
+    pub patch: Option<RefreshLayer>,
+}
+
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyLayer {
+    pub sns_topic_arn: Option<String>,
+    pub webhook_url: Option<String>,
+    pub on: Option<Vec<String>>,
+}
+
+/// The sections a role file (and each of its env overlays) may have, with their types. Each
+/// section is checked on its own, so one file can report several problems at once.
+pub const SECTIONS: &[&str] = &[
+    "description",
+    "run_list",
+    "source",
+    "builder",
+    "image",
+    "attributes",
+    "rollout",
+    "vars",
+    "notify",
+    "env",
+];
+
+// ---------------------------------------------------------------------------------------------
+// What one role looks like in one env, after merging, defaults and checks.
+
+/// Where the source AMI comes from. Exactly one.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceSpec {
+    /// An SSM parameter holding an AMI id (Canonical and AWS publish these).
+    SsmParameter { name: String },
+    /// The most recent image matching owners, name pattern and architecture.
+    Filter { owners: Vec<String>, name: String, architecture: String },
+    /// A pinned AMI id.
+    Ami { id: String },
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SubnetSpec {
+    /// Let EC2 pick a default subnet in the default VPC.
+    Default,
+    Id { id: String },
+    Tags { tags: BTreeMap<String, String> },
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct BuilderSpec {
+    pub region: Option<String>,
+    pub instance_type: String,
+    pub subnet: SubnetSpec,
+    pub security_group_ids: Vec<String>,
+    pub associate_public_ip: Option<bool>,
+    pub root_volume_size: Option<u32>,
+    pub root_volume_type: String,
+    pub encrypted: bool,
+    pub kms_key_id: Option<String>,
+    pub spot: bool,
+    pub step_timeout: Secs,
+    pub ready_timeout: Secs,
+    pub image_timeout: Secs,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// Handlebars template, rendered at build time with role, env, timestamp, bake_id, vars.
+    pub name: String,
+    pub description: String,
+    pub tags: BTreeMap<String, String>,
+    pub regions: Vec<String>,
+    pub kms_keys: BTreeMap<String, String>,
+    pub share_accounts: Vec<String>,
+    pub share_organizations: Vec<String>,
+    pub share_ous: Vec<String>,
+    pub deprecate_after_days: Option<u32>,
+    pub keep: Option<u32>,
+    pub ssm_parameter: String,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct RefreshSpec {
+    pub min_healthy_percentage: u32,
+    pub max_healthy_percentage: Option<u32>,
+    pub instance_warmup: Option<Secs>,
+    pub checkpoint_percentages: Vec<u32>,
+    pub checkpoint_delay: Option<Secs>,
+    pub skip_matching: bool,
+    pub auto_rollback: bool,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct RolloutSpec {
+    pub groups: Vec<String>,
+    pub group_tags: BTreeMap<String, String>,
+    pub canaries: Vec<String>,
+    pub canary_bake_time: Secs,
+    pub concurrency: u32,
+    pub set_default_version: bool,
+    pub keep_launch_configurations: u32,
+    pub refresh: RefreshSpec,
+    pub patch_refresh: RefreshSpec,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct NotifySpec {
+    pub sns_topic_arn: Option<String>,
+    pub webhook_url: Option<String>,
+    /// `success`, `failure` (default both).
+    pub on: Vec<String>,
+}
+
+/// A role as one env sees it.
+#[derive(Clone, Debug)]
+pub struct Role {
+    pub name: String,
+    pub env: String,
+    pub file: std::path::PathBuf,
+    pub description: String,
+    pub run_list: Vec<String>,
+    pub source: SourceSpec,
+    pub builder: BuilderSpec,
+    pub image: ImageSpec,
+    /// The role's attribute overrides (cookbook name → table), vars already rendered.
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    pub rollout: RolloutSpec,
+    pub notify: NotifySpec,
+    /// Effective variables (defaults, env, files, flags).
+    pub vars: BTreeMap<String, String>,
+}
+
+pub const DEFAULT_INSTANCE_TYPE: &str = "t3.small";
+pub const DEFAULT_STEP_TIMEOUT: Secs = Secs(20 * 60);
+pub const DEFAULT_READY_TIMEOUT: Secs = Secs(15 * 60);
+pub const DEFAULT_IMAGE_TIMEOUT: Secs = Secs(60 * 60);
+pub const DEFAULT_IMAGE_NAME: &str = "{{role}}-{{env}}-{{timestamp}}";
+pub const DEFAULT_PARAMETER: &str = "/bake/{{role}}/{{env}}/ami-id";

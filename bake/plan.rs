@@ -1,0 +1,360 @@
+//! The Plan: everything a bake will do, as plain data. Built from configuration without any I/O;
+//! `bake plan` prints it, the pipeline executes it, tests assert on it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::{json, Value as Json};
+use sha2::{Digest, Sha256};
+
+use crate::config::role::{BuilderSpec, ImageSpec, NotifySpec, RolloutSpec, SourceSpec};
+use crate::config::tomlfile::KeyPath;
+use crate::config::{Cookbook, Policies, Problem, Problems, Role, RoleFile, Secs};
+use crate::template::{self, Flavor};
+
+/// Bumped when bake changes how it turns the same inputs into an image (the prelude, the
+/// header, the delivery of steps), so that such a change bakes anew.
+pub const FORMAT: u32 = 1;
+
+/// The AWS managed policy every builder gets, for the SSM agent.
+pub const SSM_CORE_POLICY: &str = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore";
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub role: String,
+    pub env: String,
+    pub description: String,
+    pub source: SourceSpec,
+    pub builder: BuilderPlan,
+    pub run_list: Vec<String>,
+    pub steps: Vec<PlannedStep>,
+    pub image: ImageSpec,
+    pub rollout: RolloutSpec,
+    pub notify: NotifySpec,
+    /// Hash of everything that decides the image's content, and nothing else.
+    pub fingerprint: String,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct BuilderPlan {
+    #[serde(flatten)]
+    pub spec: BuilderSpec,
+    pub managed_policies: Vec<String>,
+    /// The builder role's inline policy; none when the steps need no AWS access.
+    pub inline_policy: Option<Json>,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct PlannedStep {
+    pub cookbook: String,
+    pub step: String,
+    pub description: String,
+    pub timeout: Secs,
+    pub reboot: bool,
+    pub sha256: String,
+    pub bytes: usize,
+    /// The rendered script (printed by `bake render`, not by `bake plan`).
+    #[serde(skip)]
+    pub script: String,
+}
+
+impl PlannedStep {
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.cookbook, self.step)
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Deep-merges JSON `over` into `base` (objects key by key; everything else replaced).
+pub fn merge_json(base: &mut Json, over: &Json) {
+    match (base, over) {
+        (Json::Object(b), Json::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(bv) if bv.is_object() && v.is_object() => merge_json(bv, v),
+                    _ => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// The header every rendered step starts with (after the interpreter line).
+fn header(role: &Role, cb: &str, step: &str, n: usize, total: usize) -> String {
+    format!(
+        "#!/bin/bash\nset -euo pipefail\n# bake: role={} env={} cookbook={} step={} ({}/{})\n# Rendered by bake from cookbooks/{}/; do not edit on the builder.\n",
+        role.name, role.env, cb, step, n, total, cb
+    )
+}
+
+/// The attributes every cookbook sees: cookbook defaults with the role's overrides merged over.
+pub fn node_attributes(role: &Role, cookbooks: &[&Cookbook]) -> Json {
+    let mut node = serde_json::Map::new();
+    for cb in cookbooks {
+        let mut attrs = Json::Object(cb.attributes.clone());
+        if let Some(over) = role.attributes.get(&cb.name) {
+            merge_json(&mut attrs, over);
+        }
+        node.insert(cb.name.clone(), attrs);
+    }
+    Json::Object(node)
+}
+
+/// Builds the plan for one role in one env. `known` lists the project's cookbooks (for
+/// messages); `cookbooks` holds at least those in the run list that exist.
+pub fn build(
+    rf: &RoleFile,
+    role: &Role,
+    cookbooks: &BTreeMap<String, Cookbook>,
+    known: &[String],
+    policies: &Policies,
+) -> Result<Plan, Problems> {
+    let mut problems = Problems::default();
+    let rl = KeyPath::root().key("run_list");
+
+    // The run list: every cookbook exists and comes after what it depends on.
+    let mut ordered: Vec<&Cookbook> = Vec::new();
+    for (i, name) in role.run_list.iter().enumerate() {
+        match cookbooks.get(name) {
+            Some(cb) => {
+                for dep in &cb.depends {
+                    if !role.run_list[..i].contains(dep) {
+                        problems.push(rf.problem_at(
+                            &role.env,
+                            &rl.index(i),
+                            format!("cookbook `{name}` depends on `{dep}`, which must come earlier in the run list"),
+                        ));
+                    }
+                }
+                ordered.push(cb);
+            }
+            None => problems.push(rf.problem_at(
+                &role.env,
+                &rl.index(i),
+                format!("unknown cookbook `{name}` (cookbooks: {})", crate::config::list_or_none(known)),
+            )),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+
+    let node = node_attributes(role, &ordered);
+    let mut reg = template::registry(Flavor::Shell);
+    for cb in &ordered {
+        for st in &cb.steps {
+            if let Err(e) = reg.register_template_string(&format!("{}/{}", cb.name, st.name), &st.source) {
+                let (line, why) = template::template_error_text(&e);
+                problems.push(Problem::new(&st.template_path, "", why).at_line(line));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+
+    let total: usize = ordered.iter().map(|c| c.steps.len()).sum();
+    let mut steps = Vec::with_capacity(total);
+    let mut n = 0;
+    for cb in &ordered {
+        use base64::Engine as _;
+        let files: serde_json::Map<String, Json> = cb
+            .files
+            .iter()
+            .map(|(k, v)| (k.clone(), Json::String(base64::engine::general_purpose::STANDARD.encode(v))))
+            .collect();
+        for st in &cb.steps {
+            n += 1;
+            let ctx = json!({
+                "role": role.name,
+                "env": role.env,
+                "cookbook": cb.name,
+                "step": st.name,
+                "attr": node[&cb.name],
+                "node": node,
+                "vars": role.vars,
+                "_files": files,
+            });
+            match reg.render(&format!("{}/{}", cb.name, st.name), &ctx) {
+                Ok(body) => {
+                    let script = format!("{}{}{}\nexit 0\n", header(role, &cb.name, &st.name, n, total), template::PRELUDE, body.trim_end());
+                    steps.push(PlannedStep {
+                        cookbook: cb.name.clone(),
+                        step: st.name.clone(),
+                        description: st.description.clone(),
+                        timeout: st.timeout.unwrap_or(role.builder.step_timeout),
+                        reboot: st.reboot,
+                        sha256: sha256_hex(script.as_bytes()),
+                        bytes: script.len(),
+                        script,
+                    });
+                }
+                Err(e) => {
+                    let (line, why) = template::render_error_text(&e);
+                    problems.push(
+                        Problem::new(&st.template_path, "", format!("{why} (cookbook {}, role {}, env {})", cb.name, role.name, role.env))
+                            .at_line(line),
+                    );
+                }
+            }
+        }
+    }
+
+    let policy_ctx = policy_context(role, &node);
+    let inline_policy = match policies.render("builder", &policy_ctx) {
+        Ok(p) => p,
+        Err(p) => {
+            problems.push(p);
+            None
+        }
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+
+    let builder = BuilderPlan {
+        spec: role.builder.clone(),
+        managed_policies: vec![SSM_CORE_POLICY.to_string()],
+        inline_policy,
+    };
+    let fingerprint = fingerprint(&role.source, &builder, &steps);
+    Ok(Plan {
+        role: role.name.clone(),
+        env: role.env.clone(),
+        description: role.description.clone(),
+        source: role.source.clone(),
+        builder,
+        run_list: role.run_list.clone(),
+        steps,
+        image: role.image.clone(),
+        rollout: role.rollout.clone(),
+        notify: role.notify.clone(),
+        fingerprint,
+    })
+}
+
+/// What policy templates see.
+pub fn policy_context(role: &Role, node: &Json) -> Json {
+    json!({
+        "role": role.name,
+        "env": role.env,
+        "partition": "aws",
+        "account": "*",
+        "region": role.builder.region.clone().unwrap_or_else(|| "*".into()),
+        "node": node,
+        "vars": role.vars,
+        "image": {"ssm_parameter": role.image.ssm_parameter, "regions": role.image.regions},
+    })
+}
+
+/// The input fingerprint: the source selector, what the root volume is, and every step's
+/// content, name, order and reboot flag, plus bake's format version. Names, tags, regions,
+/// shares, timeouts, instance type and rollout do not change what the image holds.
+pub fn fingerprint(source: &SourceSpec, builder: &BuilderPlan, steps: &[PlannedStep]) -> String {
+    let doc = json!({
+        "format": FORMAT,
+        "source": source,
+        "volume": {
+            "size": builder.spec.root_volume_size,
+            "type": builder.spec.root_volume_type,
+            "encrypted": builder.spec.encrypted,
+            "kms_key_id": builder.spec.kms_key_id,
+        },
+        "steps": steps.iter().map(|s| json!([s.cookbook, s.step, s.sha256, s.reboot])).collect::<Vec<_>>(),
+    });
+    let canon = serde_json::to_string(&doc).unwrap_or_default(); // ok: plain JSON values
+    format!("sha256:{}", &sha256_hex(canon.as_bytes()))
+}
+
+/// The fingerprint of an actual bake: the plan's, bound to the source AMI that was resolved
+/// (a new weekly distribution image means a new bake).
+pub fn bake_fingerprint(plan_fingerprint: &str, source_ami: &str) -> String {
+    let short = &sha256_hex(format!("{plan_fingerprint}\n{source_ami}").as_bytes())[..32];
+    format!("sha256:{short}")
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "Plan for role {} in env {}", self.role, self.env)?;
+        if !self.description.is_empty() {
+            writeln!(f, "  {}", self.description)?;
+        }
+        let source = match &self.source {
+            SourceSpec::SsmParameter { name } => format!("SSM parameter {name}"),
+            SourceSpec::Filter { owners, name, architecture } => {
+                format!("newest image named {name} ({architecture}) owned by {}", owners.join(", "))
+            }
+            SourceSpec::Ami { id } => format!("pinned {id}"),
+        };
+        writeln!(f, "source:      {source}")?;
+        let b = &self.builder.spec;
+        writeln!(
+            f,
+            "builder:     {}{} in {}, root volume {} {}{}, no key pair, no inbound rule{}",
+            b.instance_type,
+            if b.spot { " (spot)" } else { "" },
+            match &b.subnet {
+                crate::config::role::SubnetSpec::Default => "the default subnet".to_string(),
+                crate::config::role::SubnetSpec::Id { id } => id.clone(),
+                crate::config::role::SubnetSpec::Tags { tags } => format!(
+                    "a subnet tagged {}",
+                    tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+                ),
+            },
+            b.root_volume_size.map(|s| format!("{s} GiB")).unwrap_or_else(|| "(source size)".into()),
+            b.root_volume_type,
+            if b.encrypted { ", encrypted" } else { ", NOT encrypted" },
+            if b.security_group_ids.is_empty() { String::new() } else { format!(", groups {}", b.security_group_ids.join(",")) },
+        )?;
+        writeln!(
+            f,
+            "builder IAM: AmazonSSMManagedInstanceCore{}",
+            if self.builder.inline_policy.is_some() { " + inline policy from policies/builder.json.hbs" } else { "" }
+        )?;
+        writeln!(f, "steps:")?;
+        for (i, s) in self.steps.iter().enumerate() {
+            writeln!(
+                f,
+                "  {:>2}. {:<28} timeout {:<6} {}{}",
+                i + 1,
+                s.id(),
+                s.timeout.to_string(),
+                &s.sha256[..12],
+                if s.reboot { "  then reboot" } else { "" }
+            )?;
+        }
+        let i = &self.image;
+        writeln!(f, "image:       {}", i.name)?;
+        if !i.regions.is_empty() {
+            writeln!(f, "copies:      {}", i.regions.join(", "))?;
+        }
+        let shares: Vec<String> =
+            i.share_accounts.iter().chain(&i.share_organizations).chain(&i.share_ous).cloned().collect();
+        if !shares.is_empty() {
+            writeln!(f, "shared with: {}", shares.join(", "))?;
+        }
+        if !i.tags.is_empty() {
+            writeln!(f, "tags:        {}", i.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))?;
+        }
+        writeln!(f, "published:   {}", i.ssm_parameter)?;
+        let r = &self.rollout;
+        let mut targets: Vec<String> = r.groups.clone();
+        targets.extend(r.group_tags.iter().map(|(k, v)| format!("tag {k}={v}")));
+        if targets.is_empty() {
+            targets.push(format!("{}_{} (by convention)", self.role, self.env));
+        }
+        writeln!(f, "rollout:     {}", targets.join(", "))?;
+        if !r.canaries.is_empty() {
+            writeln!(f, "canaries:    {}", r.canaries.join(", "))?;
+        }
+        write!(f, "fingerprint: {}", self.fingerprint)
+    }
+}
