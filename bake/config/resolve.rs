@@ -169,7 +169,7 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
         }
     }
     for k in attributes.keys() {
-        if !run_list.contains(k) {
+        if !run_list.is_empty() && !run_list.contains(k) {
             problems.push(p(&root.key("attributes").key(k), format!("no cookbook `{k}` in the run list ({})", run_list.join(", "))));
         }
     }

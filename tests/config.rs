@@ -1,0 +1,362 @@
+//! The configuration a team writes, and the commands that need no AWS: validate, plan, render,
+//! policy. Bad input, fingerprints, rendering, injection.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use bake::config::{Project, VarInputs};
+use common::{bake, project_copy, repo, text};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Corpus {
+    case: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    #[serde(default)]
+    replace: Vec<(String, String, String)>,
+    #[serde(default)]
+    write: BTreeMap<String, String>,
+    #[serde(default)]
+    remove: Vec<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    expect: String,
+}
+
+fn apply(root: &Path, case: &Case) {
+    for path in &case.remove {
+        let p = root.join(path);
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    for (path, content) in &case.write {
+        std::fs::write(root.join(path), content).unwrap();
+    }
+    for (file, from, to) in &case.replace {
+        let p = root.join(file);
+        let s = std::fs::read_to_string(&p).unwrap();
+        assert!(s.contains(from.as_str()), "case {:?}: {file} does not contain {from:?}", case.name);
+        std::fs::write(&p, s.replacen(from.as_str(), to, 1)).unwrap();
+    }
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_nothing_else() {
+    let corpus: Corpus =
+        toml::from_str(&std::fs::read_to_string(repo().join("tests/corpus/bad_input.toml")).unwrap()).unwrap();
+    let mut failures = Vec::new();
+    for case in &corpus.case {
+        let dir = project_copy();
+        apply(dir.path(), case);
+        let args: Vec<&str> = if case.args.is_empty() {
+            vec!["plan", "boxoffice", "--env", "staging"]
+        } else {
+            case.args.iter().map(String::as_str).collect()
+        };
+        let out = bake(dir.path(), &args);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        let validate = args[0] == "validate";
+        // validate reports on stdout; every other command prints nothing there on bad input.
+        let report = if validate { &stdout } else { &stderr };
+        let lines: Vec<&str> = report.lines().filter(|l| !l.contains("problem(s) found")).collect();
+        let ok = out.status.code() == Some(1)
+            && (validate || stdout.is_empty())
+            && (1..=3).contains(&lines.len())
+            && lines.iter().all(|l| validate || l.starts_with("error: "))
+            && lines.iter().any(|l| l.contains(&case.expect))
+            && !stderr.contains("panicked");
+        if !ok {
+            failures.push(format!(
+                "case {:?}: exit {:?}\n  expected one line with: {}\n  stdout: {stdout}\n  stderr: {stderr}",
+                case.name,
+                out.status.code(),
+                case.expect
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), corpus.case.len(), failures.join("\n"));
+}
+
+#[test]
+fn validate_reports_every_problem_at_once() {
+    let dir = project_copy();
+    let root = dir.path();
+    let edit = |f: &str, from: &str, to: &str| {
+        let p = root.join(f);
+        let s = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, s.replacen(from, to, 1)).unwrap();
+    };
+    edit("roles/boxoffice.toml", "instance_type = \"t3.medium\"", "instance_typo = \"t3.medium\"");
+    edit("roles/boxoffice.toml", "[rollout]", "[rollout]\ncanary = true");
+    edit("roles/www.toml", "\"docker\", ", "\"dockr\", ");
+    edit("cookbooks/base/steps/ssh.sh.hbs", "{{attr.ssh.port}}", "{{attr.ssh.prot}}");
+    let out = bake(root, &["validate", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let texts: Vec<String> =
+        report["problems"].as_array().unwrap().iter().map(|p| p["text"].as_str().unwrap().to_string()).collect();
+    let want = [
+        "roles/boxoffice.toml:10: builder.instance_typo: unknown key",
+        "rollout.canary: unknown key",
+        "roles/www.toml:22: attributes.docker: no cookbook `docker` in the run list (base, dockr, app-server)",
+        "cookbooks/base/steps/ssh.sh.hbs:2: `attr.ssh.prot` is not set",
+    ];
+    for w in want {
+        assert!(texts.iter().any(|t| t.contains(w)), "missing {w:?} in {texts:#?}");
+    }
+    // One problem per cause, even though several roles and envs hit the same template.
+    let ssh = texts.iter().filter(|t| t.contains("attr.ssh.prot")).count();
+    assert!(ssh >= 1 && ssh <= 3, "{texts:#?}");
+}
+
+#[test]
+fn validate_passes_on_the_examples() {
+    let out = bake(&repo(), &["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("ok: 3 role(s) in 6 env(s), 3 cookbook(s)"));
+}
+
+fn plan_json(root: &Path, role: &str, env: &str) -> (String, serde_json::Value) {
+    let out = bake(root, &["plan", role, "--env", env, "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    let v = serde_json::from_str(&s).unwrap();
+    (s, v)
+}
+
+#[test]
+fn plan_is_byte_identical_for_the_same_inputs() {
+    let a = plan_json(&repo(), "boxoffice", "production").0;
+    let b = plan_json(&repo(), "boxoffice", "production").0;
+    assert_eq!(a, b);
+    let v: serde_json::Value = serde_json::from_str(&a).unwrap();
+    assert_eq!(v["source"]["ssm_parameter"]["name"], "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id");
+    assert_eq!(v["builder"]["instance_type"], "c6i.large", "the production overlay wins");
+    assert_eq!(v["builder"]["root_volume_size"], 16, "the base stays where the overlay is silent");
+    assert_eq!(v["image"]["regions"], serde_json::json!(["us-west-2", "eu-west-1"]));
+    assert_eq!(v["image"]["ssm_parameter"], "/bake/boxoffice/production/ami-id");
+    assert_eq!(v["rollout"]["canaries"], serde_json::json!(["boxoffice_production_canary"]));
+    assert_eq!(v["rollout"]["patch_refresh"]["min_healthy_percentage"], 50);
+    let steps: Vec<String> = v["steps"].as_array().unwrap().iter()
+        .map(|s| format!("{}/{}", s["cookbook"].as_str().unwrap(), s["step"].as_str().unwrap())).collect();
+    assert_eq!(steps.first().map(String::as_str), Some("base/updates"));
+    assert_eq!(steps.last().map(String::as_str), Some("app-server/unit"));
+    assert_eq!(steps.len(), 14);
+    assert!(v["steps"][0]["sha256"].as_str().unwrap().len() == 64);
+    assert!(v["fingerprint"].as_str().unwrap().starts_with("sha256:"));
+}
+
+fn fingerprint(root: &Path, role: &str, env: &str, vars: &VarInputs) -> String {
+    Project::new(root).plan(role, env, vars).unwrap().fingerprint
+}
+
+#[test]
+fn fingerprint_follows_content_and_only_content() {
+    let dir = project_copy();
+    let root = dir.path();
+    let none = VarInputs::default();
+    let base = fingerprint(root, "www", "staging", &none);
+    assert_eq!(base, fingerprint(root, "www", "staging", &none), "stable");
+    assert_ne!(base, fingerprint(root, "www", "production", &none), "another env renders other scripts");
+
+    let edit = |f: &str, from: &str, to: &str| {
+        let p = root.join(f);
+        let s = std::fs::read_to_string(&p).unwrap();
+        assert!(s.contains(from), "{f} lacks {from}");
+        std::fs::write(&p, s.replacen(from, to, 1)).unwrap();
+    };
+    // Not content: tags, regions, shares, names, timeouts, rollout, instance type.
+    edit("roles/www.toml", "tags = { team = \"web\", app = \"www\" }", "tags = { team = \"platform\" }\nregions = [\"eu-west-1\"]\nshare_accounts = [\"123456789012\"]");
+    edit("roles/www.toml", "instance_type = \"t3.medium\"", "instance_type = \"m7i.large\"\nstep_timeout = \"1h\"");
+    edit("roles/www.toml", "name = \"www-{{env}}-{{timestamp}}\"", "name = \"web-{{env}}-{{timestamp}}\"");
+    edit("roles/www.toml", "rollout = { groups = [\"www_production\"], concurrency = 2 }", "rollout = { groups = [\"www_prod\"] }");
+    assert_eq!(base, fingerprint(root, "www", "staging", &none), "non-content changes keep the fingerprint");
+
+    // Content: an attribute, a script, a file, the source, the volume, a variable.
+    let mut seen = vec![base.clone()];
+    let mut changed = |what: &str, fp: String| {
+        assert!(!seen.contains(&fp), "{what} must change the fingerprint");
+        seen.push(fp);
+    };
+    edit("roles/www.toml", "data-root = \"/mnt/docker\"", "data-root = \"/mnt/docker2\"");
+    changed("an attribute", fingerprint(root, "www", "staging", &none));
+    edit("cookbooks/base/steps/logs.sh.hbs", "max_use=", "# a comment\nmax_use=");
+    changed("a script", fingerprint(root, "www", "staging", &none));
+    std::fs::write(root.join("cookbooks/base/files/bake-aws-curl"), "#!/bin/sh\necho changed\n").unwrap();
+    changed("a delivered file", fingerprint(root, "www", "staging", &none));
+    edit("roles/www.toml", "architecture = \"x86_64\"", "architecture = \"arm64\"");
+    changed("the source", fingerprint(root, "www", "staging", &none));
+    edit("roles/www.toml", "root_volume_size = 20", "root_volume_size = 30");
+    changed("the root volume", fingerprint(root, "www", "staging", &none));
+    let flags = VarInputs { flags: vec![("app_tag".into(), "v2".into())], ..Default::default() };
+    assert_eq!(fingerprint(root, "www", "staging", &flags), *seen.last().unwrap(), "an unused variable changes nothing");
+    let bx = fingerprint(root, "boxoffice", "staging", &none);
+    assert_ne!(bx, fingerprint(root, "boxoffice", "staging", &flags), "a used variable is content");
+}
+
+#[test]
+fn variables_follow_their_precedence() {
+    let dir = project_copy();
+    let root = dir.path();
+    std::fs::write(root.join("one.toml"), "app_tag = \"from-file-1\"\n").unwrap();
+    std::fs::write(root.join("two.toml"), "app_tag = \"from-file-2\"\n").unwrap();
+    let tag_of = |args: &[&str], env: &[(&str, &str)]| -> String {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bake"));
+        cmd.current_dir(root); // --var-file paths are relative to where bake runs
+        cmd.arg("--root").arg(root).args(["render", "boxoffice", "--env", "staging", "--step", "app-server/pull"]).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let s = text(&out.stdout);
+        s.lines().find_map(|l| l.strip_prefix("tag=")).unwrap().to_string()
+    };
+    assert_eq!(tag_of(&[], &[]), "latest", "the role's default");
+    assert_eq!(tag_of(&[], &[("BAKE_VAR_app_tag", "from-env")]), "from-env");
+    assert_eq!(tag_of(&["--var-file", "one.toml"], &[("BAKE_VAR_app_tag", "from-env")]), "from-file-1");
+    assert_eq!(tag_of(&["--var-file", "one.toml", "--var-file", "two.toml"], &[]), "from-file-2");
+    assert_eq!(tag_of(&["--var-file", "two.toml", "--var", "app_tag=from-flag"], &[("BAKE_VAR_app_tag", "e")]), "from-flag");
+}
+
+/// Every step of every example role renders, passes `bash -n` and shellcheck.
+#[test]
+fn every_example_step_is_valid_shell() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = Project::new(repo());
+    let mut files = Vec::new();
+    for role in project.role_names().unwrap() {
+        let rf = project.role(&role).unwrap();
+        for env in &rf.envs {
+            let plan = project.plan(&role, env, &VarInputs::default()).unwrap();
+            for s in &plan.steps {
+                assert!(s.script.starts_with("#!/bin/bash\nset -euo pipefail\n# bake: role="), "{}", s.id());
+                let f = tmp.path().join(format!("{role}-{env}-{}-{}.sh", s.cookbook, s.step));
+                std::fs::write(&f, &s.script).unwrap();
+                files.push(f);
+            }
+        }
+    }
+    assert_eq!(files.len(), 84);
+    for f in &files {
+        let out = Command::new("bash").arg("-n").arg(f).output().unwrap();
+        assert!(out.status.success(), "bash -n {}: {}", f.display(), text(&out.stderr));
+    }
+    let check = Command::new("shellcheck").arg("--version").output();
+    if check.is_err() && std::env::var_os("BAKE_SKIP_SHELLCHECK").is_some() {
+        eprintln!("shellcheck not installed; skipped (BAKE_SKIP_SHELLCHECK)");
+        return;
+    }
+    assert!(check.is_ok(), "shellcheck is not installed (apt-get install shellcheck, or set BAKE_SKIP_SHELLCHECK=1)");
+    let out = Command::new("shellcheck").args(["-s", "bash", "-f", "gcc"]).args(&files).output().unwrap();
+    assert!(out.status.success(), "shellcheck:\n{}", text(&out.stdout));
+    let helpers: Vec<_> = std::fs::read_dir(repo().join("cookbooks")).unwrap()
+        .flat_map(|c| std::fs::read_dir(c.unwrap().path().join("files")).into_iter().flatten())
+        .map(|f| f.unwrap().path()).collect();
+    let out = Command::new("shellcheck").args(["-f", "gcc"]).args(&helpers).output().unwrap();
+    assert!(out.status.success(), "shellcheck:\n{}", text(&out.stdout));
+}
+
+/// Attribute values meant to break out of a shell word print literally and run nothing.
+#[test]
+fn attribute_values_cannot_inject_shell() {
+    let evil = [
+        "$(touch pwned-subst)",
+        "`touch pwned-backtick`",
+        "; touch pwned-semicolon",
+        "&& touch pwned-and",
+        "|| touch pwned-or",
+        "| touch pwned-pipe",
+        "'; touch pwned-quote; '",
+        "\"; touch pwned-dquote; \"",
+        "line1\ntouch pwned-newline",
+        "*",
+        "?",
+        "[a-z]*",
+        "~",
+        "--version",
+        "-rf /",
+        "${HOME}",
+        "$HOME",
+        "a b  c",
+        "",
+        "\\",
+        "'",
+        "!!",
+        "#comment",
+        "> pwned-redirect",
+        "< /etc/passwd",
+        "{a,b}",
+        "FOO=bar",
+        "\t tab",
+    ];
+    let reg = bake::template::registry(bake::template::Flavor::Shell);
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("a-file"), "x").unwrap(); // something for globs to match
+    for v in evil {
+        let data = serde_json::json!({"v": v, "l": [v, v]});
+        let script = reg.render_template("printf '%s\\n' {{v}}\nprintf '[%s]' {{words l}}\necho {{v}}\n", &data).unwrap();
+        let out = Command::new("bash").arg("-c").arg(&script).current_dir(work.path()).output().unwrap();
+        assert!(out.status.success(), "{v:?}: {}", text(&out.stderr));
+        let want = format!("{v}\n[{v}][{v}]{v}\n");
+        // echo's own options (-n -e -E) are not values bake can protect; none are in the list.
+        assert_eq!(text(&out.stdout), want, "value {v:?} rendered as:\n{script}");
+        let made: Vec<_> = std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(made.len(), 1, "value {v:?} created {made:?}");
+    }
+}
+
+#[test]
+fn render_prints_one_step_and_policy_prints_json() {
+    let out = bake(&repo(), &["render", "www", "--env", "production", "--step", "docker/daemon"]);
+    assert!(out.status.success());
+    let s = text(&out.stdout);
+    assert!(s.starts_with("#!/bin/bash\nset -euo pipefail\n# bake: role=www env=production cookbook=docker step=daemon (9/14)"), "{s}");
+    assert!(s.contains("\"data-root\": \"/mnt/docker\""), "{s}");
+    let out = bake(&repo(), &["render", "www", "--env", "production", "--step", "docker/nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no step `docker/nope`"));
+
+    let out = bake(&repo(), &["policy", "operator", "--account", "123456789012"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let all = doc.to_string();
+    assert!(all.contains("arn:aws:iam::123456789012:role/bake/*"));
+    assert!(all.contains("aws:RequestTag/bake:managed") && all.contains("aws:ResourceTag/bake:managed"));
+    let pass = doc["Statement"].as_array().unwrap().iter().find(|s| s["Action"] == "iam:PassRole").unwrap();
+    assert_eq!(pass["Condition"]["StringEquals"]["iam:PassedToService"], "ec2.amazonaws.com");
+
+    let out = bake(&repo(), &["policy", "operator", "--role", "boxoffice", "--env", "production"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let publish = doc["Statement"].as_array().unwrap().iter().find(|s| s["Sid"] == "PublishImageIds").unwrap();
+    assert_eq!(publish["Resource"], serde_json::json!(["arn:aws:ssm:*:*:parameter/bake/boxoffice/production/ami-id"]));
+
+    let out = bake(&repo(), &["policy", "builder", "--role", "www", "--env", "staging"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["Statement"], serde_json::json!([]), "www reads no secret and no bundle");
+    let out = bake(&repo(), &["policy", "builder", "--role", "boxoffice", "--env", "staging"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = doc.to_string();
+    assert!(s.contains("parameter/universe/registry/password") && s.contains("universe-apps/boxoffice_staging.tgz"));
+}
+
+#[test]
+fn the_registry_password_never_reaches_a_script() {
+    // The role names the parameter; only the parameter's name may appear in scripts.
+    let project = Project::new(repo());
+    let plan = project.plan("boxoffice", "production", &VarInputs::default()).unwrap();
+    let registry = plan.steps.iter().find(|s| s.id() == "docker/registry").unwrap();
+    assert!(registry.script.contains("param=/universe/registry/password"));
+    assert!(!registry.script.contains("--password "), "no password on a command line");
+    assert!(registry.script.contains("bake-registry-login"));
+}
