@@ -1,0 +1,123 @@
+"""The WSGI app: bake's control API under /_sandbox/, fault injection, a record of every call,
+the clock, then moto (patched by the modules imported below)."""
+
+import io
+import json
+import time
+import urllib.parse
+import uuid
+
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+from . import autoscaling, control, ec2, iam, ssm  # noqa: F401  (they patch moto on import)
+from .state import LOCK, STATE
+
+QUERY = {"ec2", "iam", "autoscaling", "sts"}
+
+ERROR_XML_EC2 = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
+    "<Message>{message}</Message></Error></Errors><RequestID>{rid}</RequestID></Response>"
+)
+ERROR_XML_QUERY = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<ErrorResponse><Error><Type>{kind}</Type><Code>{code}</Code>'
+    "<Message>{message}</Message></Error><RequestId>{rid}</RequestId></ErrorResponse>"
+)
+
+
+def error_response(service, status, code, message):
+    """An AWS error in the service's protocol: (status line, headers, body)."""
+    rid = str(uuid.uuid4())
+    if service == "ec2":
+        body = ERROR_XML_EC2.format(code=code, message=message, rid=rid)
+        ctype = "text/xml"
+    elif service in QUERY:
+        kind = "Receiver" if status >= 500 else "Sender"
+        body = ERROR_XML_QUERY.format(kind=kind, code=code, message=message, rid=rid)
+        ctype = "text/xml"
+    else:
+        body = json.dumps({"__type": code, "message": message})
+        ctype = "application/x-amz-json-1.1"
+    reason = {400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
+    body = body.encode()
+    headers = [("Content-Type", ctype), ("Content-Length", str(len(body))), ("x-amzn-RequestId", rid),
+               ("x-amzn-ErrorType", code)]
+    return f"{status} {reason}", headers, body
+
+
+def describe(environ):
+    """(service, region, action) of an AWS request."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    service, region = "", "us-east-1"
+    try:
+        scope = auth.split("Credential=")[1].split(",")[0].split("/")
+        region, service = scope[2], scope[3]
+    except IndexError:
+        pass
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    action = ""
+    if target:
+        action = target.split(".", 1)[-1]
+    else:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+        action = (form.get("Action") or [""])[0]
+        if not action:
+            action = (urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("Action") or [""])[0]
+    return service, region, action
+
+
+class SandboxApp:
+    def __init__(self):
+        self.moto = DomainDispatcherApplication(create_backend_app)
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/_sandbox"):
+            with LOCK:
+                status, headers, body = control.handle(environ)
+            start_response(status, headers)
+            return [body]
+
+        service, region, action = describe(environ)
+        with LOCK:
+            STATE.record_call(service, action, region)
+            fault = control.pick_fault(service, action, region)
+        if fault and fault.get("latency_ms"):
+            time.sleep(fault["latency_ms"] / 1000.0)
+        if fault and fault.get("kind"):
+            status, code, message = control.FAULT_KINDS[fault["kind"]](service)
+            st, headers, body = error_response(service, status, code, message)
+            start_response(st, headers)
+            return [body]
+
+        with LOCK:
+            STATE.advance()
+            ssm.CURRENT.region = region
+            captured = {}
+
+            def capture(status, headers, exc_info=None):
+                captured["status"], captured["headers"] = status, headers
+                return lambda data: None
+
+            chunks = self.moto(environ, capture)
+            body = b"".join(chunks)
+            if hasattr(chunks, "close"):
+                chunks.close()
+            status = captured.get("status", "500 Internal Server Error")
+            if status.startswith("500") and b"<html" in body[:200].lower():
+                # moto answers an unimplemented action with an HTML page; answer like AWS would.
+                status, headers, body = error_response(
+                    service, 400, "InvalidAction", f"The sandbox does not implement {service}:{action}"
+                )
+                start_response(status, headers)
+                return [body]
+        headers = [(k, v) for k, v in captured.get("headers", []) if k.lower() not in ("content-length", "transfer-encoding")]
+        headers.append(("Content-Length", str(len(body))))
+        start_response(status, headers)
+        return [body]
+
+
+def make_app():
+    return SandboxApp()

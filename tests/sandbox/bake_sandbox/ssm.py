@@ -1,0 +1,508 @@
+"""The SSM agent, emulated. It never executes a script: it checks each with `bash -n`, records it,
+and plays the outcome a test programmed (exit code, output, duration, or never finishing).
+
+Differences from AWS worth knowing: output is empty until an invocation ends (as AWS's
+GetCommandInvocation), only AWS-RunShellScript and InstanceIds (not Targets) are supported."""
+
+import hashlib
+import math
+import os
+import re
+import subprocess
+import tempfile
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from moto.core.responses import ActionResult
+from moto.ec2.models import ec2_backends
+from moto.ssm.responses import SimpleSystemManagerResponse
+
+from .state import err, ACCOUNT, STATE, utcnow
+
+STDOUT_LIMIT = 24_000
+STDERR_LIMIT = 8_000
+PARAMETERS_LIMIT = 64 * 1024  # the sandbox's stand-in for the service's request size limit
+SSM_CORE = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled"}
+
+
+class CURRENT:
+    region = "us-east-1"
+
+
+
+
+# -- the agent ---------------------------------------------------------------------------------
+
+def meta(instance_id):
+    return STATE.instance_meta.setdefault(instance_id, {"running_since": STATE.now(), "registered": False})
+
+
+def _profile_grants_ssm(b, instance):
+    assoc = b.iam_instance_profile_associations.get(instance.id)
+    profile = getattr(assoc, "iam_instance_profile", None) if assoc else None
+    if profile is None:
+        return False
+    for role in profile.roles:
+        if SSM_CORE in role.managed_policies:
+            return True
+        if any("ssm:UpdateInstanceInformation" in str(doc) for doc in role.policies.values()):
+            return True
+    return False
+
+
+def online_at(b, instance):
+    """Monotonic time at which the agent is (or will be) online; None while it cannot be."""
+    if instance.state != "running" or not _profile_grants_ssm(b, instance):
+        return None
+    m = meta(instance.id)
+    return m["running_since"] + max(0.0, STATE.delays["agent_registration"])
+
+
+def ping_status(b, instance):
+    at = online_at(b, instance)
+    m = meta(instance.id)
+    now = STATE.now()
+    if at is not None and now >= at:
+        if not m["registered"]:
+            m["registered"] = True
+            m["last_ping"] = utcnow()
+        return "Online"
+    if m.get("registered"):
+        return "ConnectionLost"
+    return None  # never registered: not a managed instance
+
+
+def _instance(region, instance_id):
+    b = ec2_backends[ACCOUNT][region]
+    for res in b.reservations.values():
+        for i in res.instances:
+            if i.id == instance_id:
+                return b, i
+    return b, None
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+def _syntax_error(script, command_id, instance_id):
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "_script.sh")
+        with open(path, "w") as f:
+            f.write(script)
+        p = subprocess.run(["bash", "-n", path], capture_output=True, text=True, timeout=30)
+        if p.returncode == 0:
+            return None
+        shown = f"/var/lib/amazon/ssm/{instance_id}/document/orchestration/{command_id}/awsrunShellScript/0.awsrunShellScript/_script.sh"
+        return p.stderr.replace(path, shown) or "syntax error"
+
+
+def _generated(n, what):
+    line = f"{what} line of sandbox output, {n} bytes in all\n"
+    reps = n // len(line) + 1
+    return (line * reps)[:n]
+
+
+def _outcome(script):
+    for rule in STATE.outcomes:
+        if rule["times"] is not None and rule["used"] >= rule["times"]:
+            continue
+        if rule["re"].search(script):
+            rule["used"] += 1
+            return rule
+    return None
+
+
+class Invocation:
+    def __init__(self, command, instance_id, script):
+        self.command = command
+        self.instance_id = instance_id
+        self.script = script
+        self.sent_at = STATE.now()
+        self.start = None
+        self.cancelled_at = None
+        self.final = None  # (status, details, code, stdout, stderr, end)
+        self.syntax = _syntax_error(script, command["id"], instance_id)
+        rule = None if self.syntax else _outcome(script)
+        self.rule = rule
+        if self.syntax:
+            self.exit_code, self.stdout, self.stderr = 2, "", self.syntax
+            self.duration = max(0.0, STATE.delays["command_duration"])
+        else:
+            r = rule or {}
+            self.exit_code = r.get("exit_code", 0)
+            if r.get("stdout") is not None:
+                self.stdout = r["stdout"]
+            elif r.get("stdout_bytes") is not None:
+                self.stdout = _generated(r["stdout_bytes"], "stdout")
+            else:
+                self.stdout = f"[sandbox] {command['comment'] or command['id']}: done\n"
+            if r.get("stderr_bytes") is not None:
+                self.stderr = _generated(r["stderr_bytes"], "stderr")
+            else:
+                self.stderr = r.get("stderr") or ""
+            if r.get("hang"):
+                self.duration = math.inf
+            elif r.get("duration") is not None:
+                self.duration = r["duration"]
+            else:
+                self.duration = max(0.0, STATE.delays["command_duration"])
+
+    def state(self):
+        """(Status, StatusDetails, ResponseCode, stdout, stderr, start, end) at this moment."""
+        if self.final:
+            return self.final
+        now = STATE.now()
+        region = self.command["region"]
+        if self.start is None:
+            b, inst = _instance(region, self.instance_id)
+            at = online_at(b, inst) if inst else None
+            if at is not None:
+                self.start = max(self.sent_at, at) + max(0.0, STATE.delays["command_pending"])
+        if self.cancelled_at is not None and (self.start is None or self.cancelled_at < self._end()):
+            started = self.start is not None and self.start <= self.cancelled_at
+            self.final = ("Cancelled", "Cancelled", 137 if started else -1, "", "", self.start, self.cancelled_at)
+            return self.final
+        if self.start is None or now < self.start:
+            if now - self.sent_at > self.command["timeout_seconds"]:
+                self.final = ("TimedOut", "DeliveryTimedOut", -1, "", "", None, now)
+                return self.final
+            return ("Pending", "Pending", -1, "", "", None, None)
+        end = self._end()
+        if now < end:
+            return ("InProgress", "InProgress", -1, "", "", self.start, None)
+        if self.duration >= self.command["execution_timeout"]:
+            self.final = ("TimedOut", "ExecutionTimedOut", 137, self.stdout if not math.isinf(self.duration) else "",
+                          "", self.start, end)
+        elif self.exit_code == 0:
+            self.final = ("Success", "Success", 0, self.stdout, self.stderr, self.start, end)
+        else:
+            self.final = ("Failed", "Failed", self.exit_code, self.stdout, self.stderr, self.start, end)
+        return self.final
+
+    def _end(self):
+        if self.start is None:
+            return math.inf
+        return self.start + min(self.duration, self.command["execution_timeout"])
+
+
+def _wall(mono):
+    if mono is None:
+        return None
+    return utcnow() - timedelta(seconds=STATE.now() - mono)
+
+
+def _fmt(dt):
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" if dt else ""
+
+
+def _command_status(cmd):
+    statuses = [inv.state()[0] for inv in cmd["invocations"].values()]
+    for s in ("InProgress", "Pending"):
+        if s in statuses:
+            return s if s == "InProgress" or all(x == "Pending" for x in statuses) else "InProgress"
+    if all(s == "Success" for s in statuses):
+        return "Success"
+    if "Cancelled" in statuses:
+        return "Cancelled"
+    if "TimedOut" in statuses:
+        return "TimedOut"
+    return "Failed"
+
+
+def _command_object(cmd):
+    states = [inv.state() for inv in cmd["invocations"].values()]
+    status = _command_status(cmd)
+    return {
+        "CommandId": cmd["id"],
+        "DocumentName": cmd["document"],
+        "DocumentVersion": "$DEFAULT",
+        "Comment": cmd["comment"],
+        "ExpiresAfter": cmd["requested"] + timedelta(seconds=cmd["timeout_seconds"]),
+        "Parameters": cmd["parameters"],
+        "InstanceIds": list(cmd["invocations"]),
+        "Targets": [],
+        "RequestedDateTime": cmd["requested"],
+        "Status": status,
+        "StatusDetails": status,
+        "OutputS3Region": cmd["region"],
+        "OutputS3BucketName": "",
+        "OutputS3KeyPrefix": "",
+        "MaxConcurrency": "50",
+        "MaxErrors": "0",
+        "TargetCount": len(states),
+        "CompletedCount": sum(1 for s in states if s[0] in TERMINAL),
+        "ErrorCount": sum(1 for s in states if s[0] in ("Failed", "TimedOut")),
+        "DeliveryTimedOutCount": sum(1 for s in states if s[1] == "DeliveryTimedOut"),
+        "ServiceRole": "",
+        "NotificationConfig": {"NotificationArn": "", "NotificationEvents": [], "NotificationType": ""},
+        "CloudWatchOutputConfig": {"CloudWatchLogGroupName": "", "CloudWatchOutputEnabled": False},
+        "TimeoutSeconds": cmd["timeout_seconds"],
+    }
+
+
+def send_command(self):
+    region = self.region
+    document = self._get_param("DocumentName")
+    if document != "AWS-RunShellScript":
+        raise err("InvalidDocument", f"Document with name {document} does not exist (the sandbox runs AWS-RunShellScript only).")
+    instance_ids = self._get_param("InstanceIds") or []
+    if self._get_param("Targets"):
+        raise err("InvalidParameters", "The sandbox supports InstanceIds, not Targets.")
+    if not instance_ids:
+        raise err("InvalidParameters", "Specify InstanceIds.")
+    if len(instance_ids) > 50:
+        raise err("ValidationException", "Member must have length less than or equal to 50 (InstanceIds).")
+    comment = self._get_param("Comment") or ""
+    if len(comment) > 100:
+        raise err("ValidationException", f"1 validation error detected: Value '{comment}' at 'comment' failed to satisfy constraint: Member must have length less than or equal to 100")
+    params = self._get_param("Parameters") or {}
+    unknown = set(params) - {"commands", "executionTimeout", "workingDirectory"}
+    if unknown:
+        raise err("InvalidParameters", f"Parameter(s) {', '.join(sorted(unknown))} are not defined in the document.")
+    commands = params.get("commands")
+    if not commands:
+        raise err("InvalidParameters", "Parameter \"commands\" is required.")
+    size = sum(len(v.encode()) for vals in params.values() for v in vals)
+    if size > PARAMETERS_LIMIT:
+        raise err("InvalidParameters", f"Parameters are {size} bytes; the maximum is {PARAMETERS_LIMIT}.")
+    execution_timeout = 3600
+    if "executionTimeout" in params:
+        raw = (params["executionTimeout"] or [""])[0]
+        if not re.fullmatch(r"\d{1,6}", raw) or not 1 <= int(raw) <= 172800:
+            raise err("InvalidParameters", f"Parameter \"executionTimeout\" \"{raw}\" is not valid: it must be 1 to 172800 seconds.")
+        execution_timeout = int(raw)
+    timeout_seconds = self._get_int_param("TimeoutSeconds") or 3600
+    missing = []
+    for iid in instance_ids:
+        b, inst = _instance(region, iid)
+        if inst is None or inst.state == "terminated" or ping_status(b, inst) is None:
+            missing.append(iid)
+    if missing:
+        raise err("InvalidInstanceId", f"Instances [[{', '.join(missing)}]] not in a valid state for account {ACCOUNT}")
+
+    command_id = str(uuid.uuid4())
+    script = "\n".join(commands)
+    cmd = {
+        "id": command_id,
+        "region": region,
+        "document": document,
+        "comment": comment,
+        "parameters": params,
+        "requested": utcnow(),
+        "timeout_seconds": timeout_seconds,
+        "execution_timeout": execution_timeout,
+        "invocations": {},
+    }
+    for iid in instance_ids:
+        inv = Invocation(cmd, iid, script)
+        cmd["invocations"][iid] = inv
+        STATE.scripts.setdefault(iid, []).append({
+            "command_id": command_id,
+            "comment": comment,
+            "script": script,
+            "sha256": hashlib.sha256(script.encode()).hexdigest(),
+            "execution_timeout": execution_timeout,
+            "syntax_error": inv.syntax,
+            "at": _fmt(utcnow()),
+        })
+    STATE.commands[command_id] = cmd
+    return ActionResult({"Command": _command_object(cmd)})
+
+
+def _find(command_id, instance_id=None):
+    cmd = STATE.commands.get(command_id)
+    if cmd is None:
+        return None, None
+    if instance_id is None:
+        return cmd, None
+    return cmd, cmd["invocations"].get(instance_id)
+
+
+def get_command_invocation(self):
+    command_id = self._get_param("CommandId")
+    instance_id = self._get_param("InstanceId")
+    cmd, inv = _find(command_id, instance_id)
+    lag = STATE.delays["invocation_lag"]
+    if inv is None or (lag > 0 and STATE.now() - inv.sent_at < lag):
+        raise err("InvocationDoesNotExist", "")
+    status, details, code, out, errout, start, end = inv.state()
+    result = {
+        "CommandId": command_id,
+        "InstanceId": instance_id,
+        "Comment": cmd["comment"],
+        "DocumentName": cmd["document"],
+        "DocumentVersion": "$DEFAULT",
+        "PluginName": "aws:runShellScript",
+        "ResponseCode": code,
+        "ExecutionStartDateTime": _fmt(_wall(start)),
+        "ExecutionElapsedTime": "" if start is None else f"PT{((end or STATE.now()) - start):.3f}S",
+        "ExecutionEndDateTime": _fmt(_wall(end)),
+        "Status": status,
+        "StatusDetails": details,
+        "StandardOutputContent": out[:STDOUT_LIMIT],
+        "StandardOutputUrl": "",
+        "StandardErrorContent": errout[:STDERR_LIMIT],
+        "StandardErrorUrl": "",
+        "CloudWatchOutputConfig": {"CloudWatchLogGroupName": "", "CloudWatchOutputEnabled": False},
+    }
+    return ActionResult(result)
+
+
+def list_command_invocations(self):
+    command_id = self._get_param("CommandId")
+    instance_id = self._get_param("InstanceId")
+    details = bool(self._get_param("Details"))
+    out = []
+    for cid, cmd in STATE.commands.items():
+        if command_id and cid != command_id:
+            continue
+        if cmd["region"] != self.region:
+            continue
+        for iid, inv in cmd["invocations"].items():
+            if instance_id and iid != instance_id:
+                continue
+            status, sd, code, stdout, stderr, start, end = inv.state()
+            item = {
+                "CommandId": cid,
+                "InstanceId": iid,
+                "InstanceName": "",
+                "Comment": cmd["comment"],
+                "DocumentName": cmd["document"],
+                "DocumentVersion": "$DEFAULT",
+                "RequestedDateTime": cmd["requested"],
+                "Status": status,
+                "StatusDetails": sd,
+                "TraceOutput": "",
+                "StandardOutputUrl": "",
+                "StandardErrorUrl": "",
+                "CommandPlugins": [],
+                "ServiceRole": "",
+                "NotificationConfig": {"NotificationArn": "", "NotificationEvents": [], "NotificationType": ""},
+                "CloudWatchOutputConfig": {"CloudWatchLogGroupName": "", "CloudWatchOutputEnabled": False},
+            }
+            if details:
+                item["CommandPlugins"] = [{
+                    "Name": "aws:runShellScript",
+                    "Status": status,
+                    "StatusDetails": sd,
+                    "ResponseCode": code,
+                    "ResponseStartDateTime": _wall(start),
+                    "ResponseFinishDateTime": _wall(end),
+                    "Output": (stdout + stderr)[:2500],
+                    "StandardOutputUrl": "",
+                    "StandardErrorUrl": "",
+                    "OutputS3Region": cmd["region"],
+                    "OutputS3BucketName": "",
+                    "OutputS3KeyPrefix": "",
+                }]
+            out.append(item)
+    if command_id and command_id not in STATE.commands:
+        raise err("InvalidCommandId", "")
+    return ActionResult({"CommandInvocations": out})
+
+
+def list_commands(self):
+    command_id = self._get_param("CommandId")
+    instance_id = self._get_param("InstanceId")
+    if command_id and command_id not in STATE.commands:
+        raise err("InvalidCommandId", "")
+    out = [_command_object(c) for cid, c in STATE.commands.items()
+           if (not command_id or cid == command_id) and (not instance_id or instance_id in c["invocations"])
+           and c["region"] == self.region]
+    return ActionResult({"Commands": out})
+
+
+def cancel_command(self):
+    command_id = self._get_param("CommandId")
+    instance_ids = self._get_param("InstanceIds") or []
+    cmd = STATE.commands.get(command_id)
+    if cmd is None:
+        raise err("InvalidCommandId", "")
+    now = STATE.now()
+    for iid, inv in cmd["invocations"].items():
+        if instance_ids and iid not in instance_ids:
+            continue
+        if inv.state()[0] not in TERMINAL:
+            inv.cancelled_at = now
+    return ActionResult({})
+
+
+def describe_instance_information(self):
+    region = self.region
+    wanted_ids = set()
+    wanted_ping = set()
+    for f in self._get_param("InstanceInformationFilterList") or []:
+        key, values = f.get("key"), f.get("valueSet") or []
+        if key == "InstanceIds":
+            wanted_ids |= set(values)
+        elif key == "PingStatus":
+            wanted_ping |= set(values)
+        else:
+            raise err("InvalidInstanceInformationFilterValue", f"The sandbox filters by InstanceIds and PingStatus, not {key}.")
+    for f in self._get_param("Filters") or []:
+        key, values = f.get("Key"), f.get("Values") or []
+        if key == "InstanceIds":
+            wanted_ids |= set(values)
+        elif key == "PingStatus":
+            wanted_ping |= set(values)
+        else:
+            raise err("InvalidFilterKey", f"The sandbox filters by InstanceIds and PingStatus, not {key}.")
+    for iid in wanted_ids:
+        if not re.fullmatch(r"(i|mi)-[0-9a-f]{8,17}", iid):
+            raise err("InvalidInstanceId", f"Instance id {iid} is not valid.")
+    max_results = self._get_int_param("MaxResults")
+    if max_results is not None and not 5 <= max_results <= 50:
+        raise err("ValidationException", "MaxResults must be between 5 and 50.")
+    b = ec2_backends[ACCOUNT][region]
+    infos = []
+    for res in b.reservations.values():
+        for inst in res.instances:
+            if wanted_ids and inst.id not in wanted_ids:
+                continue
+            if inst.state == "terminated":
+                continue
+            ping = ping_status(b, inst)
+            if ping is None or (wanted_ping and ping not in wanted_ping):
+                continue
+            m = meta(inst.id)
+            infos.append({
+                "InstanceId": inst.id,
+                "PingStatus": ping,
+                "LastPingDateTime": m.get("last_ping") or utcnow(),
+                "AgentVersion": "3.3.1142.0",
+                "IsLatestVersion": True,
+                "PlatformType": "Linux",
+                "PlatformName": "Ubuntu",
+                "PlatformVersion": "24.04",
+                "ResourceType": "EC2Instance",
+                "IPAddress": inst.private_ip or "",
+                "ComputerName": f"ip-{(inst.private_ip or '0.0.0.0').replace('.', '-')}",
+                "AssociationStatus": "Success",
+                "SourceId": inst.id,
+                "SourceType": "AWS::EC2::Instance",
+            })
+    infos.sort(key=lambda i: i["InstanceId"])
+    return ActionResult({"InstanceInformationList": infos})
+
+
+def on_reboot(instance_id):
+    """RebootInstances: the agent drops for `reboot` seconds, then registers again."""
+    m = meta(instance_id)
+    m["running_since"] = STATE.now() + max(0.0, STATE.delays["reboot"])
+    m["rebooted"] = m.get("rebooted", 0) + 1
+    m["registered_before_reboot"] = m.get("registered", False)
+
+    def registered_again():
+        m["last_ping"] = utcnow()
+    STATE.after(max(0.0, STATE.delays["reboot"]) + max(0.0, STATE.delays["agent_registration"]), registered_again)
+
+
+for _name, _fn in {
+    "send_command": send_command,
+    "get_command_invocation": get_command_invocation,
+    "list_command_invocations": list_command_invocations,
+    "list_commands": list_commands,
+    "cancel_command": cancel_command,
+    "describe_instance_information": describe_instance_information,
+}.items():
+    setattr(SimpleSystemManagerResponse, _name, _fn)

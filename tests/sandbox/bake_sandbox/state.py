@@ -1,0 +1,98 @@
+"""The sandbox's own state: settings tests change through the control API, the clock that drives
+every timed transition, and the records tests read back (calls, scripts)."""
+
+import heapq
+import itertools
+import random
+import threading
+import time
+from datetime import datetime, timezone
+
+ACCOUNT = "123456789012"
+CANONICAL = "099720109477"
+REGIONS = ["us-east-1", "us-east-2", "us-west-1", "us-west-2", "eu-west-1", "eu-central-1"]
+
+# Every request and every timed transition runs under this lock: moto is not thread-safe, and
+# one lock keeps the sandbox's own state consistent with moto's.
+LOCK = threading.RLock()
+
+DEFAULT_DELAYS = {
+    # seconds; a negative value means "never" where that makes sense
+    "instance_pending": 0.0,      # RunInstances: pending -> running
+    "instance_stopping": 0.0,     # StopInstances: stopping -> stopped
+    "instance_shutting_down": 0.0,  # TerminateInstances: shutting-down -> terminated
+    "image_pending": 0.0,         # CreateImage / CopyImage: pending -> available (-1: never)
+    "agent_registration": 0.0,    # running -> SSM agent Online
+    "reboot": 0.0,                # RebootInstances: agent offline this long, then registers again
+    "command_pending": 0.0,       # SendCommand: Pending -> InProgress
+    "command_duration": 0.0,      # InProgress -> done, unless an outcome says otherwise
+    "invocation_lag": 0.0,        # GetCommandInvocation answers InvocationDoesNotExist this long
+    "iam_propagation": 0.0,       # a new instance profile is invisible to RunInstances this long
+}
+
+
+def utcnow():
+    return datetime.now(timezone.utc)
+
+
+class State:
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.delays = dict(DEFAULT_DELAYS)
+        # Instance refresh: warmups, checkpoint delays and health-check waits are multiplied by this.
+        self.time_scale = 0.01
+        self.outcomes = []          # SSM outcome rules, first match wins
+        self.unhealthy_amis = set()  # instances launched from these never become healthy
+        self.failing_image_regions = set()  # images created or copied there end up `failed`
+        self.faults = []            # fault rules
+        self.rng = random.Random(0)
+        self.calls = []             # (monotonic seconds, service, action, region)
+        self.scripts = {}           # instance id -> [record]
+        self.commands = {}          # command id -> Command (ssm.py)
+        self.timers = []            # heap of (due, seq, fn)
+        self.seq = itertools.count()
+        self.instance_meta = {}     # instance id -> dict (online_at, boot_at, launched_from, ...)
+        self.image_meta = {}        # image id -> dict
+        self.refreshes = {}         # (region, group) -> [Refresh]
+        self.client_tokens = {}     # (region, action, token) -> result id
+        self.profile_created = {}   # instance profile name -> monotonic time
+
+    # -- the clock -----------------------------------------------------------------------------
+    @staticmethod
+    def now():
+        return time.monotonic()
+
+    def after(self, delay, fn):
+        """Runs `fn` once `delay` seconds have passed (at the next request after that)."""
+        heapq.heappush(self.timers, (self.now() + max(0.0, delay), next(self.seq), fn))
+
+    def advance(self):
+        """Fires every timer that is due. Called under LOCK before each request."""
+        now = self.now()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, fn = heapq.heappop(self.timers)
+            fn()
+        from . import autoscaling  # late: autoscaling imports state
+
+        autoscaling.tick(self, now)
+
+    # -- records -------------------------------------------------------------------------------
+    def record_call(self, service, action, region):
+        self.calls.append((self.now(), service, action, region))
+
+
+STATE = State()
+
+
+from moto.core.exceptions import ServiceException  # noqa: E402
+
+
+class SandboxError(ServiceException):
+    """An AWS error the sandbox raises; serialized in the protocol of the service called.
+    (Defined outside moto's package so moto looks its code up in the called service's model.)"""
+
+
+def err(code, message):
+    return SandboxError(code, message)
