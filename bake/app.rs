@@ -7,13 +7,13 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
-use crate::cli::{Cli, Command, Global, Output, PolicyKind};
+use crate::cli::{Cli, Command, Global, OnError, Output, PolicyKind};
 use crate::config::{Problem, Problems, Project, VarInputs};
 
 pub fn init_tracing(g: &Global) {
     let level = match (g.quiet, g.verbose) {
         (true, _) => "error",
-        (false, 0) => "warn",
+        (false, 0) => "error,bake=warn",
         (false, 1) => "bake=debug,info",
         (false, _) => "trace",
     };
@@ -68,6 +68,19 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Plan { role, env } => plan(&g, &role, &env),
         Command::Render { role, env, step } => render(&g, &role, &env, step.as_deref()),
         Command::Policy { kind, role, env, account } => policy(&g, kind, role.as_deref(), env.as_deref(), account.as_deref()),
+        Command::Build { roles, env, all, on_error, force, manifest, jobs } => {
+            let req = crate::build::Request {
+                roles,
+                all,
+                env,
+                force,
+                keep_on_error: on_error == OnError::Abort,
+                jobs,
+                region: g.region.clone(),
+            };
+            return build(&g, req, manifest.as_deref());
+        }
+        Command::Cleanup { bake_id, orphans, older_than, yes } => return cleanup(&g, bake_id.as_deref(), orphans, &older_than, yes),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -163,5 +176,166 @@ fn validate(g: &Global, only: &[String]) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime") // ok: no runtime, no bake
+}
+
+fn connection(g: &Global) -> crate::aws::Connection {
+    crate::aws::Connection { region: g.region.clone(), profile: g.profile.clone(), endpoint_url: g.endpoint_url.clone() }
+}
+
+fn build(g: &Global, req: crate::build::Request, manifest_file: Option<&std::path::Path>) -> ExitCode {
+    if req.roles.is_empty() && !req.all {
+        print_problems(&Problem::new("(command line)", "", "name the roles to bake, or --all").into());
+        return ExitCode::from(2);
+    }
+    let vars = match var_inputs(g) {
+        Ok(v) => v,
+        Err(p) => {
+            print_problems(&p);
+            return ExitCode::from(1);
+        }
+    };
+    let project = Project::new(&g.root);
+    let (plans, skipped) = match crate::build::plans(&project, &req, &vars) {
+        Ok(p) => p,
+        Err(p) => {
+            print_problems(&p);
+            return ExitCode::from(1);
+        }
+    };
+    let progress = crate::progress::Progress::new(g.quiet, g.output == Output::Json);
+    for s in skipped {
+        tracing::info!("role {s} has no environment {}: skipped", req.env);
+    }
+    let manifests = runtime().block_on(crate::build::run(&g.root, &connection(g), req, plans, progress));
+    let json = if manifests.len() == 1 {
+        serde_json::to_string_pretty(&manifests[0])
+    } else {
+        serde_json::to_string_pretty(&manifests)
+    }
+    .unwrap_or_default();
+    if let Some(f) = manifest_file {
+        if let Err(e) = std::fs::write(f, format!("{json}\n")) {
+            eprintln!("error: cannot write the manifest {}: {e}", f.display());
+        }
+    }
+    match g.output {
+        Output::Json => out(&json),
+        Output::Text => {
+            let mut text = String::new();
+            for m in &manifests {
+                let images: Vec<String> = m.images.iter().map(|(r, i)| format!("{} in {r}", i.ami_id)).collect();
+                match m.status.as_str() {
+                    "succeeded" => text.push_str(&format!("{}/{}: baked {} (bake {}, {:.0}s)\n", m.role, m.env, images.join(", "), m.bake_id, m.duration_secs)),
+                    "reused" => text.push_str(&format!("{}/{}: unchanged, {}\n", m.role, m.env, images.join(", "))),
+                    _ => {}
+                }
+            }
+            if !text.is_empty() {
+                out(&text);
+            }
+            for m in &manifests {
+                if m.status == "failed" || m.status == "interrupted" {
+                    eprintln!("error: {}/{}: {}", m.role, m.env, m.error.clone().unwrap_or_else(|| m.status.clone()));
+                }
+            }
+        }
+    }
+    if manifests.iter().any(|m| m.status == "interrupted") {
+        ExitCode::from(130)
+    } else if manifests.iter().any(|m| m.status == "failed") {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn cleanup(g: &Global, bake_id: Option<&str>, orphans: bool, older_than: &str, yes: bool) -> ExitCode {
+    let older = match crate::config::duration::parse(older_than) {
+        Ok(s) => std::time::Duration::from_secs(s),
+        Err(e) => {
+            eprintln!("error: --older-than: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = runtime();
+    let aws = rt.block_on(crate::aws::Aws::load(&connection(g)));
+    if orphans {
+        let regions = match &g.region {
+            Some(r) => vec![r.clone()],
+            None => match rt.block_on(crate::sweep::all_regions(&aws)) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            },
+        };
+        let found = match rt.block_on(crate::sweep::find_orphans(&aws, &g.root, &regions, older)) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        if g.output == Output::Json {
+            let v: Vec<_> = found.iter().map(|o| json!({"type": o.resource.kind, "id": o.resource.id, "region": o.resource.region, "bake_id": o.bake_id, "age_secs": o.age.map(|a| a.as_secs())})).collect();
+            out(&serde_json::to_string_pretty(&json!({"orphans": v, "removed": yes})).unwrap_or_default());
+        } else if found.is_empty() {
+            out(&format!("no orphans older than {older_than}"));
+        } else {
+            let mut text = String::new();
+            for o in &found {
+                text.push_str(&format!("{} (bake {})\n", o.resource, o.bake_id));
+            }
+            out(&text);
+        }
+        if found.is_empty() {
+            return ExitCode::SUCCESS;
+        }
+        if !yes {
+            if g.output == Output::Text {
+                out(&format!("{} orphan(s); run again with --yes to remove them", found.len()));
+            }
+            return ExitCode::SUCCESS;
+        }
+        let errors = rt.block_on(crate::sweep::remove_orphans(&aws, &g.root, found));
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        return if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) };
+    }
+    let Some(id) = bake_id.and_then(crate::journal::BakeId::parse) else {
+        eprintln!("error: {} is not a bake id (b- and 12 hex digits)", bake_id.unwrap_or(""));
+        return ExitCode::from(2);
+    };
+    let extra: Vec<String> = g.region.iter().cloned().collect();
+    match rt.block_on(crate::sweep::replay(&aws, &g.root, &id, &extra)) {
+        Ok(o) => {
+            if !g.quiet {
+                let mut text = String::new();
+                for r in &o.removed {
+                    text.push_str(&format!("removed {r}\n"));
+                }
+                text.push_str(&format!("bake {id}: {} resource(s) handled", o.removed.len()));
+                out(&text);
+            }
+            for e in &o.errors {
+                eprintln!("error: {e}");
+            }
+            if o.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
     }
 }

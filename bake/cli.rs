@@ -61,6 +61,14 @@ pub enum PolicyKind {
     Builder,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnError {
+    /// Remove everything the failed bake made (default)
+    Cleanup,
+    /// Keep the builder and everything else for debugging; `bake cleanup ID` removes it later
+    Abort,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Check roles, cookbooks and policies; print every problem (file, key, why)
@@ -97,5 +105,44 @@ pub enum Command {
         /// Account id to put in ARNs (default *)
         #[arg(long)]
         account: Option<String>,
+    },
+    /// Bake golden AMIs: launch a builder, run the role's steps over SSM, create, copy, share and publish the image
+    #[command(after_help = "Examples:\n  bake build boxoffice --env staging\n  bake build --all --env production --jobs 4 --output json --manifest bake.json\n  bake build kaiju --env staging --var app_tag=v1.4.2 --force\n\nAn unchanged role (same fingerprint, same source image) reuses its image and launches nothing.\nExit codes: 0 every role baked or unchanged, 1 a role failed, 130 interrupted.")]
+    Build {
+        /// Roles to bake
+        roles: Vec<String>,
+        #[arg(long)]
+        env: String,
+        /// Every role that has ENV
+        #[arg(long, conflicts_with = "roles")]
+        all: bool,
+        /// What to do with a failed bake's resources
+        #[arg(long, value_enum, default_value_t = OnError::Cleanup)]
+        on_error: OnError,
+        /// Bake even when an image with the same fingerprint exists
+        #[arg(long)]
+        force: bool,
+        /// Also write the manifest (JSON) to this file
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+        /// How many roles bake at once
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+    },
+    /// Remove what a bake left behind: replay its journal, or sweep bake-managed orphans
+    #[command(after_help = "Examples:\n  bake cleanup b-3f9a1c2e7d4b\n  bake cleanup --orphans --older-than 6h\n  bake cleanup --orphans --older-than 0s --yes --region us-east-1")]
+    Cleanup {
+        /// The bake id printed by `bake build` (b-…)
+        #[arg(required_unless_present = "orphans")]
+        bake_id: Option<String>,
+        /// Find bake-managed resources whose bake is not running
+        #[arg(long, conflicts_with = "bake_id")]
+        orphans: bool,
+        /// Only orphans at least this old
+        #[arg(long, default_value = "6h", value_name = "DURATION")]
+        older_than: String,
+        /// Remove the orphans found without asking
+        #[arg(long)]
+        yes: bool,
     },
 }

@@ -2,8 +2,18 @@
 //! golden AMI, and rolls Auto Scaling groups onto it.
 
 pub mod app;
+pub mod aws;
+pub mod build;
 pub mod cli;
 pub mod config;
+pub mod error;
+pub mod journal;
+pub mod manifest;
+pub mod pipeline;
 pub mod plan;
+pub mod progress;
+pub mod stages;
+pub mod sweep;
 pub mod template;
 pub mod validate;
+pub mod wait;

@@ -34,6 +34,9 @@ pub struct Plan {
     pub notify: NotifySpec,
     /// Hash of everything that decides the image's content, and nothing else.
     pub fingerprint: String,
+    /// The role's variables (for the image name at build time); not printed.
+    #[serde(skip)]
+    pub vars: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Clone, Debug, PartialEq)]
@@ -238,6 +241,7 @@ pub fn build(
         rollout: role.rollout.clone(),
         notify: role.notify.clone(),
         fingerprint,
+        vars: role.vars.clone(),
     })
 }
 

@@ -90,6 +90,7 @@ def main():
         f"AWS_DEFAULT_REGION={args.region}",
         "AWS_ACCESS_KEY_ID=testing",
         "AWS_SECRET_ACCESS_KEY=testing",
+        "AWS_EC2_METADATA_DISABLED=true",
         f"BAKE_SANDBOX_PID={os.getpid()}",
     ]
     if args.pid_file:

@@ -1,0 +1,273 @@
+//! `bake build`: plans every role asked, then bakes them concurrently (bounded), one builder
+//! each; an unchanged fingerprint reuses the existing image. One role failing neither stops nor
+//! leaks the others.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use aws_sdk_ec2::types::{Filter, ImageState};
+use futures::stream::{self, StreamExt};
+use tokio::sync::watch;
+
+use crate::aws::{Aws, Connection};
+use crate::config::{CookbookCache, Problems, Project, VarInputs};
+use crate::error::{Error, Result};
+use crate::journal::{self, BakeId, Entry, Journal};
+use crate::manifest::{ImageRecord, Manifest};
+use crate::pipeline::{self, Cancel, Ctx, JournalHandle, Options};
+use crate::plan::{bake_fingerprint, Plan};
+use crate::progress::Progress;
+use crate::stages;
+
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub roles: Vec<String>,
+    pub all: bool,
+    pub env: String,
+    pub force: bool,
+    pub keep_on_error: bool,
+    pub jobs: usize,
+    pub region: Option<String>,
+}
+
+/// Plans for every role asked (all roles with `all`); every problem, or the plans.
+pub fn plans(project: &Project, req: &Request, vars: &VarInputs) -> std::result::Result<(Vec<Plan>, Vec<String>), Problems> {
+    let names = if req.all { project.role_names().map_err(Problems::from)? } else { req.roles.clone() };
+    let mut problems = Problems::default();
+    let mut plans = Vec::new();
+    let mut skipped = Vec::new();
+    let policies = project.policies()?;
+    let mut cache = CookbookCache::default();
+    for name in &names {
+        let rf = match project.role(name) {
+            Ok(rf) => rf,
+            Err(p) => {
+                problems.extend(p);
+                continue;
+            }
+        };
+        if req.all && !rf.envs.contains(&req.env) {
+            skipped.push(name.clone());
+            continue;
+        }
+        match rf.resolve(&req.env, vars).and_then(|r| project.plan_with(&rf, &r, &mut cache, &policies)) {
+            Ok(p) => plans.push(p),
+            Err(p) => problems.extend(p),
+        }
+    }
+    if problems.is_empty() && plans.is_empty() {
+        problems.push(crate::config::Problem::new("roles", "", format!("no role has an environment `{}`", req.env)));
+    }
+    problems.into_result((plans, skipped))
+}
+
+/// `git rev-parse HEAD` of the project, `+dirty` when tracked files changed.
+pub fn git_sha(root: &Path) -> Option<String> {
+    let out = std::process::Command::new("git").arg("-C").arg(root).args(["rev-parse", "HEAD"]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let sha = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let dirty = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    Some(if dirty { format!("{sha}+dirty") } else { sha })
+}
+
+/// An available, finished image of this role and env with this fingerprint, if any.
+async fn existing(aws: &Aws, region: &str, plan: &Plan, fingerprint: &str) -> Result<Option<(String, String)>> {
+    let c = aws.clients(region);
+    let r = c
+        .ec2
+        .describe_images()
+        .owners("self")
+        .filters(Filter::builder().name("tag:bake:role").values(&plan.role).build())
+        .filters(Filter::builder().name("tag:bake:env").values(&plan.env).build())
+        .filters(Filter::builder().name("tag:bake:fingerprint").values(fingerprint).build())
+        .filters(Filter::builder().name(format!("tag:{}", stages::cleanup::COMPLETE)).values("true").build())
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:DescribeImages", format!("earlier images of {}/{}", plan.role, plan.env), region, &e))?;
+    Ok(r.images()
+        .iter()
+        .filter(|i| i.state() == Some(&ImageState::Available))
+        .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
+        .map(|i| (i.image_id().unwrap_or_default().to_string(), i.name().unwrap_or_default().to_string())))
+}
+
+/// The bake ids running in this process (for the second Ctrl-C's message).
+pub type Active = Arc<Mutex<Vec<BakeId>>>;
+
+#[allow(clippy::too_many_arguments)]
+async fn bake_one(
+    root: PathBuf,
+    base: Aws,
+    plan: Plan,
+    req: Request,
+    progress: Progress,
+    cancel: Cancel,
+    active: Active,
+    git: Option<String>,
+) -> Manifest {
+    let started = Instant::now();
+    let label = format!("{}/{}", plan.role, plan.env);
+    let report = progress.bake(&label);
+    let aws = base.counted();
+    let mut manifest = Manifest {
+        role: plan.role.clone(),
+        env: plan.env.clone(),
+        started_at: journal::now_rfc3339(),
+        plan_fingerprint: plan.fingerprint.clone(),
+        git_sha: git.clone(),
+        ..Default::default()
+    };
+    let region = req.region.clone().or_else(|| plan.builder.spec.region.clone()).or_else(|| aws.default_region());
+    let Some(region) = region else {
+        manifest.status = "failed".into();
+        manifest.error = Some("no region: give --region, set builder.region in the role, or configure AWS_REGION".into());
+        report.finish(&format!("failed: {}", manifest.error.clone().unwrap_or_default()));
+        return manifest;
+    };
+    manifest.region = region.clone();
+    let result: Result<()> = async {
+        let c = aws.clients(&region);
+        report.stage("source", "resolving the source image");
+        let t = Instant::now();
+        let source = stages::source::resolve(&c, &plan.source).await?;
+        manifest.source = Some(source.record(&plan.source));
+        manifest.stages.insert("source".into(), t.elapsed().as_secs_f64());
+        let fingerprint = bake_fingerprint(&plan.fingerprint, &source.id);
+        manifest.fingerprint = fingerprint.clone();
+        report.stage("source", &format!("{} ({})", source.id, source.name));
+        if !req.force {
+            if let Some((id, name)) = existing(&aws, &region, &plan, &fingerprint).await? {
+                manifest.status = "reused".into();
+                manifest.images.insert(region.clone(), ImageRecord { ami_id: id.clone(), name, state: "available".into(), snapshot_ids: vec![], copied_from: None });
+                report.info(&format!("unchanged: {id} already has fingerprint {fingerprint}; nothing launched (use --force to bake again)"));
+                return Ok(());
+            }
+        }
+        if *cancel.borrow() {
+            return Err(Error::Interrupted);
+        }
+        let id = BakeId::new();
+        manifest.bake_id = id.to_string();
+        let mut j = Journal::create(&root, &id)?;
+        manifest.journal = j.path.display().to_string();
+        j.append(&Entry::Started {
+            bake_id: id.clone(),
+            role: plan.role.clone(),
+            env: plan.env.clone(),
+            region: region.clone(),
+            pid: std::process::id(),
+            host: journal::hostname(),
+            at: journal::now_rfc3339(),
+        })?;
+        if let Ok(mut a) = active.lock() {
+            a.push(id.clone());
+        }
+        report.info(&format!("bake {id} started (journal {})", j.path.display()));
+        let mut ctx = Ctx {
+            id: id.clone(),
+            plan: plan.clone(),
+            region: region.clone(),
+            aws: aws.clone(),
+            c,
+            journal: JournalHandle::new(j),
+            report: report.clone(),
+            manifest: std::mem::take(&mut manifest),
+            opts: Options { keep_on_error: req.keep_on_error, git_sha: git.clone() },
+            source: Some(source),
+            fingerprint,
+            instance: None,
+            images: Vec::new(),
+            stage_started: Instant::now(),
+        };
+        let r = pipeline::run(&mut ctx, cancel.clone()).await;
+        manifest = ctx.manifest;
+        if let Ok(mut a) = active.lock() {
+            a.retain(|x| *x != id);
+        }
+        r
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            if manifest.status.is_empty() {
+                manifest.status = "succeeded".into();
+                let images: Vec<String> = manifest.images.iter().map(|(r, i)| format!("{} ({r})", i.ami_id)).collect();
+                report.finish(&format!("baked {} in {:.0}s", images.join(", "), started.elapsed().as_secs_f64()));
+            } else {
+                report.finish("unchanged");
+            }
+        }
+        Err(Error::Interrupted) => {
+            manifest.status = "interrupted".into();
+            manifest.error = Some("interrupted".into());
+            report.finish("interrupted; cleaned up");
+        }
+        Err(e) => {
+            manifest.status = "failed".into();
+            manifest.error = Some(e.to_string());
+            report.finish(&format!("failed: {e}"));
+        }
+    }
+    manifest.finished_at = journal::now_rfc3339();
+    manifest.duration_secs = started.elapsed().as_secs_f64();
+    manifest.api_calls = aws.calls.snapshot();
+    manifest
+}
+
+/// Watches for Ctrl-C / SIGTERM: the first asks every bake to stop and clean up, the second exits
+/// at once, printing how to finish the cleanup.
+pub fn watch_signals(active: Active) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else { return };
+        let mut count = 0;
+        loop {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+            count += 1;
+            if count == 1 {
+                let _ = tx.send(true);
+                eprintln!("bake: interrupted; cleaning up (interrupt again to exit at once)");
+            } else {
+                let ids = active.lock().map(|a| a.clone()).unwrap_or_default();
+                for id in ids {
+                    eprintln!("bake: left behind; finish with: bake cleanup {id}");
+                }
+                std::process::exit(130);
+            }
+        }
+    });
+    rx
+}
+
+pub async fn run(
+    root: &Path,
+    conn: &Connection,
+    req: Request,
+    plans: Vec<Plan>,
+    progress: Progress,
+) -> Vec<Manifest> {
+    let base = Aws::load(conn).await;
+    let active: Active = Arc::default();
+    let cancel = watch_signals(active.clone());
+    let git = git_sha(root);
+    let jobs = req.jobs.max(1);
+    stream::iter(plans.into_iter().map(|p| {
+        bake_one(root.to_path_buf(), base.clone(), p, req.clone(), progress.clone(), cancel.clone(), active.clone(), git.clone())
+    }))
+    .buffer_unordered(jobs)
+    .collect()
+    .await
+}

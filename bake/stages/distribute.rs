@@ -1,0 +1,225 @@
+//! Distribute: copy the image to each region in parallel (encrypted with that region's key),
+//! share image and snapshots, set the deprecation time, publish the id to SSM in every region.
+//! If a copy fails, the bake fails naming the regions that succeeded; cleanup removes them all.
+
+use std::time::Duration;
+
+use aws_sdk_ec2::client::Waiters;
+use aws_sdk_ec2::types::{
+    CreateVolumePermission, CreateVolumePermissionModifications, LaunchPermission, LaunchPermissionModifications,
+    ResourceType,
+};
+use aws_sdk_ssm::types::{ParameterType, Tag};
+use futures::stream::{self, StreamExt};
+
+use crate::aws::Clients;
+use crate::error::{Error, Result};
+use crate::journal::{self, Entry, Kind};
+use crate::manifest::{ImageRecord, ParameterRecord};
+use crate::pipeline::{Ctx, JournalHandle};
+use crate::stages::image::snapshots;
+use crate::stages::launch::waiter_why;
+use crate::stages::tag_spec;
+
+struct Copy {
+    region: String,
+    result: Result<(String, Vec<String>)>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn copy_one(
+    c: Clients,
+    journal: JournalHandle,
+    source_region: String,
+    source_image: String,
+    name: String,
+    tags: std::collections::BTreeMap<String, String>,
+    kms: Option<String>,
+    token: String,
+    timeout: crate::config::Secs,
+) -> Copy {
+    let region = c.region.clone();
+    let result = async {
+        let mut req = c
+            .ec2
+            .copy_image()
+            .source_region(&source_region)
+            .source_image_id(&source_image)
+            .name(&name)
+            .description(format!("copy of {source_image} from {source_region}"))
+            .encrypted(true)
+            .client_token(token)
+            .tag_specifications(tag_spec(ResourceType::Image, &tags))
+            .tag_specifications(tag_spec(ResourceType::Snapshot, &tags));
+        if let Some(k) = kms {
+            req = req.kms_key_id(k);
+        }
+        let r = req
+            .send()
+            .await
+            .map_err(|e| Error::aws("ec2:CopyImage", format!("copy of {source_image}"), &region, &e))?;
+        let id = r.image_id().unwrap_or_default().to_string();
+        journal.created(crate::journal::Resource::new(Kind::Image, &id, &region))?;
+        let (_, early) = snapshots(&c, &id).await?;
+        for s in &early {
+            journal.created(crate::journal::Resource::new(Kind::Snapshot, s, &region))?;
+        }
+        c.ec2
+            .wait_until_image_available()
+            .image_ids(&id)
+            .wait(timeout.as_duration())
+            .await
+            .map_err(|e| Error::Wait { what: "copy".into(), resource: id.clone(), region: region.clone(), why: waiter_why(&e, "available", timeout) })?;
+        let (_, snaps) = snapshots(&c, &id).await?;
+        for s in snaps.iter().filter(|s| !early.contains(s)) {
+            journal.created(crate::journal::Resource::new(Kind::Snapshot, s, &region))?;
+        }
+        Ok((id, snaps))
+    }
+    .await;
+    Copy { region, result }
+}
+
+/// Share the image and its snapshots, and set its deprecation time, in one region.
+async fn share_and_deprecate(ctx: &Ctx, c: &Clients, image: &str, snaps: &[String]) -> Result<()> {
+    let spec = &ctx.plan.image;
+    let region = c.region.as_str();
+    let mut perms: Vec<LaunchPermission> = spec.share_accounts.iter().map(|a| LaunchPermission::builder().user_id(a).build()).collect();
+    perms.extend(spec.share_organizations.iter().map(|o| LaunchPermission::builder().organization_arn(o).build()));
+    perms.extend(spec.share_ous.iter().map(|o| LaunchPermission::builder().organizational_unit_arn(o).build()));
+    if !perms.is_empty() {
+        c.ec2
+            .modify_image_attribute()
+            .image_id(image)
+            .launch_permission(LaunchPermissionModifications::builder().set_add(Some(perms)).build())
+            .send()
+            .await
+            .map_err(|e| Error::aws("ec2:ModifyImageAttribute", format!("image {image}"), region, &e))?;
+    }
+    if !spec.share_accounts.is_empty() {
+        let vol: Vec<CreateVolumePermission> =
+            spec.share_accounts.iter().map(|a| CreateVolumePermission::builder().user_id(a).build()).collect();
+        for s in snaps {
+            c.ec2
+                .modify_snapshot_attribute()
+                .snapshot_id(s)
+                .create_volume_permission(CreateVolumePermissionModifications::builder().set_add(Some(vol.clone())).build())
+                .send()
+                .await
+                .map_err(|e| Error::aws("ec2:ModifySnapshotAttribute", format!("snapshot {s}"), region, &e))?;
+        }
+    }
+    if let Some(days) = spec.deprecate_after_days {
+        let at = std::time::SystemTime::now() + Duration::from_secs(u64::from(days) * 86_400);
+        c.ec2
+            .enable_image_deprecation()
+            .image_id(image)
+            .deprecate_at(aws_smithy_types::DateTime::from(at))
+            .send()
+            .await
+            .map_err(|e| Error::aws("ec2:EnableImageDeprecation", format!("image {image}"), region, &e))?;
+    }
+    Ok(())
+}
+
+/// Points the role's SSM parameter at the image in one region, journaling what it held before.
+async fn publish(ctx: &Ctx, c: &Clients, image: &str) -> Result<ParameterRecord> {
+    let name = ctx.plan.image.ssm_parameter.clone();
+    let region = c.region.as_str();
+    let previous = match c.ssm.get_parameter().name(&name).send().await {
+        Ok(r) => r.parameter().and_then(|p| p.value()).map(str::to_string),
+        Err(e) if e.as_service_error().map(|s| s.is_parameter_not_found()).unwrap_or(false) => None,
+        Err(e) => return Err(Error::aws("ssm:GetParameter", format!("parameter {name}"), region, &e)),
+    };
+    ctx.journal.append(Entry::Published {
+        region: region.to_string(),
+        name: name.clone(),
+        value: image.to_string(),
+        previous: previous.clone(),
+        at: journal::now_rfc3339(),
+    })?;
+    let description = format!("{}/{}: the newest image bake made (bake {})", ctx.plan.role, ctx.plan.env, ctx.id);
+    let req = c
+        .ssm
+        .put_parameter()
+        .name(&name)
+        .value(image)
+        .r#type(ParameterType::String)
+        .data_type("aws:ec2:image")
+        .description(description);
+    let r = if previous.is_some() {
+        req.overwrite(true).send().await
+    } else {
+        let tags: Vec<Tag> = ctx
+            .base_tags()
+            .into_iter()
+            .filter(|(k, _)| k == "bake:managed" || k == "bake:role" || k == "bake:env")
+            .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
+            .collect();
+        req.set_tags(Some(tags)).send().await
+    };
+    r.map_err(|e| Error::aws("ssm:PutParameter", format!("parameter {name}"), region, &e))?;
+    Ok(ParameterRecord { region: region.to_string(), name, value: image.to_string() })
+}
+
+pub async fn run(ctx: &mut Ctx) -> Result<()> {
+    let (build_region, image) = ctx.images.first().cloned().ok_or_else(|| Error::Other("no image to distribute".into()))?;
+    let name = ctx.manifest.images.get(&build_region).map(|i| i.name.clone()).unwrap_or_default();
+    let regions: Vec<String> = ctx.plan.image.regions.iter().filter(|r| **r != build_region).cloned().collect();
+    if !regions.is_empty() {
+        ctx.report.stage("distribute", &format!("copying {image} to {}", regions.join(", ")));
+        let mut tags = ctx.image_tags(&name);
+        tags.insert("bake:copy-of".into(), format!("{build_region}/{image}"));
+        let copies = stream::iter(regions.iter().map(|r| {
+            copy_one(
+                ctx.aws.clients(r),
+                ctx.journal.clone(),
+                build_region.clone(),
+                image.clone(),
+                name.clone(),
+                tags.clone(),
+                ctx.plan.image.kms_keys.get(r).cloned(),
+                format!("{}-{r}", ctx.id),
+                ctx.plan.builder.spec.image_timeout,
+            )
+        }))
+        .buffer_unordered(8)
+        .collect::<Vec<Copy>>()
+        .await;
+        let mut failed = Vec::new();
+        let mut succeeded = Vec::new();
+        for cp in copies {
+            match cp.result {
+                Ok((id, snaps)) => {
+                    succeeded.push(cp.region.clone());
+                    ctx.images.push((cp.region.clone(), id.clone()));
+                    ctx.manifest.images.insert(
+                        cp.region,
+                        ImageRecord { ami_id: id, name: name.clone(), state: "available".into(), snapshot_ids: snaps, copied_from: Some(image.clone()) },
+                    );
+                }
+                Err(e) => failed.push((cp.region, crate::error::one_line(&e.to_string()))),
+            }
+        }
+        if !failed.is_empty() {
+            failed.sort();
+            succeeded.sort();
+            return Err(Error::Copy { image, failed, succeeded });
+        }
+    }
+    ctx.report.stage("distribute", "sharing and publishing");
+    let images = ctx.images.clone();
+    for (region, id) in &images {
+        let c = ctx.aws.clients(region);
+        let snaps = ctx.manifest.images.get(region).map(|i| i.snapshot_ids.clone()).unwrap_or_default();
+        share_and_deprecate(ctx, &c, id, &snaps).await?;
+    }
+    // Mark the product before publishing it: an image named by a parameter is never swept.
+    crate::stages::cleanup::keep_products(ctx).await?;
+    for (region, id) in &images {
+        let c = ctx.aws.clients(region);
+        let p = publish(ctx, &c, id).await?;
+        ctx.manifest.parameters.push(p);
+    }
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! Image: stop the builder, create the AMI (name from the role's template, unique per bake; the
+//! image and its snapshots tagged with provenance), wait until it is available.
+
+use aws_sdk_ec2::client::Waiters;
+use aws_sdk_ec2::types::ResourceType;
+
+use crate::error::{Error, Result};
+use crate::journal::Kind;
+use crate::manifest::ImageRecord;
+use crate::pipeline::Ctx;
+use crate::stages::launch::waiter_why;
+use crate::stages::tag_spec;
+
+/// `20261121T232813Z`
+pub fn timestamp() -> String {
+    crate::journal::now_rfc3339().replace(['-', ':'], "").split('.').next().unwrap_or_default().trim_end_matches('Z').to_string() + "Z"
+}
+
+pub fn image_name(ctx: &Ctx) -> Result<String> {
+    let data = serde_json::json!({
+        "role": ctx.plan.role,
+        "env": ctx.plan.env,
+        "timestamp": timestamp(),
+        "bake_id": ctx.id.to_string(),
+        "vars": ctx.plan_vars(),
+    });
+    crate::template::render_plain(&ctx.plan.image.name, &data)
+        .map_err(|e| Error::Other(format!("roles/{}.toml: image.name: {e}", ctx.plan.role)))
+}
+
+/// The snapshots behind an image.
+pub async fn snapshots(c: &crate::aws::Clients, image: &str) -> Result<(String, Vec<String>)> {
+    let d = c
+        .ec2
+        .describe_images()
+        .image_ids(image)
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:DescribeImages", format!("image {image}"), &c.region, &e))?;
+    let img = d.images().first();
+    let state = img.and_then(|i| i.state()).map(|s| s.as_str().to_string()).unwrap_or_default();
+    let snaps = img
+        .map(|i| i.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string)).collect())
+        .unwrap_or_default();
+    Ok((state, snaps))
+}
+
+pub async fn create(ctx: &mut Ctx) -> Result<()> {
+    let instance = ctx.instance.clone().unwrap_or_default();
+    let ready = ctx.plan.builder.spec.ready_timeout;
+    ctx.c
+        .ec2
+        .stop_instances()
+        .instance_ids(&instance)
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:StopInstances", format!("builder {instance}"), &ctx.region, &e))?;
+    ctx.c
+        .ec2
+        .wait_until_instance_stopped()
+        .instance_ids(&instance)
+        .wait(ready.as_duration())
+        .await
+        .map_err(|e| Error::Wait { what: "builder".into(), resource: instance.clone(), region: ctx.region.clone(), why: waiter_why(&e, "stopped", ready) })?;
+    let name = image_name(ctx)?;
+    ctx.report.stage("image", &format!("creating {name}"));
+    let tags = ctx.image_tags(&name);
+    let r = ctx
+        .c
+        .ec2
+        .create_image()
+        .instance_id(&instance)
+        .name(&name)
+        .description(&ctx.plan.image.description)
+        .tag_specifications(tag_spec(ResourceType::Image, &tags))
+        .tag_specifications(tag_spec(ResourceType::Snapshot, &tags))
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:CreateImage", format!("image {name} from builder {instance}"), &ctx.region, &e))?;
+    let image = r.image_id().unwrap_or_default().to_string();
+    ctx.created(Kind::Image, &image, &ctx.region)?;
+    ctx.images.push((ctx.region.clone(), image.clone()));
+    ctx.manifest.images.insert(
+        ctx.region.clone(),
+        ImageRecord { ami_id: image.clone(), name: name.clone(), state: "pending".into(), snapshot_ids: vec![], copied_from: None },
+    );
+    // Snapshots may be known already (pending image): journal them as soon as they are.
+    let (_, early) = snapshots(&ctx.c, &image).await?;
+    for s in &early {
+        ctx.created(Kind::Snapshot, s, &ctx.region)?;
+    }
+    ctx.report.stage("image", &format!("{image} pending"));
+    let timeout = ctx.plan.builder.spec.image_timeout;
+    ctx.c
+        .ec2
+        .wait_until_image_available()
+        .image_ids(&image)
+        .wait(timeout.as_duration())
+        .await
+        .map_err(|e| Error::Wait { what: "image".into(), resource: image.clone(), region: ctx.region.clone(), why: waiter_why(&e, "available", timeout) })?;
+    let (state, snaps) = snapshots(&ctx.c, &image).await?;
+    for s in snaps.iter().filter(|s| !early.contains(s)) {
+        ctx.created(Kind::Snapshot, s, &ctx.region)?;
+    }
+    if let Some(rec) = ctx.manifest.images.get_mut(&ctx.region) {
+        rec.state = state;
+        rec.snapshot_ids = snaps;
+    }
+    ctx.report.stage("image", &format!("{image} available"));
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! Launch: a tagged builder with IMDSv2 required (hop limit 1), no key pair, no inbound rule,
+//! an encrypted root volume, in the role's subnet; then wait for it to run and for its SSM agent.
+
+use std::time::Duration;
+
+use aws_sdk_ec2::client::Waiters;
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceMarketOptionsRequest, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceType,
+    InstanceNetworkInterfaceSpecification, MarketType, ResourceType, VolumeType,
+};
+use aws_sdk_ssm::types::{InstanceInformationStringFilter, PingStatus};
+use backon::{ExponentialBuilder, Retryable};
+
+use crate::config::role::SubnetSpec;
+use crate::error::{Error, Result};
+use crate::journal::Kind;
+use crate::manifest::BuilderRecord;
+use crate::pipeline::Ctx;
+use crate::stages::tag_spec;
+use crate::wait::{poll, Poll};
+
+/// The subnet and VPC the builder goes into.
+async fn network(ctx: &Ctx) -> Result<(String, String)> {
+    let ec2 = &ctx.c.ec2;
+    let region = ctx.region.as_str();
+    let describe = |filters: Vec<Filter>| {
+        let ec2 = ec2.clone();
+        async move {
+            ec2.describe_subnets()
+                .set_filters(Some(filters))
+                .send()
+                .await
+                .map_err(|e| Error::aws("ec2:DescribeSubnets", "the builder's subnet", region, &e))
+        }
+    };
+    let subnets = match &ctx.plan.builder.spec.subnet {
+        SubnetSpec::Id { id } => {
+            let r = ec2.describe_subnets().subnet_ids(id).send().await.map_err(|e| {
+                Error::aws("ec2:DescribeSubnets", format!("subnet {id} (builder.subnet_id)"), region, &e)
+            })?;
+            r.subnets().to_vec()
+        }
+        SubnetSpec::Tags { tags } => {
+            let filters = tags.iter().map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(v).build()).collect();
+            describe(filters).await?.subnets().to_vec()
+        }
+        SubnetSpec::Default => {
+            let vpcs = ec2
+                .describe_vpcs()
+                .filters(Filter::builder().name("is-default").values("true").build())
+                .send()
+                .await
+                .map_err(|e| Error::aws("ec2:DescribeVpcs", "the default VPC", region, &e))?;
+            let Some(vpc) = vpcs.vpcs().first().and_then(|v| v.vpc_id()) else {
+                return Err(Error::Other(format!(
+                    "region {region} has no default VPC: set builder.subnet_id or builder.subnet_tags in {}",
+                    format_args!("roles/{}.toml", ctx.plan.role)
+                )));
+            };
+            describe(vec![
+                Filter::builder().name("vpc-id").values(vpc).build(),
+                Filter::builder().name("default-for-az").values("true").build(),
+            ])
+            .await?
+            .subnets()
+            .to_vec()
+        }
+    };
+    // The subnet with the most free addresses; ties go to the first by id (deterministic).
+    let mut subnets: Vec<_> = subnets.iter().filter(|s| s.subnet_id().is_some() && s.vpc_id().is_some()).collect();
+    subnets.sort_by(|a, b| {
+        b.available_ip_address_count()
+            .unwrap_or(0)
+            .cmp(&a.available_ip_address_count().unwrap_or(0))
+            .then(a.subnet_id().cmp(&b.subnet_id()))
+    });
+    match subnets.first() {
+        Some(s) => Ok((s.subnet_id().unwrap_or_default().to_string(), s.vpc_id().unwrap_or_default().to_string())),
+        None => Err(Error::Other(format!(
+            "no subnet in {region} matches builder.{} of roles/{}.toml",
+            match &ctx.plan.builder.spec.subnet {
+                SubnetSpec::Id { .. } => "subnet_id",
+                SubnetSpec::Tags { .. } => "subnet_tags",
+                SubnetSpec::Default => "subnet (the default VPC has no default subnet)",
+            },
+            ctx.plan.role
+        ))),
+    }
+}
+
+/// A temporary security group with no inbound rule (outbound open, for SSM and packages).
+async fn security_group(ctx: &Ctx, vpc: &str) -> Result<String> {
+    let name = format!("bake-{}", ctx.id);
+    let mut tags = ctx.base_tags();
+    tags.insert("Name".into(), name.clone());
+    let r = ctx
+        .c
+        .ec2
+        .create_security_group()
+        .group_name(&name)
+        .description(format!("bake builder {} for {}/{}: no inbound rule", ctx.id, ctx.plan.role, ctx.plan.env))
+        .vpc_id(vpc)
+        .tag_specifications(tag_spec(ResourceType::SecurityGroup, &tags))
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:CreateSecurityGroup", format!("security group {name}"), &ctx.region, &e))?;
+    let id = r.group_id().unwrap_or_default().to_string();
+    ctx.created(Kind::SecurityGroup, &id, &ctx.region)?;
+    Ok(id)
+}
+
+/// True for RunInstances' answer while a new instance profile is not visible to EC2 yet.
+fn profile_not_ready(e: &Error) -> bool {
+    matches!(e, Error::Aws { code: Some(c), detail, .. } if c == "InvalidParameterValue" && detail.contains("iamInstanceProfile"))
+}
+
+pub async fn launch(ctx: &mut Ctx, _role: &str, profile: &str) -> Result<()> {
+    let (subnet, vpc) = network(ctx).await?;
+    let spec = ctx.plan.builder.spec.clone();
+    let groups = if spec.security_group_ids.is_empty() {
+        vec![security_group(ctx, &vpc).await?]
+    } else {
+        spec.security_group_ids.clone()
+    };
+    let source = ctx.source.clone().ok_or_else(|| Error::Other("the source image was not resolved".into()))?;
+    let mut ebs = EbsBlockDevice::builder()
+        .volume_type(VolumeType::from(spec.root_volume_type.as_str()))
+        .encrypted(spec.encrypted)
+        .delete_on_termination(true);
+    if let Some(size) = spec.root_volume_size.map(|s| s as i32).or(source.root_size) {
+        ebs = ebs.volume_size(size);
+    }
+    if let Some(k) = &spec.kms_key_id {
+        ebs = ebs.kms_key_id(k);
+    }
+    let mut tags = ctx.base_tags();
+    tags.insert("Name".into(), format!("bake-builder {}/{}", ctx.plan.role, ctx.plan.env));
+    let mut req = ctx
+        .c
+        .ec2
+        .run_instances()
+        .image_id(&source.id)
+        .instance_type(InstanceType::from(spec.instance_type.as_str()))
+        .min_count(1)
+        .max_count(1)
+        .iam_instance_profile(IamInstanceProfileSpecification::builder().name(profile).build())
+        .metadata_options(
+            InstanceMetadataOptionsRequest::builder()
+                .http_tokens(HttpTokensState::Required)
+                .http_put_response_hop_limit(1)
+                .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                .build(),
+        )
+        .block_device_mappings(BlockDeviceMapping::builder().device_name(&source.root_device_name).ebs(ebs.build()).build())
+        .tag_specifications(tag_spec(ResourceType::Instance, &tags))
+        .tag_specifications(tag_spec(ResourceType::Volume, &tags))
+        .client_token(format!("{}-builder", ctx.id));
+    req = match spec.associate_public_ip {
+        Some(public) => req.network_interfaces(
+            InstanceNetworkInterfaceSpecification::builder()
+                .device_index(0)
+                .subnet_id(&subnet)
+                .set_groups(Some(groups.clone()))
+                .associate_public_ip_address(public)
+                .delete_on_termination(true)
+                .build(),
+        ),
+        None => req.subnet_id(&subnet).set_security_group_ids(Some(groups.clone())),
+    };
+    if spec.spot {
+        req = req.instance_market_options(InstanceMarketOptionsRequest::builder().market_type(MarketType::Spot).build());
+    }
+    let region = ctx.region.clone();
+    let report = ctx.report.clone();
+    // A new instance profile takes a few seconds to be usable by EC2 (eventual consistency).
+    let run = || {
+        let req = req.clone();
+        let region = region.clone();
+        async move { req.send().await.map_err(|e| Error::aws("ec2:RunInstances", "the builder", &region, &e)) }
+    };
+    let out = run
+        .retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(1)).with_max_delay(Duration::from_secs(8)).with_max_times(10))
+        .sleep(tokio::time::sleep)
+        .when(profile_not_ready)
+        .notify(|_, d| report.info(&format!("instance profile not visible to EC2 yet; retrying in {:.1}s", d.as_secs_f64())))
+        .await?;
+    let instance = out.instances().first().and_then(|i| i.instance_id()).unwrap_or_default().to_string();
+    ctx.created(Kind::Instance, &instance, &ctx.region)?;
+    ctx.instance = Some(instance.clone());
+    ctx.manifest.builder = Some(BuilderRecord {
+        instance_id: instance.clone(),
+        instance_type: spec.instance_type.clone(),
+        subnet_id: Some(subnet),
+        security_groups: groups,
+        iam_role: profile.to_string(),
+        instance_profile: profile.to_string(),
+    });
+    ctx.report.stage("launch", &format!("{instance} pending"));
+    ctx.c
+        .ec2
+        .wait_until_instance_running()
+        .instance_ids(&instance)
+        .wait(spec.ready_timeout.as_duration())
+        .await
+        .map_err(|e| Error::Wait {
+            what: "builder".into(),
+            resource: instance.clone(),
+            region: ctx.region.clone(),
+            why: waiter_why(&e, "running", spec.ready_timeout),
+        })?;
+    ctx.report.stage("launch", &format!("{instance} running"));
+    Ok(())
+}
+
+/// One line for a waiter's failure.
+pub fn waiter_why<O, E>(e: &aws_smithy_runtime_api::client::waiters::error::WaiterError<O, E>, goal: &str, timeout: crate::config::Secs) -> String
+where
+    O: std::fmt::Debug,
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    use aws_smithy_runtime_api::client::waiters::error::WaiterError;
+    use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+    match e {
+        WaiterError::ExceededMaxWait(_) => format!("did not become {goal} within {timeout}"),
+        WaiterError::FailureState(_) => format!("reached a state from which it cannot become {goal}"),
+        WaiterError::OperationFailed(op) => {
+            let inner = op.error();
+            match (inner.code(), inner.message()) {
+                (Some(c), Some(m)) => format!("could not be checked: {c}: {m}"),
+                _ => format!(
+                    "could not be checked: {}",
+                    crate::error::one_line(&aws_smithy_types::error::display::DisplayErrorContext(inner).to_string())
+                ),
+            }
+        }
+        _ => crate::error::one_line(&aws_smithy_types::error::display::DisplayErrorContext(e).to_string()),
+    }
+}
+
+/// Waits until the builder's SSM agent is Online (after `since`, for a reboot: its last ping is
+/// later than the reboot request).
+pub async fn wait_agent(ctx: &mut Ctx, since: Option<aws_smithy_types::DateTime>) -> Result<()> {
+    let instance = ctx.instance.clone().unwrap_or_default();
+    let timeout = ctx.plan.builder.spec.ready_timeout;
+    let ssm = ctx.c.ssm.clone();
+    let region = ctx.region.clone();
+    let found = poll(Poll::new(Duration::from_secs(1), Duration::from_secs(5), timeout.as_duration()), || {
+        let ssm = ssm.clone();
+        let instance = instance.clone();
+        let region = region.clone();
+        async move {
+            let r = ssm
+                .describe_instance_information()
+                .filters(
+                    InstanceInformationStringFilter::builder()
+                        .key("InstanceIds")
+                        .values(&instance)
+                        .build()
+                        .map_err(|e| Error::Other(e.to_string()))?,
+                )
+                .send()
+                .await
+                .map_err(|e| Error::aws("ssm:DescribeInstanceInformation", format!("builder {instance}"), &region, &e))?;
+            let online = r.instance_information_list().iter().any(|i| {
+                i.ping_status() == Some(&PingStatus::Online)
+                    && match (since, i.last_ping_date_time()) {
+                        (Some(t), Some(p)) => p.secs() >= t.secs(),
+                        (Some(_), None) => false,
+                        (None, _) => true,
+                    }
+            });
+            Ok(online.then_some(()))
+        }
+    })
+    .await?;
+    match found {
+        Some(()) => {
+            ctx.report.stage("agent", &format!("{instance} online"));
+            Ok(())
+        }
+        None => Err(Error::Wait {
+            what: "the SSM agent of builder".into(),
+            resource: instance,
+            region: ctx.region.clone(),
+            why: format!(
+                "did not come online within {timeout} (the builder needs outbound HTTPS to SSM: a NAT, a public IP or VPC endpoints)"
+            ),
+        }),
+    }
+}

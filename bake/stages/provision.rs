@@ -1,0 +1,275 @@
+//! Provision: every rendered step, in run-list order, through SSM Run Command
+//! (AWS-RunShellScript). A step that fails stops the bake with its exit code and the end of its
+//! stderr. A script too large for one SendCommand goes in parts and is checked by sha256 on the
+//! builder before it runs.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_ssm::types::CommandInvocationStatus;
+use backon::{ExponentialBuilder, Retryable};
+use base64::Engine as _;
+
+use crate::error::{Error, Result};
+use crate::pipeline::Ctx;
+use crate::plan::PlannedStep;
+use crate::wait::{poll, Poll};
+
+/// Scripts above this size go in parts (a SendCommand's parameters are limited in size).
+pub const MAX_INLINE: usize = 48 * 1024;
+/// Base64 characters per part.
+pub const PART: usize = 40 * 1024;
+/// What AWS keeps of a command's output in GetCommandInvocation.
+pub const STDOUT_LIMIT: usize = 24_000;
+pub const STDERR_LIMIT: usize = 8_000;
+/// Where parts are assembled on the builder.
+pub const STAGING: &str = "/var/lib/bake/steps";
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub command_id: String,
+    pub status: String,
+    pub details: String,
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The commands that deliver `script` in parts: each appends a base64 chunk to a staging file;
+/// the last decodes it, checks its sha256 and runs it.
+pub fn delivery_parts(step_id: &str, script: &str, sha256: &str) -> (Vec<Vec<String>>, Vec<String>) {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(script.as_bytes());
+    let name = step_id.replace('/', "-");
+    let staged = format!("{STAGING}/{name}.b64");
+    let chunks: Vec<&str> = b64.as_bytes().chunks(PART).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
+    let parts = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let redirect = if i == 0 { ">" } else { ">>" };
+            vec![
+                "#!/bin/bash".to_string(),
+                "set -euo pipefail".to_string(),
+                format!("# bake: part {} of {} of step {step_id}", i + 1, chunks.len()),
+                format!("mkdir -p {STAGING} && chmod 700 {STAGING}"),
+                format!("printf '%s' '{chunk}' {redirect} {staged}"),
+            ]
+        })
+        .collect();
+    let run = vec![
+        "#!/bin/bash".to_string(),
+        "set -euo pipefail".to_string(),
+        format!("# bake: run step {step_id}, delivered in {} parts", chunks.len()),
+        format!("base64 -d {staged} > {STAGING}/{name}.sh"),
+        format!("echo '{sha256}  {STAGING}/{name}.sh' | sha256sum --check --quiet"),
+        format!("chmod 700 {STAGING}/{name}.sh"),
+        format!("rm -f {staged}"),
+        format!("exec {STAGING}/{name}.sh"),
+    ];
+    (parts, run)
+}
+
+fn comment(ctx: &Ctx, what: &str) -> String {
+    let mut c = format!("bake {} {what}", ctx.id);
+    c.truncate(100);
+    c
+}
+
+/// Sends one command and waits for it to end.
+async fn run_command(ctx: &Ctx, label: &str, lines: Vec<String>, timeout: Duration) -> Result<Outcome> {
+    let instance = ctx.instance.clone().unwrap_or_default();
+    let region = ctx.region.clone();
+    let ssm = ctx.c.ssm.clone();
+    let send = || {
+        let ssm = ssm.clone();
+        let lines = lines.clone();
+        let instance = instance.clone();
+        let region = region.clone();
+        let comment = comment(ctx, label);
+        async move {
+            ssm.send_command()
+                .instance_ids(&instance)
+                .document_name("AWS-RunShellScript")
+                .comment(comment)
+                .timeout_seconds(600)
+                .parameters("commands", lines)
+                .parameters("executionTimeout", vec![timeout.as_secs().max(1).to_string()])
+                .send()
+                .await
+                .map_err(|e| Error::aws("ssm:SendCommand", format!("step {label} on builder {instance}"), &region, &e))
+        }
+    };
+    // Right after it registers, SSM may briefly not accept commands for an instance.
+    let sent = send
+        .retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(1)).with_max_delay(Duration::from_secs(5)).with_max_times(6))
+        .sleep(tokio::time::sleep)
+        .when(|e| e.code() == Some("InvalidInstanceId"))
+        .await?;
+    let command_id = sent.command().and_then(|c| c.command_id()).unwrap_or_default().to_string();
+    let sent_at = Instant::now();
+    // Output appears when the command ends; poll at most every 2 s (first after 0.5 s).
+    let p = Poll::new(Duration::from_millis(500), Duration::from_secs(2), timeout + Duration::from_secs(600));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let outcome = poll(p, || {
+        let ssm = ssm.clone();
+        let command_id = command_id.clone();
+        let instance = instance.clone();
+        let region = region.clone();
+        async move {
+            let r = match ssm.get_command_invocation().command_id(&command_id).instance_id(&instance).send().await {
+                Ok(r) => r,
+                // Not visible yet right after SendCommand (eventual consistency).
+                Err(e) if e.as_service_error().map(|s| s.is_invocation_does_not_exist()).unwrap_or(false)
+                    && sent_at.elapsed() < Duration::from_secs(60) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => {
+                    return Err(Error::aws("ssm:GetCommandInvocation", format!("command {command_id} on {instance}"), &region, &e))
+                }
+            };
+            let status = r.status().cloned().unwrap_or(CommandInvocationStatus::Pending);
+            let done = !matches!(
+                status,
+                CommandInvocationStatus::Pending | CommandInvocationStatus::InProgress | CommandInvocationStatus::Delayed | CommandInvocationStatus::Cancelling
+            );
+            Ok(done.then(|| Outcome {
+                command_id: command_id.clone(),
+                status: status.as_str().to_string(),
+                details: r.status_details().unwrap_or_default().to_string(),
+                code: r.response_code(),
+                stdout: r.standard_output_content().unwrap_or_default().to_string(),
+                stderr: r.standard_error_content().unwrap_or_default().to_string(),
+            }))
+        }
+    })
+    .await?;
+    match outcome {
+        Some(o) => Ok(o),
+        None => {
+            let _ = ctx.c.ssm.cancel_command().command_id(&command_id).send().await;
+            Err(Error::Wait {
+                what: format!("step {label}, command"),
+                resource: command_id,
+                region: ctx.region.clone(),
+                why: format!("did not end within {}s of its timeout", timeout.as_secs() + 600),
+            })
+        }
+    }
+}
+
+fn tail(text: &str, n: usize) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
+}
+
+/// Runs one step (in parts when large); the outcome of the command that ran it.
+async fn run_step(ctx: &mut Ctx, step: &PlannedStep) -> Result<(Outcome, Vec<String>)> {
+    let id = step.id();
+    let timeout = step.timeout.as_duration();
+    let mut ids = Vec::new();
+    if step.script.len() <= MAX_INLINE {
+        let lines: Vec<String> = step.script.lines().map(str::to_string).collect();
+        let o = run_command(ctx, &id, lines, timeout).await?;
+        ids.push(o.command_id.clone());
+        return Ok((o, ids));
+    }
+    let (parts, run) = delivery_parts(&id, &step.script, &step.sha256);
+    let n = parts.len();
+    for (i, part) in parts.into_iter().enumerate() {
+        ctx.report.stage("provision", &format!("{id}: delivering part {}/{n}", i + 1));
+        let o = run_command(ctx, &format!("{id} part {}/{n}", i + 1), part, Duration::from_secs(120)).await?;
+        ids.push(o.command_id.clone());
+        if o.status != "Success" {
+            return Ok((o, ids));
+        }
+    }
+    let o = run_command(ctx, &id, run, timeout).await?;
+    ids.push(o.command_id.clone());
+    Ok((o, ids))
+}
+
+pub async fn run_all(ctx: &mut Ctx) -> Result<()> {
+    let steps = ctx.plan.steps.clone();
+    let total = steps.len();
+    for (i, step) in steps.iter().enumerate() {
+        let id = step.id();
+        ctx.stage("provision", &format!("{id} ({}/{total})", i + 1));
+        let started = Instant::now();
+        let (o, ids) = run_step(ctx, step).await?;
+        let secs = started.elapsed().as_secs_f64();
+        ctx.report.output(&id, "stdout", &o.stdout);
+        ctx.report.output(&id, "stderr", &o.stderr);
+        let rec = &mut ctx.manifest.steps[i];
+        rec.status = if o.status == "TimedOut" && o.details == "DeliveryTimedOut" { "DeliveryTimedOut".into() } else { o.status.clone() };
+        rec.exit_code = Some(o.code);
+        rec.duration_secs = secs;
+        rec.stdout_truncated = o.stdout.chars().count() >= STDOUT_LIMIT;
+        rec.stderr_truncated = o.stderr.chars().count() >= STDERR_LIMIT;
+        rec.command_ids = ids;
+        ctx.stage_done("provision");
+        if o.status != "Success" {
+            let mut stderr_tail = tail(&o.stderr, 40);
+            if stderr_tail.is_empty() {
+                stderr_tail = tail(&o.stdout, 40);
+            }
+            let status = match (o.status.as_str(), o.details.as_str()) {
+                ("TimedOut", "DeliveryTimedOut") => "undeliverable (delivery timed out)".to_string(),
+                ("TimedOut", _) => format!("timed out after {}", step.timeout),
+                ("Failed", d) if d == "Undeliverable" || d == "Terminated" => format!("failed ({d})"),
+                (s, _) => s.to_lowercase(),
+            };
+            return Err(Error::StepFailed {
+                step: id,
+                instance: ctx.instance.clone().unwrap_or_default(),
+                region: ctx.region.clone(),
+                status,
+                exit_code: o.code,
+                stderr_tail,
+            });
+        }
+        ctx.report.info(&format!("{id} done in {secs:.1}s"));
+        if step.reboot {
+            ctx.stage("provision", &format!("{id}: rebooting the builder"));
+            let since = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
+            let since = aws_smithy_types::DateTime::from_secs(since.secs());
+            let instance = ctx.instance.clone().unwrap_or_default();
+            ctx.c
+                .ec2
+                .reboot_instances()
+                .instance_ids(&instance)
+                .send()
+                .await
+                .map_err(|e| Error::aws("ec2:RebootInstances", format!("builder {instance}"), &ctx.region, &e))?;
+            // Give the reboot a moment to take the agent down before watching for it.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            crate::stages::launch::wait_agent(ctx, Some(since)).await?;
+            ctx.manifest.steps[i].rebooted = true;
+            ctx.stage_done("provision");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_scripts_go_in_parts_that_reassemble() {
+        let script = format!("#!/bin/bash\nset -euo pipefail\n{}", "echo 'x'\n".repeat(30_000));
+        let sha = crate::plan::sha256_hex(script.as_bytes());
+        let (parts, run) = delivery_parts("base/big", &script, &sha);
+        assert!(parts.len() >= 7, "{}", parts.len());
+        let mut b64 = String::new();
+        for p in &parts {
+            let joined = p.join("\n");
+            assert!(joined.len() < MAX_INLINE, "each part fits in one SendCommand");
+            let line = p.iter().find(|l| l.starts_with("printf '%s' '")).unwrap();
+            b64.push_str(line.split('\'').nth(3).unwrap());
+        }
+        let decoded = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        assert_eq!(decoded, script.as_bytes());
+        assert!(run.iter().any(|l| l.contains(&sha) && l.contains("sha256sum --check")));
+        assert_eq!(run.last().unwrap(), "exec /var/lib/bake/steps/base-big.sh");
+    }
+}
