@@ -238,11 +238,11 @@ fn build(g: &Global, req: crate::build::Request, manifest_file: Option<&std::pat
             if !text.is_empty() {
                 out(&text);
             }
-            for m in &manifests {
-                if m.status == "failed" || m.status == "interrupted" {
-                    eprintln!("error: {}/{}: {}", m.role, m.env, m.error.clone().unwrap_or_else(|| m.status.clone()));
-                }
-            }
+        }
+    }
+    for m in &manifests {
+        if m.status == "failed" || m.status == "interrupted" {
+            eprintln!("error: {}/{}: {}", m.role, m.env, m.error.clone().unwrap_or_else(|| m.status.clone()));
         }
     }
     if manifests.iter().any(|m| m.status == "interrupted") {

@@ -2,7 +2,9 @@
 //! sleep on tokio's clock with a growing interval, give up at a deadline.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::error::Result;
 

@@ -1,0 +1,565 @@
+//! `bake build` end to end against the sandbox cloud, through the real binary. Every test counts
+//! the sandbox's live bake:managed resources before and after: a failed or interrupted bake
+//! leaves nothing; a successful one leaves exactly its images, their snapshots and parameters.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bake::config::{Project, VarInputs};
+use common::sandbox::Sandbox;
+use common::{project_copy, text};
+use serde_json::{json, Value};
+
+fn bake_cmd(sb: &Sandbox, root: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bake"));
+    cmd.arg("--root").arg(root).args(args).current_dir(root);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BAKE_") || k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in sb.env() {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn bake(sb: &Sandbox, root: &Path, args: &[&str]) -> Output {
+    bake_cmd(sb, root, args).output().expect("run bake")
+}
+
+/// Live resources as a set of "type id region".
+fn live(sb: &Sandbox) -> BTreeSet<String> {
+    sb.live().iter().map(|r| format!("{} {} {}", r["type"].as_str().unwrap(), r["id"].as_str().unwrap(), r["region"].as_str().unwrap_or("global"))).collect()
+}
+
+/// What a successful bake leaves: its images and snapshots in every region, and parameters.
+fn products(m: &Value) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (region, img) in m["images"].as_object().unwrap() {
+        out.insert(format!("image {} {region}", img["ami_id"].as_str().unwrap()));
+        for s in img["snapshot_ids"].as_array().unwrap() {
+            out.insert(format!("snapshot {} {region}", s.as_str().unwrap()));
+        }
+    }
+    for p in m["parameters"].as_array().unwrap() {
+        out.insert(format!("ssm-parameter {} {}", p["name"].as_str().unwrap(), p["region"].as_str().unwrap()));
+    }
+    out
+}
+
+fn json_out(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr)))
+}
+
+fn edit(root: &Path, file: &str, from: &str, to: &str) {
+    let p = root.join(file);
+    let s = std::fs::read_to_string(&p).unwrap();
+    assert!(s.contains(from), "{file} lacks {from:?}");
+    std::fs::write(&p, s.replacen(from, to, 1)).unwrap();
+}
+
+fn describe(sb: &Sandbox, query: &str) -> Value {
+    sb.control("GET", &format!("/_sandbox/images{query}"), None)["images"].clone()
+}
+
+#[test]
+fn every_example_role_bakes_and_leaves_only_its_images() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let before = live(&sb);
+    let out = bake(&sb, root, &["build", "boxoffice", "www", "kaiju", "--env", "staging", "--output", "json", "--manifest", "bake.json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let manifests = json_out(&out);
+    assert_eq!(manifests.as_array().unwrap().len(), 3);
+    assert_eq!(std::fs::read_to_string(root.join("bake.json")).unwrap().trim(), text(&out.stdout).trim(), "--manifest writes the same JSON");
+    let mut expected = before.clone();
+    let project = Project::new(root);
+    for m in manifests.as_array().unwrap() {
+        let role = m["role"].as_str().unwrap();
+        assert_eq!(m["status"], "succeeded", "{m}");
+        assert!(m["bake_id"].as_str().unwrap().starts_with("b-"));
+        // The manifest is complete.
+        for key in ["source", "fingerprint", "builder", "steps", "images", "parameters", "stages", "api_calls", "journal"] {
+            assert!(!m[key].is_null(), "{role}: manifest lacks {key}");
+        }
+        assert!(m["source"]["ami_id"].as_str().unwrap().starts_with("ami-"));
+        assert!(m["source"]["name"].as_str().unwrap().starts_with("ubuntu/images/"));
+        for stage in ["source", "iam", "launch", "agent", "provision", "image", "distribute", "cleanup"] {
+            assert!(m["stages"][stage].as_f64().is_some(), "{role}: no duration for stage {stage}");
+        }
+        assert_eq!(m["api_calls"]["ec2:RunInstances"], 1);
+        let plan = project.plan(role, "staging", &VarInputs::default()).unwrap();
+        let steps = m["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), plan.steps.len());
+        for (s, p) in steps.iter().zip(&plan.steps) {
+            assert_eq!(s["status"], "Success");
+            assert_eq!(s["exit_code"], 0);
+            assert_eq!(s["sha256"], p.sha256.as_str());
+            assert_eq!(s["stdout_truncated"], false);
+        }
+        assert_eq!(steps[0]["rebooted"], true, "base/updates reboots");
+        // The sandbox received exactly the rendered steps, in run-list order.
+        let instance = m["builder"]["instance_id"].as_str().unwrap();
+        let got: Vec<String> = sb.scripts(instance).iter().map(|r| r["script"].as_str().unwrap().to_string()).collect();
+        let want: Vec<String> = plan.steps.iter().map(|s| s.script.trim_end_matches('\n').to_string()).collect();
+        assert_eq!(got, want, "{role}: scripts received");
+        let comments: Vec<String> = sb.scripts(instance).iter().map(|r| r["comment"].as_str().unwrap().to_string()).collect();
+        assert_eq!(comments[0], format!("bake {} base/updates", m["bake_id"].as_str().unwrap()));
+        // Images: available, tagged with provenance, snapshots tagged, copies in the other regions.
+        let regions: Vec<&String> = m["images"].as_object().unwrap().keys().collect();
+        assert_eq!(regions.len(), 1 + plan.image.regions.len(), "{role}: {regions:?}");
+        for (region, rec) in m["images"].as_object().unwrap() {
+            let imgs = describe(&sb, &format!("?region={region}"));
+            let img = imgs.as_array().unwrap().iter().find(|i| i["id"] == rec["ami_id"]).unwrap();
+            assert_eq!(img["state"], "available");
+            assert!(img["name"].as_str().unwrap().starts_with(&format!("{role}-staging-")));
+            for (k, v) in [("bake:role", role), ("bake:env", "staging"), ("bake:managed", "true"), ("bake:complete", "true")] {
+                assert_eq!(img["tags"][k], v, "{role} {region}: tag {k}");
+                assert_eq!(img["snapshot_tags"][k], v, "{role} {region}: snapshot tag {k}");
+            }
+            assert_eq!(img["tags"]["bake:source-ami"], m["source"]["ami_id"]);
+            assert_eq!(img["tags"]["bake:fingerprint"], m["fingerprint"]);
+            assert_eq!(img["tags"]["bake:cookbooks"], "base,docker,app-server");
+            assert_eq!(img["tags"]["bake:id"], m["bake_id"]);
+            assert!(img["snapshot_encrypted"].as_bool().unwrap(), "{role} {region}: encrypted");
+            for (k, v) in &plan.image.tags {
+                assert_eq!(img["tags"][k], v.as_str());
+            }
+        }
+        // Parameter published in every region.
+        let params = m["parameters"].as_array().unwrap();
+        assert_eq!(params.len(), regions.len());
+        for p in params {
+            assert_eq!(p["name"], format!("/bake/{role}/staging/ami-id"));
+            assert_eq!(p["value"], m["images"][p["region"].as_str().unwrap()]["ami_id"]);
+        }
+        expected.extend(products(m));
+    }
+    // Builders terminated, temporary IAM and security groups gone: only the products remain.
+    assert_eq!(live(&sb), expected);
+    // The journal ends with `finished succeeded`.
+    let j = std::fs::read_to_string(manifests[0]["journal"].as_str().unwrap()).unwrap();
+    assert!(j.lines().last().unwrap().contains("\"succeeded\""));
+}
+
+#[test]
+fn waiters_really_wait_and_nothing_polls_busily() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    edit(root, "roles/kaiju.toml", "image = { regions = [\"us-west-2\"] }", "");
+    sb.control("POST", "/_sandbox/delays", Some(json!({"instance_pending": 2, "agent_registration": 2, "image_pending": 2, "command_duration": 0.6})));
+    sb.control("DELETE", "/_sandbox/calls", None);
+    let t = Instant::now();
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let m = json_out(&out);
+    // The waiters waited: the instance was pending 2 s, the image 2 s.
+    assert!(m["stages"]["launch"].as_f64().unwrap() >= 2.0, "{}", m["stages"]);
+    assert!(m["stages"]["image"].as_f64().unwrap() >= 2.0, "{}", m["stages"]);
+    let ready = m["stages"]["launch"].as_f64().unwrap() + m["stages"]["agent"].as_f64().unwrap();
+    assert!(ready >= 4.0, "pending, then registration: {}", m["stages"]);
+    let calls = sb.calls();
+    let polls: Vec<(f64, String)> = calls["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            let a = c["action"].as_str().unwrap();
+            a.starts_with("Describe") || a.starts_with("Get")
+        })
+        .map(|c| (c["t"].as_f64().unwrap(), c["action"].as_str().unwrap().to_string()))
+        .collect();
+    let rate = polls.len() as f64 / secs;
+    assert!(rate <= 2.0, "{} Describe/Get calls in {secs:.1}s", polls.len());
+    // No busy loop: the same call repeated never runs more than twice in a second.
+    for (i, (t0, a)) in polls.iter().enumerate() {
+        let same = polls[i..].iter().take_while(|(t, _)| t - t0 < 1.0).filter(|(_, b)| b == a).count();
+        assert!(same <= 2, "{a} polled {same} times within a second");
+    }
+}
+
+fn assert_failed_cleanly(sb: &Sandbox, before: &BTreeSet<String>, out: &Output) -> Value {
+    assert_eq!(out.status.code(), Some(1), "stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(&live(sb), before, "a failed bake leaves nothing behind");
+    assert!(!text(&out.stderr).contains("panicked"));
+    json_out(out)
+}
+
+#[test]
+fn a_failing_step_stops_the_bake_with_its_exit_code_and_stderr() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let before = live(&sb);
+    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{
+        "match": "cookbook=docker step=engine",
+        "exit_code": 3,
+        "stdout": "Reading package lists...\n",
+        "stderr": (1..=50).map(|i| format!("E: line {i}\n")).collect::<String>() + "E: Unable to locate package docker.io\n",
+    }]})));
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);
+    let m = assert_failed_cleanly(&sb, &before, &out);
+    let err = text(&out.stderr);
+    assert!(err.contains("step docker/engine failed on builder i-"), "{err}");
+    assert!(err.contains("exit code 3"), "{err}");
+    assert!(err.contains("| E: Unable to locate package docker.io"), "{err}");
+    assert!(err.contains("| E: line 12\n") && !err.contains("| E: line 11\n"), "the last 40 lines of stderr: {err}");
+    assert_eq!(m["status"], "failed");
+    let steps = m["steps"].as_array().unwrap();
+    let engine = steps.iter().find(|s| s["step"] == "engine").unwrap();
+    assert_eq!(engine["status"], "Failed");
+    assert_eq!(engine["exit_code"], 3);
+    assert_eq!(steps.iter().find(|s| s["step"] == "daemon").unwrap()["status"], "not-run", "fail fast");
+    assert!(m["images"].as_object().unwrap().is_empty(), "no AMI made");
+}
+
+#[test]
+fn a_step_that_times_out_and_a_syntax_error_fail_cleanly() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let before = live(&sb);
+    // base/ssh has a 5m timeout; the sandbox's outcome takes longer. Shorten it to keep the test quick.
+    edit(root, "cookbooks/base/cookbook.toml", "name = \"ssh\"\ndescription = \"Harden sshd, or disable it\"\ntimeout = \"5m\"", "name = \"ssh\"\ndescription = \"Harden sshd, or disable it\"\ntimeout = \"2s\"");
+    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=base step=ssh", "hang": true}]})));
+    let out = bake(&sb, root, &["build", "www", "--env", "staging", "--output", "json"]);
+    let m = assert_failed_cleanly(&sb, &before, &out);
+    assert!(text(&out.stderr).contains("step base/ssh failed on builder"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("timed out after 2s"), "{}", text(&out.stderr));
+    assert_eq!(m["steps"][1]["status"], "TimedOut");
+
+    // A template that renders to bad shell: the sandbox's bash -n says so.
+    sb.control("DELETE", "/_sandbox/ssm/outcomes", None);
+    edit(root, "cookbooks/base/steps/logs.sh.hbs", "if [ -n \"$target\" ]; then", "if [ -n \"$target\" ]; then (");
+    let out = bake(&sb, root, &["build", "www", "--env", "staging", "--output", "json"]);
+    assert_failed_cleanly(&sb, &before, &out);
+    let err = text(&out.stderr);
+    assert!(err.contains("step base/logs failed") && err.contains("exit code 2") && err.contains("syntax error"), "{err}");
+}
+
+#[test]
+fn an_image_that_never_becomes_available_is_deregistered() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    edit(root, "roles/kaiju.toml", "instance_type = \"t3.small\"", "instance_type = \"t3.small\"\nimage_timeout = \"3s\"");
+    let before = live(&sb);
+    sb.control("POST", "/_sandbox/delays", Some(json!({"image_pending": -1})));
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_failed_cleanly(&sb, &before, &out);
+    let err = text(&out.stderr);
+    assert!(err.contains("image ami-") && err.contains("in us-east-1 did not become available within 3s"), "{err}");
+    let mine: Vec<Value> = describe(&sb, "").as_array().unwrap().clone();
+    assert!(mine.is_empty(), "the pending image was deregistered: {mine:?}");
+}
+
+#[test]
+fn one_regions_copy_failing_removes_every_copy() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    edit(root, "roles/kaiju.toml", "image = { regions = [\"us-west-2\"] }", "image = { regions = [\"us-west-2\", \"eu-west-1\"] }");
+    let before = live(&sb);
+    sb.control("POST", "/_sandbox/failing_image_regions", Some(json!({"regions": ["eu-west-1"]})));
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_failed_cleanly(&sb, &before, &out);
+    let err = text(&out.stderr);
+    assert!(err.contains("failed in eu-west-1"), "{err}");
+    assert!(err.contains("the copies in us-west-2 succeeded and are removed"), "{err}");
+    assert!(describe(&sb, "").as_array().unwrap().is_empty(), "no image left in any region");
+}
+
+#[test]
+fn throttling_and_5xx_on_a_fifth_of_calls_still_bake() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let before = live(&sb);
+    sb.control("POST", "/_sandbox/faults", Some(json!({"faults": [
+        {"service": "*", "action": "*", "rate": 0.1, "kind": "throttle", "seed": 11},
+        {"service": "*", "action": "*", "rate": 0.1, "kind": "503", "seed": 12},
+    ]})));
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let m = json_out(&out);
+    assert_eq!(m["status"], "succeeded");
+    sb.control("DELETE", "/_sandbox/faults", None);
+    let mut expected = before;
+    expected.extend(products(&m));
+    assert_eq!(live(&sb), expected);
+    let n = sb.calls()["count"].as_u64().unwrap();
+    let made: u64 = m["api_calls"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert!(n > made, "the SDK retried ({n} requests for {made} calls)");
+}
+
+#[test]
+fn an_unchanged_rerun_launches_nothing_and_force_bakes_again() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let first = json_out(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]));
+    assert_eq!(first["status"], "succeeded");
+    sb.control("DELETE", "/_sandbox/calls", None);
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let again = json_out(&out);
+    assert_eq!(again["status"], "reused");
+    assert_eq!(again["images"]["us-east-1"]["ami_id"], first["images"]["us-east-1"]["ami_id"]);
+    assert!(sb.calls()["mutating"].as_array().unwrap().is_empty(), "nothing created: {}", sb.calls()["mutating"]);
+    let forced = json_out(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json", "--force"]));
+    assert_eq!(forced["status"], "succeeded");
+    assert_ne!(forced["images"]["us-east-1"]["ami_id"], first["images"]["us-east-1"]["ami_id"]);
+    assert_eq!(forced["fingerprint"], first["fingerprint"]);
+    // A new source image (Canonical's weekly build) is a new fingerprint: it bakes again.
+    let params = &forced["source"]["selector"];
+    assert!(params["ssm_parameter"].is_object());
+}
+
+#[test]
+fn all_roles_bake_concurrently_and_one_failing_leaks_nothing() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let before = live(&sb);
+    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [
+        {"match": "role=kaiju env=production cookbook=app-server step=pull", "exit_code": 1, "stderr": "Error response from daemon: manifest unknown\n"}
+    ]})));
+    let out = bake(&sb, root, &["build", "--all", "--env", "production", "--jobs", "3", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let ms = json_out(&out);
+    let mut expected = before;
+    let mut statuses = Vec::new();
+    for m in ms.as_array().unwrap() {
+        statuses.push(format!("{}={}", m["role"].as_str().unwrap(), m["status"].as_str().unwrap()));
+        if m["status"] == "succeeded" {
+            expected.extend(products(m));
+        }
+    }
+    statuses.sort();
+    assert_eq!(statuses, ["boxoffice=succeeded", "kaiju=failed", "www=succeeded"]);
+    assert!(text(&out.stderr).contains("kaiju/production: step app-server/pull failed"), "{}", text(&out.stderr));
+    assert_eq!(live(&sb), expected);
+}
+
+#[test]
+fn a_200_kb_step_is_delivered_in_parts_and_checked() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    // A cookbook step that installs a 200 KB file.
+    let big: String = (0..4000).map(|i| format!("line {i:05} of a large configuration file, padded to fifty bytes\n")).collect();
+    assert!(big.len() > 200_000);
+    std::fs::create_dir_all(root.join("cookbooks/bigfile/steps")).unwrap();
+    std::fs::create_dir_all(root.join("cookbooks/bigfile/files")).unwrap();
+    std::fs::write(root.join("cookbooks/bigfile/files/big.conf"), &big).unwrap();
+    std::fs::write(root.join("cookbooks/bigfile/cookbook.toml"), "description = \"a large file\"\n[[steps]]\nname = \"install\"\n").unwrap();
+    std::fs::write(root.join("cookbooks/bigfile/steps/install.sh.hbs"), "printf '%s' {{file \"big.conf\"}} | base64 -d | bake_put 0644 /etc/big.conf || true\n").unwrap();
+    std::fs::write(
+        root.join("roles/big.toml"),
+        "description = \"a role with a large step\"\nrun_list = [\"base\", \"bigfile\"]\n[source]\nssm_parameter = \"/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id\"\n[env.staging]\n",
+    )
+    .unwrap();
+    let plan = Project::new(root).plan("big", "staging", &VarInputs::default()).unwrap_or_else(|p| panic!("{p}"));
+    let step = plan.steps.iter().find(|s| s.cookbook == "bigfile").unwrap();
+    assert!(step.bytes > 200_000);
+    let out = bake(&sb, root, &["build", "big", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let m = json_out(&out);
+    let rec = m["steps"].as_array().unwrap().iter().find(|s| s["cookbook"] == "bigfile").unwrap();
+    let parts = rec["command_ids"].as_array().unwrap().len();
+    assert!(parts >= 6, "delivered in parts: {parts} commands");
+    // The parts the builder received reassemble into exactly the rendered step.
+    let scripts = sb.scripts(m["builder"]["instance_id"].as_str().unwrap());
+    let mut b64 = String::new();
+    for s in &scripts {
+        let script = s["script"].as_str().unwrap();
+        if script.contains("# bake: part ") && script.contains("bigfile/install") {
+            let line = script.lines().find(|l| l.starts_with("printf '%s' '")).unwrap();
+            b64.push_str(line.split('\'').nth(3).unwrap());
+            assert!(script.len() < 48 * 1024);
+        }
+    }
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    assert_eq!(String::from_utf8(decoded).unwrap(), step.script);
+    let runner = scripts.iter().map(|s| s["script"].as_str().unwrap()).find(|s| s.contains("# bake: run step bigfile/install")).unwrap();
+    assert!(runner.contains(&step.sha256), "the builder checks the sha256 before running");
+}
+
+#[test]
+fn a_slow_instance_profile_is_retried() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    sb.control("POST", "/_sandbox/delays", Some(json!({"iam_propagation": 2.5})));
+    let out = bake(&sb, dir.path(), &["build", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let by = &sb.calls()["by_action"];
+    assert!(by["ec2:RunInstances"].as_u64().unwrap() >= 2, "RunInstances retried: {by}");
+}
+
+/// Starts a bake and returns once its output shows `marker`; the bake id and the lines so far.
+fn start_until(sb: &Sandbox, root: &Path, marker: &str) -> (Child, String, Vec<String>) {
+    let mut child = bake_cmd(sb, root, &["build", "kaiju", "--env", "staging", "--force"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    let mut id = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut reader = BufReader::new(stdout);
+    loop {
+        let mut l = String::new();
+        if reader.read_line(&mut l).unwrap() == 0 || Instant::now() > deadline {
+            panic!("the bake ended before {marker:?}: {lines:#?}");
+        }
+        if let Some(rest) = l.split("bake b-").nth(1) {
+            if id.is_empty() {
+                id = format!("b-{}", &rest[..12]);
+            }
+        }
+        let done = l.contains(marker);
+        lines.push(l);
+        if done {
+            break;
+        }
+    }
+    // Keep draining stdout so the bake never blocks on a full pipe.
+    std::thread::spawn(move || for _ in reader.lines() {});
+    (child, id, lines)
+}
+
+fn signal(child: &Child, sig: i32) {
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+/// Where to interrupt: a line that shows the stage is under way, and the delays that hold it there.
+fn stages() -> Vec<(&'static str, Value, Value)> {
+    vec![
+        ("launch: i-", json!({"instance_pending": 30}), json!([])),
+        ("agent: waiting for the SSM agent", json!({"agent_registration": 30}), json!([])),
+        ("provision: docker/engine", json!({}), json!([{"match": "cookbook=docker step=engine", "hang": true}])),
+        ("image: ami-", json!({"image_pending": 30}), json!([])),
+        ("distribute: copying", json!({"image_pending": 0}), json!([])),
+    ]
+}
+
+#[test]
+fn ctrl_c_at_each_stage_cleans_up_and_exits_130() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let before = live(&sb);
+    for (marker, delays, outcomes) in stages() {
+        sb.control("POST", "/_sandbox/reset", None);
+        let base = live(&sb);
+        assert_eq!(base, before);
+        sb.control("POST", "/_sandbox/delays", Some(delays.clone()));
+        sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": outcomes})));
+        let (mut child, id, _) = start_until(&sb, root, marker);
+        signal(&child, libc::SIGINT);
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "at {marker}");
+        assert_eq!(live(&sb), before, "Ctrl-C at {marker:?} left something (bake {id})");
+        let j = std::fs::read_to_string(root.join(format!(".bake/journal/{id}.jsonl"))).unwrap();
+        assert!(j.lines().last().unwrap().contains("\"interrupted\""), "{j}");
+    }
+}
+
+#[test]
+fn sigkill_at_each_stage_then_bake_cleanup_leaves_nothing() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let before = live(&sb);
+    for (marker, delays, outcomes) in stages() {
+        sb.control("POST", "/_sandbox/reset", None);
+        sb.control("POST", "/_sandbox/delays", Some(delays.clone()));
+        sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": outcomes})));
+        let (mut child, id, _) = start_until(&sb, root, marker);
+        signal(&child, libc::SIGKILL);
+        child.wait().unwrap();
+        assert_ne!(live(&sb), before, "the crash left resources at {marker:?}");
+        sb.control("POST", "/_sandbox/delays", Some(json!({"instance_pending": 0, "agent_registration": 0, "image_pending": 0})));
+        let out = bake(&sb, root, &["cleanup", &id]);
+        assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+        assert_eq!(live(&sb), before, "bake cleanup {id} after SIGKILL at {marker:?}");
+        // Idempotent: a second replay finds everything done.
+        let out = bake(&sb, root, &["cleanup", &id]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn the_orphan_sweep_finds_what_a_deleted_journal_left() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let first = json_out(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]));
+    let before = live(&sb);
+    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=docker step=engine", "hang": true}]})));
+    let (mut child, id, _) = start_until(&sb, root, "provision: docker/engine");
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    std::fs::remove_file(root.join(format!(".bake/journal/{id}.jsonl"))).unwrap();
+    let left: BTreeSet<String> = live(&sb).difference(&before).cloned().collect();
+    assert!(left.iter().any(|r| r.starts_with("instance ")) && left.iter().any(|r| r.starts_with("iam-role ")), "{left:?}");
+    // Young orphans are left alone by default (6h); a listing without --yes removes nothing.
+    let out = bake(&sb, root, &["cleanup", "--orphans", "--region", "us-east-1"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("no orphans older than 6h"), "{}", text(&out.stdout));
+    let out = bake(&sb, root, &["cleanup", "--orphans", "--older-than", "0s", "--region", "us-east-1"]);
+    assert!(text(&out.stdout).contains(&format!("(bake {id})")), "{}", text(&out.stdout));
+    assert_ne!(live(&sb), before);
+    let out = bake(&sb, root, &["cleanup", "--orphans", "--older-than", "0s", "--yes", "--region", "us-east-1"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(live(&sb), before, "orphans removed; the finished bake's image kept ({})", first["images"]["us-east-1"]["ami_id"]);
+}
+
+#[test]
+fn on_error_abort_keeps_the_builder_and_prints_the_cleanup_command() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let before = live(&sb);
+    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=base step=time", "exit_code": 1, "stderr": "chronyd: bad config\n"}]})));
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--on-error", "abort", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let m = json_out(&out);
+    let id = m["bake_id"].as_str().unwrap();
+    assert!(text(&out.stderr).contains(&format!("bake cleanup {id}")), "{}", text(&out.stderr));
+    let kept = live(&sb);
+    assert!(kept.iter().any(|r| r.starts_with("instance ")), "the builder is kept: {kept:?}");
+    let out = bake(&sb, root, &["cleanup", id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(live(&sb), before);
+}
+
+#[test]
+fn a_missing_source_is_a_clear_error_and_creates_nothing() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    edit(root, "roles/kaiju.toml", "/aws/service/canonical/ubuntu/server/22.04/", "/aws/service/canonical/ubuntu/server/20.10/");
+    sb.control("DELETE", "/_sandbox/calls", None);
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("source image parameter /aws/service/canonical/ubuntu/server/20.10/") && err.contains("in us-east-1: the parameter does not exist"), "{err}");
+    assert!(sb.calls()["mutating"].as_array().unwrap().is_empty());
+    // Bad configuration: nothing reaches AWS at all.
+    sb.control("DELETE", "/_sandbox/calls", None);
+    edit(root, "roles/kaiju.toml", "instance_type = \"t3.small\"", "instance_typ = \"t3.small\"");
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("roles/kaiju.toml:9: builder.instance_typ: unknown key"), "{}", text(&out.stderr));
+    assert_eq!(sb.calls()["count"], 0);
+}
