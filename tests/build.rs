@@ -563,3 +563,47 @@ fn a_missing_source_is_a_clear_error_and_creates_nothing() {
     assert!(text(&out.stderr).contains("roles/kaiju.toml:9: builder.instance_typ: unknown key"), "{}", text(&out.stderr));
     assert_eq!(sb.calls()["count"], 0);
 }
+
+#[test]
+fn a_second_ctrl_c_exits_at_once_and_names_the_cleanup_command() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let before = live(&sb);
+    // The builder takes a long time to terminate, so the first Ctrl-C's cleanup is still running.
+    sb.control("POST", "/_sandbox/delays", Some(json!({"instance_shutting_down": 60})));
+    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=base step=ssh", "hang": true}]})));
+    let mut child = bake_cmd(&sb, root, &["build", "kaiju", "--env", "staging"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let mut id = String::new();
+    loop {
+        let mut l = String::new();
+        assert!(reader.read_line(&mut l).unwrap() > 0, "the bake ended early");
+        if let Some(rest) = l.split("bake b-").nth(1) {
+            id = format!("b-{}", &rest[..12]);
+        }
+        if l.contains("provision: base/ssh") {
+            break;
+        }
+    }
+    signal(&child, libc::SIGINT);
+    loop {
+        let mut l = String::new();
+        assert!(reader.read_line(&mut l).unwrap() > 0, "the bake ended before its cleanup");
+        if l.contains("cleanup: removing everything") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    signal(&child, libc::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "the second Ctrl-C exits at once");
+    assert_eq!(out.status.code(), Some(130));
+    assert!(text(&out.stderr).contains(&format!("bake cleanup {id}")), "{}", text(&out.stderr));
+    sb.control("POST", "/_sandbox/delays", Some(json!({"instance_shutting_down": 0})));
+    let out = bake(&sb, root, &["cleanup", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(live(&sb), before);
+}
