@@ -68,7 +68,17 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Plan { role, env } => plan(&g, &role, &env),
         Command::Render { role, env, step } => render(&g, &role, &env, step.as_deref()),
         Command::Policy { kind, role, env, account } => policy(&g, kind, role.as_deref(), env.as_deref(), account.as_deref()),
-        Command::Build { roles, env, all, on_error, force, manifest, jobs } => {
+        Command::Roll { role, env, ami, plan, rollback, migrate_to_launch_template, wait_in_progress, replace_in_progress, timeout, manifest } => {
+            let in_progress = if wait_in_progress {
+                crate::roll::InProgress::Wait
+            } else if replace_in_progress {
+                crate::roll::InProgress::Replace
+            } else {
+                crate::roll::InProgress::Fail
+            };
+            return roll(&g, &role, &env, ami, plan, rollback, migrate_to_launch_template, in_progress, &timeout, manifest.as_deref());
+        }
+        Command::Build { roles, env, all, on_error, force, manifest, jobs, roll } => {
             let req = crate::build::Request {
                 roles,
                 all,
@@ -77,6 +87,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 keep_on_error: on_error == OnError::Abort,
                 jobs,
                 region: g.region.clone(),
+                roll,
             };
             return build(&g, req, manifest.as_deref());
         }
@@ -337,5 +348,79 @@ fn cleanup(g: &Global, bake_id: Option<&str>, orphans: bool, older_than: &str, y
             eprintln!("error: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn roll(
+    g: &Global,
+    role: &str,
+    env: &str,
+    ami: Option<String>,
+    plan_only: bool,
+    rollback: bool,
+    migrate: bool,
+    in_progress: crate::roll::InProgress,
+    timeout: &str,
+    manifest_file: Option<&std::path::Path>,
+) -> ExitCode {
+    let timeout = match crate::config::duration::parse(timeout) {
+        Ok(s) => std::time::Duration::from_secs(s),
+        Err(e) => {
+            eprintln!("error: --timeout: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let plan = match var_inputs(g).and_then(|v| Project::new(&g.root).plan(role, env, &v)) {
+        Ok(p) => p,
+        Err(p) => {
+            print_problems(&p);
+            return ExitCode::from(1);
+        }
+    };
+    let req = crate::roll::Request { ami, plan_only, rollback, migrate, in_progress, timeout, region: g.region.clone(), patch: false };
+    let progress = crate::progress::Progress::new(g.quiet, g.output == Output::Json);
+    let m = runtime().block_on(async {
+        let aws = crate::aws::Aws::load(&connection(g)).await;
+        let cancel = crate::build::watch_signals(std::sync::Arc::default());
+        crate::roll::run(&aws, &plan, &req, progress, cancel).await
+    });
+    finish_roll(g, &m, manifest_file)
+}
+
+fn finish_roll(g: &Global, m: &crate::manifest::RollManifest, manifest_file: Option<&std::path::Path>) -> ExitCode {
+    let json = serde_json::to_string_pretty(m).unwrap_or_default();
+    if let Some(f) = manifest_file {
+        if let Err(e) = std::fs::write(f, format!("{json}\n")) {
+            eprintln!("error: cannot write the manifest {}: {e}", f.display());
+        }
+    }
+    match g.output {
+        Output::Json => out(&json),
+        Output::Text => {
+            if m.status != "planned" {
+                let mut text = String::new();
+                for gr in &m.groups {
+                    text.push_str(&format!(
+                        "{}{}: {} (now on {})\n",
+                        gr.name,
+                        if gr.canary { " [canary]" } else { "" },
+                        gr.outcome,
+                        if gr.final_image.is_empty() { "?" } else { &gr.final_image }
+                    ));
+                }
+                if !text.is_empty() {
+                    out(&text);
+                }
+            }
+        }
+    }
+    if let Some(e) = &m.error {
+        eprintln!("error: roll of {}/{}: {e}", m.role, m.env);
+    }
+    match m.status.as_str() {
+        "interrupted" => ExitCode::from(130),
+        "failed" => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
     }
 }

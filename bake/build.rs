@@ -29,6 +29,8 @@ pub struct Request {
     pub keep_on_error: bool,
     pub jobs: usize,
     pub region: Option<String>,
+    /// Roll each role's groups onto its image afterwards.
+    pub roll: bool,
 }
 
 /// Plans for every role asked (all roles with `all`); every problem, or the plans.
@@ -216,6 +218,25 @@ async fn bake_one(
             manifest.error = Some(e.to_string());
             report.finish(&format!("failed: {e}"));
         }
+    }
+    if req.roll && (manifest.status == "succeeded" || manifest.status == "reused") && !*cancel.borrow() {
+        let ami = manifest.images.get(&manifest.region).map(|i| i.ami_id.clone());
+        let rreq = crate::roll::Request {
+            ami,
+            plan_only: false,
+            rollback: false,
+            migrate: false,
+            in_progress: crate::roll::InProgress::Fail,
+            timeout: std::time::Duration::from_secs(3 * 3600),
+            region: Some(manifest.region.clone()),
+            patch: false,
+        };
+        let r = crate::roll::run(&base, &plan, &rreq, progress.clone(), cancel.clone()).await;
+        if r.status == "failed" || r.status == "interrupted" {
+            manifest.status = if r.status == "interrupted" { "interrupted".into() } else { "failed".into() };
+            manifest.error = Some(format!("the image was baked, but rolling it out failed: {}", r.error.clone().unwrap_or_default()));
+        }
+        manifest.roll = Some(r);
     }
     manifest.finished_at = journal::now_rfc3339();
     manifest.duration_secs = started.elapsed().as_secs_f64();

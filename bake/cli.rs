@@ -128,6 +128,40 @@ pub enum Command {
         /// How many roles bake at once
         #[arg(long, default_value_t = 4)]
         jobs: usize,
+        /// Then roll the role's Auto Scaling groups onto the new image (see `bake roll`)
+        #[arg(long)]
+        roll: bool,
+    },
+    /// Move a role's Auto Scaling groups onto an image: canaries first, instance refresh, rollback on failure
+    #[command(after_help = "Examples:\n  bake roll boxoffice --env production --plan\n  bake roll boxoffice --env production\n  bake roll kaiju --env staging --ami ami-0123456789abcdef0 --replace-in-progress\n  bake roll boxoffice --env production --rollback\n\nExit codes: 0 every group on the image, 1 a group failed (every group that moved is back on its previous image), 130 interrupted.")]
+    Roll {
+        role: String,
+        #[arg(long)]
+        env: String,
+        /// The image (default: the newest one bake made for this role and env)
+        #[arg(long, value_name = "AMI_ID")]
+        ami: Option<String>,
+        /// Show what would change, per group, and change nothing
+        #[arg(long)]
+        plan: bool,
+        /// Put every group back on the previous image bake recorded on it
+        #[arg(long, conflicts_with_all = ["ami", "plan", "migrate_to_launch_template"])]
+        rollback: bool,
+        /// Move launch-configuration groups to a new launch template with the same settings
+        #[arg(long)]
+        migrate_to_launch_template: bool,
+        /// When a group has a refresh in progress, wait for it to end
+        #[arg(long, conflicts_with = "replace_in_progress")]
+        wait_in_progress: bool,
+        /// When a group has a refresh in progress, cancel it
+        #[arg(long)]
+        replace_in_progress: bool,
+        /// Give up on a group's refresh after this long
+        #[arg(long, default_value = "3h", value_name = "DURATION")]
+        timeout: String,
+        /// Also write the roll's manifest (JSON) to this file
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
     },
     /// Remove what a bake left behind: replay its journal, or sweep bake-managed orphans
     #[command(after_help = "Examples:\n  bake cleanup b-3f9a1c2e7d4b\n  bake cleanup --orphans --older-than 6h\n  bake cleanup --orphans --older-than 0s --yes --region us-east-1")]

@@ -12,6 +12,8 @@ pub mod manifest;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod roll;
+pub mod rollout;
 pub mod stages;
 pub mod sweep;
 pub mod template;

@@ -32,6 +32,9 @@ pub struct Manifest {
     /// `service:Operation` → calls.
     pub api_calls: BTreeMap<String, u64>,
     pub journal: String,
+    /// With `bake build --roll`: the rollout of the new image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roll: Option<RollManifest>,
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -83,4 +86,42 @@ pub struct ParameterRecord {
     pub region: String,
     pub name: String,
     pub value: String,
+}
+
+/// What `bake roll` did (also `bake build --roll`).
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct RollManifest {
+    pub roll_id: String,
+    pub role: String,
+    pub env: String,
+    pub region: String,
+    pub ami: String,
+    /// succeeded, unchanged, planned, failed, interrupted
+    pub status: String,
+    pub error: Option<String>,
+    pub groups: Vec<GroupRecord>,
+    pub duration_secs: f64,
+    pub api_calls: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct GroupRecord {
+    pub name: String,
+    pub canary: bool,
+    /// launch-template or launch-configuration
+    pub kind: String,
+    pub previous_image: String,
+    pub new_image: String,
+    /// `v3` for a launch template version, or a launch configuration's name.
+    pub previous: String,
+    pub new: String,
+    pub refresh_ids: Vec<String>,
+    /// rolled, unchanged, failed, rolled-back, rolled-back-by-aws, not-started, rollback-failed
+    pub outcome: String,
+    pub final_image: String,
+    pub percentage_complete: i32,
+    pub error: Option<String>,
+    /// The group's configuration changed (so a failed rollout puts it back).
+    #[serde(skip)]
+    pub moved: bool,
 }

@@ -167,6 +167,7 @@ class Refresh:
         self.status = "Pending"
         self.reason = ""
         self.start_time = utcnow()
+        self.t_end = None
         self.end_time = None
         self.previous = group_source(group)
         self.target = group_source(group, desired)
@@ -179,6 +180,7 @@ class Refresh:
         self.paused_until = None
         self.checkpoints = sorted(prefs.get("CheckpointPercentages") or [])
         self.cancel_requested = False
+        self.t_start = STATE.now()
         self._plan(self.target, initial=True)
 
     def _plan(self, target, initial=False):
@@ -241,6 +243,15 @@ class Refresh:
         return out
 
     # one step of the state machine
+    @property
+    def end_time(self):
+        return self._end_time
+
+    @end_time.setter
+    def end_time(self, value):
+        self._end_time = value
+        self.t_end = STATE.now() if value is not None else None
+
     def step(self, now):
         if self.status not in ACTIVE:
             return
@@ -452,3 +463,21 @@ for _name, _fn in {
     "rollback_instance_refresh": rollback_instance_refresh,
 }.items():
     setattr(AutoScalingResponse, _name, _fn)
+
+
+_orig_set_launch = FakeAutoScalingGroup._set_launch_configuration
+
+
+def _set_launch_configuration(self, launch_config_name, launch_template, mixed_instances_policy):
+    """As AWS: a group uses a launch template or a launch configuration, never both (moto keeps the
+    old one when UpdateAutoScalingGroup switches)."""
+    _orig_set_launch(self, launch_config_name, launch_template, mixed_instances_policy)
+    if launch_template or mixed_instances_policy:
+        if not launch_config_name:
+            self.launch_config = None
+            self.launch_configuration_name = None
+    elif launch_config_name:
+        self.ec2_launch_template = None
+
+
+FakeAutoScalingGroup._set_launch_configuration = _set_launch_configuration

@@ -270,7 +270,8 @@ def _route(method, path, query, environ):
         out = []
         for (region, name), rs in STATE.refreshes.items():
             if group in (None, name):
-                out += [{"id": r.id, "group": name, "region": region, "status": r.status, "history": r.history}
+                out += [{"id": r.id, "group": name, "region": region, "status": r.status, "history": r.history,
+                         "started": r.t_start, "ended": r.t_end}
                         for r in rs]
         return _json(200, {"refreshes": out})
     if p == "/images" and method == "GET":

@@ -1,0 +1,1018 @@
+//! `bake roll`: move a role's Auto Scaling groups onto an image. Canary groups first; the rest
+//! after the canaries succeed (and an optional bake time), a few at a time. Launch-template groups
+//! get a new numbered version made from the one they use; launch-configuration groups a copy of
+//! theirs. Instance refresh replaces the instances; when any group fails, every group that moved
+//! goes back to its previous image.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_autoscaling::types::{
+    DesiredConfiguration, Filter as AsgFilter, InstanceRefreshStatus, LaunchTemplateSpecification, RefreshPreferences, Tag as AsgTag,
+};
+use aws_sdk_ec2::types::{Filter, ImageState, RequestLaunchTemplateData};
+use futures::stream::{self, StreamExt};
+
+use crate::aws::{Aws, Clients};
+use crate::error::{Error, Result};
+use crate::journal::BakeId;
+use crate::manifest::{GroupRecord, RollManifest};
+use crate::pipeline::{cancelled, Cancel};
+use crate::plan::Plan;
+use crate::progress::{Progress, Reporter};
+use crate::rollout::{self, Change, GroupPlan, GroupState, PlanOptions, RolloutPlan, Source};
+use crate::wait::{poll, Poll};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InProgress {
+    Fail,
+    Wait,
+    Replace,
+}
+
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub ami: Option<String>,
+    pub plan_only: bool,
+    pub rollback: bool,
+    pub migrate: bool,
+    pub in_progress: InProgress,
+    pub timeout: Duration,
+    pub region: Option<String>,
+    pub patch: bool,
+}
+
+const TAG_IMAGE: &str = "bake:image";
+const TAG_PREVIOUS_IMAGE: &str = "bake:previous-image";
+const TAG_PREVIOUS_VERSION: &str = "bake:previous-version";
+const TAG_PREVIOUS_LC: &str = "bake:previous-launch-configuration";
+const TAG_ROLL: &str = "bake:roll-id";
+
+fn asg_err<E, R>(action: &str, group: &str, region: &str, e: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> Error
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    Error::aws(action, format!("group {group}"), region, e)
+}
+
+/// The newest finished image bake made for this role and env.
+pub async fn newest_image(c: &Clients, role: &str, env: &str) -> Result<String> {
+    let r = c
+        .ec2
+        .describe_images()
+        .owners("self")
+        .filters(Filter::builder().name("tag:bake:role").values(role).build())
+        .filters(Filter::builder().name("tag:bake:env").values(env).build())
+        .filters(Filter::builder().name("tag:bake:complete").values("true").build())
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:DescribeImages", format!("images of {role}/{env}"), &c.region, &e))?;
+    r.images()
+        .iter()
+        .filter(|i| i.state() == Some(&ImageState::Available))
+        .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
+        .and_then(|i| i.image_id().map(str::to_string))
+        .ok_or_else(|| Error::Other(format!("no image of {role}/{env} in {}: bake one first, or give --ami", c.region)))
+}
+
+async fn check_image(c: &Clients, ami: &str) -> Result<()> {
+    let r = c.ec2.describe_images().image_ids(ami).send().await.map_err(|e| Error::aws("ec2:DescribeImages", format!("image {ami}"), &c.region, &e))?;
+    match r.images().first().and_then(|i| i.state()) {
+        Some(ImageState::Available) => Ok(()),
+        Some(s) => Err(Error::Other(format!("image {ami} in {} is {}, not available", c.region, s.as_str()))),
+        None => Err(Error::Other(format!("image {ami} does not exist in {}", c.region))),
+    }
+}
+
+/// The image a launch template version launches, and its number.
+async fn template_version(c: &Clients, id: &str, version: &str) -> Result<(i64, String, RequestLaunchTemplateData)> {
+    let r = c
+        .ec2
+        .describe_launch_template_versions()
+        .launch_template_id(id)
+        .versions(version)
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:DescribeLaunchTemplateVersions", format!("launch template {id}"), &c.region, &e))?;
+    let v = r.launch_template_versions().first().ok_or_else(|| Error::Other(format!("launch template {id} has no version {version}")))?;
+    let data = v.launch_template_data();
+    let image = data.and_then(|d| d.image_id()).unwrap_or_default().to_string();
+    Ok((v.version_number().unwrap_or(0), image, RequestLaunchTemplateData::builder().build()))
+}
+
+/// Describes the groups a role's rollout targets: names, tag filters, or `<role>_<env>`.
+pub async fn discover(c: &Clients, plan: &Plan) -> Result<Vec<GroupState>> {
+    let spec = &plan.rollout;
+    let region = c.region.as_str();
+    let mut groups: Vec<aws_sdk_autoscaling::types::AutoScalingGroup> = Vec::new();
+    let mut names: Vec<String> = spec.groups.clone();
+    if names.is_empty() && spec.group_tags.is_empty() {
+        names.push(format!("{}_{}", plan.role, plan.env));
+    }
+    if !names.is_empty() {
+        let r = c
+            .asg
+            .describe_auto_scaling_groups()
+            .set_auto_scaling_group_names(Some(names.clone()))
+            .send()
+            .await
+            .map_err(|e| Error::aws("autoscaling:DescribeAutoScalingGroups", names.join(", "), region, &e))?;
+        let found: Vec<String> = r.auto_scaling_groups().iter().filter_map(|g| g.auto_scaling_group_name().map(str::to_string)).collect();
+        let missing: Vec<&String> = names.iter().filter(|n| !found.contains(n)).collect();
+        if !missing.is_empty() {
+            let missing: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+            return Err(Error::Other(format!(
+                "no Auto Scaling group named {} in {region} (roles/{}.toml rollout.groups, or the convention {}_{}); nothing changed",
+                missing.join(", "),
+                plan.role,
+                plan.role,
+                plan.env
+            )));
+        }
+        groups.extend(r.auto_scaling_groups().iter().cloned());
+    }
+    if !spec.group_tags.is_empty() {
+        let filters: Vec<AsgFilter> = spec.group_tags.iter().map(|(k, v)| AsgFilter::builder().name(format!("tag:{k}")).values(v).build()).collect();
+        let r = c
+            .asg
+            .describe_auto_scaling_groups()
+            .set_filters(Some(filters))
+            .send()
+            .await
+            .map_err(|e| Error::aws("autoscaling:DescribeAutoScalingGroups", "groups by tag", region, &e))?;
+        let matched = r.auto_scaling_groups().to_vec();
+        if matched.is_empty() && groups.is_empty() {
+            let tags: Vec<String> = spec.group_tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            return Err(Error::Other(format!("no Auto Scaling group tagged {} in {region}; nothing changed", tags.join(", "))));
+        }
+        for g in matched {
+            if !groups.iter().any(|x| x.auto_scaling_group_name() == g.auto_scaling_group_name()) {
+                groups.push(g);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for g in groups {
+        let name = g.auto_scaling_group_name().unwrap_or_default().to_string();
+        let tags: BTreeMap<String, String> =
+            g.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect();
+        let source = if let Some(lt) = g.launch_template() {
+            let id = match lt.launch_template_id() {
+                Some(id) => id.to_string(),
+                None => {
+                    let n = lt.launch_template_name().unwrap_or_default();
+                    let r = c.ec2.describe_launch_templates().launch_template_names(n).send().await.map_err(|e| Error::aws("ec2:DescribeLaunchTemplates", format!("launch template {n}"), region, &e))?;
+                    r.launch_templates().first().and_then(|t| t.launch_template_id()).unwrap_or_default().to_string()
+                }
+            };
+            let configured = lt.version().unwrap_or("$Default").to_string();
+            let (version, image, _) = template_version(c, &id, &configured).await?;
+            let lt_name = lt.launch_template_name().unwrap_or_default().to_string();
+            Source::LaunchTemplate { id, name: lt_name, version, configured, image }
+        } else if let Some(lc) = g.launch_configuration_name() {
+            let r = c
+                .asg
+                .describe_launch_configurations()
+                .launch_configuration_names(lc)
+                .send()
+                .await
+                .map_err(|e| Error::aws("autoscaling:DescribeLaunchConfigurations", format!("launch configuration {lc}"), region, &e))?;
+            let image = r.launch_configurations().first().and_then(|l| l.image_id()).unwrap_or_default().to_string();
+            Source::LaunchConfiguration { name: lc.to_string(), image }
+        } else {
+            Source::Unsupported { why: "it uses a mixed instances policy, which bake does not roll yet".into() }
+        };
+        let refreshes = c
+            .asg
+            .describe_instance_refreshes()
+            .auto_scaling_group_name(&name)
+            .send()
+            .await
+            .map_err(|e| asg_err("autoscaling:DescribeInstanceRefreshes", &name, region, &e))?;
+        let active = refreshes
+            .instance_refreshes()
+            .iter()
+            .find(|r| is_active(r.status()))
+            .and_then(|r| r.instance_refresh_id().map(str::to_string));
+        out.push(GroupState { name, source, tags, instances: g.instances().len(), refresh_in_progress: active });
+    }
+    Ok(out)
+}
+
+fn is_active(s: Option<&InstanceRefreshStatus>) -> bool {
+    matches!(
+        s,
+        Some(InstanceRefreshStatus::Pending)
+            | Some(InstanceRefreshStatus::InProgress)
+            | Some(InstanceRefreshStatus::Cancelling)
+            | Some(InstanceRefreshStatus::RollbackInProgress)
+            | Some(InstanceRefreshStatus::Baking)
+    )
+}
+
+/// Everything a running rollout shares.
+struct Cx {
+    c: Clients,
+    report: Progress,
+    cancel: Cancel,
+    failed: Arc<AtomicBool>,
+    timeout: Duration,
+    in_progress: InProgress,
+    keep_lcs: u32,
+}
+
+enum Ended {
+    Successful,
+    /// The refresh failed; AWS put the group back (AutoRollback).
+    RolledBackByAws(String),
+    Failed(String),
+    /// Another group failed (or Ctrl-C): this refresh was cancelled.
+    Stopped,
+}
+
+impl Cx {
+    fn reporter(&self, group: &str) -> Reporter {
+        self.report.bake(group)
+    }
+
+    /// Waits for refresh `id` of `group` to end; cancels it if the rollout is stopping.
+    async fn wait_refresh(&self, group: &str, id: &str, rep: &Reporter, rec: &mut GroupRecord) -> Result<Ended> {
+        let asg = self.c.asg.clone();
+        let region = self.c.region.clone();
+        let stop = {
+            let failed = self.failed.clone();
+            let cancel = self.cancel.clone();
+            async move {
+                loop {
+                    if failed.load(Ordering::SeqCst) || *cancel.borrow() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let last = Arc::new(std::sync::Mutex::new((String::new(), -1, -1)));
+        let watch = poll(Poll::new(Duration::from_secs(1), Duration::from_secs(10), self.timeout), || {
+            let asg = asg.clone();
+            let region = region.clone();
+            let rep = rep.clone();
+            let last = last.clone();
+            async move {
+                let r = asg
+                    .describe_instance_refreshes()
+                    .auto_scaling_group_name(group)
+                    .instance_refresh_ids(id)
+                    .send()
+                    .await
+                    .map_err(|e| asg_err("autoscaling:DescribeInstanceRefreshes", group, &region, &e))?;
+                let Some(rf) = r.instance_refreshes().first() else { return Ok(None) };
+                let status = rf.status().cloned().unwrap_or(InstanceRefreshStatus::Pending);
+                let pct = rf.percentage_complete().unwrap_or(0);
+                let left = rf.instances_to_update().unwrap_or(0);
+                let now = (status.as_str().to_string(), pct, left);
+                if let Ok(mut l) = last.lock() {
+                    if *l != now {
+                        rep.stage("refresh", &format!("{} {pct}% complete, {left} instance(s) left", status.as_str()));
+                        *l = now;
+                    }
+                }
+                if is_active(Some(&status)) {
+                    return Ok(None);
+                }
+                Ok(Some((status, pct, rf.status_reason().unwrap_or_default().to_string())))
+            }
+        });
+        let outcome = tokio::select! {
+            r = watch => r?,
+            _ = stop => {
+                let _ = self.c.asg.cancel_instance_refresh().auto_scaling_group_name(group).send().await;
+                rep.stage("refresh", "cancelled: the rollout is stopping");
+                self.settle(group).await?;
+                return Ok(Ended::Stopped);
+            }
+        };
+        let Some((status, pct, reason)) = outcome else {
+            let _ = self.c.asg.cancel_instance_refresh().auto_scaling_group_name(group).send().await;
+            return Ok(Ended::Failed(format!("refresh {id} did not end within {}s", self.timeout.as_secs())));
+        };
+        rec.percentage_complete = pct;
+        Ok(match status {
+            InstanceRefreshStatus::Successful => Ended::Successful,
+            InstanceRefreshStatus::RollbackSuccessful => Ended::RolledBackByAws(reason),
+            other => Ended::Failed(format!("refresh {id} ended {}: {reason}", other.as_str())),
+        })
+    }
+
+    /// Waits until no refresh of `group` is active (after a cancel).
+    async fn settle(&self, group: &str) -> Result<()> {
+        let asg = self.c.asg.clone();
+        let region = self.c.region.clone();
+        poll(Poll::new(Duration::from_secs(1), Duration::from_secs(10), self.timeout), || {
+            let asg = asg.clone();
+            let region = region.clone();
+            async move {
+                let r = asg
+                    .describe_instance_refreshes()
+                    .auto_scaling_group_name(group)
+                    .send()
+                    .await
+                    .map_err(|e| asg_err("autoscaling:DescribeInstanceRefreshes", group, &region, &e))?;
+                Ok((!r.instance_refreshes().iter().any(|x| is_active(x.status()))).then_some(()))
+            }
+        })
+        .await?
+        .ok_or_else(|| Error::Other(format!("group {group} still has an instance refresh running after {}s", self.timeout.as_secs())))
+    }
+
+    async fn start_refresh(&self, g: &GroupPlan, desired: Option<(String, i64)>, auto_rollback: bool, skip_matching: bool) -> Result<String> {
+        let r = &g.refresh;
+        let mut prefs = RefreshPreferences::builder()
+            .min_healthy_percentage(r.min_healthy_percentage as i32)
+            .skip_matching(skip_matching)
+            .auto_rollback(auto_rollback && desired.is_some());
+        if let Some(m) = r.max_healthy_percentage {
+            prefs = prefs.max_healthy_percentage(m as i32);
+        }
+        if let Some(w) = r.instance_warmup {
+            prefs = prefs.instance_warmup(w.0 as i32);
+        }
+        if !r.checkpoint_percentages.is_empty() {
+            prefs = prefs.set_checkpoint_percentages(Some(r.checkpoint_percentages.iter().map(|c| *c as i32).collect()));
+            prefs = prefs.checkpoint_delay(r.checkpoint_delay.map(|d| d.0 as i32).unwrap_or(3600));
+        }
+        let mut req = self.c.asg.start_instance_refresh().auto_scaling_group_name(&g.name).preferences(prefs.build());
+        if let Some((id, version)) = desired {
+            req = req.desired_configuration(
+                DesiredConfiguration::builder()
+                    .launch_template(LaunchTemplateSpecification::builder().launch_template_id(id).version(version.to_string()).build())
+                    .build(),
+            );
+        }
+        let out = req.send().await.map_err(|e| asg_err("autoscaling:StartInstanceRefresh", &g.name, &self.c.region, &e))?;
+        Ok(out.instance_refresh_id().unwrap_or_default().to_string())
+    }
+
+    async fn tag(&self, group: &str, tags: &[(&str, String)]) -> Result<()> {
+        let t: Vec<AsgTag> = tags
+            .iter()
+            .map(|(k, v)| {
+                AsgTag::builder()
+                    .resource_id(group)
+                    .resource_type("auto-scaling-group")
+                    .key(*k)
+                    .value(v)
+                    .propagate_at_launch(false)
+                    .build()
+            })
+            .collect();
+        self.c
+            .asg
+            .create_or_update_tags()
+            .set_tags(Some(t))
+            .send()
+            .await
+            .map_err(|e| asg_err("autoscaling:CreateOrUpdateTags", group, &self.c.region, &e))?;
+        Ok(())
+    }
+
+    async fn delete_tags(&self, group: &str, keys: &[&str]) -> Result<()> {
+        let t: Vec<AsgTag> = keys
+            .iter()
+            .map(|k| AsgTag::builder().resource_id(group).resource_type("auto-scaling-group").key(*k).build())
+            .collect();
+        self.c
+            .asg
+            .delete_tags()
+            .set_tags(Some(t))
+            .send()
+            .await
+            .map_err(|e| asg_err("autoscaling:DeleteTags", group, &self.c.region, &e))?;
+        Ok(())
+    }
+
+    /// Handles a refresh already running on the group: fail, wait, or cancel it.
+    async fn clear_in_progress(&self, g: &GroupPlan, rep: &Reporter) -> Result<()> {
+        let Some(id) = &g.refresh_in_progress else { return Ok(()) };
+        match self.in_progress {
+            InProgress::Fail => Err(Error::Other(format!(
+                "group {} has instance refresh {id} in progress; wait for it (--wait-in-progress) or cancel it (--replace-in-progress)",
+                g.name
+            ))),
+            InProgress::Wait => {
+                rep.stage("refresh", &format!("waiting for refresh {id} already in progress"));
+                self.settle(&g.name).await
+            }
+            InProgress::Replace => {
+                rep.stage("refresh", &format!("cancelling refresh {id} already in progress"));
+                match self.c.asg.cancel_instance_refresh().auto_scaling_group_name(&g.name).send().await {
+                    Ok(_) => {}
+                    Err(e) if aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e) == Some("ActiveInstanceRefreshNotFound") => {}
+                    Err(e) => return Err(asg_err("autoscaling:CancelInstanceRefresh", &g.name, &self.c.region, &e)),
+                }
+                self.settle(&g.name).await
+            }
+        }
+    }
+
+    /// Copies a launch configuration with another image and name.
+    async fn copy_launch_configuration(&self, from: &str, to: &str, ami: &str) -> Result<aws_sdk_autoscaling::types::LaunchConfiguration> {
+        let region = self.c.region.as_str();
+        let r = self
+            .c
+            .asg
+            .describe_launch_configurations()
+            .launch_configuration_names(from)
+            .send()
+            .await
+            .map_err(|e| Error::aws("autoscaling:DescribeLaunchConfigurations", format!("launch configuration {from}"), region, &e))?;
+        let lc = r.launch_configurations().first().cloned().ok_or_else(|| Error::Other(format!("launch configuration {from} does not exist in {region}")))?;
+        let req = self
+            .c
+            .asg
+            .create_launch_configuration()
+            .launch_configuration_name(to)
+            .image_id(ami)
+            .set_key_name(lc.key_name().map(str::to_string))
+            .set_security_groups(Some(lc.security_groups().to_vec()).filter(|v| !v.is_empty()))
+            .set_classic_link_vpc_id(lc.classic_link_vpc_id().map(str::to_string))
+            .set_classic_link_vpc_security_groups(Some(lc.classic_link_vpc_security_groups().to_vec()).filter(|v| !v.is_empty()))
+            .set_user_data(lc.user_data().map(str::to_string).filter(|u| !u.is_empty()))
+            .set_instance_type(lc.instance_type().map(str::to_string))
+            .set_kernel_id(lc.kernel_id().map(str::to_string).filter(|k| !k.is_empty()))
+            .set_ramdisk_id(lc.ramdisk_id().map(str::to_string).filter(|k| !k.is_empty()))
+            .set_block_device_mappings(Some(lc.block_device_mappings().to_vec()).filter(|v| !v.is_empty()))
+            .set_instance_monitoring(lc.instance_monitoring().cloned())
+            .set_spot_price(lc.spot_price().map(str::to_string))
+            .set_iam_instance_profile(lc.iam_instance_profile().map(str::to_string))
+            .set_ebs_optimized(lc.ebs_optimized())
+            .set_associate_public_ip_address(lc.associate_public_ip_address())
+            .set_placement_tenancy(lc.placement_tenancy().map(str::to_string))
+            .set_metadata_options(lc.metadata_options().cloned());
+        req.send().await.map_err(|e| Error::aws("autoscaling:CreateLaunchConfiguration", format!("launch configuration {to}"), region, &e))?;
+        Ok(lc)
+    }
+
+    /// A launch template with a launch configuration's settings and `ami`.
+    async fn template_from_configuration(&self, lc: &str, name: &str, ami: &str, roll_id: &str) -> Result<String> {
+        use aws_sdk_ec2::types as t;
+        let region = self.c.region.as_str();
+        let r = self
+            .c
+            .asg
+            .describe_launch_configurations()
+            .launch_configuration_names(lc)
+            .send()
+            .await
+            .map_err(|e| Error::aws("autoscaling:DescribeLaunchConfigurations", format!("launch configuration {lc}"), region, &e))?;
+        let l = r.launch_configurations().first().cloned().ok_or_else(|| Error::Other(format!("launch configuration {lc} does not exist in {region}")))?;
+        let mut data = t::RequestLaunchTemplateData::builder().image_id(ami);
+        if let Some(it) = l.instance_type() {
+            data = data.instance_type(t::InstanceType::from(it));
+        }
+        if let Some(k) = l.key_name().filter(|k| !k.is_empty()) {
+            data = data.key_name(k);
+        }
+        if !l.security_groups().is_empty() {
+            data = data.set_security_group_ids(Some(l.security_groups().to_vec()));
+        }
+        if let Some(u) = l.user_data().filter(|u| !u.is_empty()) {
+            data = data.user_data(u);
+        }
+        if let Some(p) = l.iam_instance_profile() {
+            let spec = if p.starts_with("arn:") {
+                t::LaunchTemplateIamInstanceProfileSpecificationRequest::builder().arn(p).build()
+            } else {
+                t::LaunchTemplateIamInstanceProfileSpecificationRequest::builder().name(p).build()
+            };
+            data = data.iam_instance_profile(spec);
+        }
+        if let Some(m) = l.metadata_options() {
+            let mut mo = t::LaunchTemplateInstanceMetadataOptionsRequest::builder();
+            if let Some(h) = m.http_tokens() {
+                mo = mo.http_tokens(t::LaunchTemplateHttpTokensState::from(h.as_str()));
+            }
+            if let Some(h) = m.http_put_response_hop_limit() {
+                mo = mo.http_put_response_hop_limit(h);
+            }
+            if let Some(e) = m.http_endpoint() {
+                mo = mo.http_endpoint(t::LaunchTemplateInstanceMetadataEndpointState::from(e.as_str()));
+            }
+            data = data.metadata_options(mo.build());
+        }
+        if let Some(e) = l.ebs_optimized() {
+            data = data.ebs_optimized(e);
+        }
+        if let Some(m) = l.instance_monitoring().and_then(|m| m.enabled()) {
+            data = data.monitoring(t::LaunchTemplatesMonitoringRequest::builder().enabled(m).build());
+        }
+        for b in l.block_device_mappings() {
+            let mut m = t::LaunchTemplateBlockDeviceMappingRequest::builder().set_device_name(b.device_name().map(str::to_string));
+            if let Some(v) = b.virtual_name() {
+                m = m.virtual_name(v);
+            }
+            if let Some(e) = b.ebs() {
+                let mut eb = t::LaunchTemplateEbsBlockDeviceRequest::builder();
+                if let Some(s) = e.volume_size() {
+                    eb = eb.volume_size(s);
+                }
+                if let Some(v) = e.volume_type() {
+                    eb = eb.volume_type(t::VolumeType::from(v));
+                }
+                if let Some(s) = e.snapshot_id() {
+                    eb = eb.snapshot_id(s);
+                }
+                if let Some(d) = e.delete_on_termination() {
+                    eb = eb.delete_on_termination(d);
+                }
+                if let Some(x) = e.encrypted() {
+                    eb = eb.encrypted(x);
+                }
+                if let Some(i) = e.iops() {
+                    eb = eb.iops(i);
+                }
+                m = m.ebs(eb.build());
+            }
+            data = data.block_device_mappings(m.build());
+        }
+        let out = self
+            .c
+            .ec2
+            .create_launch_template()
+            .launch_template_name(name)
+            .version_description(format!("bake {roll_id}: {ami}, migrated from launch configuration {lc}"))
+            .launch_template_data(data.build())
+            .tag_specifications(
+                t::TagSpecification::builder()
+                    .resource_type(t::ResourceType::LaunchTemplate)
+                    .tags(t::Tag::builder().key("bake:migrated-from").value(lc).build())
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| Error::aws("ec2:CreateLaunchTemplate", format!("launch template {name}"), region, &e))?;
+        Ok(out.launch_template().and_then(|t| t.launch_template_id()).unwrap_or_default().to_string())
+    }
+
+    /// Keeps the newest `keep_lcs` launch configurations bake made for `group`; deletes the rest.
+    async fn prune_launch_configurations(&self, group: &str, in_use: &str) -> Result<()> {
+        let region = self.c.region.as_str();
+        let mut all = Vec::new();
+        let mut token = None;
+        loop {
+            let r = self
+                .c
+                .asg
+                .describe_launch_configurations()
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| Error::aws("autoscaling:DescribeLaunchConfigurations", "launch configurations", region, &e))?;
+            all.extend(r.launch_configurations().iter().cloned());
+            token = r.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        let mut mine: Vec<_> = all
+            .into_iter()
+            .filter(|l| l.launch_configuration_name().map(|n| rollout::is_bake_launch_configuration(group, n) && n != in_use).unwrap_or(false))
+            .collect();
+        mine.sort_by(|a, b| b.created_time().cmp(&a.created_time()));
+        for l in mine.into_iter().skip(self.keep_lcs.saturating_sub(1) as usize) {
+            let n = l.launch_configuration_name().unwrap_or_default();
+            match self.c.asg.delete_launch_configuration().launch_configuration_name(n).send().await {
+                Ok(_) => {}
+                Err(e) if aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e) == Some("ResourceInUse") => {}
+                Err(e) => return Err(Error::aws("autoscaling:DeleteLaunchConfiguration", format!("launch configuration {n}"), region, &e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Moves one group onto its new image. Records in `rec`; `Ok(true)` when the group moved (and
+/// is to be put back should the rollout fail).
+async fn roll_group(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupRecord) -> Result<bool> {
+    let rep = cx.reporter(&format!("{} {}", plan.role, g.name));
+    rec.name = g.name.clone();
+    rec.canary = g.canary;
+    rec.previous_image = g.current_image.clone();
+    rec.new_image = g.new_image.clone();
+    if g.change == Change::Nothing {
+        rec.outcome = "unchanged".into();
+        rep.finish("already on this image");
+        return Ok(false);
+    }
+    if cx.failed.load(Ordering::SeqCst) || *cx.cancel.borrow() {
+        rec.outcome = "not-started".into();
+        rep.finish("not started: the rollout is stopping");
+        return Ok(false);
+    }
+    cx.clear_in_progress(g, &rep).await?;
+    let region = cx.c.region.as_str();
+    let (desired, auto_rollback) = match &g.change {
+        Change::TemplateVersion { id, name, from, set_default } => {
+            rec.kind = "launch-template".into();
+            rec.previous = format!("v{from}");
+            rep.stage("template", &format!("new version of {name} from v{from} with {}", g.new_image));
+            let v = cx
+                .c
+                .ec2
+                .create_launch_template_version()
+                .launch_template_id(id)
+                .source_version(from.to_string())
+                .version_description(format!("bake {}: {} for {}/{} (from v{from})", plan.roll_id, g.new_image, plan.role, plan.env))
+                .launch_template_data(RequestLaunchTemplateData::builder().image_id(&g.new_image).build())
+                .send()
+                .await
+                .map_err(|e| Error::aws("ec2:CreateLaunchTemplateVersion", format!("launch template {name}"), region, &e))?;
+            let n = v.launch_template_version().and_then(|v| v.version_number()).unwrap_or(0);
+            rec.new = format!("v{n}");
+            if *set_default {
+                cx.c.ec2
+                    .modify_launch_template()
+                    .launch_template_id(id)
+                    .default_version(n.to_string())
+                    .send()
+                    .await
+                    .map_err(|e| Error::aws("ec2:ModifyLaunchTemplate", format!("launch template {name}"), region, &e))?;
+            }
+            cx.tag(&g.name, &[(TAG_ROLL, plan.roll_id.clone()), (TAG_IMAGE, g.new_image.clone()), (TAG_PREVIOUS_IMAGE, g.current_image.clone()), (TAG_PREVIOUS_VERSION, from.to_string())]).await?;
+            (Some((id.clone(), n)), g.refresh.auto_rollback)
+        }
+        Change::LaunchConfiguration { from, to } => {
+            rec.kind = "launch-configuration".into();
+            rec.previous = from.clone();
+            rec.new = to.clone();
+            rep.stage("configuration", &format!("{from} → {to}"));
+            cx.copy_launch_configuration(from, to, &g.new_image).await?;
+            cx.c.asg
+                .update_auto_scaling_group()
+                .auto_scaling_group_name(&g.name)
+                .launch_configuration_name(to)
+                .send()
+                .await
+                .map_err(|e| asg_err("autoscaling:UpdateAutoScalingGroup", &g.name, region, &e))?;
+            rec.moved = true;
+            cx.tag(&g.name, &[(TAG_ROLL, plan.roll_id.clone()), (TAG_IMAGE, g.new_image.clone()), (TAG_PREVIOUS_IMAGE, g.current_image.clone()), (TAG_PREVIOUS_LC, from.clone())]).await?;
+            (None, false)
+        }
+        Change::MigrateToTemplate { from, template } => {
+            rec.kind = "launch-template".into();
+            rec.previous = from.clone();
+            rep.stage("template", &format!("migrating {from} to a new launch template {template}"));
+            let id = cx.template_from_configuration(from, template, &g.new_image, &plan.roll_id).await?;
+            rec.new = format!("{template} v1");
+            cx.c.asg
+                .update_auto_scaling_group()
+                .auto_scaling_group_name(&g.name)
+                .launch_template(LaunchTemplateSpecification::builder().launch_template_id(&id).version("1").build())
+                .send()
+                .await
+                .map_err(|e| asg_err("autoscaling:UpdateAutoScalingGroup", &g.name, region, &e))?;
+            rec.moved = true;
+            cx.tag(&g.name, &[(TAG_ROLL, plan.roll_id.clone()), (TAG_IMAGE, g.new_image.clone()), (TAG_PREVIOUS_IMAGE, g.current_image.clone()), (TAG_PREVIOUS_LC, from.clone())]).await?;
+            (Some((id, 1)), g.refresh.auto_rollback)
+        }
+        Change::Nothing => unreachable!("handled above"),
+    };
+    let id = cx.start_refresh(g, desired, auto_rollback, g.refresh.skip_matching).await?;
+    rec.moved = true;
+    rec.refresh_ids.push(id.clone());
+    rep.stage("refresh", &format!("{id} started"));
+    match cx.wait_refresh(&g.name, &id, &rep, rec).await? {
+        Ended::Successful => {
+            rec.outcome = "rolled".into();
+            if let Change::LaunchConfiguration { to, .. } = &g.change {
+                cx.prune_launch_configurations(&g.name, to).await?;
+            }
+            rep.finish(&format!("on {}", g.new_image));
+            Ok(true)
+        }
+        Ended::RolledBackByAws(reason) => {
+            rec.outcome = "rolled-back-by-aws".into();
+            rec.error = Some(reason.clone());
+            cx.failed.store(true, Ordering::SeqCst);
+            rep.finish(&format!("failed and rolled back by AWS: {reason}"));
+            Err(Error::Other(format!("group {}: instance refresh {id} failed and AWS rolled it back: {reason}", g.name)))
+        }
+        Ended::Failed(why) => {
+            rec.outcome = "failed".into();
+            rec.error = Some(why.clone());
+            cx.failed.store(true, Ordering::SeqCst);
+            rep.finish(&format!("failed: {why}"));
+            Err(Error::Other(format!("group {}: {why}", g.name)))
+        }
+        Ended::Stopped => {
+            rec.outcome = "cancelled".into();
+            Ok(true)
+        }
+    }
+}
+
+/// Puts a group back on its previous image.
+async fn restore(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupRecord) -> Result<()> {
+    let rep = cx.reporter(&format!("{} {}", plan.role, g.name));
+    if rec.outcome == "rolled-back-by-aws" {
+        return Ok(());
+    }
+    cx.settle(&g.name).await?;
+    let region = cx.c.region.as_str();
+    rep.stage("rollback", &format!("back to {}", g.current_image));
+    let desired = match &g.change {
+        Change::TemplateVersion { id, from, .. } => Some((id.clone(), *from)),
+        Change::LaunchConfiguration { from, .. } | Change::MigrateToTemplate { from, .. } => {
+            cx.c.asg
+                .update_auto_scaling_group()
+                .auto_scaling_group_name(&g.name)
+                .launch_configuration_name(from)
+                .send()
+                .await
+                .map_err(|e| asg_err("autoscaling:UpdateAutoScalingGroup", &g.name, region, &e))?;
+            None
+        }
+        Change::Nothing => return Ok(()),
+    };
+    // Only what the rollout replaced goes back: instances still on the old image stay.
+    let id = cx.start_refresh(g, desired, false, true).await?;
+    rec.refresh_ids.push(id.clone());
+    let saved_failed = cx.failed.swap(false, Ordering::SeqCst);
+    let ended = cx.wait_refresh(&g.name, &id, &rep, rec).await;
+    cx.failed.store(saved_failed, Ordering::SeqCst);
+    match ended? {
+        Ended::Successful => {
+            rec.outcome = "rolled-back".into();
+            cx.tag(&g.name, &[(TAG_IMAGE, g.current_image.clone())]).await?;
+            cx.delete_tags(&g.name, &[TAG_PREVIOUS_IMAGE, TAG_PREVIOUS_VERSION, TAG_PREVIOUS_LC]).await?;
+            match &g.change {
+                Change::LaunchConfiguration { to, .. } => {
+                    let _ = cx.c.asg.delete_launch_configuration().launch_configuration_name(to).send().await;
+                }
+                Change::MigrateToTemplate { template, .. } => {
+                    let _ = cx.c.ec2.delete_launch_template().launch_template_name(template).send().await;
+                }
+                _ => {}
+            }
+            rep.finish(&format!("back on {}", g.current_image));
+            Ok(())
+        }
+        Ended::RolledBackByAws(r) | Ended::Failed(r) => {
+            rec.outcome = "rollback-failed".into();
+            rec.error = Some(r.clone());
+            Err(Error::Other(format!("group {}: rolling back failed: {r}", g.name)))
+        }
+        Ended::Stopped => Err(Error::Interrupted),
+    }
+}
+
+/// The image a group is configured with now.
+async fn configured_image(c: &Clients, plan: &Plan, name: &str) -> String {
+    let mut p = plan.clone();
+    p.rollout.groups = vec![name.to_string()];
+    p.rollout.group_tags.clear();
+    match discover(c, &p).await {
+        Ok(gs) => gs.first().and_then(|g| g.source.image().map(str::to_string)).unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Runs a rollout plan: canaries, bake time, the rest; everything back on any failure.
+async fn execute(cx: &Cx, plan: &RolloutPlan) -> (Vec<GroupRecord>, Result<()>) {
+    let conc = plan.concurrency as usize;
+    let run = |gs: Vec<GroupPlan>| async move {
+        stream::iter(gs.into_iter().map(|g| async move {
+            let mut rec = GroupRecord::default();
+            let r = roll_group(cx, plan, &g, &mut rec).await;
+            if let Err(e) = &r {
+                cx.failed.store(true, Ordering::SeqCst);
+                if rec.error.is_none() {
+                    rec.error = Some(e.to_string());
+                }
+                if rec.outcome.is_empty() {
+                    rec.outcome = "failed".into();
+                }
+            }
+            (g, rec, r)
+        }))
+        .buffer_unordered(conc)
+        .collect::<Vec<_>>()
+        .await
+    };
+    let mut done = run(plan.canaries.clone()).await;
+    let canaries_ok = done.iter().all(|(_, _, r)| matches!(r, Ok(_)));
+    if canaries_ok && !*cx.cancel.borrow() && !plan.rest.is_empty() {
+        if plan.canary_bake_time.0 > 0 && !plan.canaries.is_empty() {
+            cx.report.bake(&plan.role).info(&format!("canaries healthy; waiting {} before the rest", plan.canary_bake_time));
+            tokio::select! {
+                _ = tokio::time::sleep(plan.canary_bake_time.as_duration()) => {},
+                _ = cancelled(cx.cancel.clone()) => {},
+            }
+        }
+        done.extend(run(plan.rest.clone()).await);
+    } else {
+        for g in &plan.rest {
+            done.push((g.clone(), GroupRecord { name: g.name.clone(), canary: false, outcome: "not-started".into(), previous_image: g.current_image.clone(), new_image: g.new_image.clone(), ..Default::default() }, Ok(false)));
+        }
+    }
+    let interrupted = *cx.cancel.borrow();
+    let failure = done.iter().find_map(|(_, _, r)| r.as_ref().err().map(|e| e.to_string()));
+    if failure.is_none() && !interrupted {
+        let recs = done.into_iter().map(|(_, r, _)| r).collect();
+        return (recs, Ok(()));
+    }
+    // Everything that moved goes back.
+    let back = stream::iter(done.into_iter().map(|(g, mut rec, r)| async move {
+        let moved = match &r {
+            Ok(m) => *m,
+            Err(_) => rec.moved,
+        };
+        if moved {
+            if let Err(e) = restore(cx, plan, &g, &mut rec).await {
+                rec.outcome = "rollback-failed".into();
+                rec.error = Some(e.to_string());
+            }
+        } else if rec.outcome.is_empty() {
+            rec.outcome = "not-started".into();
+        }
+        rec
+    }))
+    .buffer_unordered(conc)
+    .collect::<Vec<_>>()
+    .await;
+    let err = if interrupted { Error::Interrupted } else { Error::Other(failure.unwrap_or_else(|| "the rollout failed".into())) };
+    (back, Err(err))
+}
+
+/// `bake roll` (and the roll of `bake build --roll`).
+pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, cancel: Cancel) -> RollManifest {
+    let started = Instant::now();
+    let aws = base.counted();
+    let roll_id = BakeId::new();
+    let mut m = RollManifest { roll_id: roll_id.to_string(), role: plan.role.clone(), env: plan.env.clone(), ..Default::default() };
+    let region = req.region.clone().or_else(|| plan.builder.spec.region.clone()).or_else(|| aws.default_region());
+    let Some(region) = region else {
+        m.status = "failed".into();
+        m.error = Some("no region: give --region, set builder.region in the role, or configure AWS_REGION".into());
+        return m;
+    };
+    m.region = region.clone();
+    let c = aws.clients(&region);
+    let result: Result<()> = async {
+        let groups = discover(&c, plan).await?;
+        if req.rollback {
+            return rollback_on_demand(&c, plan, groups, &progress, cancel.clone(), req, &mut m).await;
+        }
+        let ami = match &req.ami {
+            Some(a) => a.clone(),
+            None => newest_image(&c, &plan.role, &plan.env).await?,
+        };
+        check_image(&c, &ami).await?;
+        m.ami = ami.clone();
+        let rp = rollout::plan(&plan.role, &plan.env, &region, &ami, roll_id.as_str(), &plan.rollout, groups, PlanOptions { migrate_to_launch_template: req.migrate, patch: req.patch })
+            .map_err(Error::Other)?;
+        if req.plan_only {
+            m.status = "planned".into();
+            for g in rp.groups() {
+                m.groups.push(GroupRecord {
+                    name: g.name.clone(),
+                    canary: g.canary,
+                    previous_image: g.current_image.clone(),
+                    new_image: g.new_image.clone(),
+                    outcome: if g.change == Change::Nothing { "unchanged".into() } else { "planned".into() },
+                    final_image: g.current_image.clone(),
+                    ..Default::default()
+                });
+            }
+            progress.bake(&plan.role).info(&rp.to_string());
+            return Ok(());
+        }
+        let cx = Cx {
+            c: c.clone(),
+            report: progress.clone(),
+            cancel: cancel.clone(),
+            failed: Arc::new(AtomicBool::new(false)),
+            timeout: req.timeout,
+            in_progress: req.in_progress,
+            keep_lcs: plan.rollout.keep_launch_configurations.max(1),
+        };
+        let (recs, r) = execute(&cx, &rp).await;
+        m.groups = recs;
+        r
+    }
+    .await;
+    for g in &mut m.groups {
+        if g.final_image.is_empty() {
+            g.final_image = configured_image(&c, plan, &g.name).await;
+        }
+    }
+    m.groups.sort_by(|a, b| b.canary.cmp(&a.canary).then(a.name.cmp(&b.name)));
+    match result {
+        Ok(()) if m.status.is_empty() => {
+            m.status = if m.groups.iter().all(|g| g.outcome == "unchanged") { "unchanged".into() } else { "succeeded".into() };
+        }
+        Ok(()) => {}
+        Err(Error::Interrupted) => {
+            m.status = "interrupted".into();
+            m.error = Some("interrupted; every group that moved was put back".into());
+        }
+        Err(e) => {
+            m.status = "failed".into();
+            m.error = Some(e.to_string());
+        }
+    }
+    m.duration_secs = started.elapsed().as_secs_f64();
+    m.api_calls = aws.calls.snapshot();
+    m
+}
+
+/// `bake roll --rollback`: every target group back to the previous image bake recorded on it.
+async fn rollback_on_demand(
+    c: &Clients,
+    plan: &Plan,
+    groups: Vec<GroupState>,
+    progress: &Progress,
+    cancel: Cancel,
+    req: &Request,
+    m: &mut RollManifest,
+) -> Result<()> {
+    let mut gplans = Vec::new();
+    for g in &groups {
+        let prev_image = g.tags.get(TAG_PREVIOUS_IMAGE).cloned().ok_or_else(|| {
+            Error::Other(format!("group {} has no previous image recorded by bake (tag {TAG_PREVIOUS_IMAGE}); nothing changed", g.name))
+        })?;
+        let change = match &g.source {
+            Source::LaunchTemplate { id, name, .. } => {
+                let from: i64 = g.tags.get(TAG_PREVIOUS_VERSION).and_then(|v| v.parse().ok()).ok_or_else(|| {
+                    Error::Other(format!("group {} has no previous launch template version recorded (tag {TAG_PREVIOUS_VERSION})", g.name))
+                })?;
+                if let Some(lc) = g.tags.get(TAG_PREVIOUS_LC) {
+                    Change::MigrateToTemplate { from: lc.clone(), template: name.clone() }
+                } else {
+                    Change::TemplateVersion { id: id.clone(), name: name.clone(), from, set_default: false }
+                }
+            }
+            Source::LaunchConfiguration { name, .. } => {
+                let from = g.tags.get(TAG_PREVIOUS_LC).cloned().ok_or_else(|| {
+                    Error::Other(format!("group {} has no previous launch configuration recorded (tag {TAG_PREVIOUS_LC})", g.name))
+                })?;
+                Change::LaunchConfiguration { from, to: name.clone() }
+            }
+            Source::Unsupported { why } => return Err(Error::Other(format!("group {}: {why}", g.name))),
+        };
+        gplans.push((
+            GroupPlan {
+                name: g.name.clone(),
+                canary: plan.rollout.canaries.contains(&g.name),
+                current_image: prev_image,
+                new_image: g.source.image().unwrap_or_default().to_string(),
+                change,
+                refresh: plan.rollout.refresh.clone(),
+                instances: g.instances,
+                refresh_in_progress: g.refresh_in_progress.clone(),
+            },
+            g.tags.get(TAG_PREVIOUS_VERSION).is_some() && g.tags.get(TAG_PREVIOUS_LC).is_some(),
+        ));
+    }
+    let cx = Cx {
+        c: c.clone(),
+        report: progress.clone(),
+        cancel,
+        failed: Arc::new(AtomicBool::new(false)),
+        timeout: req.timeout,
+        in_progress: req.in_progress,
+        keep_lcs: plan.rollout.keep_launch_configurations.max(1),
+    };
+    let rp = RolloutPlan {
+        role: plan.role.clone(),
+        env: plan.env.clone(),
+        region: c.region.clone(),
+        ami: String::new(),
+        roll_id: m.roll_id.clone(),
+        canaries: vec![],
+        rest: vec![],
+        concurrency: plan.rollout.concurrency.max(1),
+        canary_bake_time: crate::config::Secs(0),
+    };
+    let mut failed = None;
+    for (g, _) in gplans {
+        cx.clear_in_progress(&g, &cx.reporter(&g.name)).await?;
+        let mut rec = GroupRecord {
+            name: g.name.clone(),
+            canary: g.canary,
+            previous_image: g.new_image.clone(),
+            new_image: g.current_image.clone(),
+            ..Default::default()
+        };
+        if let Err(e) = restore(&cx, &rp, &g, &mut rec).await {
+            failed.get_or_insert(e.to_string());
+        }
+        m.groups.push(rec);
+    }
+    match failed {
+        Some(e) => Err(Error::Other(e)),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,468 @@
+//! `bake roll` against the sandbox: launch-template and launch-configuration groups, canaries,
+//! failures that put every group back, refreshes already running, `--plan`, migration, rollback
+//! on demand, and `bake build --roll` end to end.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use aws_sdk_autoscaling::types as asg_t;
+use aws_sdk_ec2::types as ec2_t;
+use base64::Engine as _;
+use common::sandbox::Sandbox;
+use common::{project_copy, text};
+use serde_json::{json, Value};
+
+const UBUNTU_2204: &str = "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id";
+
+fn bake(sb: &Sandbox, root: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bake"));
+    cmd.arg("--root").arg(root).args(args).current_dir(root);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BAKE_") || k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in sb.env() {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run bake")
+}
+
+fn json_out(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr)))
+}
+
+struct Cloud {
+    ec2: aws_sdk_ec2::Client,
+    ssm: aws_sdk_ssm::Client,
+    asg: aws_sdk_autoscaling::Client,
+}
+
+async fn cloud(sb: &Sandbox) -> Cloud {
+    let conf = sb.sdk_config("us-east-1").await;
+    Cloud { ec2: aws_sdk_ec2::Client::new(&conf), ssm: aws_sdk_ssm::Client::new(&conf), asg: aws_sdk_autoscaling::Client::new(&conf) }
+}
+
+async fn param(c: &Cloud, name: &str) -> String {
+    c.ssm.get_parameter().name(name).send().await.unwrap().parameter.unwrap().value.unwrap()
+}
+
+/// An image that looks like one bake made for kaiju/staging (tags included).
+async fn baked_image(c: &Cloud, name: &str) -> String {
+    let src = param(c, UBUNTU_2204).await;
+    let r = c.ec2.run_instances().image_id(&src).min_count(1).max_count(1).send().await.unwrap();
+    let id = r.instances()[0].instance_id().unwrap().to_string();
+    let tag = |k: &str, v: &str| ec2_t::Tag::builder().key(k).value(v).build();
+    let img = c
+        .ec2
+        .create_image()
+        .instance_id(&id)
+        .name(name)
+        .tag_specifications(
+            ec2_t::TagSpecification::builder()
+                .resource_type(ec2_t::ResourceType::Image)
+                .tags(tag("bake:role", "kaiju"))
+                .tags(tag("bake:env", "staging"))
+                .tags(tag("bake:complete", "true"))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .image_id
+        .unwrap();
+    c.ec2.terminate_instances().instance_ids(&id).send().await.unwrap();
+    img
+}
+
+async fn lt_group(c: &Cloud, name: &str, ami: &str, size: i32, version: &str) -> String {
+    let lt = c
+        .ec2
+        .create_launch_template()
+        .launch_template_name(format!("{name}-lt"))
+        .launch_template_data(
+            ec2_t::RequestLaunchTemplateData::builder()
+                .image_id(ami)
+                .instance_type(ec2_t::InstanceType::T3Small)
+                .metadata_options(
+                    ec2_t::LaunchTemplateInstanceMetadataOptionsRequest::builder().http_tokens(ec2_t::LaunchTemplateHttpTokensState::Required).build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let id = lt.launch_template().unwrap().launch_template_id().unwrap().to_string();
+    c.asg
+        .create_auto_scaling_group()
+        .auto_scaling_group_name(name)
+        .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(&id).version(version).build())
+        .min_size(0)
+        .max_size(size * 2)
+        .desired_capacity(size)
+        .availability_zones("us-east-1a")
+        .tags(asg_t::Tag::builder().key("app").value("kaiju").resource_id(name).resource_type("auto-scaling-group").propagate_at_launch(true).build())
+        .send()
+        .await
+        .unwrap();
+    id
+}
+
+const USER_DATA: &str = "#!/bin/bash\necho hello from user data\n";
+
+async fn lc_group(c: &Cloud, name: &str, ami: &str, size: i32) {
+    c.asg
+        .create_launch_configuration()
+        .launch_configuration_name(format!("{name}-original"))
+        .image_id(ami)
+        .instance_type("t3.medium")
+        .user_data(base64::engine::general_purpose::STANDARD.encode(USER_DATA))
+        .metadata_options(asg_t::InstanceMetadataOptions::builder().http_tokens(asg_t::InstanceMetadataHttpTokensState::Required).http_put_response_hop_limit(1).build())
+        .send()
+        .await
+        .unwrap();
+    c.asg
+        .create_auto_scaling_group()
+        .auto_scaling_group_name(name)
+        .launch_configuration_name(format!("{name}-original"))
+        .min_size(0)
+        .max_size(size * 2)
+        .desired_capacity(size)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The images a group's instances run.
+async fn images_of(c: &Cloud, group: &str) -> BTreeSet<String> {
+    let g = c.asg.describe_auto_scaling_groups().auto_scaling_group_names(group).send().await.unwrap();
+    let ids: Vec<String> = g.auto_scaling_groups()[0].instances().iter().map(|i| i.instance_id().unwrap().to_string()).collect();
+    let d = c.ec2.describe_instances().set_instance_ids(Some(ids)).send().await.unwrap();
+    d.reservations().iter().flat_map(|r| r.instances()).map(|i| i.image_id().unwrap().to_string()).collect()
+}
+
+async fn group(c: &Cloud, name: &str) -> asg_t::AutoScalingGroup {
+    c.asg.describe_auto_scaling_groups().auto_scaling_group_names(name).send().await.unwrap().auto_scaling_groups()[0].clone()
+}
+
+fn set_rollout(root: &Path, rollout: &str) {
+    let p = root.join("roles/kaiju.toml");
+    let s = std::fs::read_to_string(&p).unwrap();
+    let s = s.replace("[env.staging]\n", &format!("[env.staging]\nrollout = {rollout}\n"));
+    std::fs::write(&p, s).unwrap();
+}
+
+fn quick(sb: &Sandbox) {
+    sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolls_launch_template_and_launch_configuration_groups() {
+    let sb = Sandbox::start();
+    quick(&sb);
+    let c = cloud(&sb).await;
+    let dir = project_copy();
+    let root = dir.path();
+    let old = param(&c, UBUNTU_2204).await;
+    let lt_id = lt_group(&c, "kaiju_staging", &old, 2, "$Latest").await;
+    lc_group(&c, "kaiju_legacy", &old, 2).await;
+    set_rollout(root, r#"{ groups = ["kaiju_staging", "kaiju_legacy"], keep_launch_configurations = 2, refresh = { min_healthy_percentage = 50, instance_warmup = "60s" } }"#);
+    let new = baked_image(&c, "kaiju-staging-1").await;
+    let before = sb.live();
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let m = json_out(&out);
+    assert_eq!(m["status"], "succeeded");
+    assert_eq!(m["ami"], new.as_str(), "the newest image bake made for kaiju/staging");
+    for g in m["groups"].as_array().unwrap() {
+        assert_eq!(g["outcome"], "rolled", "{g}");
+        assert_eq!(g["previous_image"], old.as_str());
+        assert_eq!(g["final_image"], new.as_str());
+        assert_eq!(g["refresh_ids"].as_array().unwrap().len(), 1);
+    }
+    // The launch template group: a numbered version from the one it used, never $Latest.
+    assert_eq!(images_of(&c, "kaiju_staging").await, BTreeSet::from([new.clone()]));
+    let g = group(&c, "kaiju_staging").await;
+    assert_eq!(g.launch_template().unwrap().version(), Some("2"));
+    let v = c.ec2.describe_launch_template_versions().launch_template_id(&lt_id).versions("2").send().await.unwrap();
+    let v = &v.launch_template_versions()[0];
+    assert!(v.version_description().unwrap().contains(m["roll_id"].as_str().unwrap()) && v.version_description().unwrap().contains(&new));
+    assert_eq!(v.launch_template_data().unwrap().instance_type(), Some(&ec2_t::InstanceType::T3Small), "copied from v1");
+    let tags: Vec<(String, String)> = g.tags().iter().map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string())).collect();
+    assert!(tags.contains(&("bake:previous-image".into(), old.clone())) && tags.contains(&("bake:previous-version".into(), "1".into())), "{tags:?}");
+    // The launch configuration group: a copy with the new image, every other field kept.
+    assert_eq!(images_of(&c, "kaiju_legacy").await, BTreeSet::from([new.clone()]));
+    let g = group(&c, "kaiju_legacy").await;
+    let lc_name = g.launch_configuration_name().unwrap().to_string();
+    assert_eq!(lc_name, format!("kaiju_legacy-{new}-{}", m["roll_id"].as_str().unwrap()));
+    let lc = c.asg.describe_launch_configurations().launch_configuration_names(&lc_name).send().await.unwrap();
+    let lc = &lc.launch_configurations()[0];
+    assert_eq!(lc.image_id(), Some(new.as_str()));
+    assert_eq!(lc.instance_type(), Some("t3.medium"));
+    assert_eq!(lc.metadata_options().unwrap().http_tokens(), Some(&asg_t::InstanceMetadataHttpTokensState::Required));
+    let ud = base64::engine::general_purpose::STANDARD.decode(lc.user_data().unwrap()).unwrap();
+    assert_eq!(String::from_utf8(ud).unwrap(), USER_DATA);
+    // Nothing temporary: only the launch configuration in use is new.
+    let after = sb.live();
+    assert_eq!(after.len(), before.len() + 1, "{after:?}");
+    // Two more rolls: bake keeps the last 2 launch configurations it made for the group.
+    let newer = baked_image(&c, "kaiju-staging-2").await;
+    assert_eq!(bake(&sb, root, &["roll", "kaiju", "--env", "staging"]).status.code(), Some(0));
+    let newest = baked_image(&c, "kaiju-staging-3").await;
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lcs = c.asg.describe_launch_configurations().send().await.unwrap();
+    let mine: BTreeSet<String> = lcs.launch_configurations().iter().filter_map(|l| l.launch_configuration_name()).filter(|n| n.starts_with("kaiju_legacy-ami")).map(str::to_string).collect();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert!(mine.iter().any(|n| n.contains(&newest)) && mine.iter().any(|n| n.contains(&newer)));
+    // Already on the image: nothing to do.
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(json_out(&out)["status"], "unchanged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_rolls_first_then_five_groups_a_few_at_a_time() {
+    let sb = Sandbox::start();
+    quick(&sb);
+    let c = cloud(&sb).await;
+    let dir = project_copy();
+    let root = dir.path();
+    let old = param(&c, UBUNTU_2204).await;
+    let names = ["kaiju_canary", "kaiju_a", "kaiju_b", "kaiju_c", "kaiju_d", "kaiju_e"];
+    for n in names {
+        lt_group(&c, n, &old, 2, "1").await;
+    }
+    set_rollout(root, r#"{ group_tags = { app = "kaiju" }, canaries = ["kaiju_canary"], canary_bake_time = "1s", concurrency = 2, refresh = { min_healthy_percentage = 50, instance_warmup = "100s", auto_rollback = true } }"#);
+    let new = baked_image(&c, "kaiju-staging-1").await;
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let m = json_out(&out);
+    assert_eq!(m["groups"].as_array().unwrap().len(), 6, "found by tag");
+    assert_eq!(m["groups"][0]["name"], "kaiju_canary");
+    assert_eq!(m["groups"][0]["canary"], true);
+    for n in names {
+        assert_eq!(images_of(&c, n).await, BTreeSet::from([new.clone()]), "{n}");
+    }
+    // The canary's refresh ended (plus the bake time) before any other began; never more than two at once.
+    let rs = sb.control("GET", "/_sandbox/refreshes", None)["refreshes"].as_array().unwrap().clone();
+    let canary = rs.iter().find(|r| r["group"] == "kaiju_canary").unwrap();
+    let canary_end = canary["ended"].as_f64().unwrap();
+    let others: Vec<&Value> = rs.iter().filter(|r| r["group"] != "kaiju_canary").collect();
+    assert_eq!(others.len(), 5);
+    for r in &others {
+        assert!(r["started"].as_f64().unwrap() >= canary_end + 1.0, "{} started before the canary's bake time ended", r["group"]);
+    }
+    for r in &others {
+        let (s, e) = (r["started"].as_f64().unwrap(), r["ended"].as_f64().unwrap());
+        let overlapping = others.iter().filter(|o| o["started"].as_f64().unwrap() < e && o["ended"].as_f64().unwrap() > s).count();
+        assert!(overlapping <= 2, "{} overlapped {overlapping} refreshes", r["group"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_image_fails_the_rollout_and_every_group_ends_on_its_previous_image() {
+    let sb = Sandbox::start();
+    quick(&sb);
+    let c = cloud(&sb).await;
+    let dir = project_copy();
+    let root = dir.path();
+    let old = param(&c, UBUNTU_2204).await;
+    lt_group(&c, "kaiju_a", &old, 2, "1").await;
+    lt_group(&c, "kaiju_b", &old, 2, "1").await;
+    lc_group(&c, "kaiju_legacy", &old, 2).await;
+    set_rollout(root, r#"{ groups = ["kaiju_a", "kaiju_b", "kaiju_legacy"], concurrency = 3, refresh = { min_healthy_percentage = 50, instance_warmup = "100s", auto_rollback = true } }"#);
+    let bad = baked_image(&c, "kaiju-staging-bad").await;
+    sb.control("POST", "/_sandbox/unhealthy_amis", Some(json!({"amis": [bad]})));
+    let before = sb.live();
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let m = json_out(&out);
+    assert_eq!(m["status"], "failed");
+    assert!(text(&out.stderr).contains("failed its health check"), "{}", text(&out.stderr));
+    for g in m["groups"].as_array().unwrap() {
+        assert_eq!(g["final_image"], old.as_str(), "{g}");
+        assert!(["rolled-back", "rolled-back-by-aws", "not-started"].contains(&g["outcome"].as_str().unwrap()), "{g}");
+    }
+    for n in ["kaiju_a", "kaiju_b", "kaiju_legacy"] {
+        assert_eq!(images_of(&c, n).await, BTreeSet::from([old.clone()]), "{n} back on its previous image");
+    }
+    assert_eq!(group(&c, "kaiju_legacy").await.launch_configuration_name(), Some("kaiju_legacy-original"));
+    assert_eq!(sb.live().len(), before.len(), "the failed roll's launch configuration is gone too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_the_canary_puts_the_canary_back_too() {
+    let sb = Sandbox::start();
+    quick(&sb);
+    let c = cloud(&sb).await;
+    let dir = project_copy();
+    let root = dir.path();
+    let old = param(&c, UBUNTU_2204).await;
+    lt_group(&c, "kaiju_canary", &old, 2, "1").await;
+    lt_group(&c, "kaiju_main", &old, 4, "1").await;
+    set_rollout(root, r#"{ groups = ["kaiju_canary", "kaiju_main"], canaries = ["kaiju_canary"], refresh = { min_healthy_percentage = 50, instance_warmup = "10s" } }"#);
+    let new = baked_image(&c, "kaiju-staging-1").await;
+    // kaiju_main is busy with a refresh nobody may interrupt: the rollout fails after the canary.
+    c.asg.start_instance_refresh().auto_scaling_group_name("kaiju_main").preferences(asg_t::RefreshPreferences::builder().instance_warmup(600_000).min_healthy_percentage(50).build()).send().await.unwrap();
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("group kaiju_main has instance refresh") && text(&out.stderr).contains("--replace-in-progress"), "{}", text(&out.stderr));
+    let m = json_out(&out);
+    let canary = m["groups"].as_array().unwrap().iter().find(|g| g["name"] == "kaiju_canary").unwrap();
+    assert_eq!(canary["outcome"], "rolled-back");
+    assert_eq!(images_of(&c, "kaiju_canary").await, BTreeSet::from([old.clone()]));
+    assert_ne!(new, old);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_in_progress_is_waited_for_or_replaced_never_doubled() {
+    let sb = Sandbox::start();
+    quick(&sb);
+    let c = cloud(&sb).await;
+    let dir = project_copy();
+    let root = dir.path();
+    let old = param(&c, UBUNTU_2204).await;
+    lt_group(&c, "kaiju_staging", &old, 2, "1").await;
+    let new = baked_image(&c, "kaiju-staging-1").await;
+    let busy = || c.asg.start_instance_refresh().auto_scaling_group_name("kaiju_staging").preferences(asg_t::RefreshPreferences::builder().instance_warmup(1500).min_healthy_percentage(50).build()).send();
+    busy().await.unwrap();
+    sb.control("DELETE", "/_sandbox/calls", None);
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("has instance refresh"), "{}", text(&out.stderr));
+    let by = sb.calls()["by_action"].clone();
+    assert!(by.get("autoscaling:StartInstanceRefresh").is_none() && by.get("ec2:CreateLaunchTemplateVersion").is_none(), "nothing changed: {by}");
+    // Wait for it: the rollout starts when it ends (3 s of warmup at this time scale).
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--wait-in-progress", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(images_of(&c, "kaiju_staging").await, BTreeSet::from([new.clone()]));
+    // Replace it: cancelled, then the rollout.
+    let newer = baked_image(&c, "kaiju-staging-2").await;
+    busy().await.unwrap();
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--replace-in-progress", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(images_of(&c, "kaiju_staging").await, BTreeSet::from([newer.clone()]));
+    let rs = sb.control("GET", "/_sandbox/refreshes?group=kaiju_staging", None)["refreshes"].as_array().unwrap().clone();
+    assert!(rs.iter().any(|r| r["status"] == "Cancelled"));
+    for (i, a) in rs.iter().enumerate() {
+        for b in &rs[i + 1..] {
+            let overlap = a["started"].as_f64().unwrap() < b["ended"].as_f64().unwrap_or(f64::MAX)
+                && b["started"].as_f64().unwrap() < a["ended"].as_f64().unwrap_or(f64::MAX);
+            assert!(!overlap, "two refreshes at once: {a} {b}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_shows_every_group_and_changes_nothing() {
+    let sb = Sandbox::start();
+    let c = cloud(&sb).await;
+    let dir = project_copy();
+    let root = dir.path();
+    let old = param(&c, UBUNTU_2204).await;
+    lt_group(&c, "kaiju_staging", &old, 2, "1").await;
+    lc_group(&c, "kaiju_legacy", &old, 1).await;
+    set_rollout(root, r#"{ groups = ["kaiju_staging", "kaiju_legacy"], canaries = ["kaiju_staging"], refresh = { min_healthy_percentage = 75, checkpoint_percentages = [50, 100], checkpoint_delay = "2m" } }"#);
+    let new = baked_image(&c, "kaiju-staging-1").await;
+    sb.control("DELETE", "/_sandbox/calls", None);
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--plan"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("kaiju_staging [canary]") && s.contains(&format!("{old} → {new}")), "{s}");
+    assert!(s.contains("launch template kaiju_staging-lt: new version from v1"), "{s}");
+    assert!(s.contains("launch configuration kaiju_legacy-original → kaiju_legacy-"), "{s}");
+    assert!(s.contains("min healthy 75%") && s.contains("checkpoints 50%,100% every 2m"), "{s}");
+    let calls = sb.calls();
+    assert!(calls["mutating"].as_array().unwrap().is_empty(), "no mutating call: {}", calls["mutating"]);
+    assert!(calls["count"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_configuration_group_migrates_to_a_launch_template() {
+    let sb = Sandbox::start();
+    quick(&sb);
+    let c = cloud(&sb).await;
+    let dir = project_copy();
+    let root = dir.path();
+    let old = param(&c, UBUNTU_2204).await;
+    lc_group(&c, "kaiju_staging", &old, 2).await;
+    let new = baked_image(&c, "kaiju-staging-1").await;
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--migrate-to-launch-template", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let g = group(&c, "kaiju_staging").await;
+    assert!(g.launch_configuration_name().is_none());
+    let spec = g.launch_template().unwrap();
+    assert_eq!(spec.version(), Some("1"));
+    let v = c.ec2.describe_launch_template_versions().launch_template_id(spec.launch_template_id().unwrap()).versions("1").send().await.unwrap();
+    let d = v.launch_template_versions()[0].launch_template_data().unwrap();
+    assert_eq!(d.image_id(), Some(new.as_str()));
+    assert_eq!(d.instance_type(), Some(&ec2_t::InstanceType::T3Medium), "the launch configuration's settings");
+    assert_eq!(d.metadata_options().unwrap().http_tokens(), Some(&ec2_t::LaunchTemplateHttpTokensState::Required));
+    assert_eq!(images_of(&c, "kaiju_staging").await, BTreeSet::from([new]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_on_demand_restores_the_previous_image_once() {
+    let sb = Sandbox::start();
+    quick(&sb);
+    let c = cloud(&sb).await;
+    let dir = project_copy();
+    let root = dir.path();
+    let old = param(&c, UBUNTU_2204).await;
+    lt_group(&c, "kaiju_staging", &old, 2, "1").await;
+    lc_group(&c, "kaiju_legacy", &old, 2).await;
+    set_rollout(root, r#"{ groups = ["kaiju_staging", "kaiju_legacy"], refresh = { min_healthy_percentage = 50 } }"#);
+    let new = baked_image(&c, "kaiju-staging-1").await;
+    assert_eq!(bake(&sb, root, &["roll", "kaiju", "--env", "staging"]).status.code(), Some(0));
+    assert_eq!(images_of(&c, "kaiju_legacy").await, BTreeSet::from([new.clone()]));
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--rollback", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for n in ["kaiju_staging", "kaiju_legacy"] {
+        assert_eq!(images_of(&c, n).await, BTreeSet::from([old.clone()]), "{n}");
+    }
+    assert_eq!(group(&c, "kaiju_staging").await.launch_template().unwrap().version(), Some("1"));
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--rollback"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no previous image recorded by bake"), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_group_found_is_a_clear_error() {
+    let sb = Sandbox::start();
+    let c = cloud(&sb).await;
+    let dir = project_copy();
+    baked_image(&c, "kaiju-staging-1").await;
+    sb.control("DELETE", "/_sandbox/calls", None);
+    let out = bake(&sb, dir.path(), &["roll", "kaiju", "--env", "staging"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no Auto Scaling group named kaiju_staging in us-east-1"), "{}", text(&out.stderr));
+    assert!(sb.calls()["mutating"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bake_build_roll_bakes_then_rolls() {
+    let sb = Sandbox::start();
+    quick(&sb);
+    let c = cloud(&sb).await;
+    let dir = project_copy();
+    let root = dir.path();
+    let old = param(&c, UBUNTU_2204).await;
+    lt_group(&c, "kaiju_staging", &old, 2, "1").await;
+    let before: BTreeSet<String> = sb.live().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--roll", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let m = json_out(&out);
+    assert_eq!(m["status"], "succeeded");
+    let ami = m["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
+    assert_eq!(m["roll"]["status"], "succeeded");
+    assert_eq!(m["roll"]["ami"], ami.as_str());
+    assert_eq!(m["roll"]["groups"][0]["final_image"], ami.as_str());
+    assert_eq!(images_of(&c, "kaiju_staging").await, BTreeSet::from([ami.clone()]));
+    let after: BTreeSet<String> = sb.live().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    let added: BTreeSet<String> = after.difference(&before).cloned().collect();
+    assert!(added.iter().all(|id| id.starts_with("ami-") || id.starts_with("snap-") || id.starts_with("/bake/")), "only the bake's products: {added:?}");
+}
