@@ -154,52 +154,77 @@ pub async fn discover(c: &Clients, plan: &Plan) -> Result<Vec<GroupState>> {
             }
         }
     }
-    let mut out = Vec::new();
-    for g in groups {
-        let name = g.auto_scaling_group_name().unwrap_or_default().to_string();
-        let tags: BTreeMap<String, String> =
-            g.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect();
-        let source = if let Some(lt) = g.launch_template() {
-            let id = match lt.launch_template_id() {
-                Some(id) => id.to_string(),
-                None => {
-                    let n = lt.launch_template_name().unwrap_or_default();
-                    let r = c.ec2.describe_launch_templates().launch_template_names(n).send().await.map_err(|e| Error::aws("ec2:DescribeLaunchTemplates", format!("launch template {n}"), region, &e))?;
-                    r.launch_templates().first().and_then(|t| t.launch_template_id()).unwrap_or_default().to_string()
-                }
-            };
-            let configured = lt.version().unwrap_or("$Default").to_string();
-            let (version, image, _) = template_version(c, &id, &configured).await?;
-            let lt_name = lt.launch_template_name().unwrap_or_default().to_string();
-            Source::LaunchTemplate { id, name: lt_name, version, configured, image }
-        } else if let Some(lc) = g.launch_configuration_name() {
-            let r = c
-                .asg
-                .describe_launch_configurations()
-                .launch_configuration_names(lc)
-                .send()
-                .await
-                .map_err(|e| Error::aws("autoscaling:DescribeLaunchConfigurations", format!("launch configuration {lc}"), region, &e))?;
-            let image = r.launch_configurations().first().and_then(|l| l.image_id()).unwrap_or_default().to_string();
-            Source::LaunchConfiguration { name: lc.to_string(), image }
-        } else {
-            Source::Unsupported { why: "it uses a mixed instances policy, which bake does not roll yet".into() }
+    // One group's launch source and refreshes at a time is slow with many groups: describe them
+    // concurrently (a few at once, well under the APIs' rate limits).
+    let versions = VersionCache::default();
+    let described: Vec<Result<GroupState>> = stream::iter(groups.into_iter().map(|g| describe_group(c, g, &versions)))
+        .buffered(8)
+        .collect()
+        .await;
+    described.into_iter().collect()
+}
+
+/// Launch template versions already described (groups often share a template).
+#[derive(Default)]
+struct VersionCache(tokio::sync::Mutex<BTreeMap<(String, String), (i64, String)>>);
+
+impl VersionCache {
+    async fn get(&self, c: &Clients, id: &str, version: &str) -> Result<(i64, String)> {
+        let key = (id.to_string(), version.to_string());
+        let mut map = self.0.lock().await;
+        if let Some(v) = map.get(&key) {
+            return Ok(v.clone());
+        }
+        let (n, image, _) = template_version(c, id, version).await?;
+        map.insert(key, (n, image.clone()));
+        Ok((n, image))
+    }
+}
+
+async fn describe_group(c: &Clients, g: aws_sdk_autoscaling::types::AutoScalingGroup, versions: &VersionCache) -> Result<GroupState> {
+    let region = c.region.as_str();
+    let name = g.auto_scaling_group_name().unwrap_or_default().to_string();
+    let tags: BTreeMap<String, String> =
+        g.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect();
+    let source = if let Some(lt) = g.launch_template() {
+        let id = match lt.launch_template_id() {
+            Some(id) => id.to_string(),
+            None => {
+                let n = lt.launch_template_name().unwrap_or_default();
+                let r = c.ec2.describe_launch_templates().launch_template_names(n).send().await.map_err(|e| Error::aws("ec2:DescribeLaunchTemplates", format!("launch template {n}"), region, &e))?;
+                r.launch_templates().first().and_then(|t| t.launch_template_id()).unwrap_or_default().to_string()
+            }
         };
-        let refreshes = c
+        let configured = lt.version().unwrap_or("$Default").to_string();
+        let (version, image) = versions.get(c, &id, &configured).await?;
+        let lt_name = lt.launch_template_name().unwrap_or_default().to_string();
+        Source::LaunchTemplate { id, name: lt_name, version, configured, image }
+    } else if let Some(lc) = g.launch_configuration_name() {
+        let r = c
             .asg
-            .describe_instance_refreshes()
-            .auto_scaling_group_name(&name)
+            .describe_launch_configurations()
+            .launch_configuration_names(lc)
             .send()
             .await
-            .map_err(|e| asg_err("autoscaling:DescribeInstanceRefreshes", &name, region, &e))?;
-        let active = refreshes
-            .instance_refreshes()
-            .iter()
-            .find(|r| is_active(r.status()))
-            .and_then(|r| r.instance_refresh_id().map(str::to_string));
-        out.push(GroupState { name, source, tags, instances: g.instances().len(), refresh_in_progress: active });
-    }
-    Ok(out)
+            .map_err(|e| Error::aws("autoscaling:DescribeLaunchConfigurations", format!("launch configuration {lc}"), region, &e))?;
+        let image = r.launch_configurations().first().and_then(|l| l.image_id()).unwrap_or_default().to_string();
+        Source::LaunchConfiguration { name: lc.to_string(), image }
+    } else {
+        Source::Unsupported { why: "it uses a mixed instances policy, which bake does not roll yet".into() }
+    };
+    let refreshes = c
+        .asg
+        .describe_instance_refreshes()
+        .auto_scaling_group_name(&name)
+        .send()
+        .await
+        .map_err(|e| asg_err("autoscaling:DescribeInstanceRefreshes", &name, region, &e))?;
+    let active = refreshes
+        .instance_refreshes()
+        .iter()
+        .find(|r| is_active(r.status()))
+        .and_then(|r| r.instance_refresh_id().map(str::to_string));
+    Ok(GroupState { name, source, tags, instances: g.instances().len(), refresh_in_progress: active })
 }
 
 fn is_active(s: Option<&InstanceRefreshStatus>) -> bool {
@@ -768,14 +793,14 @@ async fn restore(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupReco
     }
 }
 
-/// The image a group is configured with now.
-async fn configured_image(c: &Clients, plan: &Plan, name: &str) -> String {
+/// The image each group is configured with now.
+async fn configured_images(c: &Clients, plan: &Plan, names: Vec<String>) -> BTreeMap<String, String> {
     let mut p = plan.clone();
-    p.rollout.groups = vec![name.to_string()];
+    p.rollout.groups = names;
     p.rollout.group_tags.clear();
     match discover(c, &p).await {
-        Ok(gs) => gs.first().and_then(|g| g.source.image().map(str::to_string)).unwrap_or_default(),
-        Err(_) => String::new(),
+        Ok(gs) => gs.into_iter().filter_map(|g| g.source.image().map(|i| (g.name.clone(), i.to_string()))).collect(),
+        Err(_) => BTreeMap::new(),
     }
 }
 
@@ -903,9 +928,24 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
         r
     }
     .await;
+    // Where the outcome says it, the final image is known; otherwise ask.
     for g in &mut m.groups {
         if g.final_image.is_empty() {
-            g.final_image = configured_image(&c, plan, &g.name).await;
+            g.final_image = match g.outcome.as_str() {
+                "rolled" => g.new_image.clone(),
+                "unchanged" if !g.new_image.is_empty() => g.new_image.clone(),
+                "rolled-back" | "rolled-back-by-aws" | "not-started" => g.previous_image.clone(),
+                _ => String::new(),
+            };
+        }
+    }
+    let unknown: Vec<String> = m.groups.iter().filter(|g| g.final_image.is_empty()).map(|g| g.name.clone()).collect();
+    if !unknown.is_empty() {
+        let images = configured_images(&c, plan, unknown).await;
+        for g in &mut m.groups {
+            if g.final_image.is_empty() {
+                g.final_image = images.get(&g.name).cloned().unwrap_or_default();
+            }
         }
     }
     m.groups.sort_by(|a, b| b.canary.cmp(&a.canary).then(a.name.cmp(&b.name)));

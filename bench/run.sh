@@ -89,3 +89,38 @@ cp "$fifty/roles/kaiju01.toml" "$proj/roles/solo.toml"
 read -r one _ < <(measure "$bake" --root "$proj" build solo --env staging --force)
 read -r all rss < <(measure "$bake" --root "$fifty" build --all --env staging --jobs 50)
 python3 -c "print(f'one bake {float(\"$one\"):.2f}s; fifty bakes {float(\"$all\"):.2f}s = {float(\"$all\")/float(\"$one\"):.2f}x one; peak RSS {int(\"$rss\")//1024} MiB')"
+
+echo "## bake roll: twenty groups (one canary, then the rest) against one group"
+curl -s -X POST -H 'Content-Type: application/json' -d '{"time_scale": 0.01}' "$AWS_ENDPOINT_URL/_sandbox/time_scale" >/dev/null
+python3 - <<'PY'
+import boto3, os
+kw = dict(endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+ec2, asg, ssm = boto3.client("ec2", **kw), boto3.client("autoscaling", **kw), boto3.client("ssm", **kw)
+ami = ssm.get_parameter(Name="/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id")["Parameter"]["Value"]
+lt = ec2.create_launch_template(LaunchTemplateName="bench", LaunchTemplateData={"ImageId": ami, "InstanceType": "t3.small"})
+lt_id = lt["LaunchTemplate"]["LaunchTemplateId"]
+for i in range(21):
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=f"bench_{i:02d}", LaunchTemplate={"LaunchTemplateId": lt_id, "Version": "1"},
+        MinSize=0, MaxSize=4, DesiredCapacity=2, AvailabilityZones=["us-east-1a"],
+        Tags=[{"Key": "bench", "Value": "many" if i < 20 else "one", "PropagateAtLaunch": False}])
+PY
+rollproj="$work/rollproj"
+mkdir -p "$rollproj/roles"
+cp -r cookbooks policies "$rollproj/"
+rollout_many='rollout = { group_tags = { bench = "many" }, canaries = ["bench_00"], concurrency = 19, refresh = { min_healthy_percentage = 50, instance_warmup = "100s" } }'
+rollout_one='rollout = { group_tags = { bench = "one" }, refresh = { min_healthy_percentage = 50, instance_warmup = "100s" } }'
+sed -e "s/^\[env.staging\]$/[env.staging]\n$rollout_many/" roles/boxoffice.toml >"$rollproj/roles/many.toml"
+sed -e "s/^\[env.staging\]$/[env.staging]\n$rollout_one/" roles/boxoffice.toml >"$rollproj/roles/one.toml"
+ami=$(python3 -c "import json; print(json.load(open('$work/one.json'))['images']['us-east-1']['ami_id'])")
+read -r one _ < <(measure "$bake" --root "$rollproj" roll one --env staging --ami "$ami")
+"$bake" --root "$rollproj" roll many --env staging --ami "$ami" --output json >"$work/many.json" 2>/dev/null
+python3 - "$work/many.json" "$one" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+one = float(sys.argv[2])
+calls = sum(m["api_calls"].values())
+n = len(m["groups"])
+print(f"one group {one:.2f}s; {n} groups {m['duration_secs']:.2f}s = {m['duration_secs']/one:.2f}x one; "
+      f"{calls} API calls, {calls/n:.1f} per group ({m['status']})")
+PY
