@@ -68,6 +68,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Plan { role, env } => plan(&g, &role, &env),
         Command::Render { role, env, step } => render(&g, &role, &env, step.as_deref()),
         Command::Policy { kind, role, env, account } => policy(&g, kind, role.as_deref(), env.as_deref(), account.as_deref()),
+        Command::Ls { role, env } => return ls(&g, role.as_deref(), env.as_deref()),
+        Command::Prune { role, env, keep, older_than, yes, plan } => return prune(&g, role.as_deref(), env.as_deref(), keep, older_than.as_deref(), yes, plan),
+        Command::Patch { role, env, packages, upgrade_all, script, cves, from, roll, force, on_error, manifest } => {
+            return patch(&g, &role, &env, packages, upgrade_all, script, cves, from, roll, force, on_error == OnError::Abort, manifest.as_deref());
+        }
         Command::Roll { role, env, ami, plan, rollback, migrate_to_launch_template, wait_in_progress, replace_in_progress, timeout, manifest } => {
             let in_progress = if wait_in_progress {
                 crate::roll::InProgress::Wait
@@ -88,6 +93,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 jobs,
                 region: g.region.clone(),
                 roll,
+                patch: None,
             };
             return build(&g, req, manifest.as_deref());
         }
@@ -223,6 +229,10 @@ fn build(g: &Global, req: crate::build::Request, manifest_file: Option<&std::pat
         tracing::info!("role {s} has no environment {}: skipped", req.env);
     }
     let manifests = runtime().block_on(crate::build::run(&g.root, &connection(g), req, plans, progress));
+    report_builds(g, &manifests, manifest_file)
+}
+
+fn report_builds(g: &Global, manifests: &[crate::manifest::Manifest], manifest_file: Option<&std::path::Path>) -> ExitCode {
     let json = if manifests.len() == 1 {
         serde_json::to_string_pretty(&manifests[0])
     } else {
@@ -238,7 +248,7 @@ fn build(g: &Global, req: crate::build::Request, manifest_file: Option<&std::pat
         Output::Json => out(&json),
         Output::Text => {
             let mut text = String::new();
-            for m in &manifests {
+            for m in manifests {
                 let images: Vec<String> = m.images.iter().map(|(r, i)| format!("{} in {r}", i.ami_id)).collect();
                 match m.status.as_str() {
                     "succeeded" => text.push_str(&format!("{}/{}: baked {} (bake {}, {:.0}s)\n", m.role, m.env, images.join(", "), m.bake_id, m.duration_secs)),
@@ -251,7 +261,7 @@ fn build(g: &Global, req: crate::build::Request, manifest_file: Option<&std::pat
             }
         }
     }
-    for m in &manifests {
+    for m in manifests {
         if m.status == "failed" || m.status == "interrupted" {
             eprintln!("error: {}/{}: {}", m.role, m.env, m.error.clone().unwrap_or_else(|| m.status.clone()));
         }
@@ -422,5 +432,276 @@ fn finish_roll(g: &Global, m: &crate::manifest::RollManifest, manifest_file: Opt
         "interrupted" => ExitCode::from(130),
         "failed" => ExitCode::from(1),
         _ => ExitCode::SUCCESS,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn patch(
+    g: &Global,
+    role: &str,
+    env: &str,
+    packages: Option<String>,
+    upgrade_all: bool,
+    script: Option<std::path::PathBuf>,
+    cves: Vec<String>,
+    from: Option<String>,
+    roll: bool,
+    force: bool,
+    keep_on_error: bool,
+    manifest_file: Option<&std::path::Path>,
+) -> ExitCode {
+    let what = if let Some(p) = packages {
+        match crate::patch::packages(&p) {
+            Ok(v) => crate::patch::What::Packages(v),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else if upgrade_all {
+        crate::patch::What::All
+    } else if let Some(f) = script {
+        match std::fs::read_to_string(&f) {
+            Ok(c) => crate::patch::What::Script(f.display().to_string(), c),
+            Err(e) => {
+                eprintln!("error: {}: cannot read the patch script: {e}", f.display());
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        eprintln!("error: give --packages, --upgrade-all or --script");
+        return ExitCode::from(2);
+    };
+    if let Err(p) = crate::patch::check(&cves) {
+        print_problems(&p.into());
+        return ExitCode::from(2);
+    }
+    let project = Project::new(&g.root);
+    let vars = match var_inputs(g) {
+        Ok(v) => v,
+        Err(p) => {
+            print_problems(&p);
+            return ExitCode::from(1);
+        }
+    };
+    // Bad configuration is reported before anything reaches AWS.
+    let base = match project.plan(role, env, &vars) {
+        Ok(p) => p,
+        Err(p) => {
+            print_problems(&p);
+            return ExitCode::from(1);
+        }
+    };
+    let progress = crate::progress::Progress::new(g.quiet, g.output == Output::Json);
+    let rt = runtime();
+    let conn = connection(g);
+    let parent = match from {
+        Some(a) => a,
+        None => {
+            let r = rt.block_on(async {
+                let aws = crate::aws::Aws::load(&conn).await;
+                let region = g.region.clone().or_else(|| base.builder.spec.region.clone()).or_else(|| aws.default_region());
+                match region {
+                    Some(region) => crate::roll::newest_image(&aws.clients(&region), role, env).await,
+                    None => Err(crate::error::Error::Other("no region: give --region, set builder.region in the role, or configure AWS_REGION".into())),
+                }
+            });
+            match r {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    };
+    let plan = match crate::patch::plan(&project, role, env, &vars, &what, &parent, &cves) {
+        Ok(p) => p,
+        Err(p) => {
+            print_problems(&p);
+            return ExitCode::from(1);
+        }
+    };
+    let req = crate::build::Request {
+        roles: vec![role.to_string()],
+        all: false,
+        env: env.to_string(),
+        force,
+        keep_on_error,
+        jobs: 1,
+        region: g.region.clone(),
+        roll,
+        patch: Some(crate::manifest::PatchRecord { parent, cves, packages: what.label().split(',').map(str::to_string).collect() }),
+    };
+    let manifests = rt.block_on(crate::build::run(&g.root, &conn, req, vec![plan], progress));
+    report_builds(g, &manifests, manifest_file)
+}
+
+/// The roles and envs a listing covers: regions to look in, parameters bake publishes, `keep`.
+struct Scope {
+    regions: Vec<String>,
+    parameters: std::collections::BTreeSet<String>,
+    keep: std::collections::BTreeMap<(String, String), usize>,
+}
+
+fn scope(g: &Global, role: Option<&str>, env: Option<&str>, default_region: Option<String>) -> Result<Scope, Problems> {
+    let project = Project::new(&g.root);
+    let vars = var_inputs(g)?;
+    let roles = match role {
+        Some(r) => vec![r.to_string()],
+        None => project.role_names().map_err(Problems::from)?,
+    };
+    let mut regions = std::collections::BTreeSet::new();
+    let mut parameters = std::collections::BTreeSet::new();
+    let mut keep = std::collections::BTreeMap::new();
+    for r in &roles {
+        let rf = project.role(r)?;
+        for e in rf.envs.iter().filter(|e| env.map(|x| x == e.as_str()).unwrap_or(true)) {
+            let resolved = rf.resolve(e, &vars)?;
+            if let Some(region) = g.region.clone().or_else(|| resolved.builder.region.clone()).or_else(|| default_region.clone()) {
+                regions.insert(region);
+            }
+            if g.region.is_none() {
+                regions.extend(resolved.image.regions.iter().cloned());
+            }
+            parameters.insert(resolved.image.ssm_parameter.clone());
+            if let Some(k) = resolved.image.keep {
+                keep.insert((r.clone(), e.clone()), k as usize);
+            }
+        }
+    }
+    if let Some(r) = &g.region {
+        regions = [r.clone()].into();
+    }
+    Ok(Scope { regions: regions.into_iter().collect(), parameters, keep })
+}
+
+fn ls(g: &Global, role: Option<&str>, env: Option<&str>) -> ExitCode {
+    let rt = runtime();
+    let aws = rt.block_on(crate::aws::Aws::load(&connection(g)));
+    let sc = match scope(g, role, env, aws.default_region()) {
+        Ok(s) => s,
+        Err(p) => {
+            print_problems(&p);
+            return ExitCode::from(1);
+        }
+    };
+    let images = match rt.block_on(crate::images::list(&aws, &sc.regions, role, env, &sc.parameters)) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match g.output {
+        Output::Json => out(&serde_json::to_string_pretty(&images).unwrap_or_default()),
+        Output::Text => {
+            if images.is_empty() {
+                out("no image made by bake");
+                return ExitCode::SUCCESS;
+            }
+            let mut text = format!("{:<22} {:<12} {:<22} {:>6}  {:<6} {:<22} {:<18} {:<25} {}\n", "ROLE/ENV", "REGION", "IMAGE", "AGE", "KIND", "PARENT", "CVE", "DEPRECATED", "USED BY");
+            for i in &images {
+                text.push_str(&format!(
+                    "{:<22} {:<12} {:<22} {:>5.1}d  {:<6} {:<22} {:<18} {:<25} {}\n",
+                    format!("{}/{}", i.role, i.env),
+                    i.region,
+                    i.id,
+                    i.age_days,
+                    i.kind,
+                    i.parent.clone().unwrap_or_else(|| "-".into()),
+                    if i.cves.is_empty() { "-".to_string() } else { i.cves.join(",") },
+                    i.deprecation_time.clone().unwrap_or_else(|| "-".into()),
+                    if i.used_by.is_empty() { "-".to_string() } else { i.used_by.join(", ") },
+                ));
+            }
+            out(&text);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn prune(g: &Global, role: Option<&str>, env: Option<&str>, keep: Option<usize>, older_than: Option<&str>, yes: bool, plan_only: bool) -> ExitCode {
+    let older = match older_than.map(crate::config::duration::parse) {
+        None => None,
+        Some(Ok(s)) => Some(s as f64 / 86_400.0),
+        Some(Err(e)) => {
+            eprintln!("error: --older-than: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = runtime();
+    let aws = rt.block_on(crate::aws::Aws::load(&connection(g)));
+    let sc = match scope(g, role, env, aws.default_region()) {
+        Ok(s) => s,
+        Err(p) => {
+            print_problems(&p);
+            return ExitCode::from(1);
+        }
+    };
+    let images = match rt.block_on(crate::images::list(&aws, &sc.regions, role, env, &sc.parameters)) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let keep_of = |r: &str, e: &str| keep.or_else(|| sc.keep.get(&(r.to_string(), e.to_string())).copied()).unwrap_or(3);
+    let decisions = crate::images::decide(images, &keep_of, older);
+    let doomed: Vec<&crate::images::Decision> = decisions.iter().filter(|d| d.delete).collect();
+    if g.output == Output::Json {
+        out(&serde_json::to_string_pretty(&json!({"decisions": decisions, "removing": !plan_only && yes})).unwrap_or_default());
+    } else {
+        let mut text = String::new();
+        for d in &decisions {
+            text.push_str(&format!(
+                "{} {} {} ({}/{}, {:.1} days): {}\n",
+                if d.delete { "remove" } else { "keep  " },
+                d.image.id,
+                d.image.region,
+                d.image.role,
+                d.image.env,
+                d.image.age_days,
+                d.why
+            ));
+        }
+        text.push_str(&format!("{} image(s) to remove, {} kept", doomed.len(), decisions.len() - doomed.len()));
+        out(&text);
+    }
+    if plan_only || doomed.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    if !yes {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            eprintln!("nothing removed: run again with --yes to remove them");
+            return ExitCode::SUCCESS;
+        }
+        eprint!("remove {} image(s) and their snapshots? [y/N] ", doomed.len());
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("nothing removed");
+            return ExitCode::SUCCESS;
+        }
+    }
+    let mut failed = 0;
+    for d in doomed {
+        match rt.block_on(crate::images::remove(&aws, &d.image)) {
+            Ok(()) => {
+                if !g.quiet && g.output == Output::Text {
+                    out(&format!("removed {} in {} and {} snapshot(s)", d.image.id, d.image.region, d.image.snapshots.len()));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -98,6 +98,11 @@ impl Aws {
         self.base.region().map(|r| r.to_string())
     }
 
+    /// The base configuration (for clients bake makes only now and then).
+    pub fn sdk_config(&self) -> SdkConfig {
+        self.base.clone()
+    }
+
     /// The same connection with a fresh call counter (one per bake).
     pub fn counted(&self) -> Aws {
         Aws { base: self.base.clone(), calls: CallCounter::default() }

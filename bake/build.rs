@@ -31,6 +31,8 @@ pub struct Request {
     pub region: Option<String>,
     /// Roll each role's groups onto its image afterwards.
     pub roll: bool,
+    /// `bake patch`: what the patch is (its plan already holds the patch step).
+    pub patch: Option<crate::manifest::PatchRecord>,
 }
 
 /// Plans for every role asked (all roles with `all`); every problem, or the plans.
@@ -121,6 +123,8 @@ async fn bake_one(
     let report = progress.bake(&label);
     let aws = base.counted();
     let mut manifest = Manifest {
+        kind: if req.patch.is_some() { "patch".into() } else { "bake".into() },
+        patch: req.patch.clone(),
         role: plan.role.clone(),
         env: plan.env.clone(),
         started_at: journal::now_rfc3339(),
@@ -143,6 +147,9 @@ async fn bake_one(
         let source = stages::source::resolve(&c, &plan.source).await?;
         manifest.source = Some(source.record(&plan.source));
         manifest.stages.insert("source".into(), t.elapsed().as_secs_f64());
+        if req.patch.is_some() {
+            manifest.lineage = lineage(&c, &source.id).await;
+        }
         let fingerprint = bake_fingerprint(&plan.fingerprint, &source.id);
         manifest.fingerprint = fingerprint.clone();
         report.stage("source", &format!("{} ({})", source.id, source.name));
@@ -220,7 +227,8 @@ async fn bake_one(
         }
     }
     if req.roll && (manifest.status == "succeeded" || manifest.status == "reused") && !*cancel.borrow() {
-        let ami = manifest.images.get(&manifest.region).map(|i| i.ami_id.clone());
+        // A reused image may have been patched since: roll the newest image of the role then.
+        let ami = if manifest.status == "reused" { None } else { manifest.images.get(&manifest.region).map(|i| i.ami_id.clone()) };
         let rreq = crate::roll::Request {
             ami,
             plan_only: false,
@@ -241,6 +249,9 @@ async fn bake_one(
     manifest.finished_at = journal::now_rfc3339();
     manifest.duration_secs = started.elapsed().as_secs_f64();
     manifest.api_calls = aws.calls.snapshot();
+    for e in crate::notify::send(&aws, &plan.notify, &manifest).await {
+        report.info(&format!("notification failed: {e}"));
+    }
     manifest
 }
 
@@ -291,4 +302,26 @@ pub async fn run(
     .buffer_unordered(jobs)
     .collect()
     .await
+}
+
+/// An image's ancestry through `bake:patch-of`: itself, its parent, … (at most 20).
+pub async fn lineage(c: &crate::aws::Clients, image: &str) -> Vec<String> {
+    let mut out = vec![image.to_string()];
+    let mut cur = image.to_string();
+    while out.len() < 20 {
+        let Ok(r) = c.ec2.describe_images().image_ids(&cur).send().await else { break };
+        let parent = r
+            .images()
+            .first()
+            .and_then(|i| i.tags().iter().find(|t| t.key() == Some("bake:patch-of")).and_then(|t| t.value()))
+            .map(str::to_string);
+        match parent {
+            Some(p) if !out.contains(&p) => {
+                out.push(p.clone());
+                cur = p;
+            }
+            _ => break,
+        }
+    }
+    out
 }

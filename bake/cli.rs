@@ -163,6 +163,68 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         manifest: Option<PathBuf>,
     },
+    /// Ship an emergency patch image: from the role's current golden image, run only a patch step
+    #[command(
+        group(clap::ArgGroup::new("what").required(true).args(["packages", "upgrade_all", "script"])),
+        after_help = "Examples:\n  bake patch boxoffice --env production --packages openssl,libssl3 --cve CVE-2024-5535 --roll\n  bake patch www --env production --upgrade-all\n  bake patch kaiju --env staging --script fix.sh --from ami-0123456789abcdef0\n\nExit codes: 0 patched (and rolled), 1 a failure, 130 interrupted."
+    )]
+    Patch {
+        role: String,
+        #[arg(long)]
+        env: String,
+        /// Upgrade exactly these packages (comma-separated)
+        #[arg(long, value_name = "PKG,PKG")]
+        packages: Option<String>,
+        /// Upgrade every package
+        #[arg(long)]
+        upgrade_all: bool,
+        /// Run this script instead of the security-patch cookbook
+        #[arg(long, value_name = "FILE")]
+        script: Option<PathBuf>,
+        /// The CVEs this patch fixes (repeatable); tagged on the image
+        #[arg(long = "cve", value_name = "CVE-YYYY-NNNN")]
+        cves: Vec<String>,
+        /// Start from this image (default: the newest one bake made for the role and env)
+        #[arg(long, value_name = "AMI_ID")]
+        from: Option<String>,
+        /// Then roll the role's groups onto the patch, with the role's patch preferences
+        #[arg(long)]
+        roll: bool,
+        /// Patch even when an identical patch exists
+        #[arg(long)]
+        force: bool,
+        #[arg(long, value_enum, default_value_t = OnError::Cleanup)]
+        on_error: OnError,
+        /// Also write the manifest (JSON) to this file
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+    },
+    /// List the images bake made, with their age, lineage, CVEs and what uses each
+    #[command(after_help = "Examples:\n  bake ls\n  bake ls boxoffice --env production --output json")]
+    Ls {
+        role: Option<String>,
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Remove old images and their snapshots in every region; never one in use or among the newest
+    #[command(after_help = "Examples:\n  bake prune --plan\n  bake prune boxoffice --env production --keep 5 --older-than 30d --yes\n\nAn image stays when a group, a launch template version a group uses, a launch configuration\nor the role's SSM parameter points at it, or when it is one of the newest N (--keep, else the\nrole's image.keep, else 3).")]
+    Prune {
+        role: Option<String>,
+        #[arg(long)]
+        env: Option<String>,
+        /// Keep the newest N per role, env and region
+        #[arg(long)]
+        keep: Option<usize>,
+        /// Only images older than this
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
+        /// Remove without asking
+        #[arg(long)]
+        yes: bool,
+        /// Only show what would be removed
+        #[arg(long)]
+        plan: bool,
+    },
     /// Remove what a bake left behind: replay its journal, or sweep bake-managed orphans
     #[command(after_help = "Examples:\n  bake cleanup b-3f9a1c2e7d4b\n  bake cleanup --orphans --older-than 6h\n  bake cleanup --orphans --older-than 0s --yes --region us-east-1")]
     Cleanup {

@@ -32,6 +32,14 @@ pub struct Manifest {
     /// `service:Operation` → calls.
     pub api_calls: BTreeMap<String, u64>,
     pub journal: String,
+    /// `bake` for a full bake, `patch` for `bake patch`.
+    pub kind: String,
+    /// For a patch: its parent image, CVEs and packages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<PatchRecord>,
+    /// For a patch: the parent, its parent, … back to a full bake.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lineage: Vec<String>,
     /// With `bake build --roll`: the rollout of the new image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub roll: Option<RollManifest>,
@@ -124,4 +132,12 @@ pub struct GroupRecord {
     /// The group's configuration changed (so a failed rollout puts it back).
     #[serde(skip)]
     pub moved: bool,
+}
+
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct PatchRecord {
+    pub parent: String,
+    pub cves: Vec<String>,
+    /// The packages asked for, `all`, or `script:<file>`.
+    pub packages: Vec<String>,
 }

@@ -123,7 +123,7 @@ fn validate_reports_every_problem_at_once() {
 fn validate_passes_on_the_examples() {
     let out = bake(&repo(), &["validate"]);
     assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(text(&out.stdout).starts_with("ok: 3 role(s) in 6 env(s), 3 cookbook(s)"));
+    assert!(text(&out.stdout).starts_with("ok: 3 role(s) in 6 env(s), 4 cookbook(s)"));
 }
 
 fn plan_json(root: &Path, role: &str, env: &str) -> (String, serde_json::Value) {
@@ -247,7 +247,15 @@ fn every_example_step_is_valid_shell() {
             }
         }
     }
-    assert_eq!(files.len(), 84);
+    // The security patch, both ways.
+    for (n, what) in [("packages", bake::patch::What::Packages(vec!["openssl".into(), "libssl3".into()])), ("all", bake::patch::What::All)] {
+        let plan = bake::patch::plan(&project, "boxoffice", "production", &VarInputs::default(), &what, "ami-0123456789abcdef0", &["CVE-2024-5535".into()]).unwrap();
+        assert_eq!(plan.steps.len(), 1);
+        let f = tmp.path().join(format!("patch-{n}.sh"));
+        std::fs::write(&f, &plan.steps[0].script).unwrap();
+        files.push(f);
+    }
+    assert_eq!(files.len(), 86);
     for f in &files {
         let out = Command::new("bash").arg("-n").arg(f).output().unwrap();
         assert!(out.status.success(), "bash -n {}: {}", f.display(), text(&out.stderr));

@@ -21,6 +21,8 @@ pub const PART: usize = 40 * 1024;
 /// What AWS keeps of a command's output in GetCommandInvocation.
 pub const STDOUT_LIMIT: usize = 24_000;
 pub const STDERR_LIMIT: usize = 8_000;
+/// A step that prints this line (within the first 24,000 characters of its output) gets a reboot.
+pub const REBOOT_MARKER: &str = "bake: reboot required";
 /// Where parts are assembled on the builder.
 pub const STAGING: &str = "/var/lib/bake/steps";
 
@@ -228,7 +230,9 @@ pub async fn run_all(ctx: &mut Ctx) -> Result<()> {
             });
         }
         ctx.report.info(&format!("{id} done in {secs:.1}s"));
-        if step.reboot {
+        // A step may ask for a reboot (the security patch does when the kernel or libc changed).
+        let asked = o.stdout.lines().any(|l| l.trim() == REBOOT_MARKER);
+        if step.reboot || asked {
             ctx.stage("provision", &format!("{id}: rebooting the builder"));
             let since = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
             let since = aws_smithy_types::DateTime::from_secs(since.secs());

@@ -9,10 +9,10 @@ import uuid
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-from . import autoscaling, control, ec2, iam, ssm  # noqa: F401  (they patch moto on import)
+from . import autoscaling, control, ec2, iam, sns, ssm  # noqa: F401  (they patch moto on import)
 from .state import LOCK, STATE
 
-QUERY = {"ec2", "iam", "autoscaling", "sts"}
+QUERY = {"ec2", "iam", "autoscaling", "sts", "sns"}
 
 ERROR_XML_EC2 = (
     '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
@@ -37,7 +37,7 @@ def error_response(service, status, code, message):
     else:
         body = json.dumps({"__type": code, "message": message})
         ctype = "application/x-amz-json-1.1"
-    reason = {400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
+    reason = {400: "Bad Request", 403: "Forbidden", 500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
     body = body.encode()
     headers = [("Content-Type", ctype), ("Content-Length", str(len(body))), ("x-amzn-RequestId", rid),
                ("x-amzn-ErrorType", code)]

@@ -24,6 +24,9 @@ FAULT_KINDS = {
     "throttle": _throttle,
     "500": lambda s: (500, "InternalError" if s == "ec2" else "InternalFailure", "We encountered an internal error. Please try again."),
     "503": lambda s: (503, "Unavailable" if s == "ec2" else "ServiceUnavailable", "The service is unavailable. Please try again shortly."),
+    # Not retried by SDKs: a permission missing (in one region, say).
+    "denied": lambda s: (403, "UnauthorizedOperation" if s == "ec2" else "AccessDeniedException" if s == "ssm" else "AccessDenied",
+                         "You are not authorized to perform this operation."),
 }
 
 MUTATING = re.compile(r"^(Create|Delete|Put|Run|Start|Stop|Terminate|Reboot|Modify|Update|Register|Deregister|Copy|"
@@ -122,8 +125,8 @@ def _fault(rule):
         raise BadRequest("a fault is a JSON object")
     _only(rule, {"service", "action", "region", "rate", "kind", "latency_ms", "seed"}, "fault")
     service = rule.get("service", "*")
-    if service not in ("*", "ec2", "ssm", "iam", "autoscaling", "sts"):
-        raise BadRequest(f"fault service {service!r} is not one of *, ec2, ssm, iam, autoscaling, sts")
+    if service not in ("*", "ec2", "ssm", "iam", "autoscaling", "sts", "sns"):
+        raise BadRequest(f"fault service {service!r} is not one of *, ec2, ssm, iam, autoscaling, sts, sns")
     kind = rule.get("kind")
     if kind is not None and kind not in FAULT_KINDS:
         raise BadRequest(f"fault kind {kind!r} is not one of {', '.join(FAULT_KINDS)}")
@@ -274,6 +277,22 @@ def _route(method, path, query, environ):
                          "started": r.t_start, "ended": r.t_end}
                         for r in rs]
         return _json(200, {"refreshes": out})
+    if p == "/sns/messages" and method == "GET":
+        return _json(200, {"messages": STATE.published})
+    if p == "/canonical/publish" and method == "POST":
+        data = _body(environ)
+        _only(data, {"region", "release", "build"}, "body")
+        release = data.get("release", "24.04")
+        if release not in seed.RELEASES:
+            raise BadRequest(f"release must be one of {', '.join(seed.RELEASES)}")
+        build = data.get("build")
+        if not isinstance(build, str) or not re.fullmatch(r"\d{8}", build):
+            raise BadRequest("build must be a date such as 20261121")
+        region = data.get("region", "us-east-1")
+        if region not in seed.REGIONS:
+            raise BadRequest(f"region must be one of {', '.join(seed.REGIONS)}")
+        ami = seed.publish(region, release, build)
+        return _json(200, {"ami": ami, "parameter": seed.parameter_name(release)})
     if p == "/images" and method == "GET":
         return _json(200, {"images": accounting.images(query.get("region", [None])[0])})
     return _json(404, {"error": f"no control endpoint {method} {path} (see tests/sandbox/README.md)"})

@@ -58,6 +58,7 @@ class State:
         self.refreshes = {}         # (region, group) -> [Refresh]
         self.client_tokens = {}     # (region, action, token) -> result id
         self.profile_created = {}   # instance profile name -> monotonic time
+        self.published = []         # SNS messages: {"topic", "subject", "message"}
 
     # -- the clock -----------------------------------------------------------------------------
     @staticmethod

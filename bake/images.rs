@@ -1,0 +1,262 @@
+//! `bake ls` and `bake prune`: the images bake made, what uses each, and removing old ones.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aws_sdk_ec2::types::{Filter, Image};
+use serde::Serialize;
+
+use crate::aws::{Aws, Clients};
+use crate::error::{Error, Result};
+
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct ImageInfo {
+    pub id: String,
+    pub region: String,
+    pub name: String,
+    pub role: String,
+    pub env: String,
+    /// bake or patch
+    pub kind: String,
+    pub created: String,
+    pub age_days: f64,
+    pub fingerprint: String,
+    pub parent: Option<String>,
+    pub cves: Vec<String>,
+    pub deprecation_time: Option<String>,
+    pub snapshots: Vec<String>,
+    /// `group NAME`, `launch-template NAME vN`, `launch-configuration NAME`, `parameter NAME`
+    pub used_by: Vec<String>,
+}
+
+fn tag<'a>(i: &'a Image, k: &str) -> Option<&'a str> {
+    i.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value())
+}
+
+fn age_days(created: &str) -> f64 {
+    aws_smithy_types::DateTime::from_str(created, aws_smithy_types::date_time::Format::DateTime)
+        .ok()
+        .and_then(|t| std::time::SystemTime::try_from(t).ok())
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+        .map(|d| d.as_secs_f64() / 86_400.0)
+        .unwrap_or(0.0)
+}
+
+/// Finished bake images in one region (optionally one role / env).
+async fn images(c: &Clients, role: Option<&str>, env: Option<&str>) -> Result<Vec<ImageInfo>> {
+    let mut req = c.ec2.describe_images().owners("self").filters(Filter::builder().name("tag:bake:complete").values("true").build());
+    if let Some(r) = role {
+        req = req.filters(Filter::builder().name("tag:bake:role").values(r).build());
+    }
+    if let Some(e) = env {
+        req = req.filters(Filter::builder().name("tag:bake:env").values(e).build());
+    }
+    let r = req.send().await.map_err(|e| Error::aws("ec2:DescribeImages", "bake's images", &c.region, &e))?;
+    Ok(r.images()
+        .iter()
+        .map(|i| {
+            let created = i.creation_date().unwrap_or_default().to_string();
+            ImageInfo {
+                id: i.image_id().unwrap_or_default().to_string(),
+                region: c.region.clone(),
+                name: i.name().unwrap_or_default().to_string(),
+                role: tag(i, "bake:role").unwrap_or_default().to_string(),
+                env: tag(i, "bake:env").unwrap_or_default().to_string(),
+                kind: tag(i, "bake:kind").unwrap_or("bake").to_string(),
+                age_days: age_days(&created),
+                created,
+                fingerprint: tag(i, "bake:fingerprint").unwrap_or_default().to_string(),
+                parent: tag(i, "bake:patch-of").map(str::to_string),
+                cves: tag(i, "bake:cve").map(|c| c.split(',').map(str::to_string).collect()).unwrap_or_default(),
+                deprecation_time: i.deprecation_time().map(str::to_string),
+                snapshots: i.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string)).collect(),
+                used_by: Vec::new(),
+            }
+        })
+        .collect())
+}
+
+/// What uses which image in one region: groups (the launch template version or configuration
+/// they use), every launch configuration, and the given SSM parameters.
+async fn usage(c: &Clients, parameters: &BTreeSet<String>) -> Result<BTreeMap<String, Vec<String>>> {
+    let region = c.region.as_str();
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut lcs: BTreeMap<String, String> = BTreeMap::new();
+    let mut token = None;
+    loop {
+        let r = c
+            .asg
+            .describe_launch_configurations()
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| Error::aws("autoscaling:DescribeLaunchConfigurations", "launch configurations", region, &e))?;
+        for l in r.launch_configurations() {
+            if let (Some(n), Some(i)) = (l.launch_configuration_name(), l.image_id()) {
+                lcs.insert(n.to_string(), i.to_string());
+                out.entry(i.to_string()).or_default().push(format!("launch-configuration {n}"));
+            }
+        }
+        token = r.next_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    let mut versions: BTreeMap<(String, String), (i64, String, String)> = BTreeMap::new();
+    let mut token = None;
+    loop {
+        let r = c
+            .asg
+            .describe_auto_scaling_groups()
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| Error::aws("autoscaling:DescribeAutoScalingGroups", "groups", region, &e))?;
+        for g in r.auto_scaling_groups() {
+            let name = g.auto_scaling_group_name().unwrap_or_default();
+            if let Some(lt) = g.launch_template() {
+                let id = lt.launch_template_id().unwrap_or_default().to_string();
+                let v = lt.version().unwrap_or("$Default").to_string();
+                let key = (id.clone(), v.clone());
+                if !versions.contains_key(&key) {
+                    let mut q = c.ec2.describe_launch_template_versions().versions(&v);
+                    q = if id.is_empty() { q.launch_template_name(lt.launch_template_name().unwrap_or_default()) } else { q.launch_template_id(&id) };
+                    let d = q.send().await.map_err(|e| Error::aws("ec2:DescribeLaunchTemplateVersions", format!("group {name}'s launch template"), region, &e))?;
+                    if let Some(ver) = d.launch_template_versions().first() {
+                        let image = ver.launch_template_data().and_then(|d| d.image_id()).unwrap_or_default().to_string();
+                        versions.insert(key.clone(), (ver.version_number().unwrap_or(0), image, ver.launch_template_name().unwrap_or_default().to_string()));
+                    }
+                }
+                if let Some((n, image, lt_name)) = versions.get(&key) {
+                    out.entry(image.clone()).or_default().push(format!("group {name}"));
+                    out.entry(image.clone()).or_default().push(format!("launch-template {lt_name} v{n}"));
+                }
+            } else if let Some(lc) = g.launch_configuration_name() {
+                if let Some(image) = lcs.get(lc) {
+                    out.entry(image.clone()).or_default().push(format!("group {name}"));
+                }
+            }
+        }
+        token = r.next_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    let names: Vec<String> = parameters.iter().cloned().collect();
+    for chunk in names.chunks(10) {
+        let r = c
+            .ssm
+            .get_parameters()
+            .set_names(Some(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(|e| Error::aws("ssm:GetParameters", "bake's parameters", region, &e))?;
+        for p in r.parameters() {
+            if let (Some(n), Some(v)) = (p.name(), p.value()) {
+                out.entry(v.to_string()).or_default().push(format!("parameter {n}"));
+            }
+        }
+    }
+    for v in out.values_mut() {
+        v.sort();
+        v.dedup();
+    }
+    Ok(out)
+}
+
+/// Every finished bake image in `regions`, with what uses it, newest first.
+pub async fn list(aws: &Aws, regions: &[String], role: Option<&str>, env: Option<&str>, parameters: &BTreeSet<String>) -> Result<Vec<ImageInfo>> {
+    let mut all = Vec::new();
+    for region in regions {
+        let c = aws.clients(region);
+        let mut imgs = images(&c, role, env).await?;
+        if imgs.is_empty() {
+            continue;
+        }
+        let used = usage(&c, parameters).await?;
+        for i in &mut imgs {
+            i.used_by = used.get(&i.id).cloned().unwrap_or_default();
+        }
+        all.extend(imgs);
+    }
+    all.sort_by(|a, b| (&a.role, &a.env, &a.region).cmp(&(&b.role, &b.env, &b.region)).then(b.created.cmp(&a.created)));
+    Ok(all)
+}
+
+/// What prune decides for one image.
+#[derive(Serialize, Clone, Debug)]
+pub struct Decision {
+    pub image: ImageInfo,
+    pub delete: bool,
+    pub why: String,
+}
+
+/// Pure: per role, env and region, keep the newest `keep` and whatever is in use or young;
+/// delete the rest. `images` is newest first within each group (as `list` returns them).
+pub fn decide(images: Vec<ImageInfo>, keep: &dyn Fn(&str, &str) -> usize, older_than_days: Option<f64>) -> Vec<Decision> {
+    let mut seen: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    for i in images {
+        let n = seen.entry((i.role.clone(), i.env.clone(), i.region.clone())).or_default();
+        *n += 1;
+        let k = keep(&i.role, &i.env);
+        let (delete, why) = if !i.used_by.is_empty() {
+            (false, format!("in use by {}", i.used_by.join(", ")))
+        } else if *n <= k {
+            (false, format!("one of the newest {k}"))
+        } else if let Some(days) = older_than_days.filter(|d| i.age_days < *d) {
+            (false, format!("younger than {days:.0} days"))
+        } else {
+            (true, format!("older than the newest {k}, unused"))
+        };
+        out.push(Decision { image: i, delete, why });
+    }
+    out
+}
+
+/// Deregisters an image and deletes its snapshots; one error stops only this image.
+pub async fn remove(aws: &Aws, i: &ImageInfo) -> Result<()> {
+    let c = aws.clients(&i.region);
+    c.ec2
+        .deregister_image()
+        .image_id(&i.id)
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:DeregisterImage", format!("image {}", i.id), &i.region, &e))?;
+    for s in &i.snapshots {
+        match c.ec2.delete_snapshot().snapshot_id(s).send().await {
+            Ok(_) => {}
+            Err(e) if crate::error::is_not_found(aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e)) => {}
+            Err(e) => return Err(Error::aws("ec2:DeleteSnapshot", format!("snapshot {s} of {}", i.id), &i.region, &e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(id: &str, age: f64, used: &[&str]) -> ImageInfo {
+        ImageInfo {
+            id: id.into(),
+            region: "us-east-1".into(),
+            role: "web".into(),
+            env: "production".into(),
+            age_days: age,
+            used_by: used.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn keeps_newest_in_use_and_young() {
+        let imgs = vec![img("a", 1.0, &[]), img("b", 10.0, &[]), img("c", 40.0, &["group web_production"]), img("d", 50.0, &[]), img("e", 5.0, &[])];
+        let d = decide(imgs.clone(), &|_, _| 2, None);
+        let del: Vec<&str> = d.iter().filter(|x| x.delete).map(|x| x.image.id.as_str()).collect();
+        assert_eq!(del, ["d", "e"]);
+        assert!(d[2].why.contains("in use by group web_production"));
+        let d = decide(imgs, &|_, _| 2, Some(30.0));
+        let del: Vec<&str> = d.iter().filter(|x| x.delete).map(|x| x.image.id.as_str()).collect();
+        assert_eq!(del, ["d"], "e is younger than 30 days");
+    }
+}

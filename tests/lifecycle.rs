@@ -1,0 +1,338 @@
+//! Emergency patches, `bake ls`, `bake prune`, the weekly schedule and notifications, against the
+//! sandbox.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use aws_sdk_autoscaling::types as asg_t;
+use aws_sdk_ec2::types as ec2_t;
+use common::sandbox::Sandbox;
+use common::{project_copy, text};
+use serde_json::{json, Value};
+
+fn bake(sb: &Sandbox, root: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bake"));
+    cmd.arg("--root").arg(root).args(args).current_dir(root);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BAKE_") || k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in sb.env() {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run bake")
+}
+
+fn json_ok(o: &Output) -> Value {
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&o.stdout)))
+}
+
+fn image(sb: &Sandbox, id: &str) -> Value {
+    sb.control("GET", "/_sandbox/images", None)["images"].as_array().unwrap().iter().find(|i| i["id"] == id).cloned().unwrap_or(Value::Null)
+}
+
+fn edit(root: &Path, file: &str, from: &str, to: &str) {
+    let p = root.join(file);
+    let s = std::fs::read_to_string(&p).unwrap();
+    assert!(s.contains(from), "{file} lacks {from:?}");
+    std::fs::write(&p, s.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn a_patch_starts_from_the_golden_image_and_runs_only_the_patch_step() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let golden = json_ok(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]));
+    let g = golden["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
+    // The patch asks for a reboot (its kernel changed), as the security-patch step does.
+    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=security-patch", "stdout": "patched packages:\n  openssl 3.0.2-0ubuntu1.18\nbake: reboot required\n"}]})));
+    let out = bake(&sb, root, &["patch", "kaiju", "--env", "staging", "--packages", "openssl,libssl3", "--cve", "CVE-2024-5535", "--output", "json"]);
+    let p = json_ok(&out);
+    assert_eq!(p["kind"], "patch");
+    assert_eq!(p["status"], "succeeded");
+    assert_eq!(p["source"]["ami_id"], g.as_str(), "from the current golden image, not Canonical's");
+    assert_eq!(p["lineage"], json!([g]));
+    assert_eq!(p["patch"]["cves"], json!(["CVE-2024-5535"]));
+    let steps = p["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0]["cookbook"], "security-patch");
+    assert_eq!(steps[0]["rebooted"], true, "the step asked for a reboot");
+    // Only the patch step reached the builder.
+    let scripts = sb.scripts(p["builder"]["instance_id"].as_str().unwrap());
+    assert_eq!(scripts.len(), 1);
+    let script = scripts[0]["script"].as_str().unwrap();
+    assert!(script.contains("cookbook=security-patch step=patch") && script.contains("pkgs=(openssl libssl3)"), "{script}");
+    // Lineage and provenance tags; the image and its copy are published.
+    let p1 = p["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
+    let img = image(&sb, &p1);
+    assert_eq!(img["tags"]["bake:patch-of"], g.as_str());
+    assert_eq!(img["tags"]["bake:cve"], "CVE-2024-5535");
+    assert_eq!(img["tags"]["bake:patched-packages"], "openssl,libssl3");
+    assert_eq!(img["tags"]["bake:kind"], "patch");
+    assert_eq!(img["tags"]["bake:source-ami"], g.as_str());
+    assert!(p["images"]["us-west-2"]["ami_id"].is_string(), "copied like any bake");
+    assert_eq!(p["parameters"][0]["value"], p1.as_str());
+    // A patch of the patch: the lineage grows.
+    sb.control("DELETE", "/_sandbox/ssm/outcomes", None);
+    let p2 = json_ok(&bake(&sb, root, &["patch", "kaiju", "--env", "staging", "--upgrade-all", "--output", "json"]));
+    assert_eq!(p2["lineage"], json!([p1, g]));
+    assert_eq!(image(&sb, p2["images"]["us-east-1"]["ami_id"].as_str().unwrap())["tags"]["bake:patched-packages"], "all");
+    // The patch does strictly less work than the full bake.
+    let calls = |m: &Value| m["api_calls"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum::<u64>();
+    assert!(calls(&p2) < calls(&golden), "{} calls for a patch, {} for a bake", calls(&p2), calls(&golden));
+    assert!(p2["duration_secs"].as_f64().unwrap() < golden["duration_secs"].as_f64().unwrap());
+    // A script patch, and bad input.
+    std::fs::write(root.join("fix.sh"), "echo fixing the world\nsed -i s/a/b/ /etc/motd\n").unwrap();
+    let p3 = json_ok(&bake(&sb, root, &["patch", "kaiju", "--env", "staging", "--script", "fix.sh", "--from", &g, "--output", "json"]));
+    let scripts = sb.scripts(p3["builder"]["instance_id"].as_str().unwrap());
+    assert!(scripts[0]["script"].as_str().unwrap().contains("sed -i s/a/b/ /etc/motd"));
+    assert_eq!(p3["lineage"], json!([g]));
+    let out = bake(&sb, root, &["patch", "kaiju", "--env", "staging", "--packages", "openssl;reboot"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not a Debian package name"));
+    let out = bake(&sb, root, &["patch", "kaiju", "--env", "staging", "--upgrade-all", "--cve", "CVE-24"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_rolls_with_the_roles_patch_preferences() {
+    let sb = Sandbox::start();
+    sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
+    let dir = project_copy();
+    let root = dir.path();
+    edit(root, "roles/kaiju.toml", "[rollout]\nrefresh = { min_healthy_percentage = 50 }", "[rollout]\nrefresh = { min_healthy_percentage = 90 }\npatch = { min_healthy_percentage = 40, instance_warmup = \"0s\" }");
+    let golden = json_ok(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]));
+    let g = golden["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
+    let conf = sb.sdk_config("us-east-1").await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let asg = aws_sdk_autoscaling::Client::new(&conf);
+    let lt = ec2
+        .create_launch_template()
+        .launch_template_name("kaiju")
+        .launch_template_data(ec2_t::RequestLaunchTemplateData::builder().image_id(&g).instance_type(ec2_t::InstanceType::T3Small).build())
+        .send()
+        .await
+        .unwrap();
+    let lt_id = lt.launch_template().unwrap().launch_template_id().unwrap().to_string();
+    asg.create_auto_scaling_group()
+        .auto_scaling_group_name("kaiju_staging")
+        .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(&lt_id).version("1").build())
+        .min_size(0)
+        .max_size(4)
+        .desired_capacity(2)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .unwrap();
+    let p = json_ok(&bake(&sb, root, &["patch", "kaiju", "--env", "staging", "--packages", "openssl", "--roll", "--output", "json"]));
+    let patch = p["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
+    assert_eq!(p["roll"]["status"], "succeeded");
+    assert_eq!(p["roll"]["groups"][0]["final_image"], patch.as_str());
+    let r = asg.describe_instance_refreshes().auto_scaling_group_name("kaiju_staging").send().await.unwrap();
+    let prefs = r.instance_refreshes()[0].preferences().unwrap();
+    assert_eq!(prefs.min_healthy_percentage(), Some(40), "the role's patch preferences");
+}
+
+/// An image that looks like one bake made (in `region`), with its snapshot tagged the same.
+async fn made(ec2: &aws_sdk_ec2::Client, name: &str) -> String {
+    let ssm_src = "ami";
+    let _ = ssm_src;
+    let imgs = ec2.describe_images().owners("099720109477").send().await.unwrap();
+    let src = imgs.images()[0].image_id().unwrap().to_string();
+    let r = ec2.run_instances().image_id(&src).min_count(1).max_count(1).send().await.unwrap();
+    let id = r.instances()[0].instance_id().unwrap().to_string();
+    let tags = ec2_t::TagSpecification::builder()
+        .tags(ec2_t::Tag::builder().key("bake:role").value("kaiju").build())
+        .tags(ec2_t::Tag::builder().key("bake:env").value("staging").build())
+        .tags(ec2_t::Tag::builder().key("bake:complete").value("true").build())
+        .tags(ec2_t::Tag::builder().key("bake:managed").value("true").build());
+    let img = ec2
+        .create_image()
+        .instance_id(&id)
+        .name(name)
+        .tag_specifications(tags.clone().resource_type(ec2_t::ResourceType::Image).build())
+        .tag_specifications(tags.resource_type(ec2_t::ResourceType::Snapshot).build())
+        .send()
+        .await
+        .unwrap()
+        .image_id
+        .unwrap();
+    ec2.terminate_instances().instance_ids(&id).send().await.unwrap();
+    // One second apart, so "newest" is well defined.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    img
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_reports_usage_and_prune_keeps_what_is_used_or_newest() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let conf = sb.sdk_config("us-east-1").await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let asg = aws_sdk_autoscaling::Client::new(&conf);
+    let ssm = aws_sdk_ssm::Client::new(&conf);
+    let west = aws_sdk_ec2::Client::new(&sb.sdk_config("us-west-2").await);
+    // Six images, oldest first; in us-west-2 two more.
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(made(&ec2, &format!("kaiju-staging-{i}")).await);
+    }
+    let w_old = made(&west, "kaiju-staging-w0").await;
+    let w_new = made(&west, "kaiju-staging-w1").await;
+    // ids[0]: a group's launch template version; ids[1]: a launch configuration; ids[2]: the parameter.
+    let lt = ec2
+        .create_launch_template()
+        .launch_template_name("kaiju")
+        .launch_template_data(ec2_t::RequestLaunchTemplateData::builder().image_id(&ids[0]).instance_type(ec2_t::InstanceType::T3Small).build())
+        .send()
+        .await
+        .unwrap();
+    let lt_id = lt.launch_template().unwrap().launch_template_id().unwrap().to_string();
+    asg.create_auto_scaling_group()
+        .auto_scaling_group_name("kaiju_staging")
+        .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(&lt_id).version("1").build())
+        .min_size(0)
+        .max_size(1)
+        .desired_capacity(0)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .unwrap();
+    asg.create_launch_configuration().launch_configuration_name("kaiju-legacy").image_id(&ids[1]).instance_type("t3.small").send().await.unwrap();
+    ssm.put_parameter().name("/bake/kaiju/staging/ami-id").value(&ids[2]).r#type(aws_sdk_ssm::types::ParameterType::String).send().await.unwrap();
+
+    let ls = json_ok(&bake(&sb, root, &["ls", "kaiju", "--env", "staging", "--output", "json"]));
+    let used = |id: &str| -> Vec<String> {
+        ls.as_array().unwrap().iter().find(|i| i["id"] == id).unwrap()["used_by"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(ls.as_array().unwrap().len(), 8);
+    assert_eq!(used(&ids[0]), ["group kaiju_staging", "launch-template kaiju v1"]);
+    assert_eq!(used(&ids[1]), ["launch-configuration kaiju-legacy"]);
+    assert_eq!(used(&ids[2]), ["parameter /bake/kaiju/staging/ami-id"]);
+    assert!(used(&ids[3]).is_empty());
+    let text_ls = text(&bake(&sb, root, &["ls"]).stdout);
+    assert!(text_ls.contains("kaiju/staging") && text_ls.contains("us-west-2") && text_ls.contains("group kaiju_staging"), "{text_ls}");
+
+    // --plan shows and removes nothing.
+    sb.control("DELETE", "/_sandbox/calls", None);
+    let out = bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--keep", "1", "--plan"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(sb.calls()["mutating"].as_array().unwrap().is_empty());
+    assert!(text(&out.stdout).contains(&format!("remove {} us-east-1", ids[3])), "{}", text(&out.stdout));
+    // Deregistering fails in us-west-2: reported; us-east-1 goes on.
+    sb.control("POST", "/_sandbox/faults", Some(json!({"faults": [{"service": "ec2", "action": "DeregisterImage", "region": "us-west-2", "rate": 1.0, "kind": "denied"}]})));
+    let snaps: Vec<String> = ids.iter().map(|i| image(&sb, i)["snapshot"].as_str().unwrap().to_string()).collect();
+    let out = bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--keep", "1", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stderr).contains(&w_old) && text(&out.stderr).contains("us-west-2"), "{}", text(&out.stderr));
+    for (i, id) in ids.iter().enumerate() {
+        let gone = image(&sb, id).is_null();
+        let keep = i <= 2 || i == 5; // in use, or the newest
+        assert_eq!(gone, !keep, "image {i} {id}");
+    }
+    // Removed images took their snapshots with them.
+    let live: BTreeSet<String> = sb.live().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    assert!(!live.contains(&snaps[3]) && !live.contains(&snaps[4]) && live.contains(&snaps[5]));
+    assert!(!image(&sb, &w_new).is_null(), "the newest in us-west-2 stays");
+    sb.control("DELETE", "/_sandbox/faults", None);
+    let out = bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--keep", "1", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(image(&sb, &w_old).is_null());
+}
+
+#[test]
+fn the_weekly_bake_launches_nothing_when_nothing_changed_and_bakes_when_canonical_moves() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let first = json_ok(&bake(&sb, root, &["build", "--all", "--env", "staging", "--output", "json"]));
+    assert!(first.as_array().unwrap().iter().all(|m| m["status"] == "succeeded"));
+    sb.control("DELETE", "/_sandbox/calls", None);
+    let second = json_ok(&bake(&sb, root, &["build", "--all", "--env", "staging", "--output", "json"]));
+    assert!(second.as_array().unwrap().iter().all(|m| m["status"] == "reused"), "{second}");
+    let calls = sb.calls();
+    assert!(calls["mutating"].as_array().unwrap().is_empty(), "launched nothing: {}", calls["mutating"]);
+    // Canonical publishes a new 24.04 build: the roles built on it bake again; kaiju (22.04) does not.
+    sb.control("POST", "/_sandbox/canonical/publish", Some(json!({"region": "us-east-1", "release": "24.04", "build": "20261121"})));
+    let third = json_ok(&bake(&sb, root, &["build", "--all", "--env", "staging", "--output", "json"]));
+    for m in third.as_array().unwrap() {
+        let want = if m["role"] == "kaiju" { "reused" } else { "succeeded" };
+        assert_eq!(m["status"], want, "{}", m["role"]);
+    }
+    let bx = third.as_array().unwrap().iter().find(|m| m["role"] == "boxoffice").unwrap();
+    assert!(bx["source"]["name"].as_str().unwrap().ends_with("20261121"));
+    let old = first.as_array().unwrap().iter().find(|m| m["role"] == "boxoffice").unwrap();
+    assert_ne!(bx["fingerprint"], old["fingerprint"]);
+    assert_eq!(bx["plan_fingerprint"], old["plan_fingerprint"], "same inputs, new source");
+}
+
+/// A one-shot HTTP server on loopback that records what it receives.
+fn webhook_server() -> (String, std::thread::JoinHandle<Vec<String>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    let h = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        l.set_nonblocking(false).unwrap();
+        for _ in 0..2 {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 65536];
+            loop {
+                let n = s.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let t = String::from_utf8_lossy(&buf);
+                if let Some((head, body)) = t.split_once("\r\n\r\n") {
+                    let len: usize = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())).unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            s.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n").unwrap();
+            got.push(String::from_utf8_lossy(&buf).into_owned());
+        }
+        got
+    });
+    (url, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bake_notifies_its_sns_topic_and_webhook_on_success_and_failure() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let sns = aws_sdk_sns::Client::new(&sb.sdk_config("us-east-1").await);
+    let topic = sns.create_topic().name("bakes").send().await.unwrap().topic_arn.unwrap();
+    let (url, server) = webhook_server();
+    edit(root, "roles/kaiju.toml", "[rollout]", &format!("[notify]\nsns_topic_arn = \"{topic}\"\nwebhook_url = \"{url}\"\n\n[rollout]"));
+    let ok = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "step=engine", "exit_code": 100, "stderr": "E: broken\n"}]})));
+    let bad = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--force", "--output", "json"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let msgs = sb.control("GET", "/_sandbox/sns/messages", None)["messages"].as_array().unwrap().clone();
+    assert_eq!(msgs.len(), 2);
+    let first: Value = serde_json::from_str(msgs[0]["message"].as_str().unwrap()).unwrap();
+    assert_eq!(first["status"], "succeeded");
+    assert!(first["images"]["us-east-1"].as_str().unwrap().starts_with("ami-"));
+    assert!(msgs[0]["subject"].as_str().unwrap().starts_with("bake kaiju/staging: baked ami-"));
+    let second: Value = serde_json::from_str(msgs[1]["message"].as_str().unwrap()).unwrap();
+    assert_eq!(second["status"], "failed");
+    assert!(second["error"].as_str().unwrap().contains("step docker/engine failed"));
+    let hooks = server.join().unwrap();
+    assert!(hooks[0].starts_with("POST /hook HTTP/1.1") && hooks[0].contains("\"status\":\"succeeded\""), "{}", hooks[0]);
+    assert!(hooks[1].contains("\"status\":\"failed\""));
+}
