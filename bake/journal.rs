@@ -245,10 +245,10 @@ mod tests {
     }
 
     #[test]
-    fn journal_replays_to_what_is_still_live() {
-        let dir = tempfile::tempdir().unwrap();
+    fn journal_replays_to_what_is_still_live() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
         let id = BakeId::new();
-        let mut j = Journal::create(dir.path(), &id).unwrap();
+        let mut j = Journal::create(dir.path(), &id)?;
         let role = Resource::new(Kind::IamRole, "bake-x", "global");
         let inst = Resource::new(Kind::Instance, "i-1", "us-east-1");
         let img = Resource::new(Kind::Image, "ami-1", "us-east-1");
@@ -261,14 +261,15 @@ mod tests {
             Entry::Kept { resource: img.clone(), at: now_rfc3339() },
             Entry::Published { region: "us-east-1".into(), name: "/p".into(), value: "ami-1".into(), previous: None, at: now_rfc3339() },
         ] {
-            j.append(&e).unwrap();
+            j.append(&e)?;
         }
         // A crash mid-write leaves a torn line; it is ignored.
-        std::fs::OpenOptions::new().append(true).open(&j.path).unwrap().write_all(b"{\"event\":\"crea").unwrap();
-        let s = state(&read(&j.path).unwrap());
+        std::fs::OpenOptions::new().append(true).open(&j.path)?.write_all(b"{\"event\":\"crea")?;
+        let s = state(&read(&j.path)?);
         assert_eq!(s.live, vec![role]);
         assert_eq!(s.kept, vec![img]);
         assert_eq!(s.published, vec![("us-east-1".to_string(), "/p".to_string(), None)]);
         assert!(s.finished.is_none());
+        Ok(())
     }
 }

@@ -375,18 +375,19 @@ mod tests {
     }
 
     #[test]
-    fn shell_engine_quotes_values_and_helpers() {
+    fn shell_engine_quotes_values_and_helpers() -> Result<(), Box<dyn std::error::Error>> {
         let h = registry(Flavor::Shell);
         let data = json!({"v": "a b", "l": ["x y", "z"], "m": {"K": "v 1"}, "n": 3});
-        assert_eq!(h.render_template("echo {{v}}", &data).unwrap(), "echo 'a b'");
-        assert_eq!(h.render_template("{{{v}}}", &data).unwrap(), "a b");
-        assert_eq!(h.render_template("{{join l \",\"}}", &data).unwrap(), "'x y,z'");
-        assert_eq!(h.render_template("{{words l prefix=\"-v\"}}", &data).unwrap(), "-v 'x y' -v z");
-        assert_eq!(h.render_template("{{words m}}", &data).unwrap(), "'K=v 1'");
-        assert_eq!(h.render_template("{{json m}}", &data).unwrap(), "'{\"K\":\"v 1\"}'");
-        assert_eq!(h.render_template("{{default missing \"d e\"}}", &data).unwrap(), "'d e'");
-        assert_eq!(h.render_template("{{default n 1}}", &data).unwrap(), "3");
-        assert_eq!(h.render_template("{{base64 v}}", &data).unwrap(), "YSBi");
+        assert_eq!(h.render_template("echo {{v}}", &data)?, "echo 'a b'");
+        assert_eq!(h.render_template("{{{v}}}", &data)?, "a b");
+        assert_eq!(h.render_template("{{join l \",\"}}", &data)?, "'x y,z'");
+        assert_eq!(h.render_template("{{words l prefix=\"-v\"}}", &data)?, "-v 'x y' -v z");
+        assert_eq!(h.render_template("{{words m}}", &data)?, "'K=v 1'");
+        assert_eq!(h.render_template("{{json m}}", &data)?, "'{\"K\":\"v 1\"}'");
+        assert_eq!(h.render_template("{{default missing \"d e\"}}", &data)?, "'d e'");
+        assert_eq!(h.render_template("{{default n 1}}", &data)?, "3");
+        assert_eq!(h.render_template("{{base64 v}}", &data)?, "YSBi");
+        Ok(())
     }
 
     #[test]
@@ -405,10 +406,11 @@ mod tests {
     }
 
     #[test]
-    fn json_engine_escapes_inside_strings_and_json_is_raw() {
+    fn json_engine_escapes_inside_strings_and_json_is_raw() -> Result<(), Box<dyn std::error::Error>> {
         let h = registry(Flavor::Json);
         let data = json!({"p": "/a\"b", "l": ["x", "y"]});
-        assert_eq!(h.render_template("\"{{p}}\"", &data).unwrap(), r#""/a\"b""#);
-        assert_eq!(h.render_template("{{json l}}", &data).unwrap(), r#"["x","y"]"#);
+        assert_eq!(h.render_template("\"{{p}}\"", &data)?, r#""/a\"b""#);
+        assert_eq!(h.render_template("{{json l}}", &data)?, r#"["x","y"]"#);
+        Ok(())
     }
 }

@@ -78,6 +78,20 @@ print("stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in m["stages"].items()))
 print("calls: " + ", ".join(f"{k} {v}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1])))
 PY
 
+echo "## bake patch against a full bake (boxoffice/staging)"
+read -r full _ < <(measure "$bake" --root "$proj" build boxoffice --env staging --force)
+"$bake" --root "$proj" build boxoffice --env staging --force --output json >"$work/full.json" 2>/dev/null
+"$bake" --root "$proj" patch boxoffice --env staging --packages openssl,libssl3 --force --output json >"$work/patch.json" 2>/dev/null
+read -r patch _ < <(measure "$bake" --root "$proj" patch boxoffice --env staging --packages openssl,libssl3 --force)
+python3 - "$work/full.json" "$work/patch.json" "$full" "$patch" <<'PY'
+import json, sys
+f, p = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+cf, cp = sum(f["api_calls"].values()), sum(p["api_calls"].values())
+print(f"full bake {float(sys.argv[3]):.2f}s, {len(f['steps'])} steps, {cf} API calls; "
+      f"patch {float(sys.argv[4]):.2f}s, {len(p['steps'])} step, {cp} API calls; "
+      f"patch/full: {float(sys.argv[4])/float(sys.argv[3]):.2f} of the time, {cp/cf:.2f} of the calls")
+PY
+
 echo "## fifty roles concurrently in one process"
 fifty="$work/fifty"
 mkdir -p "$fifty/roles"

@@ -114,13 +114,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_units_and_plain_seconds() {
-        assert_eq!(parse("90").unwrap(), 90);
-        assert_eq!(parse("90s").unwrap(), 90);
-        assert_eq!(parse("15m").unwrap(), 900);
-        assert_eq!(parse("1h30m").unwrap(), 5400);
-        assert_eq!(parse("1h 30m").unwrap(), 5400);
-        assert_eq!(parse("2d").unwrap(), 172_800);
+    fn parses_units_and_plain_seconds() -> Result<(), Box<dyn std::error::Error>> {
+        assert_eq!(parse("90")?, 90);
+        assert_eq!(parse("90s")?, 90);
+        assert_eq!(parse("15m")?, 900);
+        assert_eq!(parse("1h30m")?, 5400);
+        assert_eq!(parse("1h 30m")?, 5400);
+        assert_eq!(parse("2d")?, 172_800);
+        Ok(())
     }
 
     #[test]
