@@ -576,22 +576,25 @@ fn scope(g: &Global, role: Option<&str>, env: Option<&str>, default_region: Opti
     Ok(Scope { regions: regions.into_iter().collect(), parameters, keep })
 }
 
-fn ls(g: &Global, role: Option<&str>, env: Option<&str>) -> ExitCode {
+/// The images bake made in the scope of `role` / `env`, with what uses each.
+fn listed(g: &Global, role: Option<&str>, env: Option<&str>) -> Result<(tokio::runtime::Runtime, crate::aws::Aws, Scope, Vec<crate::images::ImageInfo>), ExitCode> {
     let rt = runtime();
     let aws = rt.block_on(crate::aws::Aws::load(&connection(g)));
-    let sc = match scope(g, role, env, aws.default_region()) {
-        Ok(s) => s,
-        Err(p) => {
-            print_problems(&p);
-            return ExitCode::from(1);
-        }
-    };
-    let images = match rt.block_on(crate::images::list(&aws, &sc.regions, role, env, &sc.parameters)) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+    let sc = scope(g, role, env, aws.default_region()).map_err(|p| {
+        print_problems(&p);
+        ExitCode::from(1)
+    })?;
+    let images = rt.block_on(crate::images::list(&aws, &sc.regions, role, env, &sc.parameters)).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(1)
+    })?;
+    Ok((rt, aws, sc, images))
+}
+
+fn ls(g: &Global, role: Option<&str>, env: Option<&str>) -> ExitCode {
+    let images = match listed(g, role, env) {
+        Ok((_, _, _, i)) => i,
+        Err(code) => return code,
     };
     match g.output {
         Output::Json => out(&serde_json::to_string_pretty(&images).unwrap_or_default()),
@@ -630,21 +633,9 @@ fn prune(g: &Global, role: Option<&str>, env: Option<&str>, keep: Option<usize>,
             return ExitCode::from(2);
         }
     };
-    let rt = runtime();
-    let aws = rt.block_on(crate::aws::Aws::load(&connection(g)));
-    let sc = match scope(g, role, env, aws.default_region()) {
-        Ok(s) => s,
-        Err(p) => {
-            print_problems(&p);
-            return ExitCode::from(1);
-        }
-    };
-    let images = match rt.block_on(crate::images::list(&aws, &sc.regions, role, env, &sc.parameters)) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+    let (rt, aws, sc, images) = match listed(g, role, env) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     let keep_of = |r: &str, e: &str| keep.or_else(|| sc.keep.get(&(r.to_string(), e.to_string())).copied()).unwrap_or(3);
     let decisions = crate::images::decide(images, &keep_of, older);

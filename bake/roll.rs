@@ -259,6 +259,18 @@ enum Ended {
 }
 
 impl Cx {
+    fn new(c: &Clients, plan: &Plan, req: &Request, progress: &Progress, cancel: Cancel) -> Cx {
+        Cx {
+            c: c.clone(),
+            report: progress.clone(),
+            cancel,
+            failed: Arc::new(AtomicBool::new(false)),
+            timeout: req.timeout,
+            in_progress: req.in_progress,
+            keep_lcs: plan.rollout.keep_launch_configurations.max(1),
+        }
+    }
+
     fn reporter(&self, group: &str) -> Reporter {
         self.report.bake(group)
     }
@@ -442,18 +454,23 @@ impl Cx {
         }
     }
 
-    /// Copies a launch configuration with another image and name.
-    async fn copy_launch_configuration(&self, from: &str, to: &str, ami: &str) -> Result<aws_sdk_autoscaling::types::LaunchConfiguration> {
+    async fn launch_configuration(&self, name: &str) -> Result<aws_sdk_autoscaling::types::LaunchConfiguration> {
         let region = self.c.region.as_str();
         let r = self
             .c
             .asg
             .describe_launch_configurations()
-            .launch_configuration_names(from)
+            .launch_configuration_names(name)
             .send()
             .await
-            .map_err(|e| Error::aws("autoscaling:DescribeLaunchConfigurations", format!("launch configuration {from}"), region, &e))?;
-        let lc = r.launch_configurations().first().cloned().ok_or_else(|| Error::Other(format!("launch configuration {from} does not exist in {region}")))?;
+            .map_err(|e| Error::aws("autoscaling:DescribeLaunchConfigurations", format!("launch configuration {name}"), region, &e))?;
+        r.launch_configurations().first().cloned().ok_or_else(|| Error::Other(format!("launch configuration {name} does not exist in {region}")))
+    }
+
+    /// Copies a launch configuration with another image and name.
+    async fn copy_launch_configuration(&self, from: &str, to: &str, ami: &str) -> Result<aws_sdk_autoscaling::types::LaunchConfiguration> {
+        let region = self.c.region.as_str();
+        let lc = self.launch_configuration(from).await?;
         let req = self
             .c
             .asg
@@ -484,15 +501,7 @@ impl Cx {
     async fn template_from_configuration(&self, lc: &str, name: &str, ami: &str, roll_id: &str) -> Result<String> {
         use aws_sdk_ec2::types as t;
         let region = self.c.region.as_str();
-        let r = self
-            .c
-            .asg
-            .describe_launch_configurations()
-            .launch_configuration_names(lc)
-            .send()
-            .await
-            .map_err(|e| Error::aws("autoscaling:DescribeLaunchConfigurations", format!("launch configuration {lc}"), region, &e))?;
-        let l = r.launch_configurations().first().cloned().ok_or_else(|| Error::Other(format!("launch configuration {lc} does not exist in {region}")))?;
+        let l = self.launch_configuration(lc).await?;
         let mut data = t::RequestLaunchTemplateData::builder().image_id(ami);
         if let Some(it) = l.instance_type() {
             data = data.instance_type(t::InstanceType::from(it));
@@ -914,15 +923,7 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
             progress.bake(&plan.role).info(&rp.to_string());
             return Ok(());
         }
-        let cx = Cx {
-            c: c.clone(),
-            report: progress.clone(),
-            cancel: cancel.clone(),
-            failed: Arc::new(AtomicBool::new(false)),
-            timeout: req.timeout,
-            in_progress: req.in_progress,
-            keep_lcs: plan.rollout.keep_launch_configurations.max(1),
-        };
+        let cx = Cx::new(&c, plan, req, &progress, cancel.clone());
         let (recs, r) = execute(&cx, &rp).await;
         m.groups = recs;
         r
@@ -1016,15 +1017,7 @@ async fn rollback_on_demand(
             g.tags.get(TAG_PREVIOUS_VERSION).is_some() && g.tags.get(TAG_PREVIOUS_LC).is_some(),
         ));
     }
-    let cx = Cx {
-        c: c.clone(),
-        report: progress.clone(),
-        cancel,
-        failed: Arc::new(AtomicBool::new(false)),
-        timeout: req.timeout,
-        in_progress: req.in_progress,
-        keep_lcs: plan.rollout.keep_launch_configurations.max(1),
-    };
+    let cx = Cx::new(c, plan, req, progress, cancel);
     let rp = RolloutPlan {
         role: plan.role.clone(),
         env: plan.env.clone(),

@@ -7,31 +7,15 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bake::config::{Project, VarInputs};
 use common::sandbox::Sandbox;
-use common::{project_copy, text};
+use common::{bake_cmd_on as bake_cmd, bake_on as bake, edit, json_out, project_copy, text};
 use serde_json::{json, Value};
 
-fn bake_cmd(sb: &Sandbox, root: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bake"));
-    cmd.arg("--root").arg(root).args(args).current_dir(root);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BAKE_") || k.starts_with("AWS_") {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in sb.env() {
-        cmd.env(k, v);
-    }
-    cmd
-}
 
-fn bake(sb: &Sandbox, root: &Path, args: &[&str]) -> Output {
-    bake_cmd(sb, root, args).output().expect("run bake")
-}
 
 /// Live resources as a set of "type id region".
 fn live(sb: &Sandbox) -> BTreeSet<String> {
@@ -53,16 +37,7 @@ fn products(m: &Value) -> BTreeSet<String> {
     out
 }
 
-fn json_out(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr)))
-}
 
-fn edit(root: &Path, file: &str, from: &str, to: &str) {
-    let p = root.join(file);
-    let s = std::fs::read_to_string(&p).unwrap();
-    assert!(s.contains(from), "{file} lacks {from:?}");
-    std::fs::write(&p, s.replacen(from, to, 1)).unwrap();
-}
 
 fn describe(sb: &Sandbox, query: &str) -> Value {
     sb.control("GET", &format!("/_sandbox/images{query}"), None)["images"].clone()

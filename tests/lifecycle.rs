@@ -6,28 +6,15 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Command, Output};
+
+use std::process::Output;
 
 use aws_sdk_autoscaling::types as asg_t;
 use aws_sdk_ec2::types as ec2_t;
 use common::sandbox::Sandbox;
-use common::{project_copy, text};
+use common::{bake_on as bake, edit, project_copy, text};
 use serde_json::{json, Value};
 
-fn bake(sb: &Sandbox, root: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bake"));
-    cmd.arg("--root").arg(root).args(args).current_dir(root);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BAKE_") || k.starts_with("AWS_") {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in sb.env() {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run bake")
-}
 
 fn json_ok(o: &Output) -> Value {
     assert_eq!(o.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr));
@@ -38,12 +25,6 @@ fn image(sb: &Sandbox, id: &str) -> Value {
     sb.control("GET", "/_sandbox/images", None)["images"].as_array().unwrap().iter().find(|i| i["id"] == id).cloned().unwrap_or(Value::Null)
 }
 
-fn edit(root: &Path, file: &str, from: &str, to: &str) {
-    let p = root.join(file);
-    let s = std::fs::read_to_string(&p).unwrap();
-    assert!(s.contains(from), "{file} lacks {from:?}");
-    std::fs::write(&p, s.replacen(from, to, 1)).unwrap();
-}
 
 #[test]
 fn a_patch_starts_from_the_golden_image_and_runs_only_the_patch_step() {

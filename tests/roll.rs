@@ -6,34 +6,18 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Output};
+
 
 use aws_sdk_autoscaling::types as asg_t;
 use aws_sdk_ec2::types as ec2_t;
 use base64::Engine as _;
 use common::sandbox::Sandbox;
-use common::{project_copy, text};
+use common::{bake_on as bake, json_out, project_copy, text};
 use serde_json::{json, Value};
 
 const UBUNTU_2204: &str = "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id";
 
-fn bake(sb: &Sandbox, root: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bake"));
-    cmd.arg("--root").arg(root).args(args).current_dir(root);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BAKE_") || k.starts_with("AWS_") {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in sb.env() {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run bake")
-}
 
-fn json_out(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr)))
-}
 
 struct Cloud {
     ec2: aws_sdk_ec2::Client,

@@ -47,3 +47,36 @@ pub fn bake(root: &Path, args: &[&str]) -> Output {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// The bake binary with `--root root`, run in `root`, talking to `sb` (and to nothing else).
+pub fn bake_cmd_on(sb: &sandbox::Sandbox, root: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bake"));
+    cmd.arg("--root").arg(root).args(args).current_dir(root);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BAKE_") || k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in sb.env() {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+pub fn bake_on(sb: &sandbox::Sandbox, root: &Path, args: &[&str]) -> Output {
+    bake_cmd_on(sb, root, args).output().expect("run bake")
+}
+
+/// stdout as JSON, or a panic showing both streams.
+pub fn json_out(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr)))
+}
+
+/// Replaces the first `from` with `to` in a project file (which must contain it).
+pub fn edit(root: &Path, file: &str, from: &str, to: &str) {
+    let p = root.join(file);
+    let s = std::fs::read_to_string(&p).unwrap();
+    assert!(s.contains(from), "{file} lacks {from:?}");
+    std::fs::write(&p, s.replacen(from, to, 1)).unwrap();
+}
