@@ -134,3 +134,17 @@ impl Aws {
         }
     }
 }
+
+impl Clients {
+    /// Every launch configuration in the region (all pages).
+    pub async fn launch_configurations(&self) -> crate::error::Result<Vec<aws_sdk_autoscaling::types::LaunchConfiguration>> {
+        self.asg
+            .describe_launch_configurations()
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| crate::error::Error::aws("autoscaling:DescribeLaunchConfigurations", "launch configurations", &self.region, &e))
+    }
+}

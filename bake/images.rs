@@ -81,24 +81,10 @@ async fn usage(c: &Clients, parameters: &BTreeSet<String>) -> Result<BTreeMap<St
     let region = c.region.as_str();
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut lcs: BTreeMap<String, String> = BTreeMap::new();
-    let mut token = None;
-    loop {
-        let r = c
-            .asg
-            .describe_launch_configurations()
-            .set_next_token(token)
-            .send()
-            .await
-            .map_err(|e| Error::aws("autoscaling:DescribeLaunchConfigurations", "launch configurations", region, &e))?;
-        for l in r.launch_configurations() {
-            if let (Some(n), Some(i)) = (l.launch_configuration_name(), l.image_id()) {
-                lcs.insert(n.to_string(), i.to_string());
-                out.entry(i.to_string()).or_default().push(format!("launch-configuration {n}"));
-            }
-        }
-        token = r.next_token().map(str::to_string);
-        if token.is_none() {
-            break;
+    for l in c.launch_configurations().await? {
+        if let (Some(n), Some(i)) = (l.launch_configuration_name(), l.image_id()) {
+            lcs.insert(n.to_string(), i.to_string());
+            out.entry(i.to_string()).or_default().push(format!("launch-configuration {n}"));
         }
     }
     let mut versions: BTreeMap<(String, String), (i64, String, String)> = BTreeMap::new();

@@ -593,23 +593,7 @@ impl Cx {
     /// Keeps the newest `keep_lcs` launch configurations bake made for `group`; deletes the rest.
     async fn prune_launch_configurations(&self, group: &str, in_use: &str) -> Result<()> {
         let region = self.c.region.as_str();
-        let mut all = Vec::new();
-        let mut token = None;
-        loop {
-            let r = self
-                .c
-                .asg
-                .describe_launch_configurations()
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| Error::aws("autoscaling:DescribeLaunchConfigurations", "launch configurations", region, &e))?;
-            all.extend(r.launch_configurations().iter().cloned());
-            token = r.next_token().map(str::to_string);
-            if token.is_none() {
-                break;
-            }
-        }
+        let all = self.c.launch_configurations().await?;
         let mut mine: Vec<_> = all
             .into_iter()
             .filter(|l| l.launch_configuration_name().map(|n| rollout::is_bake_launch_configuration(group, n) && n != in_use).unwrap_or(false))
