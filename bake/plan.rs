@@ -336,7 +336,9 @@ impl fmt::Display for Plan {
             )?;
         }
         let i = &self.image;
-        writeln!(f, "image:       {}", i.name)?;
+        let sample = json!({"role": self.role, "env": self.env, "vars": self.vars, "timestamp": "<timestamp>", "bake_id": "<bake id>"});
+        let name = template::render_plain(&i.name, &sample).unwrap_or_else(|_| i.name.clone());
+        writeln!(f, "image:       {name}")?;
         if !i.regions.is_empty() {
             writeln!(f, "copies:      {}", i.regions.join(", "))?;
         }

@@ -31,6 +31,7 @@ fn a_patch_starts_from_the_golden_image_and_runs_only_the_patch_step() {
     let sb = Sandbox::start();
     let dir = project_copy();
     let root = dir.path();
+    edit(root, "roles/kaiju.toml", "name = \"kaiju-{{env}}-{{timestamp}}\"", "name = \"kaiju-{{env}}-{{timestamp}}\"\ndeprecate_after_days = 30");
     let golden = json_ok(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]));
     let g = golden["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
     // The patch asks for a reboot (its kernel changed), as the security-patch step does.
@@ -70,6 +71,15 @@ fn a_patch_starts_from_the_golden_image_and_runs_only_the_patch_step() {
     let calls = |m: &Value| m["api_calls"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum::<u64>();
     assert!(calls(&p2) < calls(&golden), "{} calls for a patch, {} for a bake", calls(&p2), calls(&golden));
     assert!(p2["duration_secs"].as_f64().unwrap() < golden["duration_secs"].as_f64().unwrap());
+    // ls shows the lineage, the CVEs and the deprecation time set at bake.
+    let ls = json_ok(&bake(&sb, root, &["ls", "kaiju", "--env", "staging", "--output", "json"]));
+    let entry = |id: &str| ls.as_array().unwrap().iter().find(|i| i["id"] == id && i["region"] == "us-east-1").cloned().unwrap();
+    assert_eq!(entry(&p1)["parent"], g.as_str());
+    assert_eq!(entry(&p1)["cves"], json!(["CVE-2024-5535"]));
+    assert_eq!(entry(&p1)["kind"], "patch");
+    assert_eq!(entry(&g)["kind"], "bake");
+    assert!(entry(&g)["deprecation_time"].as_str().unwrap().starts_with("20"), "{}", entry(&g));
+    assert_eq!(ls.as_array().unwrap()[0]["role"], "kaiju");
     // A script patch, and bad input.
     std::fs::write(root.join("fix.sh"), "echo fixing the world\nsed -i s/a/b/ /etc/motd\n").unwrap();
     let p3 = json_ok(&bake(&sb, root, &["patch", "kaiju", "--env", "staging", "--script", "fix.sh", "--from", &g, "--output", "json"]));
@@ -212,6 +222,7 @@ async fn ls_reports_usage_and_prune_keeps_what_is_used_or_newest() {
     // Deregistering fails in us-west-2: reported; us-east-1 goes on.
     sb.control("POST", "/_sandbox/faults", Some(json!({"faults": [{"service": "ec2", "action": "DeregisterImage", "region": "us-west-2", "rate": 1.0, "kind": "denied"}]})));
     let snaps: Vec<String> = ids.iter().map(|i| image(&sb, i)["snapshot"].as_str().unwrap().to_string()).collect();
+    let w_old_snap = image(&sb, &w_old)["snapshot"].as_str().unwrap().to_string();
     let out = bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--keep", "1", "--yes"]);
     assert_eq!(out.status.code(), Some(1), "{}{}", text(&out.stdout), text(&out.stderr));
     assert!(text(&out.stderr).contains(&w_old) && text(&out.stderr).contains("us-west-2"), "{}", text(&out.stderr));
@@ -228,6 +239,8 @@ async fn ls_reports_usage_and_prune_keeps_what_is_used_or_newest() {
     let out = bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--keep", "1", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(image(&sb, &w_old).is_null());
+    let live: BTreeSet<String> = sb.live().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    assert!(!live.contains(&w_old_snap), "its snapshot in us-west-2 went with it");
 }
 
 #[test]
