@@ -77,10 +77,12 @@ pub struct Connection {
 
 impl Aws {
     /// Loads credentials and region the standard way (environment, profile, IMDS); the SDK
-    /// retries throttling and 5xx answers, with more attempts than its default of 3.
+    /// retries throttling and 5xx answers (standard mode: exponential backoff with jitter), with
+    /// more attempts than its default of 3. Adaptive mode's client-side rate limiting is meant
+    /// for high call rates; a bake makes a few calls a second at most.
     pub async fn load(conn: &Connection) -> Aws {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::adaptive().with_max_attempts(8));
+            .retry_config(RetryConfig::standard().with_max_attempts(8));
         if let Some(p) = &conn.profile {
             loader = loader.profile_name(p);
         }

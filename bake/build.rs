@@ -176,6 +176,7 @@ async fn bake_one(
             pid: std::process::id(),
             host: journal::hostname(),
             at: journal::now_rfc3339(),
+            regions: std::iter::once(region.clone()).chain(plan.image.regions.iter().cloned()).collect(),
         })?;
         if let Ok(mut a) = active.lock() {
             a.push(id.clone());

@@ -93,7 +93,18 @@ impl std::fmt::Display for Resource {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Entry {
-    Started { bake_id: BakeId, role: String, env: String, region: String, pid: u32, host: String, at: String },
+    Started {
+        bake_id: BakeId,
+        role: String,
+        env: String,
+        region: String,
+        pid: u32,
+        host: String,
+        at: String,
+        /// Every region the bake may create something in (the build region and the copies').
+        #[serde(default)]
+        regions: Vec<String>,
+    },
     Created { resource: Resource, at: String },
     /// An SSM parameter set to this bake's image; `previous` is what it held before (restored if
     /// the bake fails after publishing).
@@ -171,10 +182,20 @@ pub fn read(path: &Path) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
+/// Who started a bake, where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Start {
+    pub bake_id: BakeId,
+    pub region: String,
+    pub regions: Vec<String>,
+    pub pid: u32,
+    pub host: String,
+}
+
 /// What a journal says is still out there.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct State {
-    pub started: Option<(BakeId, String, String, String, u32, String)>,
+    pub started: Option<Start>,
     /// Created, not deleted, not kept: in creation order.
     pub live: Vec<Resource>,
     pub kept: Vec<Resource>,
@@ -187,8 +208,8 @@ pub fn state(entries: &[Entry]) -> State {
     let mut s = State::default();
     for e in entries {
         match e {
-            Entry::Started { bake_id, role, env, region, pid, host, .. } => {
-                s.started = Some((bake_id.clone(), role.clone(), env.clone(), region.clone(), *pid, host.clone()))
+            Entry::Started { bake_id, region, pid, host, regions, .. } => {
+                s.started = Some(Start { bake_id: bake_id.clone(), region: region.clone(), regions: regions.clone(), pid: *pid, host: host.clone() })
             }
             Entry::Created { resource, .. } => {
                 if !s.live.contains(resource) {
@@ -222,8 +243,8 @@ pub fn hostname() -> String {
 
 /// True when a bake that wrote this journal may still be running here.
 pub fn is_running(s: &State) -> bool {
-    let Some((_, _, _, _, pid, host)) = &s.started else { return false };
-    s.finished.is_none() && *host == hostname() && pid_alive(*pid)
+    let Some(st) = &s.started else { return false };
+    s.finished.is_none() && st.host == hostname() && pid_alive(st.pid)
 }
 
 pub fn pid_alive(pid: u32) -> bool {
@@ -253,7 +274,7 @@ mod tests {
         let inst = Resource::new(Kind::Instance, "i-1", "us-east-1");
         let img = Resource::new(Kind::Image, "ami-1", "us-east-1");
         for e in [
-            Entry::Started { bake_id: id.clone(), role: "r".into(), env: "e".into(), region: "us-east-1".into(), pid: 1, host: "h".into(), at: now_rfc3339() },
+            Entry::Started { bake_id: id.clone(), role: "r".into(), env: "e".into(), region: "us-east-1".into(), pid: 1, host: "h".into(), at: now_rfc3339(), regions: vec![] },
             Entry::Created { resource: role.clone(), at: now_rfc3339() },
             Entry::Created { resource: inst.clone(), at: now_rfc3339() },
             Entry::Created { resource: img.clone(), at: now_rfc3339() },

@@ -26,11 +26,12 @@ pub async fn replay(aws: &Aws, root: &Path, id: &BakeId, extra_regions: &[String
     let (mut live, published, handle) = if path.exists() {
         let state = journal::state(&journal::read(&path)?);
         if journal::is_running(&state) {
-            let pid = state.started.as_ref().map(|s| s.4).unwrap_or(0);
+            let pid = state.started.as_ref().map(|s| s.pid).unwrap_or(0);
             return Err(Error::Other(format!("bake {id} is still running (pid {pid}); interrupt it, or wait for it to end")));
         }
-        if let Some((_, _, _, region, _, _)) = &state.started {
-            regions.insert(region.clone());
+        if let Some(st) = &state.started {
+            regions.insert(st.region.clone());
+            regions.extend(st.regions.iter().cloned());
         }
         regions.extend(state.live.iter().chain(&state.kept).filter(|r| r.region != "global").map(|r| r.region.clone()));
         (state.live, state.published, Some(JournalHandle::new(journal::Journal::open(&path)?)))
@@ -77,8 +78,8 @@ pub fn running(root: &Path) -> BTreeSet<String> {
         if let Ok(entries) = journal::read(&e.path()) {
             let s = journal::state(&entries);
             if journal::is_running(&s) {
-                if let Some((id, ..)) = s.started {
-                    out.insert(id.to_string());
+                if let Some(st) = s.started {
+                    out.insert(st.bake_id.to_string());
                 }
             }
         }

@@ -223,10 +223,22 @@ pub async fn after_success(ctx: &mut Ctx) -> Vec<Error> {
     remove(&ctx.aws, Some(&ctx.journal), temporaries, Vec::new(), Some(&ctx.report)).await
 }
 
-/// After a failure or interruption: everything this bake made.
+/// After a failure or interruption: everything this bake made — what the journal lists, then
+/// whatever still carries the bake's tag (an interruption can fall between a create call's answer
+/// and its journal line).
 pub async fn after_failure(ctx: &mut Ctx) -> Vec<Error> {
     let s = journal_state(ctx);
-    remove(&ctx.aws, Some(&ctx.journal), s.live, s.published, Some(&ctx.report)).await
+    // Images marked as the product before a later stage failed are not a product after all.
+    let mut all = s.live;
+    all.extend(s.kept);
+    let mut errors = remove(&ctx.aws, Some(&ctx.journal), all, s.published, Some(&ctx.report)).await;
+    let regions: BTreeSet<String> = std::iter::once(ctx.region.clone()).chain(ctx.plan.image.regions.iter().cloned()).collect();
+    match find_by_id(&ctx.aws, &ctx.id, &regions).await {
+        Ok(left) if !left.is_empty() => errors.extend(remove(&ctx.aws, Some(&ctx.journal), left, Vec::new(), Some(&ctx.report)).await),
+        Ok(_) => {}
+        Err(e) => errors.push(e),
+    }
+    errors
 }
 
 /// Marks images and snapshots as the bake's product: tagged `bake:complete`, journaled as kept.
