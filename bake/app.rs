@@ -226,7 +226,9 @@ fn build(g: &Global, req: crate::build::Request, manifest_file: Option<&std::pat
     };
     let progress = crate::progress::Progress::new(g.quiet, g.output == Output::Json);
     for s in skipped {
-        tracing::info!("role {s} has no environment {}: skipped", req.env);
+        if !g.quiet {
+            eprintln!("note: role {s} has no environment {}: skipped", req.env);
+        }
     }
     let manifests = runtime().block_on(crate::build::run(&g.root, &connection(g), req, plans, progress));
     report_builds(g, &manifests, manifest_file)
