@@ -234,6 +234,15 @@ fn build(g: &Global, req: crate::build::Request, manifest_file: Option<&std::pat
     report_builds(g, &manifests, manifest_file)
 }
 
+/// `--manifest FILE`: the same JSON `--output json` prints, for CI to pick up.
+fn write_manifest(json: &str, manifest_file: Option<&std::path::Path>) {
+    if let Some(f) = manifest_file {
+        if let Err(e) = std::fs::write(f, format!("{json}\n")) {
+            eprintln!("error: cannot write the manifest {}: {e}", f.display());
+        }
+    }
+}
+
 fn report_builds(g: &Global, manifests: &[crate::manifest::Manifest], manifest_file: Option<&std::path::Path>) -> ExitCode {
     let json = if manifests.len() == 1 {
         serde_json::to_string_pretty(&manifests[0])
@@ -241,11 +250,7 @@ fn report_builds(g: &Global, manifests: &[crate::manifest::Manifest], manifest_f
         serde_json::to_string_pretty(&manifests)
     }
     .unwrap_or_default();
-    if let Some(f) = manifest_file {
-        if let Err(e) = std::fs::write(f, format!("{json}\n")) {
-            eprintln!("error: cannot write the manifest {}: {e}", f.display());
-        }
-    }
+    write_manifest(&json, manifest_file);
     match g.output {
         Output::Json => out(&json),
         Output::Text => {
@@ -402,11 +407,7 @@ fn roll(
 
 fn finish_roll(g: &Global, m: &crate::manifest::RollManifest, manifest_file: Option<&std::path::Path>) -> ExitCode {
     let json = serde_json::to_string_pretty(m).unwrap_or_default();
-    if let Some(f) = manifest_file {
-        if let Err(e) = std::fs::write(f, format!("{json}\n")) {
-            eprintln!("error: cannot write the manifest {}: {e}", f.display());
-        }
-    }
+    write_manifest(&json, manifest_file);
     match g.output {
         Output::Json => out(&json),
         Output::Text => {

@@ -176,6 +176,26 @@ def handle(environ):
         return _json(400, {"error": str(e)})
 
 
+def _rules(environ, method, name, parse):
+    """GET, POST (replace or extend) or DELETE one of the sandbox's rule lists."""
+    if method == "POST":
+        data = _body(environ)
+        _only(data, {name, "replace"}, "body")
+        rules = data.get(name)
+        if not isinstance(rules, list):
+            raise BadRequest(f"give `{name}`, a list of rules")
+        parsed = [parse(r) for r in rules]
+        if data.get("replace", True):
+            setattr(STATE, name, parsed)
+        else:
+            getattr(STATE, name).extend(parsed)
+    elif method == "DELETE":
+        setattr(STATE, name, [])
+    elif method != "GET":
+        return _json(405, {"error": "use GET, POST or DELETE"})
+    return _json(200, {name: [_public(r) for r in getattr(STATE, name)]})
+
+
 def _route(method, path, query, environ):
     p = path[len("/_sandbox"):] or "/"
     if p == "/health" and method == "GET":
@@ -198,22 +218,7 @@ def _route(method, path, query, environ):
         STATE.time_scale = _num(data.get("time_scale"), "time_scale", 0)
         return _json(200, {"time_scale": STATE.time_scale})
     if p == "/ssm/outcomes":
-        if method == "POST":
-            data = _body(environ)
-            _only(data, {"outcomes", "replace"}, "body")
-            rules = data.get("outcomes")
-            if not isinstance(rules, list):
-                raise BadRequest("give `outcomes`, a list of rules")
-            parsed = [_outcome(r) for r in rules]
-            if data.get("replace", True):
-                STATE.outcomes = parsed
-            else:
-                STATE.outcomes.extend(parsed)
-        elif method == "DELETE":
-            STATE.outcomes = []
-        elif method != "GET":
-            return _json(405, {"error": "use GET, POST or DELETE"})
-        return _json(200, {"outcomes": [_public(r) for r in STATE.outcomes]})
+        return _rules(environ, method, "outcomes", _outcome)
     if p == "/ssm/scripts" and method == "GET":
         inst = query.get("instance", [None])[0]
         data = {k: v for k, v in STATE.scripts.items() if inst in (None, k)}
@@ -243,22 +248,7 @@ def _route(method, path, query, environ):
             STATE.failing_image_regions = set()
         return _json(200, {"regions": sorted(STATE.failing_image_regions)})
     if p == "/faults":
-        if method == "POST":
-            data = _body(environ)
-            _only(data, {"faults", "replace"}, "body")
-            rules = data.get("faults")
-            if not isinstance(rules, list):
-                raise BadRequest("give `faults`, a list of rules")
-            parsed = [_fault(r) for r in rules]
-            if data.get("replace", True):
-                STATE.faults = parsed
-            else:
-                STATE.faults.extend(parsed)
-        elif method == "DELETE":
-            STATE.faults = []
-        elif method != "GET":
-            return _json(405, {"error": "use GET, POST or DELETE"})
-        return _json(200, {"faults": [_public(r) for r in STATE.faults]})
+        return _rules(environ, method, "faults", _fault)
     if p == "/calls":
         if method == "DELETE":
             STATE.calls = []

@@ -78,20 +78,26 @@ def _ids(self):
     return self._get_param("InstanceIds") or []
 
 
-def stop_instances(self):
-    result = _orig_stop(self)
+def _linger(self, delay_key, final, transient, transient_code, final_code):
+    """moto moves an instance to its final state at once; show `transient` for the
+    configured delay first, as EC2 does, so waiters have something to wait for."""
     b = ec2_backends[ACCOUNT][self.region]
-    delay = STATE.delays["instance_stopping"]
+    delay = STATE.delays[delay_key]
     for iid in _ids(self):
         inst = b.get_instance(iid)
         ssm.meta(iid)["running_since"] = None
-        if delay > 0 and inst.state == "stopped":
-            set_state(inst, "stopping", 64)
+        if delay > 0 and inst.state == final:
+            set_state(inst, transient, transient_code)
 
-            def stopped(inst=inst):
-                if inst.state == "stopping":
-                    set_state(inst, "stopped", 80)
-            STATE.after(delay, stopped)
+            def settle(inst=inst):
+                if inst.state == transient:
+                    set_state(inst, final, final_code)
+            STATE.after(delay, settle)
+
+
+def stop_instances(self):
+    result = _orig_stop(self)
+    _linger(self, "instance_stopping", "stopped", "stopping", 64, 80)
     return result
 
 
@@ -104,18 +110,7 @@ def start_instances(self):
 
 def terminate_instances(self):
     result = _orig_terminate(self)
-    b = ec2_backends[ACCOUNT][self.region]
-    delay = STATE.delays["instance_shutting_down"]
-    for iid in _ids(self):
-        inst = b.get_instance(iid)
-        ssm.meta(iid)["running_since"] = None
-        if delay > 0 and inst.state == "terminated":
-            set_state(inst, "shutting-down", 32)
-
-            def terminated(inst=inst):
-                if inst.state == "shutting-down":
-                    set_state(inst, "terminated", 48)
-            STATE.after(delay, terminated)
+    _linger(self, "instance_shutting_down", "terminated", "shutting-down", 32, 48)
     return result
 
 
