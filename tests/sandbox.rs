@@ -641,6 +641,43 @@ async fn instance_refresh_replaces_in_batches_with_checkpoints_and_skip_matching
     assert_eq!(e.code(), Some("ActiveInstanceRefreshNotFound"));
 }
 
+/// A refresh runs on the clock, not on calls: left alone, it ends when its batches' start-up and
+/// warm-up add up to, so a caller that polls less often does not make it slower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_keeps_time_when_nobody_polls_it() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.01})));
+    sb.control("POST", "/_sandbox/delays", Some(json!({"instance_pending": 1.5})));
+    profile(&c, "bake-asg", true).await;
+    let (lt_id, _) = group_with_template(&c, "quiet_production", 2).await;
+    let new_ami = c.ssm.get_parameter().name("/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id").send().await.unwrap().parameter.unwrap().value.unwrap();
+    let v2 = new_version(&c, &lt_id, &new_ami).await;
+    c.asg
+        .start_instance_refresh()
+        .auto_scaling_group_name("quiet_production")
+        .preferences(asg_t::RefreshPreferences::builder().min_healthy_percentage(50).instance_warmup(100).build())
+        .desired_configuration(
+            asg_t::DesiredConfiguration::builder()
+                .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(&lt_id).version(&v2).build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // No call at all while it runs: two batches of one, each pending 1.5 s (longer than its 1 s
+    // warm-up), so 3 s; the one call after 5 s finds it ended at 3 s, not at 5.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let r = refresh_status(&c, "quiet_production").await;
+    assert_eq!(r.status(), Some(&asg_t::InstanceRefreshStatus::Successful));
+    assert_eq!(group_images(&c, "quiet_production").await.iter().filter(|(_, a)| *a == new_ami).count(), 2);
+    let rec = &sb.control("GET", "/_sandbox/refreshes?group=quiet_production", None)["refreshes"][0];
+    let took = rec["ended"].as_f64().unwrap() - rec["started"].as_f64().unwrap();
+    assert!((2.95..3.3).contains(&took), "the refresh took {took:.2}s of sandbox time");
+    let (start, end) = (r.start_time().unwrap().as_secs_f64(), r.end_time().unwrap().as_secs_f64());
+    assert!((2.9..3.4).contains(&(end - start)), "StartTime to EndTime {:.2}s", end - start);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_healthy_percentage_launches_before_terminating() {
     let sb = Sandbox::start();

@@ -181,6 +181,7 @@ class Refresh:
         self.checkpoints = sorted(prefs.get("CheckpointPercentages") or [])
         self.cancel_requested = False
         self.t_start = STATE.now()
+        self.t_last = self.t_start
         self._plan(self.target, initial=True)
 
     def _plan(self, target, initial=False):
@@ -242,6 +243,34 @@ class Refresh:
             }
         return out
 
+    def due(self, now):
+        """When the next step falls due: None when ended; `now` or earlier to step at once."""
+        if self.status not in ACTIVE:
+            return None
+        if self.status in ("Pending", "Cancelling") or self.cancel_requested:
+            return self.t_last
+        if self.in_flight:
+            live = {st.instance.id for st in self.group.instance_states}
+            ready, failing = [], []
+            for iid in self.in_flight:
+                if iid not in live:
+                    continue
+                m = STATE.instance_meta.get(iid, {})
+                t = max(m.get("ready_at", 0), m.get("running_since") or 0)
+                ready.append(t)
+                if m.get("image") in STATE.unhealthy_amis:
+                    failing.append(m.get("ready_at", 0))
+            if failing:
+                return max(self.t_last, min(failing))
+            return max([self.t_last] + ready)
+        if self.paused_until is not None:
+            return max(self.t_last, self.paused_until)
+        return self.t_last
+
+    def progress_key(self):
+        return (self.status, self.done, len(self.doomed), tuple(self.in_flight), self.paused_until,
+                self.rollback is None)
+
     # one step of the state machine
     @property
     def end_time(self):
@@ -255,6 +284,7 @@ class Refresh:
     def step(self, now):
         if self.status not in ACTIVE:
             return
+        self.t_last = now
         if self.status == "Pending":
             self.status = "InProgress"
         if self.cancel_requested and self.status == "InProgress":
@@ -426,6 +456,7 @@ def cancel_instance_refresh(self):
         raise err("ActiveInstanceRefreshNotFound", "The Instance Refresh is rolling back and cannot be cancelled.")
     r.status = "Cancelling"
     r.reason = "Cancellation requested"
+    r.t_last = STATE.now()
     return ActionResult({"InstanceRefreshId": r.id})
 
 
@@ -440,15 +471,33 @@ def rollback_instance_refresh(self):
         raise err("IrreversibleInstanceRefresh", "The Instance Refresh is already rolling back.")
     if not r.desired:
         raise err("IrreversibleInstanceRefresh", "Only an Instance Refresh started with a DesiredConfiguration can be rolled back.")
+    r.t_last = STATE.now()
     r._start_rollback("Rollback requested by the caller")
     return ActionResult({"InstanceRefreshId": r.id})
 
 
-def tick(state, now):
-    for refreshes in list(state.refreshes.values()):
+def next_due(state, now, stalled):
+    """The refresh whose next event is due first (at or before `now`), and when; (None, None)."""
+    best, when = None, None
+    for refreshes in state.refreshes.values():
         for r in refreshes:
-            if r.status in ACTIVE:
-                r.step(now)
+            if r.id in stalled:
+                continue
+            due = r.due(now)
+            if due is not None and due <= now and (when is None or due < when):
+                best, when = r, due
+    return best, when
+
+
+def play(r, due):
+    """Plays refresh `r`'s event due at `due`; False when that changed nothing."""
+    before = r.progress_key()
+    with STATE.at(due):
+        r.step(due)
+    return r.progress_key() != before
+
+
+def tick(state, now):
     # Keep group members' health current for Describe calls outside a refresh.
     for region, a in list(autoscaling_backends[ACCOUNT].items()):
         for g in a.autoscaling_groups.values():

@@ -6,7 +6,8 @@ import itertools
 import random
 import threading
 import time
-from datetime import datetime, timezone
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 
 ACCOUNT = "123456789012"
 CANONICAL = "099720109477"
@@ -32,7 +33,11 @@ DEFAULT_DELAYS = {
 
 
 def utcnow():
-    return datetime.now(timezone.utc)
+    """Wall-clock time, or the moment the clock is pinned at (see State.at)."""
+    now = datetime.now(timezone.utc)
+    if State.pinned is not None:
+        now -= timedelta(seconds=max(0.0, time.monotonic() - State.pinned))
+    return now
 
 
 class State:
@@ -61,22 +66,46 @@ class State:
         self.published = []         # SNS messages: {"topic", "subject", "message"}
 
     # -- the clock -----------------------------------------------------------------------------
+    pinned = None  # a past moment the clock reads while events due then are played
+
     @staticmethod
     def now():
-        return time.monotonic()
+        return State.pinned if State.pinned is not None else time.monotonic()
+
+    @staticmethod
+    @contextmanager
+    def at(t):
+        """Reads the clock as `t` (a moment already past) while an event due then is played, so
+        what it starts is timed from when it was due, not from the request that noticed it."""
+        State.pinned = t
+        try:
+            yield
+        finally:
+            State.pinned = None
 
     def after(self, delay, fn):
         """Runs `fn` once `delay` seconds have passed (at the next request after that)."""
         heapq.heappush(self.timers, (self.now() + max(0.0, delay), next(self.seq), fn))
 
     def advance(self):
-        """Fires every timer that is due. Called under LOCK before each request."""
-        now = self.now()
-        while self.timers and self.timers[0][0] <= now:
-            _, _, fn = heapq.heappop(self.timers)
-            fn()
+        """Plays, in time order, every timer and every instance refresh event that fell due since
+        the last request, each with the clock reading the moment it was due. Called under LOCK
+        before each request: lazy, yet nothing's timing depends on how often anyone calls."""
         from . import autoscaling  # late: autoscaling imports state
 
+        now = time.monotonic()
+        stalled = set()
+        for _ in range(100_000):
+            timer = self.timers[0][0] if self.timers and self.timers[0][0] <= now else None
+            refresh, due = autoscaling.next_due(self, now, stalled)
+            if timer is None and refresh is None:
+                break
+            if timer is not None and (refresh is None or timer <= due):
+                _, _, fn = heapq.heappop(self.timers)
+                with self.at(timer):
+                    fn()
+            elif not autoscaling.play(refresh, due):
+                stalled.add(refresh.id)  # waits on something no clock moves; next request
         autoscaling.tick(self, now)
 
     # -- records -------------------------------------------------------------------------------
