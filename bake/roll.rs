@@ -247,7 +247,13 @@ struct Cx {
     timeout: Duration,
     in_progress: InProgress,
     keep_lcs: u32,
+    new_versions: NewVersions,
 }
+
+/// The launch template versions this rollout made, by (template, source version, image): groups
+/// that share a template version and move to the same image share the new version too, so a
+/// cluster of twenty groups on one template gets one version, not twenty identical ones.
+type NewVersions = tokio::sync::Mutex<BTreeMap<(String, i64, String), Arc<tokio::sync::OnceCell<i64>>>>;
 
 enum Ended {
     Successful,
@@ -268,7 +274,46 @@ impl Cx {
             timeout: req.timeout,
             in_progress: req.in_progress,
             keep_lcs: plan.rollout.keep_launch_configurations.max(1),
+            new_versions: NewVersions::default(),
         }
+    }
+
+    /// The numbered version of template `id` made from version `from` with `image`: created (and
+    /// made default when asked) by the first group that needs it, reused by the others.
+    async fn new_template_version(&self, plan: &RolloutPlan, id: &str, name: &str, from: i64, image: &str, set_default: bool) -> Result<i64> {
+        let cell = {
+            let mut made = self.new_versions.lock().await;
+            made.entry((id.to_string(), from, image.to_string())).or_default().clone()
+        };
+        let region = self.c.region.as_str();
+        let n = cell
+            .get_or_try_init(|| async {
+                let v = self
+                    .c
+                    .ec2
+                    .create_launch_template_version()
+                    .launch_template_id(id)
+                    .source_version(from.to_string())
+                    .version_description(format!("bake {}: {image} for {}/{} (from v{from})", plan.roll_id, plan.role, plan.env))
+                    .launch_template_data(RequestLaunchTemplateData::builder().image_id(image).build())
+                    .send()
+                    .await
+                    .map_err(|e| Error::aws("ec2:CreateLaunchTemplateVersion", format!("launch template {name}"), region, &e))?;
+                let n = v.launch_template_version().and_then(|v| v.version_number()).unwrap_or(0);
+                if set_default {
+                    self.c
+                        .ec2
+                        .modify_launch_template()
+                        .launch_template_id(id)
+                        .default_version(n.to_string())
+                        .send()
+                        .await
+                        .map_err(|e| Error::aws("ec2:ModifyLaunchTemplate", format!("launch template {name}"), region, &e))?;
+                }
+                Ok::<i64, Error>(n)
+            })
+            .await?;
+        Ok(*n)
     }
 
     fn reporter(&self, group: &str) -> Reporter {
@@ -292,7 +337,7 @@ impl Cx {
             }
         };
         let last = Arc::new(std::sync::Mutex::new((String::new(), -1, -1)));
-        let watch = poll(Poll::new(Duration::from_secs(1), Duration::from_secs(10), self.timeout), || {
+        let watch = poll(Poll::new(Duration::from_secs(1), Duration::from_secs(10), self.timeout).after_first_interval(), || {
             let asg = asg.clone();
             let region = region.clone();
             let rep = rep.clone();
@@ -636,28 +681,8 @@ async fn roll_group(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupR
             rec.kind = "launch-template".into();
             rec.previous = format!("v{from}");
             rep.stage("template", &format!("new version of {name} from v{from} with {}", g.new_image));
-            let v = cx
-                .c
-                .ec2
-                .create_launch_template_version()
-                .launch_template_id(id)
-                .source_version(from.to_string())
-                .version_description(format!("bake {}: {} for {}/{} (from v{from})", plan.roll_id, g.new_image, plan.role, plan.env))
-                .launch_template_data(RequestLaunchTemplateData::builder().image_id(&g.new_image).build())
-                .send()
-                .await
-                .map_err(|e| Error::aws("ec2:CreateLaunchTemplateVersion", format!("launch template {name}"), region, &e))?;
-            let n = v.launch_template_version().and_then(|v| v.version_number()).unwrap_or(0);
+            let n = cx.new_template_version(plan, id, name, *from, &g.new_image, *set_default).await?;
             rec.new = format!("v{n}");
-            if *set_default {
-                cx.c.ec2
-                    .modify_launch_template()
-                    .launch_template_id(id)
-                    .default_version(n.to_string())
-                    .send()
-                    .await
-                    .map_err(|e| Error::aws("ec2:ModifyLaunchTemplate", format!("launch template {name}"), region, &e))?;
-            }
             cx.tag(&g.name, &[(TAG_ROLL, plan.roll_id.clone()), (TAG_IMAGE, g.new_image.clone()), (TAG_PREVIOUS_IMAGE, g.current_image.clone()), (TAG_PREVIOUS_VERSION, from.to_string())]).await?;
             (Some((id.clone(), n)), g.refresh.auto_rollback)
         }
@@ -820,7 +845,7 @@ async fn execute(cx: &Cx, plan: &RolloutPlan) -> (Vec<GroupRecord>, Result<()>) 
         .await
     };
     let mut done = run(plan.canaries.clone()).await;
-    let canaries_ok = done.iter().all(|(_, _, r)| matches!(r, Ok(_)));
+    let canaries_ok = done.iter().all(|(_, _, r)| r.is_ok());
     if canaries_ok && !*cx.cancel.borrow() && !plan.rest.is_empty() {
         if plan.canary_bake_time.0 > 0 && !plan.canaries.is_empty() {
             cx.report.bake(&plan.role).info(&format!("canaries healthy; waiting {} before the rest", plan.canary_bake_time));
@@ -998,7 +1023,7 @@ async fn rollback_on_demand(
                 instances: g.instances,
                 refresh_in_progress: g.refresh_in_progress.clone(),
             },
-            g.tags.get(TAG_PREVIOUS_VERSION).is_some() && g.tags.get(TAG_PREVIOUS_LC).is_some(),
+            g.tags.contains_key(TAG_PREVIOUS_VERSION) && g.tags.contains_key(TAG_PREVIOUS_LC),
         ));
     }
     let cx = Cx::new(c, plan, req, progress, cancel);

@@ -106,6 +106,7 @@ pub struct PlanOptions {
 }
 
 /// Plans the rollout of `ami` onto `groups` (already found from the role's targets).
+#[allow(clippy::too_many_arguments)] // plain inputs of a pure function; a struct would only rename them
 pub fn plan(
     role: &str,
     env: &str,

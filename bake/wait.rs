@@ -8,19 +8,27 @@ use tokio::time::Instant;
 
 use crate::error::Result;
 
-/// How to poll: first interval, growth factor, largest interval, overall timeout.
+/// How to poll: first interval, growth factor, largest interval, overall timeout, and whether to
+/// probe at once or only after the first interval.
 #[derive(Clone, Copy, Debug)]
 pub struct Poll {
     pub first: Duration,
     pub factor: f64,
     pub max: Duration,
     pub timeout: Duration,
+    pub probe_at_once: bool,
 }
 
 impl Poll {
     /// Starts at `first`, grows by half each time, never above `max`.
     pub fn new(first: Duration, max: Duration, timeout: Duration) -> Poll {
-        Poll { first, factor: 1.5, max, timeout }
+        Poll { first, factor: 1.5, max, timeout, probe_at_once: true }
+    }
+
+    /// The first probe comes after the first interval: for what was just started and cannot have
+    /// ended yet (an instance refresh), so that no call is spent on a certain "not yet".
+    pub fn after_first_interval(self) -> Poll {
+        Poll { probe_at_once: false, ..self }
     }
 }
 
@@ -33,10 +41,14 @@ where
 {
     let deadline = Instant::now() + p.timeout;
     let mut interval = p.first;
+    let mut probe_now = p.probe_at_once;
     loop {
-        if let Some(v) = probe().await? {
-            return Ok(Some(v));
+        if probe_now {
+            if let Some(v) = probe().await? {
+                return Ok(Some(v));
+            }
         }
+        probe_now = true;
         let now = Instant::now();
         if now >= deadline {
             return Ok(None);
@@ -64,6 +76,20 @@ mod tests {
         // 100 + 150 + 225 + 337.5 + 506.25 ms
         let waited = start.elapsed().as_millis();
         assert!((1300..1330).contains(&waited), "{waited}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn can_wait_one_interval_before_the_first_probe() {
+        let n = AtomicU32::new(0);
+        let start = tokio::time::Instant::now();
+        let got = poll(Poll::new(Duration::from_millis(100), Duration::from_secs(1), Duration::from_secs(60)).after_first_interval(), || async {
+            n.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(start.elapsed().as_millis()))
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, Some(100));
+        assert_eq!(n.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -116,7 +116,7 @@ fn validate_reports_every_problem_at_once() {
     }
     // One problem per cause, even though several roles and envs hit the same template.
     let ssh = texts.iter().filter(|t| t.contains("attr.ssh.prot")).count();
-    assert!(ssh >= 1 && ssh <= 3, "{texts:#?}");
+    assert!((1..=3).contains(&ssh), "{texts:#?}");
 }
 
 #[test]

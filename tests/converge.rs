@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{repo, text};
@@ -30,7 +30,7 @@ fn converge(role: &str, env: &str) -> Option<(String, PathBuf)> {
     Some((stdout, kept.expect("the converged root")))
 }
 
-fn release(root: &PathBuf) {
+fn release(root: &Path) {
     let _ = Command::new("umount").arg(root.join("proc")).status();
     if let Some(work) = root.parent() {
         let _ = std::fs::remove_dir_all(work);

@@ -179,36 +179,6 @@ pub fn check_document(doc: &Json) -> Result<usize, String> {
     Ok(statements.len())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn trailing_commas_go_but_commas_in_strings_stay() {
-        assert_eq!(strip_trailing_commas(r#"{"a": [1, 2, ], "b": "x, ]",}"#), r#"{"a": [1, 2 ], "b": "x, ]"}"#);
-    }
-
-    #[test]
-    fn documents_are_checked() {
-        let ok = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ec2:DescribeImages", "Resource": "*"}]});
-        assert_eq!(check_document(&ok), Ok(1));
-        let empty = json!({"Version": "2012-10-17", "Statement": []});
-        assert_eq!(check_document(&empty), Ok(0));
-        for bad in [
-            json!({"Statement": []}),
-            json!({"Version": "2008-10-17", "Statement": []}),
-            json!({"Version": "2012-10-17"}),
-            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*"}]}),
-            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Maybe", "Action": "s3:*", "Resource": "*"}]}),
-            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3", "Resource": "*"}]}),
-            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "bucket"}]}),
-        ] {
-            assert!(check_document(&bad).is_err(), "{bad}");
-        }
-    }
-}
-
 /// What the operator policy template sees: the whole project's needs, or one role's.
 pub fn operator_context(
     project: &super::Project,
@@ -269,4 +239,34 @@ pub fn operator_context(
         "kms_key_arns": kms_key_arns,
         "regions": regions,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn trailing_commas_go_but_commas_in_strings_stay() {
+        assert_eq!(strip_trailing_commas(r#"{"a": [1, 2, ], "b": "x, ]",}"#), r#"{"a": [1, 2 ], "b": "x, ]"}"#);
+    }
+
+    #[test]
+    fn documents_are_checked() {
+        let ok = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ec2:DescribeImages", "Resource": "*"}]});
+        assert_eq!(check_document(&ok), Ok(1));
+        let empty = json!({"Version": "2012-10-17", "Statement": []});
+        assert_eq!(check_document(&empty), Ok(0));
+        for bad in [
+            json!({"Statement": []}),
+            json!({"Version": "2008-10-17", "Statement": []}),
+            json!({"Version": "2012-10-17"}),
+            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*"}]}),
+            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Maybe", "Action": "s3:*", "Resource": "*"}]}),
+            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3", "Resource": "*"}]}),
+            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "bucket"}]}),
+        ] {
+            assert!(check_document(&bad).is_err(), "{bad}");
+        }
+    }
 }
