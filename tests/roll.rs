@@ -153,8 +153,20 @@ async fn rolls_launch_template_and_launch_configuration_groups() {
     let root = dir.path();
     let old = param(&c, UBUNTU_2204).await;
     let lt_id = lt_group(&c, "kaiju_staging", &old, 2, "$Latest").await;
+    // A second group on the same template version: it shares the new version too.
+    c.asg
+        .create_auto_scaling_group()
+        .auto_scaling_group_name("kaiju_staging_b")
+        .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(&lt_id).version("1").build())
+        .min_size(0)
+        .max_size(2)
+        .desired_capacity(1)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .unwrap();
     lc_group(&c, "kaiju_legacy", &old, 2).await;
-    set_rollout(root, r#"{ groups = ["kaiju_staging", "kaiju_legacy"], keep_launch_configurations = 2, refresh = { min_healthy_percentage = 50, instance_warmup = "60s" } }"#);
+    set_rollout(root, r#"{ groups = ["kaiju_staging", "kaiju_staging_b", "kaiju_legacy"], keep_launch_configurations = 2, refresh = { min_healthy_percentage = 50, instance_warmup = "60s" } }"#);
     let new = baked_image(&c, "kaiju-staging-1").await;
     let before = sb.live();
     let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
@@ -178,6 +190,9 @@ async fn rolls_launch_template_and_launch_configuration_groups() {
     assert_eq!(v.launch_template_data().unwrap().instance_type(), Some(&ec2_t::InstanceType::T3Small), "copied from v1");
     let tags: Vec<(String, String)> = g.tags().iter().map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string())).collect();
     assert!(tags.contains(&("bake:previous-image".into(), old.clone())) && tags.contains(&("bake:previous-version".into(), "1".into())), "{tags:?}");
+    assert_eq!(group(&c, "kaiju_staging_b").await.launch_template().unwrap().version(), Some("2"), "the same new version");
+    let all = c.ec2.describe_launch_template_versions().launch_template_id(&lt_id).send().await.unwrap();
+    assert_eq!(all.launch_template_versions().len(), 2, "one new version for both groups");
     // The launch configuration group: a copy with the new image, every other field kept.
     assert_eq!(images_of(&c, "kaiju_legacy").await, BTreeSet::from([new.clone()]));
     let g = group(&c, "kaiju_legacy").await;
