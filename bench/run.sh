@@ -127,14 +127,16 @@ rollout_one='rollout = { group_tags = { bench = "one" }, refresh = { min_healthy
 sed -e "s/^\[env.staging\]$/[env.staging]\n$rollout_many/" roles/boxoffice.toml >"$rollproj/roles/many.toml"
 sed -e "s/^\[env.staging\]$/[env.staging]\n$rollout_one/" roles/boxoffice.toml >"$rollproj/roles/one.toml"
 ami=$(python3 -c "import json; print(json.load(open('$work/one.json'))['images']['us-east-1']['ami_id'])")
-read -r one _ < <(measure "$bake" --root "$rollproj" roll one --env staging --ami "$ami")
-"$bake" --root "$rollproj" roll many --env staging --ami "$ami" --output json >"$work/many.json" 2>/dev/null
-python3 - "$work/many.json" "$one" <<'PY'
+# Both are the process's wall time, start-up and group discovery included.
+read -r one _ < <(measure "$bake" --root "$rollproj" roll one --env staging --ami "$ami" --manifest "$work/one-roll.json")
+read -r many _ < <(measure "$bake" --root "$rollproj" roll many --env staging --ami "$ami" --manifest "$work/many.json")
+python3 - "$work/one-roll.json" "$work/many.json" "$one" "$many" <<'PY'
 import json, sys
-m = json.load(open(sys.argv[1]))
-one = float(sys.argv[2])
+o, m = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+one, many = float(sys.argv[3]), float(sys.argv[4])
 calls = sum(m["api_calls"].values())
 n = len(m["groups"])
-print(f"one group {one:.2f}s; {n} groups {m['duration_secs']:.2f}s = {m['duration_secs']/one:.2f}x one; "
+print(f"one group {one:.2f}s, {sum(o['api_calls'].values())} API calls; {n} groups {many:.2f}s = {many/one:.2f}x one; "
       f"{calls} API calls, {calls/n:.1f} per group ({m['status']})")
+print("calls: " + ", ".join(f"{k} {v}" for k, v in sorted(m["api_calls"].items(), key=lambda kv: -kv[1])))
 PY

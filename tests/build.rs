@@ -582,3 +582,39 @@ fn a_second_ctrl_c_exits_at_once_and_names_the_cleanup_command() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(live(&sb), before);
 }
+
+/// Two bakes of a role in the same second render the same `{{timestamp}}` name; the second one
+/// still bakes, under the name plus its bake id, and the image that had the name is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_name_already_taken_gets_the_bake_id() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let ec2 = aws_sdk_ec2::Client::new(&sb.sdk_config("us-east-1").await);
+    // Every name kaiju/staging can render in the next 90 seconds is taken.
+    let src = ec2.describe_images().owners("099720109477").send().await.unwrap().images()[0].image_id().unwrap().to_string();
+    let r = ec2.run_instances().image_id(&src).min_count(1).max_count(1).send().await.unwrap();
+    let instance = r.instances()[0].instance_id().unwrap().to_string();
+    let now = std::time::SystemTime::now();
+    let mut taken = BTreeSet::new();
+    for s in 0..90 {
+        let name = format!("kaiju-staging-{}", bake::stages::image::timestamp_at(now + Duration::from_secs(s)));
+        let img = ec2.create_image().instance_id(&instance).name(&name).send().await.unwrap();
+        taken.insert((name, img.image_id().unwrap().to_string()));
+    }
+    ec2.terminate_instances().instance_ids(&instance).send().await.unwrap();
+    let before = live(&sb);
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let m = json_out(&out);
+    let name = m["images"]["us-east-1"]["name"].as_str().unwrap();
+    let hex = m["bake_id"].as_str().unwrap().trim_start_matches("b-");
+    let base = name.strip_suffix(&format!("-{hex}")).unwrap_or_else(|| panic!("{name} does not end with the bake id"));
+    let (_, holder) = taken.iter().find(|(n, _)| n == base).unwrap_or_else(|| panic!("{base} was not a taken name"));
+    assert!(text(&out.stderr).contains(&format!("the name is taken by {holder}")), "{}", text(&out.stderr));
+    let d = ec2.describe_images().image_ids(holder).send().await.unwrap();
+    assert_eq!(d.images()[0].name(), Some(base), "the image that had the name keeps it");
+    let mut expected = before.clone();
+    expected.extend(products(&m));
+    assert_eq!(live(&sb), expected, "exactly the bake's products were added");
+}

@@ -134,8 +134,6 @@ async fn a_patch_rolls_with_the_roles_patch_preferences() {
 
 /// An image that looks like one bake made (in `region`), with its snapshot tagged the same.
 async fn made(ec2: &aws_sdk_ec2::Client, name: &str) -> String {
-    let ssm_src = "ami";
-    let _ = ssm_src;
     let imgs = ec2.describe_images().owners("099720109477").send().await.unwrap();
     let src = imgs.images()[0].image_id().unwrap().to_string();
     let r = ec2.run_instances().image_id(&src).min_count(1).max_count(1).send().await.unwrap();

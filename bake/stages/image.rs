@@ -13,7 +13,22 @@ use crate::stages::tag_spec;
 
 /// `20261121T232813Z`
 pub fn timestamp() -> String {
-    crate::journal::now_rfc3339().replace(['-', ':'], "").split('.').next().unwrap_or_default().trim_end_matches('Z').to_string() + "Z"
+    timestamp_at(std::time::SystemTime::now())
+}
+
+/// The `{{timestamp}}` of an image name for time `t`: `20261121T232813Z`.
+pub fn timestamp_at(t: std::time::SystemTime) -> String {
+    let s = aws_smithy_types::DateTime::from(t).fmt(aws_smithy_types::date_time::Format::DateTime).unwrap_or_default();
+    s.replace(['-', ':'], "").split('.').next().unwrap_or_default().trim_end_matches('Z').to_string() + "Z"
+}
+
+/// The name to use when the rendered one is taken by an image this bake did not make (two bakes
+/// of one role in the same second): the rendered name plus the bake's id, within AWS's 128
+/// characters.
+pub fn unique_name(name: &str, bake_id: &str) -> String {
+    let suffix = format!("-{}", bake_id.trim_start_matches("b-"));
+    let keep: String = name.chars().take(128 - suffix.len()).collect();
+    keep + &suffix
 }
 
 pub fn image_name(ctx: &Ctx) -> Result<String> {
@@ -26,6 +41,40 @@ pub fn image_name(ctx: &Ctx) -> Result<String> {
     });
     crate::template::render_plain(&ctx.plan.image.name, &data)
         .map_err(|e| Error::Other(format!("roles/{}.toml: image.name: {e}", ctx.plan.role)))
+}
+
+async fn create_image(ctx: &Ctx, instance: &str, name: &str) -> Result<String> {
+    let tags = ctx.image_tags(name);
+    let r = ctx
+        .c
+        .ec2
+        .create_image()
+        .instance_id(instance)
+        .name(name)
+        .description(&ctx.plan.image.description)
+        .tag_specifications(tag_spec(ResourceType::Image, &tags))
+        .tag_specifications(tag_spec(ResourceType::Snapshot, &tags))
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:CreateImage", format!("image {name} from builder {instance}"), &ctx.region, &e))?;
+    Ok(r.image_id().unwrap_or_default().to_string())
+}
+
+/// The image of this account called `name`, with its `bake:id` tag (empty when it has none).
+async fn image_named(ctx: &Ctx, name: &str) -> Result<Option<(String, String)>> {
+    let d = ctx
+        .c
+        .ec2
+        .describe_images()
+        .owners("self")
+        .filters(aws_sdk_ec2::types::Filter::builder().name("name").values(name).build())
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:DescribeImages", format!("image named {name}"), &ctx.region, &e))?;
+    Ok(d.images().first().map(|i| {
+        let bake = i.tags().iter().find(|t| t.key() == Some("bake:id")).and_then(|t| t.value()).unwrap_or_default();
+        (i.image_id().unwrap_or_default().to_string(), bake.to_string())
+    }))
 }
 
 /// The snapshots behind an image.
@@ -62,27 +111,27 @@ pub async fn create(ctx: &mut Ctx) -> Result<()> {
         .wait(ready.as_duration())
         .await
         .map_err(|e| Error::Wait { what: "builder".into(), resource: instance.clone(), region: ctx.region.clone(), why: waiter_why(&e, "stopped", ready) })?;
-    let name = image_name(ctx)?;
+    let mut name = image_name(ctx)?;
     ctx.report.stage("image", &format!("creating {name}"));
-    let tags = ctx.image_tags(&name);
-    let r = ctx
-        .c
-        .ec2
-        .create_image()
-        .instance_id(&instance)
-        .name(&name)
-        .description(&ctx.plan.image.description)
-        .tag_specifications(tag_spec(ResourceType::Image, &tags))
-        .tag_specifications(tag_spec(ResourceType::Snapshot, &tags))
-        .send()
-        .await
-        .map_err(|e| Error::aws("ec2:CreateImage", format!("image {name} from builder {instance}"), &ctx.region, &e))?;
-    let image = r.image_id().unwrap_or_default().to_string();
+    let image = match create_image(ctx, &instance, &name).await {
+        Ok(image) => image,
+        Err(e) if e.code() == Some("InvalidAMIName.Duplicate") => match image_named(ctx, &name).await? {
+            // Our own CreateImage went through and only its answer was lost (a retried call).
+            Some((id, bake)) if bake == ctx.id.to_string() => id,
+            other => {
+                let taken = other.map(|(id, _)| id).unwrap_or_else(|| "another image".into());
+                name = unique_name(&name, &ctx.id.to_string());
+                ctx.report.stage("image", &format!("the name is taken by {taken}; creating {name}"));
+                create_image(ctx, &instance, &name).await?
+            }
+        },
+        Err(e) => return Err(e),
+    };
     ctx.created(Kind::Image, &image, &ctx.region)?;
     ctx.images.push((ctx.region.clone(), image.clone()));
     ctx.manifest.images.insert(
         ctx.region.clone(),
-        ImageRecord { ami_id: image.clone(), name: name.clone(), state: "pending".into(), snapshot_ids: vec![], copied_from: None },
+        ImageRecord { ami_id: image.clone(), name, state: "pending".into(), snapshot_ids: vec![], copied_from: None },
     );
     // Snapshots may be known already (pending image): journal them as soon as they are.
     let (_, early) = snapshots(&ctx.c, &image).await?;
@@ -108,4 +157,24 @@ pub async fn create(ctx: &mut Ctx) -> Result<()> {
     }
     ctx.report.stage("image", &format!("{image} available"));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn timestamps_are_compact_utc_seconds() {
+        assert_eq!(timestamp_at(UNIX_EPOCH + Duration::from_millis(1_795_303_693_250)), "20261121T232813Z");
+    }
+
+    #[test]
+    fn a_taken_name_gets_the_bake_id_and_stays_within_128_characters() {
+        assert_eq!(unique_name("kaiju-staging-20261121T232813Z", "b-0123456789ab"), "kaiju-staging-20261121T232813Z-0123456789ab");
+        let long = "x".repeat(128);
+        let u = unique_name(&long, "b-0123456789ab");
+        assert_eq!(u.len(), 128);
+        assert!(u.ends_with("-0123456789ab"));
+    }
 }
