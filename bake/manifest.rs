@@ -77,6 +77,10 @@ pub struct StepRecord {
     pub stderr_truncated: bool,
     /// SendCommand ids (several when a large script went in parts).
     pub command_ids: Vec<String>,
+    /// Where the whole stdout/stderr of the command that ran the step went (S3 URLs,
+    /// `cloudwatch-logs://group/stream`), when the role sets `builder.output`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub full_output: Vec<String>,
     pub rebooted: bool,
 }
 

@@ -256,6 +256,7 @@ pub fn policy_context(role: &Role, node: &Json) -> Json {
         "node": node,
         "vars": role.vars,
         "image": {"ssm_parameter": role.image.ssm_parameter, "regions": role.image.regions},
+        "builder": {"output": role.builder.output},
     })
 }
 

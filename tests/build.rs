@@ -618,3 +618,47 @@ async fn an_image_name_already_taken_gets_the_bake_id() {
     expected.extend(products(&m));
     assert_eq!(live(&sb), expected, "exactly the bake's products were added");
 }
+
+/// With `builder.output`, SSM sends each step's whole output to S3 and CloudWatch Logs: the
+/// manifest says where, the builder's policy may write exactly there, and what arrived is the
+/// whole output, not the API's first 24,000 characters.
+#[test]
+fn whole_step_output_goes_to_s3_and_cloudwatch_when_the_role_says() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    edit(root, "roles/kaiju.toml", "instance_type = \"t3.small\"", "instance_type = \"t3.small\"\noutput = { s3_bucket = \"bake-steps\", log_group = \"/bake/steps\" }");
+    let (status, _) = sb.call("PUT", "/bake-steps", None);
+    assert_eq!(status, 200, "the bucket (bake does not create it)");
+    let policy = bake(&sb, root, &["policy", "builder", "--role", "kaiju", "--env", "staging"]);
+    let policy: Value = serde_json::from_slice(&policy.stdout).unwrap();
+    let put = policy["Statement"].as_array().unwrap().iter().find(|s| s["Action"] == "s3:PutObject").expect("s3:PutObject");
+    assert_eq!(put["Resource"], "arn:aws:s3:::bake-steps/bake/kaiju/staging/*", "only under the role's prefix");
+    assert!(policy.to_string().contains("log-group:/bake/steps:*"), "{policy}");
+    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=docker step=engine", "stdout_bytes": 30000}]})));
+    let before = live(&sb);
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let m = json_out(&out);
+    let engine = m["steps"].as_array().unwrap().iter().find(|s| s["step"] == "engine").unwrap().clone();
+    assert_eq!(engine["stdout_truncated"], true);
+    let command = engine["command_ids"][0].as_str().unwrap();
+    let places: Vec<&str> = engine["full_output"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(places.len(), 4, "{places:?}");
+    let s3_stdout = places.iter().find(|u| u.starts_with("https://s3.us-east-1.amazonaws.com/bake-steps/bake/kaiju/staging/") && u.ends_with("/stdout")).unwrap();
+    assert!(s3_stdout.contains(command));
+    let cw_stdout = places.iter().find(|u| u.starts_with("cloudwatch-logs:///bake/steps/") && u.ends_with("/stdout")).unwrap();
+    assert!(text(&out.stderr).contains(&format!("docker/engine: whole output at {}", places.join(", "))), "{}", text(&out.stderr));
+    let outputs = sb.control("GET", "/_sandbox/ssm/outputs", None)["outputs"].as_array().unwrap().clone();
+    for url in [s3_stdout, cw_stdout] {
+        let o = outputs.iter().find(|o| o["url"] == *url).unwrap_or_else(|| panic!("{url} not delivered: {outputs:?}"));
+        assert_eq!(o["bytes"], 30000, "the whole output: {o}");
+        assert_eq!(o["stored"], true, "{o}");
+    }
+    // Every step's command sent its output there, not only the long one.
+    let steps = m["steps"].as_array().unwrap().len();
+    assert_eq!(outputs.iter().filter(|o| o["stream"] == "stdout" && o["url"].as_str().unwrap().starts_with("https://")).count(), steps);
+    let mut expected = before.clone();
+    expected.extend(products(&m));
+    assert_eq!(live(&sb), expected);
+}

@@ -177,7 +177,7 @@ fn fingerprint_follows_content_and_only_content() {
     };
     // Not content: tags, regions, shares, names, timeouts, rollout, instance type.
     edit("roles/www.toml", "tags = { team = \"web\", app = \"www\" }", "tags = { team = \"platform\" }\nregions = [\"eu-west-1\"]\nshare_accounts = [\"123456789012\"]");
-    edit("roles/www.toml", "instance_type = \"t3.medium\"", "instance_type = \"m7i.large\"\nstep_timeout = \"1h\"");
+    edit("roles/www.toml", "instance_type = \"t3.medium\"", "instance_type = \"m7i.large\"\nstep_timeout = \"1h\"\noutput = { s3_bucket = \"bake-logs\", log_group = \"/bake/steps\" }");
     edit("roles/www.toml", "name = \"www-{{env}}-{{timestamp}}\"", "name = \"web-{{env}}-{{timestamp}}\"");
     edit("roles/www.toml", "rollout = { groups = [\"www_production\"], concurrency = 2 }", "rollout = { groups = [\"www_prod\"] }");
     assert_eq!(base, fingerprint(root, "www", "staging", &none), "non-content changes keep the fingerprint");

@@ -223,6 +223,70 @@ async fn ssm_agent_registers_instances_with_a_profile_after_a_delay() {
     assert_eq!(online(&c).await, vec![(with.clone(), "ConnectionLost".to_string())]);
 }
 
+/// OutputS3BucketName / CloudWatchOutputConfig: the whole output goes there when the command
+/// ends, GetCommandInvocation names the S3 objects, and a bad bucket name is AWS's validation error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_output_goes_whole_to_s3_and_cloudwatch_logs() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    profile(&c, "bake-out", true).await;
+    let ami = ubuntu(&c).await;
+    let a = launch(&c, &ami, Some("bake-out")).await;
+    assert_eq!(sb.call("PUT", "/out-bucket", None).0, 200);
+    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "long", "stdout_bytes": 25000, "stderr_bytes": 9000}]})));
+    let sent = c
+        .ssm
+        .send_command()
+        .instance_ids(&a)
+        .document_name("AWS-RunShellScript")
+        .parameters("commands", vec!["echo long".to_string()])
+        .output_s3_bucket_name("out-bucket")
+        .output_s3_key_prefix("runs")
+        .cloud_watch_output_config(ssm_t::CloudWatchOutputConfig::builder().cloud_watch_log_group_name("/bake/runs").cloud_watch_output_enabled(true).build())
+        .send()
+        .await
+        .unwrap();
+    let cmd = sent.command().unwrap().command_id().unwrap().to_string();
+    assert_eq!(sent.command().unwrap().output_s3_bucket_name(), Some("out-bucket"));
+    let inv = finished(&c, &cmd, &a).await;
+    assert_eq!(inv.standard_output_content().unwrap().len(), 24_000, "the API keeps the first 24,000");
+    let url = format!("https://s3.us-east-1.amazonaws.com/out-bucket/runs/{cmd}/{a}/awsrunShellScript/0.awsrunShellScript/stdout");
+    assert_eq!(inv.standard_output_url(), Some(url.as_str()));
+    assert_eq!(inv.cloud_watch_output_config().unwrap().cloud_watch_log_group_name(), Some("/bake/runs"));
+    let outputs = sb.control("GET", "/_sandbox/ssm/outputs", None)["outputs"].as_array().unwrap().clone();
+    let whole = |u: &str| outputs.iter().find(|o| o["url"] == u).unwrap_or_else(|| panic!("{u}: {outputs:?}")).clone();
+    assert_eq!(whole(&url)["bytes"], 25_000);
+    assert_eq!(whole(&url)["stored"], true);
+    let stderr = whole(&format!("cloudwatch-logs:///bake/runs/{cmd}/{a}/aws-runShellScript/stderr"));
+    assert_eq!((stderr["bytes"].as_u64(), stderr["stored"].as_bool()), (Some(9_000), Some(true)));
+    // A bucket that does not exist: the command still ends as it would, the output is lost.
+    let lost = c
+        .ssm
+        .send_command()
+        .instance_ids(&a)
+        .document_name("AWS-RunShellScript")
+        .parameters("commands", vec!["echo lost".to_string()])
+        .output_s3_bucket_name("no-such-bucket")
+        .send()
+        .await
+        .unwrap();
+    let lost = lost.command().unwrap().command_id().unwrap().to_string();
+    assert_eq!(finished(&c, &lost, &a).await.status(), Some(&ssm_t::CommandInvocationStatus::Success));
+    let outputs = sb.control("GET", "/_sandbox/ssm/outputs", None)["outputs"].as_array().unwrap().clone();
+    assert!(outputs.iter().filter(|o| o["command_id"] == lost.as_str()).all(|o| o["stored"] == false));
+    let e = c
+        .ssm
+        .send_command()
+        .instance_ids(&a)
+        .document_name("AWS-RunShellScript")
+        .parameters("commands", vec!["true".to_string()])
+        .output_s3_bucket_name("ab")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("ValidationException"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_reach_only_the_instances_asked_and_run_nothing() {
     let sb = Sandbox::start();

@@ -90,6 +90,18 @@ pub fn valid_ami_name(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"()[] ./-'@_".contains(&b))
 }
 
+/// S3's bucket naming rules (the common subset: no dots next to each other or to a dash).
+pub fn valid_bucket_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    (3..=63).contains(&b.len())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && !s.contains("..")
+        && !s.contains(".-")
+        && !s.contains("-.")
+}
+
 const VOLUME_TYPES: &[&str] = &["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"];
 const ARCHES: &[&str] = &["x86_64", "arm64", "i386", "x86_64_mac", "arm64_mac"];
 
@@ -270,6 +282,24 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
             problems.push(p(&bp.key("step_timeout"), "SSM Run Command allows at most 48h".into()));
         }
     }
+    let output = builder.output.clone().unwrap_or_default();
+    let op = bp.key("output");
+    if let Some(b) = &output.s3_bucket {
+        if !valid_bucket_name(b) {
+            problems.push(p(&op.key("s3_bucket"), format!("`{b}` is not an S3 bucket name (3-63 of a-z, 0-9, . and -, starting and ending with a letter or digit)")));
+        }
+    }
+    let s3_prefix = output.s3_prefix.clone().unwrap_or_else(|| format!("bake/{}/{env}", rf.name));
+    if s3_prefix.is_empty() || s3_prefix.starts_with('/') || s3_prefix.ends_with('/') || s3_prefix.len() > 500 {
+        problems.push(p(&op.key("s3_prefix"), format!("`{s3_prefix}` must be 1-500 characters, not starting or ending with /")));
+    } else if output.s3_prefix.is_some() && output.s3_bucket.is_none() {
+        problems.push(p(&op.key("s3_prefix"), "needs s3_bucket".into()));
+    }
+    if let Some(g) = &output.log_group {
+        if g.is_empty() || g.len() > 512 || !g.chars().all(|c| c.is_ascii_alphanumeric() || "._-/#".contains(c)) {
+            problems.push(p(&op.key("log_group"), format!("`{g}` is not a CloudWatch Logs group name (1-512 of letters, digits, . _ - / #)")));
+        }
+    }
     let builder_spec = BuilderSpec {
         region: builder.region.clone(),
         instance_type,
@@ -284,6 +314,7 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
         step_timeout: builder.step_timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
         ready_timeout: builder.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT),
         image_timeout: builder.image_timeout.unwrap_or(DEFAULT_IMAGE_TIMEOUT),
+        output: OutputSpec { s3_bucket: output.s3_bucket.clone(), s3_prefix, log_group: output.log_group.clone() },
     };
 
     // image

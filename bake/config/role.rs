@@ -44,6 +44,17 @@ pub struct BuilderLayer {
     pub step_timeout: Option<Secs>,
     pub ready_timeout: Option<Secs>,
     pub image_timeout: Option<Secs>,
+    pub output: Option<OutputLayer>,
+}
+
+/// Where SSM Run Command also sends each step's whole output (the API returns only the first
+/// 24,000/8,000 characters).
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct OutputLayer {
+    pub s3_bucket: Option<String>,
+    pub s3_prefix: Option<String>,
+    pub log_group: Option<String>,
 }
 
 #[derive(Deserialize, Default, Clone, Debug)]
@@ -151,6 +162,16 @@ pub struct BuilderSpec {
     pub step_timeout: Secs,
     pub ready_timeout: Secs,
     pub image_timeout: Secs,
+    pub output: OutputSpec,
+}
+
+/// Full step output: S3 objects under `s3://<s3_bucket>/<s3_prefix>/` and/or a CloudWatch Logs
+/// group; neither by default.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct OutputSpec {
+    pub s3_bucket: Option<String>,
+    pub s3_prefix: String,
+    pub log_group: Option<String>,
 }
 
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]

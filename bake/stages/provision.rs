@@ -34,6 +34,8 @@ pub struct Outcome {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
+    /// Where the whole output went, when the role sends it to S3 or CloudWatch Logs.
+    pub full_output: Vec<String>,
 }
 
 /// The commands that deliver `script` in parts: each appends a base64 chunk to a staging file;
@@ -87,15 +89,25 @@ async fn run_command(ctx: &Ctx, label: &str, lines: Vec<String>, timeout: Durati
         let instance = instance.clone();
         let region = region.clone();
         let comment = comment(ctx, label);
+        let output = ctx.plan.builder.spec.output.clone();
         async move {
-            ssm.send_command()
+            let mut req = ssm
+                .send_command()
                 .instance_ids(&instance)
                 .document_name("AWS-RunShellScript")
                 .comment(comment)
                 .timeout_seconds(600)
                 .parameters("commands", lines)
-                .parameters("executionTimeout", vec![timeout.as_secs().max(1).to_string()])
-                .send()
+                .parameters("executionTimeout", vec![timeout.as_secs().max(1).to_string()]);
+            if let Some(bucket) = &output.s3_bucket {
+                req = req.output_s3_bucket_name(bucket).output_s3_key_prefix(&output.s3_prefix);
+            }
+            if let Some(group) = &output.log_group {
+                req = req.cloud_watch_output_config(
+                    aws_sdk_ssm::types::CloudWatchOutputConfig::builder().cloud_watch_log_group_name(group).cloud_watch_output_enabled(true).build(),
+                );
+            }
+            req.send()
                 .await
                 .map_err(|e| Error::aws("ssm:SendCommand", format!("step {label} on builder {instance}"), &region, &e))
         }
@@ -134,7 +146,17 @@ async fn run_command(ctx: &Ctx, label: &str, lines: Vec<String>, timeout: Durati
                 status,
                 CommandInvocationStatus::Pending | CommandInvocationStatus::InProgress | CommandInvocationStatus::Delayed | CommandInvocationStatus::Cancelling
             );
+            let mut full_output: Vec<String> =
+                [r.standard_output_url(), r.standard_error_url()].into_iter().flatten().filter(|u| !u.is_empty()).map(str::to_string).collect();
+            if let Some(cw) = r.cloud_watch_output_config().filter(|c| c.cloud_watch_output_enabled()) {
+                // SSM names the streams <command>/<instance>/<plugin>/stdout|stderr.
+                let group = cw.cloud_watch_log_group_name().unwrap_or_default();
+                for stream in ["stdout", "stderr"] {
+                    full_output.push(format!("cloudwatch-logs://{group}/{command_id}/{instance}/aws-runShellScript/{stream}"));
+                }
+            }
             Ok(done.then(|| Outcome {
+                full_output,
                 command_id: command_id.clone(),
                 status: status.as_str().to_string(),
                 details: r.status_details().unwrap_or_default().to_string(),
@@ -208,7 +230,12 @@ pub async fn run_all(ctx: &mut Ctx) -> Result<()> {
         rec.stdout_truncated = o.stdout.chars().count() >= STDOUT_LIMIT;
         rec.stderr_truncated = o.stderr.chars().count() >= STDERR_LIMIT;
         rec.command_ids = ids;
+        rec.full_output = o.full_output.clone();
+        let truncated = rec.stdout_truncated || rec.stderr_truncated;
         ctx.stage_done("provision");
+        if (truncated || o.status != "Success") && !o.full_output.is_empty() {
+            ctx.report.info(&format!("{id}: whole output at {}", o.full_output.join(", ")));
+        }
         if o.status != "Success" {
             let mut stderr_tail = tail(&o.stderr, 40);
             if stderr_tail.is_empty() {

@@ -219,6 +219,8 @@ def _route(method, path, query, environ):
         return _json(200, {"time_scale": STATE.time_scale})
     if p == "/ssm/outcomes":
         return _rules(environ, method, "outcomes", _outcome)
+    if p == "/ssm/outputs" and method == "GET":
+        return _json(200, {"outputs": STATE.outputs})
     if p == "/ssm/scripts" and method == "GET":
         inst = query.get("instance", [None])[0]
         data = {k: v for k, v in STATE.scripts.items() if inst in (None, k)}

@@ -121,6 +121,7 @@ class Invocation:
         self.start = None
         self.cancelled_at = None
         self.final = None  # (status, details, code, stdout, stderr, end)
+        self.delivered = False
         self.syntax = _syntax_error(script, command["id"], instance_id)
         rule = None if self.syntax else _outcome(script)
         self.rule = rule
@@ -149,6 +150,13 @@ class Invocation:
 
     def state(self):
         """(Status, StatusDetails, ResponseCode, stdout, stderr, start, end) at this moment."""
+        st = self._state()
+        if self.final and not self.delivered:
+            self.delivered = True
+            _deliver(self)
+        return st
+
+    def _state(self):
         if self.final:
             return self.final
         now = STATE.now()
@@ -183,6 +191,61 @@ class Invocation:
         if self.start is None:
             return math.inf
         return self.start + min(self.duration, self.command["execution_timeout"])
+
+
+def _s3_key(cmd, instance_id, stream):
+    prefix = cmd["s3_prefix"].strip("/")
+    key = f"{cmd['id']}/{instance_id}/awsrunShellScript/0.awsrunShellScript/{stream}"
+    return f"{prefix}/{key}" if prefix else key
+
+
+def _s3_url(cmd, instance_id, stream):
+    if not cmd["s3_bucket"]:
+        return ""
+    return f"https://s3.{cmd['region']}.amazonaws.com/{cmd['s3_bucket']}/{_s3_key(cmd, instance_id, stream)}"
+
+
+def _deliver(inv):
+    """What the agent does when a command ends with OutputS3BucketName / CloudWatchOutputConfig:
+    sends the whole stdout and stderr (not the API's first 24,000/8,000 characters) there. The
+    bucket must exist (it is not created); a log group is created when missing. Each delivery is
+    recorded for tests, stored or not."""
+    cmd = inv.command
+    _, _, _, out, errout, _, _ = inv.final
+    streams = (("stdout", out), ("stderr", errout))
+    if cmd["s3_bucket"]:
+        from moto.s3.models import s3_backends
+        for stream, text in streams:
+            stored, why = True, ""
+            try:
+                s3_backends[ACCOUNT]["aws"].put_object(cmd["s3_bucket"], _s3_key(cmd, inv.instance_id, stream), text.encode())
+            except Exception as e:  # noqa: BLE001 - the agent logs and carries on
+                stored, why = False, f"{type(e).__name__}: {e}"
+            STATE.outputs.append({"command_id": cmd["id"], "instance": inv.instance_id, "stream": stream,
+                                  "url": _s3_url(cmd, inv.instance_id, stream), "bytes": len(text.encode()),
+                                  "sha256": hashlib.sha256(text.encode()).hexdigest(), "stored": stored, "why": why})
+    if cmd["log_group"]:
+        from moto.logs.models import logs_backends
+        logs = logs_backends[ACCOUNT][cmd["region"]]
+        for stream, text in streams:
+            name = f"{cmd['id']}/{inv.instance_id}/aws-runShellScript/{stream}"
+            stored, why = True, ""
+            try:
+                if cmd["log_group"] not in logs.groups:
+                    logs.create_log_group(cmd["log_group"], {})
+                logs.create_log_stream(cmd["log_group"], name)
+                if text:
+                    ms = int(utcnow().timestamp() * 1000)
+                    logs.put_log_events(cmd["log_group"], name, [{"timestamp": ms, "message": text}])
+            except Exception as e:  # noqa: BLE001
+                stored, why = False, f"{type(e).__name__}: {e}"
+            STATE.outputs.append({"command_id": cmd["id"], "instance": inv.instance_id, "stream": stream,
+                                  "url": f"cloudwatch-logs://{cmd['log_group']}/{name}", "bytes": len(text.encode()),
+                                  "sha256": hashlib.sha256(text.encode()).hexdigest(), "stored": stored, "why": why})
+
+
+def _cloudwatch(cmd):
+    return {"CloudWatchLogGroupName": cmd["log_group"] or "", "CloudWatchOutputEnabled": bool(cmd["log_group"])}
 
 
 def _wall(mono):
@@ -225,8 +288,8 @@ def _command_object(cmd):
         "Status": status,
         "StatusDetails": status,
         "OutputS3Region": cmd["region"],
-        "OutputS3BucketName": "",
-        "OutputS3KeyPrefix": "",
+        "OutputS3BucketName": cmd["s3_bucket"],
+        "OutputS3KeyPrefix": cmd["s3_prefix"],
         "MaxConcurrency": "50",
         "MaxErrors": "0",
         "TargetCount": len(states),
@@ -235,7 +298,7 @@ def _command_object(cmd):
         "DeliveryTimedOutCount": sum(1 for s in states if s[1] == "DeliveryTimedOut"),
         "ServiceRole": "",
         "NotificationConfig": {"NotificationArn": "", "NotificationEvents": [], "NotificationType": ""},
-        "CloudWatchOutputConfig": {"CloudWatchLogGroupName": "", "CloudWatchOutputEnabled": False},
+        "CloudWatchOutputConfig": _cloudwatch(cmd),
         "TimeoutSeconds": cmd["timeout_seconds"],
     }
 
@@ -272,6 +335,16 @@ def send_command(self):
             raise err("InvalidParameters", f"Parameter \"executionTimeout\" \"{raw}\" is not valid: it must be 1 to 172800 seconds.")
         execution_timeout = int(raw)
     timeout_seconds = self._get_int_param("TimeoutSeconds") or 3600
+    s3_bucket = self._get_param("OutputS3BucketName") or ""
+    s3_prefix = self._get_param("OutputS3KeyPrefix") or ""
+    if s3_bucket and not 3 <= len(s3_bucket) <= 63:
+        raise err("ValidationException", f"1 validation error detected: Value '{s3_bucket}' at 'outputS3BucketName' failed to satisfy constraint: Member must have length between 3 and 63")
+    if len(s3_prefix) > 500:
+        raise err("ValidationException", "1 validation error detected: Value at 'outputS3KeyPrefix' failed to satisfy constraint: Member must have length less than or equal to 500")
+    cw = self._get_param("CloudWatchOutputConfig") or {}
+    log_group = cw.get("CloudWatchLogGroupName") or "" if cw.get("CloudWatchOutputEnabled") else ""
+    if log_group and not re.fullmatch(r"[.\-_/#A-Za-z0-9]{1,512}", log_group):
+        raise err("ValidationException", f"1 validation error detected: Value '{log_group}' at 'cloudWatchOutputConfig.cloudWatchLogGroupName' failed to satisfy constraint: Member must satisfy regular expression pattern: [\\.\\-_/#A-Za-z0-9]+")
     missing = []
     for iid in instance_ids:
         b, inst = _instance(region, iid)
@@ -291,6 +364,9 @@ def send_command(self):
         "requested": utcnow(),
         "timeout_seconds": timeout_seconds,
         "execution_timeout": execution_timeout,
+        "s3_bucket": s3_bucket,
+        "s3_prefix": s3_prefix,
+        "log_group": log_group,
         "invocations": {},
     }
     for iid in instance_ids:
@@ -340,10 +416,10 @@ def get_command_invocation(self):
         "Status": status,
         "StatusDetails": details,
         "StandardOutputContent": out[:STDOUT_LIMIT],
-        "StandardOutputUrl": "",
+        "StandardOutputUrl": _s3_url(cmd, instance_id, "stdout") if status in TERMINAL else "",
         "StandardErrorContent": errout[:STDERR_LIMIT],
-        "StandardErrorUrl": "",
-        "CloudWatchOutputConfig": {"CloudWatchLogGroupName": "", "CloudWatchOutputEnabled": False},
+        "StandardErrorUrl": _s3_url(cmd, instance_id, "stderr") if status in TERMINAL else "",
+        "CloudWatchOutputConfig": _cloudwatch(cmd),
     }
     return ActionResult(result)
 

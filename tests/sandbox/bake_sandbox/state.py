@@ -55,6 +55,7 @@ class State:
         self.rng = random.Random(0)
         self.calls = []             # (monotonic seconds, service, action, region)
         self.scripts = {}           # instance id -> [record]
+        self.outputs = []           # whole command output sent to S3 / CloudWatch Logs
         self.commands = {}          # command id -> Command (ssm.py)
         self.timers = []            # heap of (due, seq, fn)
         self.seq = itertools.count()
