@@ -38,6 +38,12 @@ fn products(m: &Value) -> BTreeSet<String> {
 }
 
 
+/// The sandbox holds what it held before plus exactly the bake's products.
+fn assert_only_products_added(sb: &Sandbox, before: &BTreeSet<String>, m: &Value) {
+    let mut expected = before.clone();
+    expected.extend(products(m));
+    assert_eq!(live(sb), expected, "exactly the bake's products were added");
+}
 
 fn describe(sb: &Sandbox, query: &str) -> Value {
     sb.control("GET", &format!("/_sandbox/images{query}"), None)["images"].clone()
@@ -268,9 +274,7 @@ fn throttling_and_5xx_on_a_fifth_of_calls_still_bake() {
     let m = json_out(&out);
     assert_eq!(m["status"], "succeeded");
     sb.control("DELETE", "/_sandbox/faults", None);
-    let mut expected = before;
-    expected.extend(products(&m));
-    assert_eq!(live(&sb), expected);
+    assert_only_products_added(&sb, &before, &m);
     let n = sb.calls()["count"].as_u64().unwrap();
     let made: u64 = m["api_calls"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     assert!(n > made, "the SDK retried ({n} requests for {made} calls)");
@@ -614,9 +618,7 @@ async fn an_image_name_already_taken_gets_the_bake_id() {
     assert!(text(&out.stderr).contains(&format!("the name is taken by {holder}")), "{}", text(&out.stderr));
     let d = ec2.describe_images().image_ids(holder).send().await.unwrap();
     assert_eq!(d.images()[0].name(), Some(base), "the image that had the name keeps it");
-    let mut expected = before.clone();
-    expected.extend(products(&m));
-    assert_eq!(live(&sb), expected, "exactly the bake's products were added");
+    assert_only_products_added(&sb, &before, &m);
 }
 
 /// With `builder.output`, SSM sends each step's whole output to S3 and CloudWatch Logs: the
@@ -658,7 +660,5 @@ fn whole_step_output_goes_to_s3_and_cloudwatch_when_the_role_says() {
     // Every step's command sent its output there, not only the long one.
     let steps = m["steps"].as_array().unwrap().len();
     assert_eq!(outputs.iter().filter(|o| o["stream"] == "stdout" && o["url"].as_str().unwrap().starts_with("https://")).count(), steps);
-    let mut expected = before.clone();
-    expected.extend(products(&m));
-    assert_eq!(live(&sb), expected);
+    assert_only_products_added(&sb, &before, &m);
 }
