@@ -324,6 +324,16 @@ impl fmt::Display for Plan {
             "builder IAM: AmazonSSMManagedInstanceCore{}",
             if self.builder.inline_policy.is_some() { " + inline policy from policies/builder.json.hbs" } else { "" }
         )?;
+        let out = &self.builder.spec.output;
+        let places: Vec<String> = out
+            .s3_bucket
+            .iter()
+            .map(|b| format!("s3://{b}/{}/", out.s3_prefix))
+            .chain(out.log_group.iter().map(|g| format!("CloudWatch Logs {g}")))
+            .collect();
+        if !places.is_empty() {
+            writeln!(f, "step output: whole, to {}", places.join(" and "))?;
+        }
         writeln!(f, "steps:")?;
         for (i, s) in self.steps.iter().enumerate() {
             writeln!(

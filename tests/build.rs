@@ -637,6 +637,8 @@ fn whole_step_output_goes_to_s3_and_cloudwatch_when_the_role_says() {
     let put = policy["Statement"].as_array().unwrap().iter().find(|s| s["Action"] == "s3:PutObject").expect("s3:PutObject");
     assert_eq!(put["Resource"], "arn:aws:s3:::bake-steps/bake/kaiju/staging/*", "only under the role's prefix");
     assert!(policy.to_string().contains("log-group:/bake/steps:*"), "{policy}");
+    let plan = text(&bake(&sb, root, &["plan", "kaiju", "--env", "staging"]).stdout);
+    assert!(plan.contains("step output: whole, to s3://bake-steps/bake/kaiju/staging/ and CloudWatch Logs /bake/steps"), "{plan}");
     sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=docker step=engine", "stdout_bytes": 30000}]})));
     let before = live(&sb);
     let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);
