@@ -199,21 +199,14 @@ pub fn decide(images: Vec<ImageInfo>, keep: &dyn Fn(&str, &str) -> usize, older_
     out
 }
 
-/// Deregisters an image and deletes its snapshots; one error stops only this image.
+/// Deregisters an image and deletes its snapshots (through cleanup's deletes: already gone is
+/// done, a snapshot still "in use" right after the deregistration is retried); one error stops
+/// only this image.
 pub async fn remove(aws: &Aws, i: &ImageInfo) -> Result<()> {
-    let c = aws.clients(&i.region);
-    c.ec2
-        .deregister_image()
-        .image_id(&i.id)
-        .send()
-        .await
-        .map_err(|e| Error::aws("ec2:DeregisterImage", format!("image {}", i.id), &i.region, &e))?;
+    use crate::journal::{Kind, Resource};
+    crate::stages::cleanup::delete(aws, &Resource::new(Kind::Image, &i.id, &i.region)).await?;
     for s in &i.snapshots {
-        match c.ec2.delete_snapshot().snapshot_id(s).send().await {
-            Ok(_) => {}
-            Err(e) if crate::error::is_not_found(aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e)) => {}
-            Err(e) => return Err(Error::aws("ec2:DeleteSnapshot", format!("snapshot {s} of {}", i.id), &i.region, &e)),
-        }
+        crate::stages::cleanup::delete(aws, &Resource::new(Kind::Snapshot, s, &i.region)).await?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::types::Filter;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use aws_smithy_runtime_api::client::result::SdkError;
 use backon::{ExponentialBuilder, Retryable};
 
 use crate::aws::Aws;
@@ -31,18 +32,30 @@ fn order(k: Kind) -> u8 {
     }
 }
 
+/// The answer of one deleting (or looking-up) call: `Some` when it succeeded, `None` when the
+/// resource was already gone (AWS's NotFound counts as done), an error otherwise.
+fn unless_gone<T, E, R>(r: std::result::Result<T, SdkError<E, R>>, action: &str, resource: String, region: &str) -> Result<Option<T>>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_not_found(e.code()) => Ok(None),
+        Err(e) => Err(Error::aws(action, resource, region, &e)),
+    }
+}
+
 /// Deletes one resource; Ok when it is gone (already gone included).
 pub async fn delete(aws: &Aws, r: &Resource) -> Result<()> {
     let region = if r.region == "global" { aws.default_region().unwrap_or_else(|| "us-east-1".into()) } else { r.region.clone() };
     let c = aws.clients(&region);
     let id = r.id.as_str();
-    let gone = |code: Option<&str>| is_not_found(code);
     match r.kind {
         Kind::Instance => {
-            match c.ec2.terminate_instances().instance_ids(id).send().await {
-                Ok(_) => {}
-                Err(e) if gone(e.code()) => return Ok(()),
-                Err(e) => return Err(Error::aws("ec2:TerminateInstances", format!("builder {id}"), &region, &e)),
+            let r = c.ec2.terminate_instances().instance_ids(id).send().await;
+            if unless_gone(r, "ec2:TerminateInstances", format!("builder {id}"), &region)?.is_none() {
+                return Ok(());
             }
             c.ec2
                 .wait_until_instance_terminated()
@@ -59,11 +72,8 @@ pub async fn delete(aws: &Aws, r: &Resource) -> Result<()> {
         Kind::SecurityGroup => {
             // The builder's network interface can outlive the instance by a minute or two.
             let del = || async {
-                match c.ec2.delete_security_group().group_id(id).send().await {
-                    Ok(_) => Ok(()),
-                    Err(e) if gone(e.code()) => Ok(()),
-                    Err(e) => Err(Error::aws("ec2:DeleteSecurityGroup", format!("security group {id}"), &region, &e)),
-                }
+                let r = c.ec2.delete_security_group().group_id(id).send().await;
+                unless_gone(r, "ec2:DeleteSecurityGroup", format!("security group {id}"), &region).map(drop)
             };
             del.retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(2)).with_max_delay(Duration::from_secs(20)).with_max_times(12))
                 .sleep(tokio::time::sleep)
@@ -71,71 +81,44 @@ pub async fn delete(aws: &Aws, r: &Resource) -> Result<()> {
                 .await?;
         }
         Kind::InstanceProfile => {
-            let p = match c.iam.get_instance_profile().instance_profile_name(id).send().await {
-                Ok(p) => p,
-                Err(e) if gone(e.code()) => return Ok(()),
-                Err(e) => return Err(Error::aws("iam:GetInstanceProfile", format!("instance profile {id}"), "global", &e)),
-            };
+            let r = c.iam.get_instance_profile().instance_profile_name(id).send().await;
+            let Some(p) = unless_gone(r, "iam:GetInstanceProfile", format!("instance profile {id}"), "global")? else { return Ok(()) };
             for role in p.instance_profile().map(|p| p.roles()).unwrap_or_default() {
-                match c.iam.remove_role_from_instance_profile().instance_profile_name(id).role_name(role.role_name()).send().await {
-                    Ok(_) => {}
-                    Err(e) if gone(e.code()) => {}
-                    Err(e) => return Err(Error::aws("iam:RemoveRoleFromInstanceProfile", format!("instance profile {id}"), "global", &e)),
-                }
+                let r = c.iam.remove_role_from_instance_profile().instance_profile_name(id).role_name(role.role_name()).send().await;
+                unless_gone(r, "iam:RemoveRoleFromInstanceProfile", format!("instance profile {id}"), "global")?;
             }
-            match c.iam.delete_instance_profile().instance_profile_name(id).send().await {
-                Ok(_) => {}
-                Err(e) if gone(e.code()) => {}
-                Err(e) => return Err(Error::aws("iam:DeleteInstanceProfile", format!("instance profile {id}"), "global", &e)),
-            }
+            let r = c.iam.delete_instance_profile().instance_profile_name(id).send().await;
+            unless_gone(r, "iam:DeleteInstanceProfile", format!("instance profile {id}"), "global")?;
         }
         Kind::IamRole => {
-            let profiles = match c.iam.list_instance_profiles_for_role().role_name(id).send().await {
-                Ok(p) => p,
-                Err(e) if gone(e.code()) => return Ok(()),
-                Err(e) => return Err(Error::aws("iam:ListInstanceProfilesForRole", format!("role {id}"), "global", &e)),
-            };
+            let r = c.iam.list_instance_profiles_for_role().role_name(id).send().await;
+            let Some(profiles) = unless_gone(r, "iam:ListInstanceProfilesForRole", format!("role {id}"), "global")? else { return Ok(()) };
             for p in profiles.instance_profiles() {
                 let _ = c.iam.remove_role_from_instance_profile().instance_profile_name(p.instance_profile_name()).role_name(id).send().await;
             }
             let inline = c.iam.list_role_policies().role_name(id).send().await.map_err(|e| Error::aws("iam:ListRolePolicies", format!("role {id}"), "global", &e))?;
             for name in inline.policy_names() {
-                match c.iam.delete_role_policy().role_name(id).policy_name(name).send().await {
-                    Ok(_) => {}
-                    Err(e) if gone(e.code()) => {}
-                    Err(e) => return Err(Error::aws("iam:DeleteRolePolicy", format!("role {id}"), "global", &e)),
-                }
+                let r = c.iam.delete_role_policy().role_name(id).policy_name(name).send().await;
+                unless_gone(r, "iam:DeleteRolePolicy", format!("role {id}"), "global")?;
             }
             let attached = c.iam.list_attached_role_policies().role_name(id).send().await.map_err(|e| Error::aws("iam:ListAttachedRolePolicies", format!("role {id}"), "global", &e))?;
-            for p in attached.attached_policies() {
-                if let Some(arn) = p.policy_arn() {
-                    match c.iam.detach_role_policy().role_name(id).policy_arn(arn).send().await {
-                        Ok(_) => {}
-                        Err(e) if gone(e.code()) => {}
-                        Err(e) => return Err(Error::aws("iam:DetachRolePolicy", format!("role {id}"), "global", &e)),
-                    }
-                }
+            for arn in attached.attached_policies().iter().filter_map(|p| p.policy_arn()) {
+                let r = c.iam.detach_role_policy().role_name(id).policy_arn(arn).send().await;
+                unless_gone(r, "iam:DetachRolePolicy", format!("role {id}"), "global")?;
             }
-            match c.iam.delete_role().role_name(id).send().await {
-                Ok(_) => {}
-                Err(e) if gone(e.code()) => {}
-                Err(e) => return Err(Error::aws("iam:DeleteRole", format!("role {id}"), "global", &e)),
-            }
+            let r = c.iam.delete_role().role_name(id).send().await;
+            unless_gone(r, "iam:DeleteRole", format!("role {id}"), "global")?;
         }
-        Kind::Image => match c.ec2.deregister_image().image_id(id).send().await {
-            Ok(_) => {}
-            Err(e) if gone(e.code()) => {}
-            Err(e) => return Err(Error::aws("ec2:DeregisterImage", format!("image {id}"), &region, &e)),
-        },
+        Kind::Image => {
+            let r = c.ec2.deregister_image().image_id(id).send().await;
+            unless_gone(r, "ec2:DeregisterImage", format!("image {id}"), &region)?;
+        }
         Kind::Snapshot => {
-            let del = || async {
-                match c.ec2.delete_snapshot().snapshot_id(id).send().await {
-                    Ok(_) => Ok(()),
-                    Err(e) if gone(e.code()) => Ok(()),
-                    Err(e) => Err(Error::aws("ec2:DeleteSnapshot", format!("snapshot {id}"), &region, &e)),
-                }
-            };
             // Right after its image is deregistered a snapshot may still count as in use.
+            let del = || async {
+                let r = c.ec2.delete_snapshot().snapshot_id(id).send().await;
+                unless_gone(r, "ec2:DeleteSnapshot", format!("snapshot {id}"), &region).map(drop)
+            };
             del.retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(1)).with_max_delay(Duration::from_secs(10)).with_max_times(6))
                 .sleep(tokio::time::sleep)
                 .when(|e: &Error| e.code() == Some("InvalidSnapshot.InUse"))
