@@ -146,6 +146,9 @@ async fn run_command(ctx: &Ctx, label: &str, lines: Vec<String>, timeout: Durati
                 status,
                 CommandInvocationStatus::Pending | CommandInvocationStatus::InProgress | CommandInvocationStatus::Delayed | CommandInvocationStatus::Cancelling
             );
+            if !done {
+                return Ok(None);
+            }
             let mut full_output: Vec<String> =
                 [r.standard_output_url(), r.standard_error_url()].into_iter().flatten().filter(|u| !u.is_empty()).map(str::to_string).collect();
             if let Some(cw) = r.cloud_watch_output_config().filter(|c| c.cloud_watch_output_enabled()) {
@@ -155,7 +158,7 @@ async fn run_command(ctx: &Ctx, label: &str, lines: Vec<String>, timeout: Durati
                     full_output.push(format!("cloudwatch-logs://{group}/{command_id}/{instance}/aws-runShellScript/{stream}"));
                 }
             }
-            Ok(done.then(|| Outcome {
+            Ok(Some(Outcome {
                 full_output,
                 command_id: command_id.clone(),
                 status: status.as_str().to_string(),

@@ -212,36 +212,40 @@ def _deliver(inv):
     recorded for tests, stored or not."""
     cmd = inv.command
     _, _, _, out, errout, _, _ = inv.final
-    streams = (("stdout", out), ("stderr", errout))
+    targets = []  # (url, store(text))
     if cmd["s3_bucket"]:
         from moto.s3.models import s3_backends
-        for stream, text in streams:
-            stored, why = True, ""
-            try:
-                s3_backends[ACCOUNT]["aws"].put_object(cmd["s3_bucket"], _s3_key(cmd, inv.instance_id, stream), text.encode())
-            except Exception as e:  # noqa: BLE001 - the agent logs and carries on
-                stored, why = False, f"{type(e).__name__}: {e}"
-            STATE.outputs.append({"command_id": cmd["id"], "instance": inv.instance_id, "stream": stream,
-                                  "url": _s3_url(cmd, inv.instance_id, stream), "bytes": len(text.encode()),
-                                  "sha256": hashlib.sha256(text.encode()).hexdigest(), "stored": stored, "why": why})
+
+        def to_s3(stream):
+            key = _s3_key(cmd, inv.instance_id, stream)
+            return lambda text: s3_backends[ACCOUNT]["aws"].put_object(cmd["s3_bucket"], key, text.encode())
+        targets += [(stream, _s3_url(cmd, inv.instance_id, stream), to_s3(stream)) for stream in ("stdout", "stderr")]
     if cmd["log_group"]:
         from moto.logs.models import logs_backends
         logs = logs_backends[ACCOUNT][cmd["region"]]
-        for stream, text in streams:
-            name = f"{cmd['id']}/{inv.instance_id}/aws-runShellScript/{stream}"
-            stored, why = True, ""
-            try:
-                if cmd["log_group"] not in logs.groups:
-                    logs.create_log_group(cmd["log_group"], {})
-                logs.create_log_stream(cmd["log_group"], name)
+        group = cmd["log_group"]
+
+        def to_logs(name):
+            def store(text):
+                if group not in logs.groups:
+                    logs.create_log_group(group, {})
+                logs.create_log_stream(group, name)
                 if text:
-                    ms = int(utcnow().timestamp() * 1000)
-                    logs.put_log_events(cmd["log_group"], name, [{"timestamp": ms, "message": text}])
-            except Exception as e:  # noqa: BLE001
-                stored, why = False, f"{type(e).__name__}: {e}"
-            STATE.outputs.append({"command_id": cmd["id"], "instance": inv.instance_id, "stream": stream,
-                                  "url": f"cloudwatch-logs://{cmd['log_group']}/{name}", "bytes": len(text.encode()),
-                                  "sha256": hashlib.sha256(text.encode()).hexdigest(), "stored": stored, "why": why})
+                    logs.put_log_events(group, name, [{"timestamp": int(utcnow().timestamp() * 1000), "message": text}])
+            return store
+        for stream in ("stdout", "stderr"):
+            name = f"{cmd['id']}/{inv.instance_id}/aws-runShellScript/{stream}"
+            targets.append((stream, f"cloudwatch-logs://{group}/{name}", to_logs(name)))
+    for stream, url, store in targets:
+        text = out if stream == "stdout" else errout
+        stored, why = True, ""
+        try:
+            store(text)
+        except Exception as e:  # noqa: BLE001 - the agent logs a failed upload and carries on
+            stored, why = False, f"{type(e).__name__}: {e}"
+        STATE.outputs.append({"command_id": cmd["id"], "instance": inv.instance_id, "stream": stream, "url": url,
+                              "bytes": len(text.encode()), "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                              "stored": stored, "why": why})
 
 
 def _cloudwatch(cmd):
