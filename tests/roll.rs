@@ -140,18 +140,27 @@ fn set_rollout(root: &Path, rollout: &str) {
     std::fs::write(&p, s).unwrap();
 }
 
-fn quick(sb: &Sandbox) {
+/// What every test here starts from: a sandbox with refresh warm-ups scaled down, clients for
+/// it, a copy of the example project, and the image groups start on (Canonical's 22.04).
+struct Rig {
+    sb: Sandbox,
+    c: Cloud,
+    dir: tempfile::TempDir,
+    old: String,
+}
+
+async fn rig() -> Rig {
+    let sb = Sandbox::start();
     sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
+    let c = cloud(&sb).await;
+    let old = param(&c, UBUNTU_2204).await;
+    Rig { sb, c, dir: project_copy(), old }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolls_launch_template_and_launch_configuration_groups() {
-    let sb = Sandbox::start();
-    quick(&sb);
-    let c = cloud(&sb).await;
-    let dir = project_copy();
+    let Rig { sb, c, dir, old } = rig().await;
     let root = dir.path();
-    let old = param(&c, UBUNTU_2204).await;
     let lt_id = lt_group(&c, "kaiju_staging", &old, 2, "$Latest").await;
     // A second group on the same template version: it shares the new version too.
     c.asg
@@ -225,12 +234,8 @@ async fn rolls_launch_template_and_launch_configuration_groups() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_rolls_first_then_five_groups_a_few_at_a_time() {
-    let sb = Sandbox::start();
-    quick(&sb);
-    let c = cloud(&sb).await;
-    let dir = project_copy();
+    let Rig { sb, c, dir, old } = rig().await;
     let root = dir.path();
-    let old = param(&c, UBUNTU_2204).await;
     let names = ["kaiju_canary", "kaiju_a", "kaiju_b", "kaiju_c", "kaiju_d", "kaiju_e"];
     for n in names {
         lt_group(&c, n, &old, 2, "1").await;
@@ -264,12 +269,8 @@ async fn a_canary_rolls_first_then_five_groups_a_few_at_a_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unhealthy_image_fails_the_rollout_and_every_group_ends_on_its_previous_image() {
-    let sb = Sandbox::start();
-    quick(&sb);
-    let c = cloud(&sb).await;
-    let dir = project_copy();
+    let Rig { sb, c, dir, old } = rig().await;
     let root = dir.path();
-    let old = param(&c, UBUNTU_2204).await;
     lt_group(&c, "kaiju_a", &old, 2, "1").await;
     lt_group(&c, "kaiju_b", &old, 2, "1").await;
     lc_group(&c, "kaiju_legacy", &old, 2).await;
@@ -295,12 +296,8 @@ async fn an_unhealthy_image_fails_the_rollout_and_every_group_ends_on_its_previo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_after_the_canary_puts_the_canary_back_too() {
-    let sb = Sandbox::start();
-    quick(&sb);
-    let c = cloud(&sb).await;
-    let dir = project_copy();
+    let Rig { sb, c, dir, old } = rig().await;
     let root = dir.path();
-    let old = param(&c, UBUNTU_2204).await;
     lt_group(&c, "kaiju_canary", &old, 2, "1").await;
     lt_group(&c, "kaiju_main", &old, 4, "1").await;
     set_rollout(root, r#"{ groups = ["kaiju_canary", "kaiju_main"], canaries = ["kaiju_canary"], refresh = { min_healthy_percentage = 50, instance_warmup = "10s" } }"#);
@@ -313,18 +310,16 @@ async fn a_failure_after_the_canary_puts_the_canary_back_too() {
     let m = json_out(&out);
     let canary = m["groups"].as_array().unwrap().iter().find(|g| g["name"] == "kaiju_canary").unwrap();
     assert_eq!(canary["outcome"], "rolled-back");
+    assert_eq!(canary["new_image"], new.as_str(), "the canary had moved to the new image");
+    assert_eq!(canary["final_image"], old.as_str());
     assert_eq!(images_of(&c, "kaiju_canary").await, BTreeSet::from([old.clone()]));
     assert_ne!(new, old);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_in_progress_is_waited_for_or_replaced_never_doubled() {
-    let sb = Sandbox::start();
-    quick(&sb);
-    let c = cloud(&sb).await;
-    let dir = project_copy();
+    let Rig { sb, c, dir, old } = rig().await;
     let root = dir.path();
-    let old = param(&c, UBUNTU_2204).await;
     lt_group(&c, "kaiju_staging", &old, 2, "1").await;
     let new = baked_image(&c, "kaiju-staging-1").await;
     let busy = || c.asg.start_instance_refresh().auto_scaling_group_name("kaiju_staging").preferences(asg_t::RefreshPreferences::builder().instance_warmup(1500).min_healthy_percentage(50).build()).send();
@@ -358,11 +353,8 @@ async fn a_refresh_in_progress_is_waited_for_or_replaced_never_doubled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_shows_every_group_and_changes_nothing() {
-    let sb = Sandbox::start();
-    let c = cloud(&sb).await;
-    let dir = project_copy();
+    let Rig { sb, c, dir, old } = rig().await;
     let root = dir.path();
-    let old = param(&c, UBUNTU_2204).await;
     lt_group(&c, "kaiju_staging", &old, 2, "1").await;
     lc_group(&c, "kaiju_legacy", &old, 1).await;
     set_rollout(root, r#"{ groups = ["kaiju_staging", "kaiju_legacy"], canaries = ["kaiju_staging"], refresh = { min_healthy_percentage = 75, checkpoint_percentages = [50, 100], checkpoint_delay = "2m" } }"#);
@@ -382,12 +374,8 @@ async fn plan_shows_every_group_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launch_configuration_group_migrates_to_a_launch_template() {
-    let sb = Sandbox::start();
-    quick(&sb);
-    let c = cloud(&sb).await;
-    let dir = project_copy();
+    let Rig { sb, c, dir, old } = rig().await;
     let root = dir.path();
-    let old = param(&c, UBUNTU_2204).await;
     lc_group(&c, "kaiju_staging", &old, 2).await;
     let new = baked_image(&c, "kaiju-staging-1").await;
     let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--migrate-to-launch-template", "--output", "json"]);
@@ -406,12 +394,8 @@ async fn a_launch_configuration_group_migrates_to_a_launch_template() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_on_demand_restores_the_previous_image_once() {
-    let sb = Sandbox::start();
-    quick(&sb);
-    let c = cloud(&sb).await;
-    let dir = project_copy();
+    let Rig { sb, c, dir, old } = rig().await;
     let root = dir.path();
-    let old = param(&c, UBUNTU_2204).await;
     lt_group(&c, "kaiju_staging", &old, 2, "1").await;
     lc_group(&c, "kaiju_legacy", &old, 2).await;
     set_rollout(root, r#"{ groups = ["kaiju_staging", "kaiju_legacy"], refresh = { min_healthy_percentage = 50 } }"#);
@@ -431,9 +415,7 @@ async fn rollback_on_demand_restores_the_previous_image_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_group_found_is_a_clear_error() {
-    let sb = Sandbox::start();
-    let c = cloud(&sb).await;
-    let dir = project_copy();
+    let Rig { sb, c, dir, .. } = rig().await;
     baked_image(&c, "kaiju-staging-1").await;
     sb.control("DELETE", "/_sandbox/calls", None);
     let out = bake(&sb, dir.path(), &["roll", "kaiju", "--env", "staging"]);
@@ -444,12 +426,8 @@ async fn no_group_found_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bake_build_roll_bakes_then_rolls() {
-    let sb = Sandbox::start();
-    quick(&sb);
-    let c = cloud(&sb).await;
-    let dir = project_copy();
+    let Rig { sb, c, dir, old } = rig().await;
     let root = dir.path();
-    let old = param(&c, UBUNTU_2204).await;
     lt_group(&c, "kaiju_staging", &old, 2, "1").await;
     let before: BTreeSet<String> = sb.live().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
     let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--roll", "--output", "json"]);

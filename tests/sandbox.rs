@@ -54,6 +54,37 @@ async fn ubuntu(c: &Clients) -> String {
     c.ssm.get_parameter().name(UBUNTU_2404).send().await.unwrap().parameter.unwrap().value.unwrap()
 }
 
+/// Canonical's 22.04 image: another image than `ubuntu`, to move groups onto.
+async fn ubuntu_2204(c: &Clients) -> String {
+    c.ssm.get_parameter().name("/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id").send().await.unwrap().parameter.unwrap().value.unwrap()
+}
+
+/// A launch template as bake's users write them: t3.small, instance profile `profile`, IMDSv2
+/// required with hop limit 1. Its id.
+async fn imdsv2_template(c: &Clients, name: &str, ami: &str, profile: &str) -> String {
+    let lt = c
+        .ec2
+        .create_launch_template()
+        .launch_template_name(name)
+        .launch_template_data(
+            ec2_t::RequestLaunchTemplateData::builder()
+                .image_id(ami)
+                .instance_type(ec2_t::InstanceType::T3Small)
+                .iam_instance_profile(ec2_t::LaunchTemplateIamInstanceProfileSpecificationRequest::builder().name(profile).build())
+                .metadata_options(
+                    ec2_t::LaunchTemplateInstanceMetadataOptionsRequest::builder()
+                        .http_tokens(ec2_t::LaunchTemplateHttpTokensState::Required)
+                        .http_put_response_hop_limit(1)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    lt.launch_template().unwrap().launch_template_id().unwrap().to_string()
+}
+
 fn tag(k: &str, v: &str) -> ec2_t::Tag {
     ec2_t::Tag::builder().key(k).value(v).build()
 }
@@ -478,28 +509,8 @@ async fn launch_template_versions_copy_their_source() {
     let c = clients(&sb).await;
     profile(&c, "bake-lt", true).await;
     let ami = ubuntu(&c).await;
-    let lt = c
-        .ec2
-        .create_launch_template()
-        .launch_template_name("app")
-        .launch_template_data(
-            ec2_t::RequestLaunchTemplateData::builder()
-                .image_id(&ami)
-                .instance_type(ec2_t::InstanceType::T3Small)
-                .iam_instance_profile(ec2_t::LaunchTemplateIamInstanceProfileSpecificationRequest::builder().name("bake-lt").build())
-                .metadata_options(
-                    ec2_t::LaunchTemplateInstanceMetadataOptionsRequest::builder()
-                        .http_tokens(ec2_t::LaunchTemplateHttpTokensState::Required)
-                        .http_put_response_hop_limit(1)
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let lt_id = lt.launch_template().unwrap().launch_template_id().unwrap().to_string();
-    let other = c.ssm.get_parameter().name("/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id").send().await.unwrap().parameter.unwrap().value.unwrap();
+    let lt_id = imdsv2_template(&c, "app", &ami, "bake-lt").await;
+    let other = ubuntu_2204(&c).await;
     c.ec2
         .create_launch_template_version()
         .launch_template_id(&lt_id)
@@ -529,27 +540,7 @@ async fn launch_template_versions_copy_their_source() {
 
 async fn group_with_template(c: &Clients, name: &str, size: i32) -> (String, String) {
     let ami = ubuntu(c).await;
-    let lt = c
-        .ec2
-        .create_launch_template()
-        .launch_template_name(format!("{name}-lt"))
-        .launch_template_data(
-            ec2_t::RequestLaunchTemplateData::builder()
-                .image_id(&ami)
-                .instance_type(ec2_t::InstanceType::T3Small)
-                .iam_instance_profile(ec2_t::LaunchTemplateIamInstanceProfileSpecificationRequest::builder().name("bake-asg").build())
-                .metadata_options(
-                    ec2_t::LaunchTemplateInstanceMetadataOptionsRequest::builder()
-                        .http_tokens(ec2_t::LaunchTemplateHttpTokensState::Required)
-                        .http_put_response_hop_limit(1)
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let lt_id = lt.launch_template().unwrap().launch_template_id().unwrap().to_string();
+    let lt_id = imdsv2_template(c, &format!("{name}-lt"), &ami, "bake-asg").await;
     c.asg
         .create_auto_scaling_group()
         .auto_scaling_group_name(name)
@@ -643,7 +634,7 @@ async fn instance_refresh_replaces_in_batches_with_checkpoints_and_skip_matching
     sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
     profile(&c, "bake-asg", true).await;
     let (lt_id, _) = group_with_template(&c, "api_production", 4).await;
-    let new_ami = c.ssm.get_parameter().name("/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id").send().await.unwrap().parameter.unwrap().value.unwrap();
+    let new_ami = ubuntu_2204(&c).await;
     let v2 = new_version(&c, &lt_id, &new_ami).await;
     let start = c
         .asg
@@ -715,7 +706,7 @@ async fn a_refresh_keeps_time_when_nobody_polls_it() {
     sb.control("POST", "/_sandbox/delays", Some(json!({"instance_pending": 1.5})));
     profile(&c, "bake-asg", true).await;
     let (lt_id, _) = group_with_template(&c, "quiet_production", 2).await;
-    let new_ami = c.ssm.get_parameter().name("/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id").send().await.unwrap().parameter.unwrap().value.unwrap();
+    let new_ami = ubuntu_2204(&c).await;
     let v2 = new_version(&c, &lt_id, &new_ami).await;
     c.asg
         .start_instance_refresh()
@@ -749,7 +740,7 @@ async fn max_healthy_percentage_launches_before_terminating() {
     sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
     profile(&c, "bake-asg", true).await;
     let (lt_id, _) = group_with_template(&c, "boxoffice_production", 4).await;
-    let new_ami = c.ssm.get_parameter().name("/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id").send().await.unwrap().parameter.unwrap().value.unwrap();
+    let new_ami = ubuntu_2204(&c).await;
     let v2 = new_version(&c, &lt_id, &new_ami).await;
     c.asg
         .start_instance_refresh()
@@ -779,7 +770,7 @@ async fn a_refresh_onto_an_unhealthy_image_fails_and_rolls_back_when_asked() {
     sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
     profile(&c, "bake-asg", true).await;
     let (lt_id, old_ami) = group_with_template(&c, "kaiju_production", 3).await;
-    let bad = c.ssm.get_parameter().name("/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id").send().await.unwrap().parameter.unwrap().value.unwrap();
+    let bad = ubuntu_2204(&c).await;
     sb.control("POST", "/_sandbox/unhealthy_amis", Some(json!({"amis": [bad]})));
     let v2 = new_version(&c, &lt_id, &bad).await;
     let desired = asg_t::DesiredConfiguration::builder()
@@ -838,7 +829,7 @@ async fn refreshes_cancel_and_roll_back_on_request() {
     sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.01})));
     profile(&c, "bake-asg", true).await;
     let (lt_id, old_ami) = group_with_template(&c, "www_staging", 4).await;
-    let new_ami = c.ssm.get_parameter().name("/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id").send().await.unwrap().parameter.unwrap().value.unwrap();
+    let new_ami = ubuntu_2204(&c).await;
     let v2 = new_version(&c, &lt_id, &new_ami).await;
     let start = |auto: bool| {
         c.asg
