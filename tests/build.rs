@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bake::config::{Project, VarInputs};
 use common::sandbox::Sandbox;
-use common::{bake_cmd_on as bake_cmd, bake_on as bake, edit, json_out, project_copy, text};
+use common::{bake_cmd_on as bake_cmd, bake_on as bake, edit, json_out, project_copy, signal, spawn_until, text};
 use serde_json::{json, Value};
 
 
@@ -387,37 +387,9 @@ fn a_slow_instance_profile_is_retried() {
 
 /// Starts a bake and returns once its output shows `marker`; the bake id and the lines so far.
 fn start_until(sb: &Sandbox, root: &Path, marker: &str) -> (Child, String, Vec<String>) {
-    let mut child = bake_cmd(sb, root, &["build", "kaiju", "--env", "staging", "--force"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = Vec::new();
-    let mut id = String::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut reader = BufReader::new(stdout);
-    loop {
-        let mut l = String::new();
-        if reader.read_line(&mut l).unwrap() == 0 || Instant::now() > deadline {
-            panic!("the bake ended before {marker:?}: {lines:#?}");
-        }
-        if let Some(rest) = l.split("bake b-").nth(1) {
-            if id.is_empty() {
-                id = format!("b-{}", &rest[..12]);
-            }
-        }
-        let done = l.contains(marker);
-        lines.push(l);
-        if done {
-            break;
-        }
-    }
-    // Keep draining stdout so the bake never blocks on a full pipe.
-    std::thread::spawn(move || for _ in reader.lines() {});
+    let (child, lines) = spawn_until(sb, root, &["build", "kaiju", "--env", "staging", "--force"], marker);
+    let id = lines.iter().find_map(|l| l.split("bake b-").nth(1)).map(|rest| format!("b-{}", &rest[..12])).unwrap_or_default();
     (child, id, lines)
-}
-
-fn signal(child: &Child, sig: i32) {
-    unsafe {
-        libc::kill(child.id() as i32, sig);
-    }
 }
 
 /// Where to interrupt: a line that shows the stage is under way, and the delays that hold it there.

@@ -63,6 +63,37 @@ pub fn bake_cmd_on(sb: &sandbox::Sandbox, root: &Path, args: &[&str]) -> Command
     cmd
 }
 
+/// Starts the bake binary with `args` and reads its progress (stdout) until a line contains
+/// `marker`; the lines read so far. stdout keeps being drained so the bake never blocks.
+pub fn spawn_until(sb: &sandbox::Sandbox, root: &Path, args: &[&str], marker: &str) -> (std::process::Child, Vec<String>) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = bake_cmd_on(sb, root, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut lines = Vec::new();
+    loop {
+        let mut l = String::new();
+        if reader.read_line(&mut l).unwrap() == 0 || std::time::Instant::now() > deadline {
+            panic!("bake {args:?} ended before {marker:?}: {lines:#?}");
+        }
+        let done = l.contains(marker);
+        lines.push(l);
+        if done {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in reader.lines() {});
+    (child, lines)
+}
+
+/// Sends `sig` (libc::SIGINT, SIGKILL, …) to a child.
+pub fn signal(child: &std::process::Child, sig: i32) {
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
 pub fn bake_on(sb: &sandbox::Sandbox, root: &Path, args: &[&str]) -> Output {
     bake_cmd_on(sb, root, args).output().expect("run bake")
 }
