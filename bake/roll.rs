@@ -5,7 +5,6 @@
 //! goes back to its previous image.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -243,7 +242,8 @@ struct Cx {
     c: Clients,
     report: Progress,
     cancel: Cancel,
-    failed: Arc<AtomicBool>,
+    /// Set when any group fails: the other groups' refreshes stop.
+    failed: tokio::sync::watch::Sender<bool>,
     timeout: Duration,
     in_progress: InProgress,
     keep_lcs: u32,
@@ -270,7 +270,7 @@ impl Cx {
             c: c.clone(),
             report: progress.clone(),
             cancel,
-            failed: Arc::new(AtomicBool::new(false)),
+            failed: tokio::sync::watch::Sender::new(false),
             timeout: req.timeout,
             in_progress: req.in_progress,
             keep_lcs: plan.rollout.keep_launch_configurations.max(1),
@@ -320,19 +320,30 @@ impl Cx {
         self.report.bake(group)
     }
 
-    /// Waits for refresh `id` of `group` to end; cancels it if the rollout is stopping.
-    async fn wait_refresh(&self, group: &str, id: &str, rep: &Reporter, rec: &mut GroupRecord) -> Result<Ended> {
+    fn fail(&self) {
+        self.failed.send_replace(true);
+    }
+
+    fn has_failed(&self) -> bool {
+        *self.failed.borrow()
+    }
+
+    /// Waits for refresh `id` of `group` to end. An `interruptible` wait cancels the refresh
+    /// when the rollout is stopping (another group failed, or Ctrl-C); the way back after a
+    /// failure or a Ctrl-C is not interruptible (a second Ctrl-C exits at once).
+    async fn wait_refresh(&self, group: &str, id: &str, rep: &Reporter, rec: &mut GroupRecord, interruptible: bool) -> Result<Ended> {
         let asg = self.c.asg.clone();
         let region = self.c.region.clone();
         let stop = {
-            let failed = self.failed.clone();
+            let mut failed = self.failed.subscribe();
             let cancel = self.cancel.clone();
             async move {
-                loop {
-                    if failed.load(Ordering::SeqCst) || *cancel.borrow() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                if !interruptible {
+                    return std::future::pending::<()>().await;
+                }
+                tokio::select! {
+                    _ = failed.wait_for(|f| *f) => {}
+                    _ = cancelled(cancel) => {}
                 }
             }
         };
@@ -669,7 +680,7 @@ async fn roll_group(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupR
         rep.finish("already on this image");
         return Ok(false);
     }
-    if cx.failed.load(Ordering::SeqCst) || *cx.cancel.borrow() {
+    if cx.has_failed() || *cx.cancel.borrow() {
         rec.outcome = "not-started".into();
         rep.finish("not started: the rollout is stopping");
         return Ok(false);
@@ -726,7 +737,7 @@ async fn roll_group(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupR
     rec.moved = true;
     rec.refresh_ids.push(id.clone());
     rep.stage("refresh", &format!("{id} started"));
-    match cx.wait_refresh(&g.name, &id, &rep, rec).await? {
+    match cx.wait_refresh(&g.name, &id, &rep, rec, true).await? {
         Ended::Successful => {
             rec.outcome = "rolled".into();
             if let Change::LaunchConfiguration { to, .. } = &g.change {
@@ -738,14 +749,14 @@ async fn roll_group(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupR
         Ended::RolledBackByAws(reason) => {
             rec.outcome = "rolled-back-by-aws".into();
             rec.error = Some(reason.clone());
-            cx.failed.store(true, Ordering::SeqCst);
+            cx.fail();
             rep.finish(&format!("failed and rolled back by AWS: {reason}"));
             Err(Error::Other(format!("group {}: instance refresh {id} failed and AWS rolled it back: {reason}", g.name)))
         }
         Ended::Failed(why) => {
             rec.outcome = "failed".into();
             rec.error = Some(why.clone());
-            cx.failed.store(true, Ordering::SeqCst);
+            cx.fail();
             rep.finish(&format!("failed: {why}"));
             Err(Error::Other(format!("group {}: {why}", g.name)))
         }
@@ -782,10 +793,7 @@ async fn restore(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupReco
     // Only what the rollout replaced goes back: instances still on the old image stay.
     let id = cx.start_refresh(g, desired, false, true).await?;
     rec.refresh_ids.push(id.clone());
-    let saved_failed = cx.failed.swap(false, Ordering::SeqCst);
-    let ended = cx.wait_refresh(&g.name, &id, &rep, rec).await;
-    cx.failed.store(saved_failed, Ordering::SeqCst);
-    match ended? {
+    match cx.wait_refresh(&g.name, &id, &rep, rec, false).await? {
         Ended::Successful => {
             rec.outcome = "rolled-back".into();
             cx.tag(&g.name, &[(TAG_IMAGE, g.current_image.clone())]).await?;
@@ -830,7 +838,7 @@ async fn execute(cx: &Cx, plan: &RolloutPlan) -> (Vec<GroupRecord>, Result<()>) 
             let mut rec = GroupRecord::default();
             let r = roll_group(cx, plan, &g, &mut rec).await;
             if let Err(e) = &r {
-                cx.failed.store(true, Ordering::SeqCst);
+                cx.fail();
                 if rec.error.is_none() {
                     rec.error = Some(e.to_string());
                 }

@@ -5,14 +5,15 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::io::Read;
 use std::path::Path;
-
+use std::time::Duration;
 
 use aws_sdk_autoscaling::types as asg_t;
 use aws_sdk_ec2::types as ec2_t;
 use base64::Engine as _;
 use common::sandbox::Sandbox;
-use common::{bake_on as bake, json_out, project_copy, text};
+use common::{bake_on as bake, json_out, project_copy, signal, spawn_until, text};
 use serde_json::{json, Value};
 
 const UBUNTU_2204: &str = "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id";
@@ -442,4 +443,28 @@ async fn bake_build_roll_bakes_then_rolls() {
     let after: BTreeSet<String> = sb.live().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
     let added: BTreeSet<String> = after.difference(&before).cloned().collect();
     assert!(added.iter().all(|id| id.starts_with("ami-") || id.starts_with("snap-") || id.starts_with("/bake/")), "only the bake's products: {added:?}");
+}
+
+/// Ctrl-C while a group refreshes: the roll cancels that refresh, puts the group back on its
+/// previous image (the way back is not interrupted by the same Ctrl-C) and exits 130.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_a_refresh_puts_the_group_back_and_exits_130() {
+    let Rig { sb, c, dir, old } = rig().await;
+    let root = dir.path();
+    lt_group(&c, "kaiju_staging", &old, 2, "1").await;
+    set_rollout(root, r#"{ groups = ["kaiju_staging"], refresh = { min_healthy_percentage = 50, instance_warmup = "1000s" } }"#);
+    let new = baked_image(&c, "kaiju-staging-1").await;
+    let (mut child, _) = spawn_until(&sb, root, &["roll", "kaiju", "--env", "staging", "--manifest", "roll.json"], "started");
+    // Let the first batch launch an instance from the new image.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&child, libc::SIGINT);
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(root.join("roll.json")).unwrap()).unwrap();
+    assert_eq!(m["status"], "interrupted");
+    let g = &m["groups"][0];
+    assert_eq!((g["outcome"].as_str(), g["new_image"].as_str(), g["final_image"].as_str()), (Some("rolled-back"), Some(new.as_str()), Some(old.as_str())), "{g}");
+    assert_eq!(images_of(&c, "kaiju_staging").await, BTreeSet::from([old.clone()]), "every instance back on the previous image");
 }
