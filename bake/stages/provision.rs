@@ -121,8 +121,7 @@ async fn run_command(ctx: &Ctx, label: &str, lines: Vec<String>, timeout: Durati
     let command_id = sent.command().and_then(|c| c.command_id()).unwrap_or_default().to_string();
     let sent_at = Instant::now();
     // Output appears when the command ends; poll at most every 2 s (first after 0.5 s).
-    let p = Poll::new(Duration::from_millis(500), Duration::from_secs(2), timeout + Duration::from_secs(600));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let p = Poll::new(Duration::from_millis(500), Duration::from_secs(2), timeout + Duration::from_secs(600)).after_first_interval();
     let outcome = poll(p, || {
         let ssm = ssm.clone();
         let command_id = command_id.clone();
