@@ -25,6 +25,9 @@ struct Clients {
 }
 
 async fn clients(sb: &Sandbox) -> Clients {
+    // Eventual consistency is on by default (as on AWS); these tests are about other behaviours,
+    // so they switch it off. The consistency tests switch it back on (`consistency_on`).
+    sb.control("POST", "/_sandbox/delays", Some(json!({"visibility_lag": 0, "iam_propagation": 0, "block_public_access": 0})));
     let conf = sb.sdk_config("us-east-1").await;
     Clients {
         ec2: aws_sdk_ec2::Client::new(&conf),
@@ -986,4 +989,885 @@ async fn control_api_rejects_bad_input_and_resets() {
     assert_eq!(d["delays"]["image_pending"], 0.0, "reset restores defaults");
     let c = clients(&sb).await;
     assert!(!ubuntu(&c).await.is_empty(), "and seeds again");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sandbox as strict as AWS documents it (issue 12, and the paging of issue 11). Each test
+// cites the AWS page that says what it checks.
+// ---------------------------------------------------------------------------------------------
+
+/// Eventual consistency back on (the `clients` helper switches it off for the other tests).
+fn consistency_on(sb: &Sandbox, visibility_lag: f64, iam_propagation: f64) {
+    sb.control("POST", "/_sandbox/delays", Some(json!({"visibility_lag": visibility_lag, "iam_propagation": iam_propagation})));
+}
+
+fn desired(lt_id: &str, version: &str) -> asg_t::DesiredConfiguration {
+    asg_t::DesiredConfiguration::builder()
+        .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(lt_id).version(version).build())
+        .build()
+}
+
+/// A group on launch template `lt_id` at `version` (numbered, `$Latest` or `$Default`).
+async fn group_on(c: &Clients, name: &str, lt_id: &str, version: &str, size: i32) {
+    c.asg
+        .create_auto_scaling_group()
+        .auto_scaling_group_name(name)
+        .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(lt_id).version(version).build())
+        .min_size(0)
+        .max_size(size * 2 + 1)
+        .desired_capacity(size)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn group_instances(c: &Clients, group: &str) -> Vec<asg_t::Instance> {
+    let g = c.asg.describe_auto_scaling_groups().auto_scaling_group_names(group).send().await.unwrap();
+    let mut v = g.auto_scaling_groups()[0].instances().to_vec();
+    v.sort_by(|a, b| a.instance_id().cmp(&b.instance_id()));
+    v
+}
+
+fn batches(sb: &Sandbox, group: &str, index: usize) -> Vec<usize> {
+    let rec = sb.control("GET", &format!("/_sandbox/refreshes?group={group}"), None);
+    rec["refreshes"][index]["history"].as_array().unwrap().iter().map(|b| b["launch"].as_array().unwrap().len()).collect()
+}
+
+/// A refresh whose checkpoints stop short of 100 replaces that share of the group and ends
+/// `Successful` there, the rest on the old image. "The last value shown in the
+/// CheckpointPercentages array describes the percentage of the Auto Scaling group that needs to be
+/// successfully replaced. The operation transitions to Successful after this percentage is
+/// successfully replaced", and a checkpoint is never overshot ("Add checkpoints to an instance
+/// refresh", https://docs.aws.amazon.com/autoscaling/ec2/userguide/asg-adding-checkpoints-instance-refresh.html).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_refresh_stops_at_its_last_checkpoint_and_succeeds() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
+    profile(&c, "bake-asg", true).await;
+    let (lt_id, old_ami) = group_with_template(&c, "half_production", 10).await;
+    let new_ami = ubuntu_2204(&c).await;
+    let v2 = new_version(&c, &lt_id, &new_ami).await;
+    c.asg
+        .start_instance_refresh()
+        .auto_scaling_group_name("half_production")
+        .preferences(
+            asg_t::RefreshPreferences::builder()
+                .min_healthy_percentage(80)
+                .instance_warmup(50)
+                .checkpoint_percentages(20)
+                .checkpoint_percentages(50)
+                .checkpoint_delay(100)
+                .build(),
+        )
+        .desired_configuration(desired(&lt_id, &v2))
+        .send()
+        .await
+        .unwrap();
+    let r = refresh_until_done(&c, "half_production").await;
+    assert_eq!(r.status(), Some(&asg_t::InstanceRefreshStatus::Successful));
+    assert_eq!(r.percentage_complete(), Some(50));
+    let imgs = group_images(&c, "half_production").await;
+    assert_eq!(imgs.iter().filter(|(_, a)| *a == new_ami).count(), 5, "half the group moved: {imgs:?}");
+    assert_eq!(imgs.iter().filter(|(_, a)| *a == old_ami).count(), 5, "the rest stays on the old image");
+    assert_eq!(batches(&sb, "half_production", 0), vec![2, 2, 1], "20 %, then up to 50 % without overshooting it");
+}
+
+/// AutoRollback is refused where AWS does not support a rollback: "There is no desired
+/// configuration specified for the instance refresh", or "The Auto Scaling group uses the launch
+/// template's $Latest or $Default version" (RefreshPreferences.AutoRollback,
+/// https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_RefreshPreferences.html; "Undo changes
+/// with a manual or auto rollback", https://docs.aws.amazon.com/autoscaling/ec2/userguide/instance-refresh-rollback.html).
+/// RollbackInstanceRefresh says the same of a manual rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_rollback_needs_a_desired_configuration_and_a_numbered_version() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.01})));
+    profile(&c, "bake-asg", true).await;
+    let (lt_id, _) = group_with_template(&c, "numbered_staging", 2).await;
+    let v2 = new_version(&c, &lt_id, &ubuntu_2204(&c).await).await;
+    let auto = asg_t::RefreshPreferences::builder().min_healthy_percentage(50).instance_warmup(100).auto_rollback(true).build();
+    let e = c.asg.start_instance_refresh().auto_scaling_group_name("numbered_staging").preferences(auto.clone()).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("ValidationError"), "no desired configuration");
+    for alias in ["$Latest", "$Default"] {
+        let name = format!("alias{}_staging", &alias[1..]);
+        group_on(&c, &name, &lt_id, alias, 2).await;
+        let e = c
+            .asg
+            .start_instance_refresh()
+            .auto_scaling_group_name(&name)
+            .preferences(auto.clone())
+            .desired_configuration(desired(&lt_id, &v2))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some("ValidationError"), "{alias}");
+        assert!(e.message().unwrap().contains(alias), "{:?}", e.message());
+    }
+    // Without AutoRollback it runs; a manual rollback of it is refused the same way.
+    c.asg
+        .start_instance_refresh()
+        .auto_scaling_group_name("aliasLatest_staging")
+        .preferences(asg_t::RefreshPreferences::builder().min_healthy_percentage(50).instance_warmup(100).build())
+        .desired_configuration(desired(&lt_id, &v2))
+        .send()
+        .await
+        .unwrap();
+    let e = c.asg.rollback_instance_refresh().auto_scaling_group_name("aliasLatest_staging").send().await.unwrap_err();
+    assert_eq!(e.code(), Some("IrreversibleInstanceRefresh"));
+    // A numbered version with a desired configuration is fine.
+    c.asg
+        .start_instance_refresh()
+        .auto_scaling_group_name("numbered_staging")
+        .preferences(auto)
+        .desired_configuration(desired(&lt_id, &v2))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// SkipMatching needs a launch template: "You can't use skip matching with a new launch
+/// configuration" ("Use an instance refresh with skip matching",
+/// https://docs.aws.amazon.com/autoscaling/ec2/userguide/asg-instance-refresh-skip-matching.html).
+/// A group on a launch configuration can skip-match only against a launch template in the desired
+/// configuration (a migration), and then moves to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_matching_needs_a_launch_template() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
+    profile(&c, "bake-asg", true).await;
+    let ami = ubuntu(&c).await;
+    c.asg.create_launch_configuration().launch_configuration_name("legacy-lc").image_id(&ami).instance_type("t3.micro").send().await.unwrap();
+    c.asg
+        .create_auto_scaling_group()
+        .auto_scaling_group_name("legacy_production")
+        .launch_configuration_name("legacy-lc")
+        .min_size(0)
+        .max_size(4)
+        .desired_capacity(2)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .unwrap();
+    let skip = asg_t::RefreshPreferences::builder().min_healthy_percentage(50).instance_warmup(50).skip_matching(true).build();
+    let e = c.asg.start_instance_refresh().auto_scaling_group_name("legacy_production").preferences(skip.clone()).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("ValidationError"));
+    let new_ami = ubuntu_2204(&c).await;
+    let lt_id = imdsv2_template(&c, "legacy-lt", &new_ami, "bake-asg").await;
+    c.asg
+        .start_instance_refresh()
+        .auto_scaling_group_name("legacy_production")
+        .preferences(skip)
+        .desired_configuration(desired(&lt_id, "1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refresh_until_done(&c, "legacy_production").await.status(), Some(&asg_t::InstanceRefreshStatus::Successful));
+    assert!(group_images(&c, "legacy_production").await.iter().all(|(_, a)| *a == new_ami), "nothing matched: all replaced");
+    let g = c.asg.describe_auto_scaling_groups().auto_scaling_group_names("legacy_production").send().await.unwrap();
+    let g = &g.auto_scaling_groups()[0];
+    assert_eq!(g.launch_template().unwrap().launch_template_id(), Some(lt_id.as_str()));
+    assert_eq!(g.launch_configuration_name(), None, "a group has a launch template or a configuration, not both");
+}
+
+/// Instances protected from scale in: "Wait (default) Amazon EC2 Auto Scaling waits one hour for
+/// you to remove scale-in protection. Otherwise, the instance refresh will fail."; "Refresh ...
+/// replaces instances that are protected from scale in" (RefreshPreferences.ScaleInProtectedInstances,
+/// https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_RefreshPreferences.html). The hour is
+/// multiplied by the sandbox's time_scale; unprotected instances are replaced first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_in_protected_instances_make_a_default_refresh_wait_then_fail() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.0005})));
+    profile(&c, "bake-asg", true).await;
+    let (lt_id, old_ami) = group_with_template(&c, "ecs_production", 3).await;
+    let new_ami = ubuntu_2204(&c).await;
+    let v2 = new_version(&c, &lt_id, &new_ami).await;
+    let protected = group_instances(&c, "ecs_production").await[0].instance_id().unwrap().to_string();
+    c.asg.set_instance_protection().auto_scaling_group_name("ecs_production").instance_ids(&protected).protected_from_scale_in(true).send().await.unwrap();
+    let prefs = || asg_t::RefreshPreferences::builder().min_healthy_percentage(50).instance_warmup(50);
+    let t0 = Instant::now();
+    c.asg
+        .start_instance_refresh()
+        .auto_scaling_group_name("ecs_production")
+        .preferences(prefs().build())
+        .desired_configuration(desired(&lt_id, &v2))
+        .send()
+        .await
+        .unwrap();
+    let waiting = until(10, "the refresh to wait", || async {
+        let r = refresh_status(&c, "ecs_production").await;
+        r.status_reason().unwrap_or_default().contains("Waiting").then_some(r)
+    })
+    .await;
+    assert_eq!(waiting.status(), Some(&asg_t::InstanceRefreshStatus::InProgress));
+    assert_eq!(waiting.preferences().unwrap().scale_in_protected_instances(), Some(&asg_t::ScaleInProtectedInstances::Wait));
+    let r = refresh_until_done(&c, "ecs_production").await;
+    assert_eq!(r.status(), Some(&asg_t::InstanceRefreshStatus::Failed));
+    assert!(r.status_reason().unwrap().contains(&protected), "{:?}", r.status_reason());
+    assert!(t0.elapsed() >= Duration::from_millis(1700), "it waited the (scaled) hour: {:?}", t0.elapsed());
+    let imgs = group_images(&c, "ecs_production").await;
+    assert_eq!(imgs.iter().find(|(i, _)| *i == protected).map(|(_, a)| a.clone()), Some(old_ami), "the protected one is untouched");
+    assert_eq!(imgs.iter().filter(|(_, a)| *a == new_ami).count(), 2, "the others were replaced first");
+    // Refresh: protected instances are replaced too.
+    c.asg
+        .start_instance_refresh()
+        .auto_scaling_group_name("ecs_production")
+        .preferences(prefs().scale_in_protected_instances(asg_t::ScaleInProtectedInstances::Refresh).build())
+        .desired_configuration(desired(&lt_id, &v2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refresh_until_done(&c, "ecs_production").await.status(), Some(&asg_t::InstanceRefreshStatus::Successful));
+    assert!(group_images(&c, "ecs_production").await.iter().all(|(_, a)| *a == new_ami));
+}
+
+/// Standby instances: Ignore leaves them, Wait (the default) waits for them to return to service
+/// and carries on when they do, Terminate terminates them ("StandbyInstances",
+/// https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_RefreshPreferences.html;
+/// EnterStandby/ExitStandby, https://docs.aws.amazon.com/autoscaling/ec2/userguide/as-enter-exit-standby.html).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_instances_are_ignored_waited_for_or_terminated_as_asked() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.001})));
+    profile(&c, "bake-asg", true).await;
+    let (lt_id, old_ami) = group_with_template(&c, "queue_production", 3).await;
+    let new_ami = ubuntu_2204(&c).await;
+    let v2 = new_version(&c, &lt_id, &new_ami).await;
+    let standby = group_instances(&c, "queue_production").await[0].instance_id().unwrap().to_string();
+    c.asg
+        .enter_standby()
+        .auto_scaling_group_name("queue_production")
+        .instance_ids(&standby)
+        .should_decrement_desired_capacity(true)
+        .send()
+        .await
+        .unwrap();
+    let start = |standby_pref: Option<asg_t::StandbyInstances>| {
+        c.asg
+            .start_instance_refresh()
+            .auto_scaling_group_name("queue_production")
+            .preferences(
+                asg_t::RefreshPreferences::builder()
+                    .min_healthy_percentage(50)
+                    .instance_warmup(50)
+                    .skip_matching(true)
+                    .set_standby_instances(standby_pref)
+                    .build(),
+            )
+            .desired_configuration(desired(&lt_id, &v2))
+            .send()
+    };
+    start(Some(asg_t::StandbyInstances::Ignore)).await.unwrap();
+    assert_eq!(refresh_until_done(&c, "queue_production").await.status(), Some(&asg_t::InstanceRefreshStatus::Successful));
+    let imgs = group_images(&c, "queue_production").await;
+    assert_eq!(imgs.iter().find(|(i, _)| *i == standby).map(|(_, a)| a.clone()), Some(old_ami), "ignored");
+    let st = group_instances(&c, "queue_production").await;
+    assert_eq!(st.iter().find(|i| i.instance_id() == Some(&standby)).unwrap().lifecycle_state(), Some(&asg_t::LifecycleState::Standby));
+    // Wait (the default): the refresh waits; returning the instance to service lets it finish.
+    start(None).await.unwrap();
+    until(10, "the refresh to wait", || async {
+        refresh_status(&c, "queue_production").await.status_reason().unwrap_or_default().contains("Standby").then_some(())
+    })
+    .await;
+    c.asg.exit_standby().auto_scaling_group_name("queue_production").instance_ids(&standby).send().await.unwrap();
+    assert_eq!(refresh_until_done(&c, "queue_production").await.status(), Some(&asg_t::InstanceRefreshStatus::Successful));
+    assert!(group_images(&c, "queue_production").await.iter().all(|(_, a)| *a == new_ami));
+    // Terminate: a Standby instance is terminated, not replaced.
+    let again = group_instances(&c, "queue_production").await[0].instance_id().unwrap().to_string();
+    c.asg.enter_standby().auto_scaling_group_name("queue_production").instance_ids(&again).should_decrement_desired_capacity(true).send().await.unwrap();
+    // (Without SkipMatching: an instance already on the desired version is skipped, Standby or not.)
+    c.asg
+        .start_instance_refresh()
+        .auto_scaling_group_name("queue_production")
+        .preferences(
+            asg_t::RefreshPreferences::builder()
+                .min_healthy_percentage(50)
+                .instance_warmup(50)
+                .standby_instances(asg_t::StandbyInstances::Terminate)
+                .build(),
+        )
+        .desired_configuration(desired(&lt_id, &v2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refresh_until_done(&c, "queue_production").await.status(), Some(&asg_t::InstanceRefreshStatus::Successful));
+    let left = group_instances(&c, "queue_production").await;
+    assert!(left.iter().all(|i| i.instance_id() != Some(&again)), "{left:?}");
+    assert_eq!(state(&c, &again).await, "terminated");
+}
+
+/// Health: EC2 status checks are the default and can't be disabled; load balancer checks count only
+/// when the group's HealthCheckType turns them on, after its HealthCheckGracePeriod (default 0
+/// through the API). So an image whose instances fail only ELB checks rolls out "successfully" in a
+/// group without ELB checks, and fails (and rolls back) in one with them ("Health checks for
+/// instances in an Auto Scaling group", https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-health-checks.html;
+/// CreateAutoScalingGroup HealthCheckGracePeriod "Default: 0 seconds").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_follow_the_groups_type_and_grace_period() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
+    profile(&c, "bake-asg", true).await;
+    let (lt_id, old_ami) = group_with_template(&c, "noelb_production", 2).await;
+    let bad = ubuntu_2204(&c).await;
+    let v2 = new_version(&c, &lt_id, &bad).await;
+    sb.control("POST", "/_sandbox/elb_unhealthy_amis", Some(json!({"amis": [bad]})));
+    let g = c.asg.describe_auto_scaling_groups().auto_scaling_group_names("noelb_production").send().await.unwrap();
+    assert_eq!(g.auto_scaling_groups()[0].health_check_type(), Some("EC2"));
+    assert_eq!(g.auto_scaling_groups()[0].health_check_grace_period(), Some(0));
+    let prefs = asg_t::RefreshPreferences::builder().min_healthy_percentage(50).instance_warmup(50).auto_rollback(true).build();
+    c.asg
+        .start_instance_refresh()
+        .auto_scaling_group_name("noelb_production")
+        .preferences(prefs.clone())
+        .desired_configuration(desired(&lt_id, &v2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refresh_until_done(&c, "noelb_production").await.status(), Some(&asg_t::InstanceRefreshStatus::Successful));
+    assert!(group_images(&c, "noelb_production").await.iter().all(|(_, a)| *a == bad), "rolled out: EC2 checks pass");
+    assert!(group_instances(&c, "noelb_production").await.iter().all(|i| i.health_status() == Some("Healthy")));
+    // The same image in a group with ELB checks and a 300 s grace period (0.6 s scaled).
+    c.asg
+        .create_auto_scaling_group()
+        .auto_scaling_group_name("elb_production")
+        .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(&lt_id).version("1").build())
+        .min_size(0)
+        .max_size(4)
+        .desired_capacity(2)
+        .health_check_type("ELB")
+        .health_check_grace_period(300)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .unwrap();
+    c.asg
+        .start_instance_refresh()
+        .auto_scaling_group_name("elb_production")
+        .preferences(prefs)
+        .desired_configuration(desired(&lt_id, &v2))
+        .send()
+        .await
+        .unwrap();
+    let r = refresh_until_done(&c, "elb_production").await;
+    assert_eq!(r.status(), Some(&asg_t::InstanceRefreshStatus::RollbackSuccessful));
+    assert!(r.rollback_details().unwrap().rollback_reason().unwrap().contains("ELB"), "{:?}", r.rollback_details());
+    assert!(group_images(&c, "elb_production").await.iter().all(|(_, a)| *a == old_ami));
+    let rec = &sb.control("GET", "/_sandbox/refreshes?group=elb_production", None)["refreshes"][0];
+    let took = rec["ended"].as_f64().unwrap() - rec["started"].as_f64().unwrap();
+    assert!(took >= 0.6, "the ELB check failed only after the (scaled) 300 s grace period: {took:.2}s");
+}
+
+/// "Eventual consistency in the Amazon EC2 API": a resource can answer NotFound right after it is
+/// created (https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html; Packer and
+/// Ansible report InvalidAMIID.NotFound straight after CreateImage). On by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_resources_answer_not_found_for_a_moment() {
+    let sb = Sandbox::start();
+    let d = sb.control("GET", "/_sandbox/delays", None);
+    assert!(d["delays"]["visibility_lag"].as_f64().unwrap() > 0.0, "on by default: {d}");
+    assert!(d["delays"]["iam_propagation"].as_f64().unwrap() > 0.0, "on by default: {d}");
+    let c = clients(&sb).await;
+    consistency_on(&sb, 0.6, 0.0);
+    let ami = ubuntu(&c).await;
+    let id = launch(&c, &ami, None).await;
+    let e = c.ec2.describe_instances().instance_ids(&id).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidInstanceID.NotFound"));
+    let listed = c.ec2.describe_instances().send().await.unwrap();
+    assert!(listed.reservations().iter().flat_map(|r| r.instances()).all(|i| i.instance_id() != Some(id.as_str())), "not listed yet");
+    let sg = c.ec2.create_security_group().group_name("bake-new").description("new").send().await.unwrap().group_id.unwrap();
+    let e = c.ec2.run_instances().image_id(&ami).min_count(1).max_count(1).security_group_ids(&sg).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidGroup.NotFound"));
+    let lt = c
+        .ec2
+        .create_launch_template()
+        .launch_template_name("bake-new-lt")
+        .launch_template_data(ec2_t::RequestLaunchTemplateData::builder().image_id(&ami).build())
+        .send()
+        .await
+        .unwrap();
+    let lt_id = lt.launch_template().unwrap().launch_template_id().unwrap().to_string();
+    let e = c.ec2.describe_launch_template_versions().launch_template_id(&lt_id).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidLaunchTemplateId.NotFound"));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The instance, group and template are there now; a new image is not, and neither is a new group.
+    c.ec2.describe_instances().instance_ids(&id).send().await.unwrap();
+    let image = c.ec2.create_image().instance_id(&id).name("bake-new-1").send().await.unwrap().image_id.unwrap();
+    let e = c.ec2.describe_images().image_ids(&image).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidAMIID.NotFound"), "described straight after CreateImage");
+    let own = c.ec2.describe_images().owners("self").send().await.unwrap();
+    assert!(own.images().is_empty(), "not listed yet either");
+    let e = c.ec2.run_instances().image_id(&image).min_count(1).max_count(1).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidAMIID.NotFound"));
+    group_on(&c, "fresh_staging", &lt_id, "1", 0).await;
+    let g = c.asg.describe_auto_scaling_groups().auto_scaling_group_names("fresh_staging").send().await.unwrap();
+    assert!(g.auto_scaling_groups().is_empty(), "an unknown name is left out, not an error");
+    let e = c.asg.start_instance_refresh().auto_scaling_group_name("fresh_staging").send().await.unwrap_err();
+    assert_eq!(e.code(), Some("ValidationError"));
+    // A retry a moment later finds them.
+    let found = until(5, "the image", || async { c.ec2.describe_images().image_ids(&image).send().await.ok() }).await;
+    assert_eq!(found.images().len(), 1);
+    until(5, "the group", || async {
+        let g = c.asg.describe_auto_scaling_groups().auto_scaling_group_names("fresh_staging").send().await.unwrap();
+        (!g.auto_scaling_groups().is_empty()).then_some(())
+    })
+    .await;
+}
+
+/// IAM changes reach EC2 late ("Changes that I make are not always immediately visible", IAM user
+/// guide troubleshooting, https://docs.aws.amazon.com/IAM/latest/UserGuide/troubleshoot_general.html;
+/// Packer #9810 and #12303): a profile whose role was just added is refused by RunInstances, and a
+/// policy just attached to the role lets the instance's SSM agent register only once it propagated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_changes_reach_instances_late() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    consistency_on(&sb, 0.0, 0.8);
+    let ami = ubuntu(&c).await;
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    for name in ["bake-late-role", "bake-late-policy"] {
+        c.iam.create_role().role_name(name).path("/bake/").assume_role_policy_document(trust).send().await.unwrap();
+        c.iam.create_instance_profile().instance_profile_name(name).path("/bake/").send().await.unwrap();
+    }
+    c.iam.attach_role_policy().role_name("bake-late-role").policy_arn(SSM_CORE).send().await.unwrap();
+    c.iam.add_role_to_instance_profile().instance_profile_name("bake-late-policy").role_name("bake-late-policy").send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    // AddRoleToInstanceProfile: refused right after.
+    c.iam.add_role_to_instance_profile().instance_profile_name("bake-late-role").role_name("bake-late-role").send().await.unwrap();
+    let p = ec2_t::IamInstanceProfileSpecification::builder().name("bake-late-role").build();
+    let e = c.ec2.run_instances().image_id(&ami).min_count(1).max_count(1).iam_instance_profile(p.clone()).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidParameterValue"));
+    assert!(e.message().unwrap().contains("Invalid IAM Instance Profile"), "{:?}", e.message());
+    let t = Instant::now();
+    let id = until(5, "the profile to propagate", || async {
+        c.ec2.run_instances().image_id(&ami).min_count(1).max_count(1).iam_instance_profile(p.clone()).send().await.ok()
+    })
+    .await;
+    assert!(t.elapsed() >= Duration::from_millis(600));
+    let _ = id;
+    // AttachRolePolicy: the agent registers only once the policy has propagated.
+    c.iam.attach_role_policy().role_name("bake-late-policy").policy_arn(SSM_CORE).send().await.unwrap();
+    let t = Instant::now();
+    let late = launch(&c, &ami, Some("bake-late-policy")).await;
+    assert!(!online(&c).await.iter().any(|(i, _)| *i == late), "the new policy has not reached the instance yet");
+    until(5, "the agent", || async { online(&c).await.iter().any(|(i, s)| *i == late && s == "Online").then_some(()) }).await;
+    assert!(t.elapsed() >= Duration::from_millis(700), "{:?}", t.elapsed());
+}
+
+/// A builder lost mid-step, as "Understanding command statuses" describes
+/// (https://docs.aws.amazon.com/systems-manager/latest/userguide/monitor-commands.html):
+/// - a running command whose agent dies with its instance "remains at In Progress" and, getting no
+///   "document terminal response from SSM Agent", ends Delivery Timed Out when TimeoutSeconds plus
+///   executionTimeout have passed (also ExpiresAfter, "calculated based on the total timeout");
+/// - a command sent to a stopped instance is Delayed ("The system retries again");
+/// - one whose instance is terminated before it arrives is Undeliverable (Status Failed);
+/// - TimeoutSeconds is 30 to 2592000 (SendCommand API reference).
+/// The sandbox clock is moved forward (POST /_sandbox/clock) instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builder_lost_mid_step_ends_its_command_as_aws_documents() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    profile(&c, "bake-lost", true).await;
+    let ami = ubuntu(&c).await;
+    let spot = launch(&c, &ami, Some("bake-lost")).await;
+    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "step=long", "duration": 40}]})));
+    let send_to = |id: String, script: &'static str| {
+        c.ssm
+            .send_command()
+            .instance_ids(id)
+            .document_name("AWS-RunShellScript")
+            .timeout_seconds(30)
+            .parameters("commands", vec![script.to_string()])
+            .parameters("executionTimeout", vec!["60".to_string()])
+            .send()
+    };
+    let sent = send_to(spot.clone(), "echo step=long").await.unwrap();
+    let cmd = sent.command().unwrap();
+    let (requested, expires) = (cmd.requested_date_time().unwrap().secs(), cmd.expires_after().unwrap().secs());
+    assert_eq!(expires - requested, 90, "ExpiresAfter: TimeoutSeconds + executionTimeout");
+    let cmd = cmd.command_id().unwrap().to_string();
+    until(5, "InProgress", || async {
+        (invocation(&c, &cmd, &spot).await.status() == Some(&ssm_t::CommandInvocationStatus::InProgress)).then_some(())
+    })
+    .await;
+    // EC2 reclaims the Spot builder.
+    let v = sb.control("POST", "/_sandbox/interrupt", Some(json!({"instance": spot})));
+    assert_eq!(v["state"], "terminated");
+    let d = c.ec2.describe_instances().instance_ids(&spot).send().await.unwrap();
+    let reason = d.reservations()[0].instances()[0].state_reason().unwrap().code().unwrap().to_string();
+    assert_eq!(reason, "Server.SpotInstanceTermination");
+    sb.control("POST", "/_sandbox/clock", Some(json!({"advance": 45})));
+    let inv = invocation(&c, &cmd, &spot).await;
+    assert_eq!(inv.status(), Some(&ssm_t::CommandInvocationStatus::InProgress), "past its 40 s, still no report");
+    sb.control("POST", "/_sandbox/clock", Some(json!({"advance": 46})));
+    let inv = invocation(&c, &cmd, &spot).await;
+    assert_eq!(inv.status(), Some(&ssm_t::CommandInvocationStatus::TimedOut));
+    assert_eq!(inv.status_details(), Some("DeliveryTimedOut"));
+    // Stopped before delivery: Delayed, and not timed out at TimeoutSeconds alone.
+    let stopped = launch(&c, &ami, Some("bake-lost")).await;
+    until(5, "the agent", || async { online(&c).await.iter().any(|(i, _)| *i == stopped).then_some(()) }).await;
+    c.ec2.stop_instances().instance_ids(&stopped).send().await.unwrap();
+    let late = send_to(stopped.clone(), "echo step=late").await.unwrap().command().unwrap().command_id().unwrap().to_string();
+    assert_eq!(invocation(&c, &late, &stopped).await.status(), Some(&ssm_t::CommandInvocationStatus::Delayed));
+    sb.control("POST", "/_sandbox/clock", Some(json!({"advance": 35})));
+    assert_eq!(invocation(&c, &late, &stopped).await.status(), Some(&ssm_t::CommandInvocationStatus::Delayed), "30 s is not the end");
+    sb.control("POST", "/_sandbox/clock", Some(json!({"advance": 56})));
+    let inv = invocation(&c, &late, &stopped).await;
+    assert_eq!((inv.status(), inv.status_details()), (Some(&ssm_t::CommandInvocationStatus::TimedOut), Some("DeliveryTimedOut")));
+    // Terminated before delivery: Undeliverable, and the command (all undeliverable) Failed.
+    sb.control("POST", "/_sandbox/delays", Some(json!({"command_pending": 5})));
+    let gone = launch(&c, &ami, Some("bake-lost")).await;
+    until(5, "the agent", || async { online(&c).await.iter().any(|(i, _)| *i == gone).then_some(()) }).await;
+    let never = send_to(gone.clone(), "echo step=never").await.unwrap().command().unwrap().command_id().unwrap().to_string();
+    c.ec2.terminate_instances().instance_ids(&gone).send().await.unwrap();
+    let inv = invocation(&c, &never, &gone).await;
+    assert_eq!((inv.status(), inv.status_details()), (Some(&ssm_t::CommandInvocationStatus::Failed), Some("Undeliverable")));
+    let listed = c.ssm.list_commands().command_id(&never).send().await.unwrap();
+    assert_eq!(listed.commands()[0].status(), Some(&ssm_t::CommandStatus::Failed));
+    // TimeoutSeconds below 30 is AWS's validation error.
+    let other = launch(&c, &ami, Some("bake-lost")).await;
+    let e = c
+        .ssm
+        .send_command()
+        .instance_ids(&other)
+        .document_name("AWS-RunShellScript")
+        .timeout_seconds(10)
+        .parameters("commands", vec!["true".to_string()])
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("ValidationException"));
+}
+
+/// SendCommand's size limit is the document's: "The content of the document must not exceed 64KB.
+/// This quota also includes the content specified for input parameters at runtime" (SSM API
+/// reference, CreateDocument Content, https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_CreateDocument.html);
+/// SendCommand answers MaxDocumentSizeExceeded ("The size limit of a document is 64 KB."). The
+/// sandbox counts AWS-RunShellScript's content plus the parameters as JSON against 64,000 bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_command_refuses_a_document_over_64_kb_with_its_parameters() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    profile(&c, "bake-big", true).await;
+    let id = launch(&c, &ubuntu(&c).await, Some("bake-big")).await;
+    let send = |script: String| {
+        c.ssm.send_command().instance_ids(&id).document_name("AWS-RunShellScript").parameters("commands", vec![script]).send()
+    };
+    let e = send(format!("echo {}", "x".repeat(63_000))).await.unwrap_err();
+    assert_eq!(e.code(), Some("MaxDocumentSizeExceeded"));
+    // JSON escaping counts: 40,000 newlines are 80,000 bytes.
+    let e = send("\n".repeat(40_000)).await.unwrap_err();
+    assert_eq!(e.code(), Some("MaxDocumentSizeExceeded"));
+    send(format!("echo {}", "x".repeat(60_000))).await.unwrap();
+    send(format!("echo {}", "x".repeat(48 * 1024))).await.unwrap();
+}
+
+/// EnableImageDeprecation: "You can't specify a date in the past. The upper limit for DeprecateAt
+/// is 10 years from now ... If you specify a value for seconds, Amazon EC2 rounds the seconds to the
+/// nearest minute." (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_EnableImageDeprecation.html)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deprecation_dates_are_bounded_and_rounded_to_the_minute() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    let id = launch(&c, &ubuntu(&c).await, None).await;
+    let image = c.ec2.create_image().instance_id(&id).name("bake-deprecate-1").send().await.unwrap().image_id.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let at = |secs: i64| aws_sdk_ec2::primitives::DateTime::from_secs(secs);
+    let deprecate = |secs: i64| c.ec2.enable_image_deprecation().image_id(&image).deprecate_at(at(secs)).send();
+    let e = deprecate(now - 3600).await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidParameterValue"), "in the past");
+    let e = deprecate(now + 11 * 366 * 86400).await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidParameterValue"), "more than 10 years ahead");
+    let minute = (now / 60 + 30 * 24 * 60) * 60; // a whole minute, 30 days ahead
+    deprecate(minute + 40).await.unwrap();
+    let d = c.ec2.describe_images().image_ids(&image).send().await.unwrap();
+    let shown = d.images()[0].deprecation_time().unwrap().to_string();
+    let got = aws_sdk_ec2::primitives::DateTime::from_str(&shown, aws_sdk_ec2::primitives::DateTimeFormat::DateTime).unwrap();
+    assert_eq!(got.secs(), minute + 60, "40 s rounds up to the next minute ({shown})");
+    deprecate(minute + 20).await.unwrap();
+    let d = c.ec2.describe_images().image_ids(&image).send().await.unwrap();
+    let got = aws_sdk_ec2::primitives::DateTime::from_str(d.images()[0].deprecation_time().unwrap(), aws_sdk_ec2::primitives::DateTimeFormat::DateTime).unwrap();
+    assert_eq!(got.secs(), minute, "20 s rounds down");
+}
+
+/// Images as AWS protects them:
+/// - CreateImage refuses a malformed name (EC2 API reference, CreateImage Name);
+/// - DisableImage: "A disabled AMI can't be used for instance launches", it loses its launch
+///   permissions, and "does not appear in DescribeImages API calls by default" (IncludeDisabled shows
+///   it) (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/disable-an-ami.html);
+/// - deregistration protection: "When deregistration protection is enabled, the AMI can't be
+///   deregistered"; WithCooldown "enforces deregistration protection for 24 hours after
+///   deregistration protection is disabled" (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ami-deregistration-protection.html);
+/// - block public access for AMIs, per region, on for a new account: making an image public fails
+///   with OperationNotPermitted ("You can't publicly share this image because block public access for
+///   AMIs is enabled for this account") and the setting takes time to change ("During this time, if
+///   you run GetImageBlockPublicAccessState, the response will be unblocked")
+///   (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/block-public-access-to-amis.html).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_can_be_disabled_protected_and_kept_private() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    let ami = ubuntu(&c).await;
+    let id = launch(&c, &ami, None).await;
+    // CreateImage's name: "3-128 alphanumeric characters, parentheses (()), square brackets ([]),
+    // spaces ( ), periods (.), slashes (/), dashes (-), single quotes ('), at-signs (@), or underscores(_)".
+    for bad in ["ab", "bake:protect", "bake-{{timestamp}}"] {
+        let e = c.ec2.create_image().instance_id(&id).name(bad).send().await.unwrap_err();
+        assert_eq!(e.code(), Some("InvalidAMIName.Malformed"), "{bad}");
+    }
+    let image = c.ec2.create_image().instance_id(&id).name("bake-protect-1").send().await.unwrap().image_id.unwrap();
+    // Deregistration protection with its cooldown.
+    let r = c.ec2.enable_image_deregistration_protection().image_id(&image).with_cooldown(true).send().await.unwrap();
+    assert_eq!(r.r#return(), Some("enabled-with-cooldown"));
+    let e = c.ec2.deregister_image().image_id(&image).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("OperationNotPermitted"));
+    let r = c.ec2.disable_image_deregistration_protection().image_id(&image).send().await.unwrap();
+    assert!(r.r#return().unwrap().starts_with("disabled after "), "{:?}", r.r#return());
+    let e = c.ec2.deregister_image().image_id(&image).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("OperationNotPermitted"), "still protected during the 24-hour cooldown");
+    sb.control("POST", "/_sandbox/clock", Some(json!({"advance": 24 * 3600 + 1})));
+    let d = c.ec2.describe_images().image_ids(&image).send().await.unwrap();
+    assert_eq!(d.images()[0].deregistration_protection(), Some("disabled"));
+    // Block public access: on for a new account, in every region.
+    let s = c.ec2.get_image_block_public_access_state().send().await.unwrap();
+    assert_eq!(s.image_block_public_access_state(), Some("block-new-sharing"));
+    let public = || {
+        c.ec2
+            .modify_image_attribute()
+            .image_id(&image)
+            .launch_permission(
+                ec2_t::LaunchPermissionModifications::builder().add(ec2_t::LaunchPermission::builder().group(ec2_t::PermissionGroup::All).build()).build(),
+            )
+            .send()
+    };
+    let e = public().await.unwrap_err();
+    assert_eq!(e.code(), Some("OperationNotPermitted"));
+    assert!(e.message().unwrap().contains("block public access for AMIs is enabled"), "{:?}", e.message());
+    sb.control("POST", "/_sandbox/delays", Some(json!({"block_public_access": 0.5})));
+    c.ec2.disable_image_block_public_access().send().await.unwrap();
+    let s = c.ec2.get_image_block_public_access_state().send().await.unwrap();
+    assert_eq!(s.image_block_public_access_state(), Some("block-new-sharing"), "the change takes a while");
+    assert_eq!(public().await.unwrap_err().code(), Some("OperationNotPermitted"));
+    until(5, "unblocked", || async {
+        let s = c.ec2.get_image_block_public_access_state().send().await.unwrap();
+        (s.image_block_public_access_state() == Some("unblocked")).then_some(())
+    })
+    .await;
+    public().await.unwrap();
+    assert_eq!(c.ec2.describe_images().image_ids(&image).send().await.unwrap().images()[0].public(), Some(true));
+    // Disabled: private, hidden, not launchable; enabled again: launchable, still private.
+    c.ec2.disable_image().image_id(&image).send().await.unwrap();
+    assert!(c.ec2.describe_images().image_ids(&image).send().await.unwrap().images().is_empty());
+    assert!(c.ec2.describe_images().owners("self").send().await.unwrap().images().is_empty());
+    let d = c.ec2.describe_images().image_ids(&image).include_disabled(true).send().await.unwrap();
+    assert_eq!(d.images()[0].state(), Some(&ec2_t::ImageState::Disabled));
+    assert_eq!(d.images()[0].public(), Some(false), "disabling removes every launch permission");
+    let e = c.ec2.run_instances().image_id(&image).min_count(1).max_count(1).send().await.unwrap_err();
+    assert!(e.code().unwrap().starts_with("InvalidAMIID"), "{:?}", e.code());
+    c.ec2.enable_image().image_id(&image).send().await.unwrap();
+    let d = c.ec2.describe_images().image_ids(&image).send().await.unwrap();
+    assert_eq!((d.images()[0].state(), d.images()[0].public()), (Some(&ec2_t::ImageState::Available), Some(false)));
+    c.ec2.run_instances().image_id(&image).min_count(1).max_count(1).send().await.unwrap();
+    c.ec2.deregister_image().image_id(&image).send().await.unwrap();
+}
+
+/// Auto Scaling and IAM lists page at AWS's documented sizes: DescribeAutoScalingGroups,
+/// DescribeLaunchConfigurations and DescribeInstanceRefreshes "MaxRecords ... The default value is
+/// 50 and the maximum value is 100" (Auto Scaling API reference); ListRoles / ListInstanceProfiles
+/// "If you do not include this parameter, the number of items defaults to 100", PathPrefix "gets
+/// all roles whose path starts with" it (IAM API reference,
+/// https://docs.aws.amazon.com/IAM/latest/APIReference/API_ListInstanceProfiles.html).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_scaling_and_iam_lists_page_at_aws_sizes() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    let ami = ubuntu(&c).await;
+    let lt = c
+        .ec2
+        .create_launch_template()
+        .launch_template_name("many")
+        .launch_template_data(ec2_t::RequestLaunchTemplateData::builder().image_id(&ami).build())
+        .send()
+        .await
+        .unwrap();
+    let lt_id = lt.launch_template().unwrap().launch_template_id().unwrap().to_string();
+    let names: Vec<String> = (0..60).map(|i| format!("fleet{i:02}_production")).collect();
+    for n in &names {
+        group_on(&c, n, &lt_id, "1", 0).await;
+    }
+    let first = c.asg.describe_auto_scaling_groups().send().await.unwrap();
+    assert_eq!(first.auto_scaling_groups().len(), 50);
+    assert!(first.next_token().is_some());
+    let by_names = c.asg.describe_auto_scaling_groups().set_auto_scaling_group_names(Some(names.clone())).send().await.unwrap();
+    assert_eq!(by_names.auto_scaling_groups().len(), 50, "an explicit list of names pages too");
+    let all = c.asg.describe_auto_scaling_groups().set_auto_scaling_group_names(Some(names)).into_paginator().items().send().try_collect().await.unwrap();
+    assert_eq!(all.len(), 60);
+    let e = c.asg.describe_auto_scaling_groups().max_records(101).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("ValidationError"));
+    let e = c.asg.describe_auto_scaling_groups().next_token("forged").send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidNextToken"));
+    for i in 0..60 {
+        c.asg.create_launch_configuration().launch_configuration_name(format!("lc-{i:03}")).image_id(&ami).instance_type("t3.micro").send().await.unwrap();
+    }
+    let first = c.asg.describe_launch_configurations().send().await.unwrap();
+    assert_eq!((first.launch_configurations().len(), first.next_token().is_some()), (50, true));
+    let all = c.asg.describe_launch_configurations().into_paginator().items().send().try_collect().await.unwrap();
+    assert_eq!(all.len(), 60);
+    // Instance refreshes: an empty group's refreshes end at once.
+    for _ in 0..3 {
+        c.asg.start_instance_refresh().auto_scaling_group_name("fleet00_production").send().await.unwrap();
+        refresh_until_done(&c, "fleet00_production").await;
+    }
+    let page = c.asg.describe_instance_refreshes().auto_scaling_group_name("fleet00_production").max_records(2).send().await.unwrap();
+    assert_eq!((page.instance_refreshes().len(), page.next_token().is_some()), (2, true));
+    let pages = c.asg.describe_instance_refreshes().auto_scaling_group_name("fleet00_production").max_records(2).into_paginator().send().try_collect().await.unwrap();
+    assert_eq!(pages.iter().map(|p| p.instance_refreshes().len()).sum::<usize>(), 3);
+    let e = c.asg.describe_instance_refreshes().auto_scaling_group_name("fleet00_production").max_records(101).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("ValidationError"));
+    // 110 profiles and 12 roles, half under /bake/, half under /other/ (moto paged roles already).
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    for i in 0..110 {
+        let path = if i % 2 == 0 { "/bake/" } else { "/other/" };
+        if i < 12 {
+            c.iam.create_role().role_name(format!("role-{i:03}")).path(path).assume_role_policy_document(trust).send().await.unwrap();
+        }
+        c.iam.create_instance_profile().instance_profile_name(format!("profile-{i:03}")).path(path).send().await.unwrap();
+    }
+    let first = c.iam.list_instance_profiles().send().await.unwrap();
+    assert_eq!((first.instance_profiles().len(), first.is_truncated()), (100, true));
+    let bake = c.iam.list_instance_profiles().path_prefix("/bake/").into_paginator().items().send().try_collect().await.unwrap();
+    assert_eq!(bake.len(), 55);
+    assert!(bake.iter().all(|p| p.path() == "/bake/"), "PathPrefix is honoured");
+    let all = c.iam.list_instance_profiles().max_items(1000).into_paginator().items().send().try_collect().await.unwrap();
+    assert_eq!(all.len(), 110, "IAM may return fewer than MaxItems; the paginator follows IsTruncated");
+    let roles = c.iam.list_roles().path_prefix("/other/").into_paginator().items().send().try_collect().await.unwrap();
+    assert_eq!(roles.len(), 6);
+}
+
+/// EC2 and SSM lists: DescribeImages / DescribeSnapshots / DescribeSecurityGroups page with
+/// MaxResults and NextToken (DescribeSecurityGroups: "This value can be between 5 and 1000");
+/// DescribeLaunchTemplateVersions pages ("This value can be between 1 and 200") where moto cut the
+/// list at 15 without a token; ListCommandInvocations MaxResults 1-50; GetParameters takes at most
+/// 10 names (EC2, SSM API references).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ec2_and_ssm_lists_page_and_refuse_bad_tokens() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    let canonical = || c.ec2.describe_images().owners("099720109477");
+    let everything = canonical().send().await.unwrap().images().len();
+    let page = canonical().max_results(5).send().await.unwrap();
+    assert_eq!((page.images().len(), page.next_token().is_some()), (5, true));
+    let all = canonical().max_results(5).into_paginator().items().send().try_collect().await.unwrap();
+    assert_eq!(all.len(), everything);
+    let e = canonical().max_results(5).next_token("forged").send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidParameterValue"));
+    let e = c.ec2.describe_images().owners("self").max_results(5).set_next_token(page.next_token().map(str::to_string)).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidParameterValue"), "a token belongs to its query");
+    let e = c.ec2.describe_security_groups().max_results(4).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidParameterValue"));
+    let ami = ubuntu(&c).await;
+    let lt_id = imdsv2_template(&c, "versions", &ami, "none").await;
+    for _ in 0..19 {
+        new_version(&c, &lt_id, &ami).await;
+    }
+    let first = c.ec2.describe_launch_template_versions().launch_template_id(&lt_id).send().await.unwrap();
+    assert_eq!((first.launch_template_versions().len(), first.next_token().is_some()), (15, true));
+    let all = c.ec2.describe_launch_template_versions().launch_template_id(&lt_id).into_paginator().items().send().try_collect().await.unwrap();
+    assert_eq!(all.len(), 20);
+    let e = c.ec2.describe_launch_template_versions().launch_template_id(&lt_id).max_results(201).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidParameterValue"));
+    profile(&c, "bake-pages", true).await;
+    let id = launch(&c, &ami, Some("bake-pages")).await;
+    for i in 0..3 {
+        send(&c, &id, &format!("echo {i}"), "60").await;
+    }
+    let page = c.ssm.list_command_invocations().instance_id(&id).max_results(2).send().await.unwrap();
+    assert_eq!((page.command_invocations().len(), page.next_token().is_some()), (2, true));
+    let all = c.ssm.list_command_invocations().instance_id(&id).max_results(2).into_paginator().items().send().try_collect().await.unwrap();
+    assert_eq!(all.len(), 3);
+    let e = c.ssm.list_command_invocations().max_results(51).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("ValidationException"));
+    let e = c.ssm.get_parameters().set_names(Some((0..11).map(|i| format!("/bake/p{i}")).collect())).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("ValidationException"));
+}
+
+/// "You can't delete a security group that is associated with an instance" -- DependencyViolation,
+/// while any instance not yet terminated uses it (DeleteSecurityGroup,
+/// https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DeleteSecurityGroup.html).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_security_group_in_use_cannot_be_deleted() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    sb.control("POST", "/_sandbox/delays", Some(json!({"instance_shutting_down": 0.5})));
+    let sg = c.ec2.create_security_group().group_name("bake-builder").description("builder").send().await.unwrap().group_id.unwrap();
+    let r = c.ec2.run_instances().image_id(ubuntu(&c).await).min_count(1).max_count(1).security_group_ids(&sg).send().await.unwrap();
+    let id = r.instances()[0].instance_id().unwrap().to_string();
+    let e = c.ec2.delete_security_group().group_id(&sg).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("DependencyViolation"));
+    c.ec2.terminate_instances().instance_ids(&id).send().await.unwrap();
+    let e = c.ec2.delete_security_group().group_id(&sg).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("DependencyViolation"), "still shutting down");
+    until(5, "the group to go", || async { c.ec2.delete_security_group().group_id(&sg).send().await.ok() }).await;
+}
+
+/// A rollback restores what the group had when the refresh started ("The new instances match the
+/// configuration that you last saved on the Auto Scaling group before starting the instance
+/// refresh", https://docs.aws.amazon.com/autoscaling/ec2/userguide/instance-refresh-rollback.html):
+/// a group switched to a new template first (UpdateAutoScalingGroup) rolls back to that template,
+/// not to its launch configuration (terraform-provider-aws #34189); one refreshed onto the template
+/// through DesiredConfiguration rolls back to its launch configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_restores_the_configuration_the_group_had_at_the_start() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
+    profile(&c, "bake-asg", true).await;
+    let lc_ami = ubuntu_2204(&c).await;
+    let lt_ami = ubuntu(&c).await;
+    let bad = c.ssm.get_parameter().name("/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id").send().await.unwrap().parameter.unwrap().value.unwrap();
+    sb.control("POST", "/_sandbox/unhealthy_amis", Some(json!({"amis": [bad]})));
+    c.asg.create_launch_configuration().launch_configuration_name("migrate-lc").image_id(&lc_ami).instance_type("t3.micro").send().await.unwrap();
+    let lt_id = imdsv2_template(&c, "migrate-lt", &lt_ami, "bake-asg").await;
+    let v2 = new_version(&c, &lt_id, &bad).await;
+    for name in ["switched_first", "desired_only"] {
+        c.asg
+            .create_auto_scaling_group()
+            .auto_scaling_group_name(name)
+            .launch_configuration_name("migrate-lc")
+            .min_size(0)
+            .max_size(4)
+            .desired_capacity(2)
+            .availability_zones("us-east-1a")
+            .send()
+            .await
+            .unwrap();
+    }
+    let auto = asg_t::RefreshPreferences::builder().min_healthy_percentage(50).instance_warmup(50).auto_rollback(true).build();
+    // Switched to the template first, then refreshed onto a bad version: back to the template.
+    c.asg
+        .update_auto_scaling_group()
+        .auto_scaling_group_name("switched_first")
+        .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(&lt_id).version("1").build())
+        .send()
+        .await
+        .unwrap();
+    c.asg.start_instance_refresh().auto_scaling_group_name("switched_first").preferences(auto.clone()).desired_configuration(desired(&lt_id, &v2)).send().await.unwrap();
+    assert_eq!(refresh_until_done(&c, "switched_first").await.status(), Some(&asg_t::InstanceRefreshStatus::RollbackSuccessful));
+    let g = c.asg.describe_auto_scaling_groups().auto_scaling_group_names("switched_first").send().await.unwrap();
+    assert!(g.auto_scaling_groups()[0].launch_template().is_some(), "rolled back to the new template, not the configuration");
+    let imgs = group_images(&c, "switched_first").await;
+    assert!(imgs.iter().all(|(_, a)| *a != bad), "{imgs:?}");
+    assert!(imgs.iter().any(|(_, a)| *a == lt_ami), "the replaced instance came back from the template, not the configuration: {imgs:?}");
+    // Refreshed onto the template through DesiredConfiguration: back to the launch configuration.
+    c.asg.start_instance_refresh().auto_scaling_group_name("desired_only").preferences(auto).desired_configuration(desired(&lt_id, &v2)).send().await.unwrap();
+    assert_eq!(refresh_until_done(&c, "desired_only").await.status(), Some(&asg_t::InstanceRefreshStatus::RollbackSuccessful));
+    let g = c.asg.describe_auto_scaling_groups().auto_scaling_group_names("desired_only").send().await.unwrap();
+    assert_eq!(g.auto_scaling_groups()[0].launch_configuration_name(), Some("migrate-lc"));
+    assert!(group_images(&c, "desired_only").await.iter().all(|(_, a)| *a == lc_ami));
 }

@@ -9,6 +9,10 @@ use serde_json::Value;
 
 pub struct Sandbox {
     child: Child,
+    /// Started with `--enforce-iam` (Sandbox::start_enforcing).
+    pub enforcing: bool,
+    /// The keys `env()` hands to bake processes: None for the root keys (see `run_as`).
+    principal: std::sync::Mutex<Option<Creds>>,
     pub pid: u32,
     pub endpoint: String,
     pub host_port: String,
@@ -22,17 +26,53 @@ fn python() -> String {
     std::env::var("BAKE_SANDBOX_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
+/// Access keys of an IAM principal in an enforcing sandbox: an IAM user's (no session token) or an
+/// assumed role's session.
+#[derive(Clone, Debug)]
+pub struct Creds {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+    /// The principal's ARN as AWS names it in messages (user ARN, or assumed-role session ARN).
+    pub arn: String,
+}
+
+impl Creds {
+    pub fn provider(&self) -> aws_sdk_ec2::config::Credentials {
+        aws_sdk_ec2::config::Credentials::new(
+            self.access_key_id.clone(),
+            self.secret_access_key.clone(),
+            self.session_token.clone(),
+            None,
+            "sandbox-principal",
+        )
+    }
+}
+
 impl Sandbox {
     /// A fresh sandbox on a free loopback port.
     pub fn start() -> Sandbox {
+        Sandbox::spawn(false)
+    }
+
+    /// A fresh sandbox in IAM enforcing mode (`sandbox.py --enforce-iam`): the root keys (`env()`,
+    /// `sdk_config`) may do anything; a principal made with `create_user` / `assume_role` is
+    /// authorized as AWS does it, and every evaluation is recorded (`decisions`).
+    pub fn start_enforcing() -> Sandbox {
+        Sandbox::spawn(true)
+    }
+
+    fn spawn(enforcing: bool) -> Sandbox {
         let script = super::repo().join("tests/sandbox/sandbox.py");
         let pid_dir = tempfile::tempdir().unwrap();
         let pid_file = pid_dir.path().join("sandbox.pid");
         let started = Instant::now();
-        let mut child = Command::new(python())
-            .arg(&script)
-            .arg("--pid-file")
-            .arg(&pid_file)
+        let mut cmd = Command::new(python());
+        cmd.arg(&script).arg("--pid-file").arg(&pid_file).env_remove("BAKE_SANDBOX_ENFORCE_IAM");
+        if enforcing {
+            cmd.arg("--enforce-iam");
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -72,19 +112,144 @@ impl Sandbox {
         let written: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
         assert_eq!(written, pid, "the PID file names the interpreter we started");
         let host_port = endpoint.trim_start_matches("http://").to_string();
-        Sandbox { child, pid, endpoint, host_port, region, startup: started.elapsed().as_secs_f64(), _pid_dir: pid_dir }
+        Sandbox {
+            child,
+            enforcing,
+            principal: std::sync::Mutex::new(None),
+            pid,
+            endpoint,
+            host_port,
+            region,
+            startup: started.elapsed().as_secs_f64(),
+            _pid_dir: pid_dir,
+        }
     }
 
-    /// Environment for a bake process (or any SDK) to use this sandbox.
+    /// Environment for a bake process (or any SDK) to use this sandbox: the root keys, or those of
+    /// the principal set with `run_as`.
     pub fn env(&self) -> Vec<(String, String)> {
-        vec![
+        match self.principal.lock().unwrap().as_ref() {
+            Some(c) => self.env_as(c),
+            None => vec![
+                ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
+                ("AWS_REGION".into(), self.region.clone()),
+                ("AWS_DEFAULT_REGION".into(), self.region.clone()),
+                ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+                ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+            ],
+        }
+    }
+
+    /// Environment for a process acting as `creds` (AWS_SESSION_TOKEN when it is a session).
+    pub fn env_as(&self, creds: &Creds) -> Vec<(String, String)> {
+        let mut env = vec![
             ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
             ("AWS_REGION".into(), self.region.clone()),
             ("AWS_DEFAULT_REGION".into(), self.region.clone()),
-            ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+            ("AWS_ACCESS_KEY_ID".into(), creds.access_key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), creds.secret_access_key.clone()),
             ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-        ]
+        ];
+        if let Some(t) = &creds.session_token {
+            env.push(("AWS_SESSION_TOKEN".into(), t.clone()));
+        }
+        env
+    }
+
+    /// From now on `env()` (and so every bake process the common helpers start) uses `creds`;
+    /// None goes back to the root keys. `sdk_config` always stays root, for test set-up.
+    pub fn run_as(&self, creds: Option<&Creds>) {
+        *self.principal.lock().unwrap() = creds.cloned();
+    }
+
+    /// SDK configuration acting as `creds`.
+    pub async fn sdk_config_as(&self, region: &str, creds: &Creds) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_config::Region::new(region.to_string()))
+            .credentials_provider(creds.provider())
+            .load()
+            .await
+    }
+
+    /// An IAM user with these inline policies (name, document) and an access key, made with the
+    /// root keys. Its keys are authorized by its policies in an enforcing sandbox.
+    pub async fn create_user(&self, name: &str, inline: &[(&str, Value)]) -> Creds {
+        let iam = aws_sdk_iam::Client::new(&self.sdk_config("us-east-1").await);
+        let user = iam.create_user().user_name(name).send().await.expect("create the user").user.unwrap();
+        for (policy, doc) in inline {
+            iam.put_user_policy()
+                .user_name(name)
+                .policy_name(*policy)
+                .policy_document(doc.to_string())
+                .send()
+                .await
+                .expect("put the user's policy");
+        }
+        let key = iam.create_access_key().user_name(name).send().await.expect("create an access key").access_key.unwrap();
+        Creds {
+            access_key_id: key.access_key_id,
+            secret_access_key: key.secret_access_key,
+            session_token: None,
+            arn: user.arn,
+        }
+    }
+
+    /// A customer managed policy (for boundaries and attachments); its ARN.
+    pub async fn create_policy(&self, name: &str, doc: &Value) -> String {
+        let iam = aws_sdk_iam::Client::new(&self.sdk_config("us-east-1").await);
+        iam.create_policy().policy_name(name).policy_document(doc.to_string()).send().await.expect("create the policy")
+            .policy.unwrap().arn.unwrap()
+    }
+
+    /// A role any principal of the account may assume (trust policy: the account root), with these
+    /// inline policies and optional permissions boundary (a policy ARN); its ARN.
+    pub async fn create_role(&self, name: &str, inline: &[(&str, Value)], boundary: Option<&str>) -> String {
+        let iam = aws_sdk_iam::Client::new(&self.sdk_config("us-east-1").await);
+        let trust = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "sts:AssumeRole"}]});
+        let mut req = iam.create_role().role_name(name).assume_role_policy_document(trust.to_string());
+        if let Some(b) = boundary {
+            req = req.permissions_boundary(b);
+        }
+        let role = req.send().await.expect("create the role").role.unwrap();
+        for (policy, doc) in inline {
+            iam.put_role_policy()
+                .role_name(name)
+                .policy_name(*policy)
+                .policy_document(doc.to_string())
+                .send()
+                .await
+                .expect("put the role's policy");
+        }
+        role.arn
+    }
+
+    /// A session of `role_arn` (AssumeRole made with the root keys, which the sandbox allows for
+    /// set-up although AWS does not let a root user assume roles).
+    pub async fn assume_role(&self, role_arn: &str, session: &str) -> Creds {
+        let sts = aws_sdk_sts::Client::new(&self.sdk_config("us-east-1").await);
+        let out = sts.assume_role().role_arn(role_arn).role_session_name(session).send().await.expect("assume the role");
+        let c = out.credentials.unwrap();
+        Creds {
+            access_key_id: c.access_key_id,
+            secret_access_key: c.secret_access_key,
+            session_token: Some(c.session_token),
+            arn: out.assumed_role_user.unwrap().arn,
+        }
+    }
+
+    /// Every authorization the enforcing sandbox evaluated since the last `clear_decisions` (or
+    /// only the denials): action, resource, decision, reason, and for allows the identity-policy
+    /// statements that allowed it (`allowed_by`: [{policy, sid}]).
+    pub fn decisions(&self, denied_only: bool) -> Vec<Value> {
+        let path = if denied_only { "/_sandbox/iam/decisions?denied=1" } else { "/_sandbox/iam/decisions" };
+        self.control("GET", path, None)["decisions"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn clear_decisions(&self) {
+        self.control("DELETE", "/_sandbox/iam/decisions", None);
     }
 
     pub async fn sdk_config(&self, region: &str) -> aws_config::SdkConfig {

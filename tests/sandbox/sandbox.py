@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Starts bake's sandbox cloud: moto's server plus bake_sandbox, on loopback.
 
-    python3 tests/sandbox/sandbox.py [--port 0] [--pid-file FILE] [--env-file FILE]
+    python3 tests/sandbox/sandbox.py [--port 0] [--pid-file FILE] [--env-file FILE] [--enforce-iam]
 
 It binds a free port (or the one given), seeds what a real account has, warms up, writes its PID,
 prints the environment to use (AWS_ENDPOINT_URL=..., region, dummy credentials) and serves until
-SIGTERM or SIGINT. See tests/sandbox/README.md.
+SIGTERM or SIGINT. With --enforce-iam (or BAKE_SANDBOX_ENFORCE_IAM=1) every call signed with an IAM
+user's or an assumed role's keys is authenticated and authorized as AWS does it; the printed keys
+stay the account's root. See tests/sandbox/README.md.
 """
 
 import argparse
@@ -59,7 +61,10 @@ def main():
     ap.add_argument("--region", default="us-east-1")
     ap.add_argument("--pid-file")
     ap.add_argument("--env-file", help="also write the environment lines here")
+    ap.add_argument("--enforce-iam", action="store_true",
+                    help="authorize every call not signed with the root keys as AWS does (IAM enforcing mode)")
     args = ap.parse_args()
+    enforce = args.enforce_iam or os.environ.get("BAKE_SANDBOX_ENFORCE_IAM", "") not in ("", "0", "false")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         ap.error("the sandbox listens on loopback only")
 
@@ -70,7 +75,7 @@ def main():
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
-    from bake_sandbox import seed
+    from bake_sandbox import authz, seed
     from bake_sandbox.app import make_app
 
     server = make_server(args.host, args.port, make_app(), threaded=True)
@@ -79,6 +84,7 @@ def main():
     seed.seed()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    authz.SETTINGS.enforcing = enforce
     warm_up(base, args.region)
     # Forget the warm-up's calls, so a test's call counts start at zero.
     delete = urllib.request.Request(base + "/_sandbox/calls", method="DELETE")
@@ -93,6 +99,8 @@ def main():
         "AWS_EC2_METADATA_DISABLED=true",
         f"BAKE_SANDBOX_PID={os.getpid()}",
     ]
+    if enforce:
+        env.append("BAKE_SANDBOX_ENFORCE_IAM=1")
     if args.pid_file:
         with open(args.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")

@@ -78,5 +78,6 @@ def images(region=None):
                         "snapshot_tags": dict(b.tags.get(ami.ebs_snapshot.id, {})),
                         "snapshot_encrypted": bool(getattr(ami.ebs_snapshot, "encrypted", False)),
                         "launch_permissions": ami.launch_permissions,
-                        "deprecation_time": getattr(ami, "deprecation_time", None)})
+                        "deprecation_time": getattr(ami, "deprecation_time", None),
+                        "deregistration_protection": getattr(ami, "deregistration_protection", "disabled")})
     return out

@@ -10,6 +10,8 @@ import uuid
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
 from . import autoscaling, control, ec2, iam, sns, ssm  # noqa: F401  (they patch moto on import)
+from . import authz  # IAM enforcing mode (off unless sandbox.py --enforce-iam)
+from . import consistency  # noqa: F401,E402  (eventual consistency: wraps the patched actions, so last)
 from .state import LOCK, STATE
 
 QUERY = {"ec2", "iam", "autoscaling", "sts", "sns"}
@@ -37,7 +39,7 @@ def error_response(service, status, code, message):
     else:
         body = json.dumps({"__type": code, "message": message})
         ctype = "application/x-amz-json-1.1"
-    reason = {400: "Bad Request", 403: "Forbidden", 500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
+    reason = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
     body = body.encode()
     headers = [("Content-Type", ctype), ("Content-Length", str(len(body))), ("x-amzn-RequestId", rid),
                ("x-amzn-ErrorType", code)]
@@ -74,9 +76,19 @@ class SandboxApp:
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
+        if path.startswith("/_sandbox/iam"):
+            with LOCK:
+                code, obj = authz.control(environ["REQUEST_METHOD"], path.rstrip("/"),
+                                          urllib.parse.parse_qs(environ.get("QUERY_STRING", "")))
+            body = json.dumps(obj, default=str).encode()
+            start_response(f"{code} {'OK' if code == 200 else 'Error'}",
+                           [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
         if path.startswith("/_sandbox"):
             with LOCK:
                 status, headers, body = control.handle(environ)
+                if path.rstrip("/") == "/_sandbox/reset" and status.startswith("200"):
+                    authz.clear()  # enforcing mode itself stays as it was
             start_response(status, headers)
             return [body]
 
@@ -94,6 +106,10 @@ class SandboxApp:
 
         with LOCK:
             STATE.advance()
+            refused = authz.check(environ, service, region, action)
+            if refused is not None:
+                start_response(refused[0], refused[1])
+                return [refused[2]]
             ssm.CURRENT.region = region
             captured = {}
 

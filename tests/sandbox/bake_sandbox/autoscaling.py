@@ -3,7 +3,17 @@ profile and metadata options, and Start/Describe/Cancel/RollbackInstanceRefresh 
 group's instances over time, in batches that honour Min/MaxHealthyPercentage, InstanceWarmup
 (multiplied by the sandbox's time_scale), CheckpointPercentages and CheckpointDelay, SkipMatching,
 DesiredConfiguration and AutoRollback. Instances launched from an AMI a test declared unhealthy
-never pass their health check, so a refresh onto that AMI fails (and rolls back when asked)."""
+never pass their health check, so a refresh onto that AMI fails (and rolls back when asked).
+
+As strict as AWS documents (sources in the README and at each check):
+- a refresh whose last checkpoint is below 100 stops there, Successful (a partial refresh);
+- AutoRollback needs a DesiredConfiguration and a group on a numbered launch template version;
+- SkipMatching needs a launch template (not a launch configuration) in the desired configuration;
+- ScaleInProtectedInstances (Refresh / Ignore / Wait) and StandbyInstances (Terminate / Ignore /
+  Wait); Wait, the default, waits an hour (times time_scale) for the instances, then fails;
+- health: the group's HealthCheckType (EC2 by default; ELB checks count only when enabled) and
+  HealthCheckGracePeriod (0 by default through the API); images can fail EC2 checks (both) or ELB
+  checks only."""
 
 import math
 import random
@@ -14,11 +24,12 @@ from moto.autoscaling.responses import AutoScalingResponse
 from moto.core.responses import ActionResult
 
 from . import ec2 as ec2_patch
-from . import ssm
+from . import images, pages, ssm
 from .state import err, ACCOUNT, STATE, utcnow
 
 ACTIVE = {"Pending", "InProgress", "Cancelling", "RollbackInProgress", "Baking"}
-DEFAULT_WARMUP = 300
+# "Wait (default): Amazon EC2 Auto Scaling waits one hour ... Otherwise, the instance refresh will fail."
+WAIT_LIMIT = 3600
 
 
 
@@ -82,6 +93,11 @@ def launch_into(group, count, src=None, warmup=0.0):
         profile = {"Name": lc.iam_instance_profile} if lc.iam_instance_profile else {}
         user_data = lc.user_data
         sgs = lc.security_groups
+    refused = images.launchable(group.region, image)
+    if refused:
+        # The launch fails (a failed scaling activity on AWS); nothing is launched.
+        STATE.launch_failures.append({"group": group.name, "image": image, "why": refused[1], "at": STATE.now()})
+        return []
     reservation = b.run_instances(image, count, user_data, sgs, **kwargs)
     now = STATE.now()
     for inst in reservation.instances:
@@ -102,13 +118,26 @@ def launch_into(group, count, src=None, warmup=0.0):
     return reservation.instances
 
 
+_CREATING = {"grace": None}  # the grace period of the group being created (moto assumes 300)
+
+
 def replace_autoscaling_group_instances(self, count_needed, propagated_tags):
     """moto's scale-out, through launch_into so instances get the template's profile and IMDS."""
+    if _CREATING["grace"] is not None:
+        self.health_check_grace_period = _CREATING["grace"]
     warmup = (self.health_check_grace_period or 0) * STATE.time_scale
     launch_into(self, count_needed, warmup=warmup)
 
 
+def active_instances(self):
+    """The instances that count toward the desired capacity: launching (Pending) or InService, not
+    Standby nor leaving (moto counts only InService, so it over-launches while instances start)."""
+    return [x for x in self.instance_states if x.lifecycle_state in
+            ("Pending", "Pending:Wait", "Pending:Proceed", "InService")]
+
+
 FakeAutoScalingGroup.replace_autoscaling_group_instances = replace_autoscaling_group_instances
+FakeAutoScalingGroup.active_instances = active_instances
 
 
 def _state_launch_template(self):
@@ -138,19 +167,42 @@ InstanceState.launch_template = property(_state_launch_template)
 InstanceState.launch_configuration_name = property(_state_launch_configuration_name)
 
 
+def failing_check(group, image):
+    """The health check an instance from `image` fails in `group`: "EC2" (status checks: every group),
+    "ELB" (only where the group's HealthCheckType enables ELB checks), or None.
+    Source: "Health checks for instances in an Auto Scaling group" -- EC2 status checks are the
+    default and can't be disabled; load balancer checks count only when turned on."""
+    if image in STATE.unhealthy_amis:
+        return "EC2"
+    types = {t.strip().upper() for t in (group.health_check_type or "EC2").split(",")}
+    if image in STATE.elb_unhealthy_amis and "ELB" in types:
+        return "ELB"
+    return None
+
+
+def unhealthy_at(group, m):
+    """When a failing instance is found unhealthy: not before it is ready, nor before the group's
+    HealthCheckGracePeriod (times time_scale) has passed since it came into service."""
+    since = m.get("running_since") or 0
+    grace = float(group.health_check_grace_period or 0) * STATE.time_scale
+    return max(m.get("ready_at", 0), since + grace)
+
+
 def _health(state, now):
     """Updates an instance's lifecycle and health from the clock; True when it is healthy."""
+    if state.lifecycle_state in ("Standby", "EnteringStandby", "Terminating", "Detaching", "Detached"):
+        return False
     m = STATE.instance_meta.get(state.instance.id, {})
     if state.instance.state in ("pending",):
         return False
     if now < m.get("ready_at", 0):
         state.lifecycle_state = "Pending"
         return False
-    if m.get("image") in STATE.unhealthy_amis:
-        state.health_status = "Unhealthy"
-        state.lifecycle_state = "InService"
-        return False
     state.lifecycle_state = "InService"
+    group = state.auto_scaling_group
+    if group is not None and failing_check(group, m.get("image")) and now >= unhealthy_at(group, m):
+        state.health_status = "Unhealthy"
+        return False
     state.health_status = "Healthy"
     return True
 
@@ -170,6 +222,7 @@ class Refresh:
         self.t_end = None
         self.end_time = None
         self.previous = group_source(group)
+        self.previous_version = group.launch_template_version if group.ec2_launch_template is not None else None
         self.target = group_source(group, desired)
         self.rollback = None  # dict once rolling back
         self.history = []     # [{"terminate": [...], "launch": [...], "at": t}]
@@ -179,6 +232,11 @@ class Refresh:
         self.total = 0
         self.paused_until = None
         self.checkpoints = sorted(prefs.get("CheckpointPercentages") or [])
+        # "The last value ... describes the percentage of the Auto Scaling group that needs to be
+        # successfully replaced. The operation transitions to Successful after this percentage is
+        # successfully replaced" (user guide, "Add checkpoints to an instance refresh").
+        self.last_checkpoint = self.checkpoints[-1] if self.checkpoints else 100
+        self.wait_since = None  # waiting on scale-in-protected or Standby instances (Wait)
         self.cancel_requested = False
         self.t_start = STATE.now()
         self.t_last = self.t_start
@@ -187,22 +245,50 @@ class Refresh:
     def _plan(self, target, initial=False):
         key = source_key(target)
         skip = self.prefs.get("SkipMatching", False)
-        olds = []
+        olds, waits = [], []
         for st in self.group.instance_states:
             m = STATE.instance_meta.get(st.instance.id, {})
             if skip and m.get("source") == key:
                 continue
-            olds.append(st.instance.id)
-        self.doomed = olds
-        self.total = len(olds)
+            handling = self._handling(st)
+            if handling == "Ignore":
+                continue
+            # Instances the refresh may have to wait for go last, so the others are replaced first.
+            (waits if handling == "Wait" else olds).append(st.instance.id)
+        self.doomed = olds + waits
+        self.total = len(self.doomed)
         self.done = 0
         self.in_flight = []
 
+    def _handling(self, st):
+        """What this refresh does with an instance: None (replace it), "Ignore", "Wait" or
+        "Terminate" (Standby only), from ScaleInProtectedInstances / StandbyInstances."""
+        if st.lifecycle_state in ("Standby", "EnteringStandby"):
+            return self.prefs.get("StandbyInstances", "Wait")
+        if st.protected_from_scale_in:
+            pref = self.prefs.get("ScaleInProtectedInstances", "Wait")
+            return None if pref == "Refresh" else pref
+        return None
+
+    def _state_of(self, iid):
+        return next((st for st in self.group.instance_states if st.instance.id == iid), None)
+
+    def _blocked(self):
+        """The first instance to replace, when the refresh must wait for it (Wait)."""
+        if self.rollback is not None or not self.doomed:
+            return None
+        st = self._state_of(self.doomed[0])
+        return st if st is not None and self._handling(st) == "Wait" else None
+
     @property
     def warmup(self):
+        # "If you do not specify this property, the instance warmup by default is the value of the
+        # DefaultInstanceWarmup property, if defined ..., or the HealthCheckGracePeriod property otherwise."
         w = self.prefs.get("InstanceWarmup")
         if w is None:
-            w = self.group.health_check_grace_period or DEFAULT_WARMUP
+            w = getattr(self.group, "default_instance_warmup", None)
+        if w is None:
+            w = self.group.health_check_grace_period or 0
         return float(w) * STATE.time_scale
 
     def batch_size(self):
@@ -258,18 +344,20 @@ class Refresh:
                 m = STATE.instance_meta.get(iid, {})
                 t = max(m.get("ready_at", 0), m.get("running_since") or 0)
                 ready.append(t)
-                if m.get("image") in STATE.unhealthy_amis:
-                    failing.append(m.get("ready_at", 0))
+                if failing_check(self.group, m.get("image")):
+                    failing.append(unhealthy_at(self.group, m))
             if failing:
                 return max(self.t_last, min(failing))
             return max([self.t_last] + ready)
         if self.paused_until is not None:
             return max(self.t_last, self.paused_until)
+        if self._blocked() is not None and self.wait_since is not None:
+            return max(self.t_last, self.wait_since + WAIT_LIMIT * STATE.time_scale)
         return self.t_last
 
     def progress_key(self):
         return (self.status, self.done, len(self.doomed), tuple(self.in_flight), self.paused_until,
-                self.rollback is None)
+                self.rollback is None, self.wait_since)
 
     # one step of the state machine
     @property
@@ -304,8 +392,9 @@ class Refresh:
                 m = STATE.instance_meta.get(iid, {})
                 if not _health(st, now):
                     ready = False
-                    if now >= m.get("ready_at", 0) and m.get("image") in STATE.unhealthy_amis:
-                        return self._fail(f"Instance {iid} failed its health check (image {m.get('image')}).")
+                    check = failing_check(self.group, m.get("image"))
+                    if check and now >= unhealthy_at(self.group, m):
+                        return self._fail(f"Instance {iid} failed its {check} health check (image {m.get('image')}).")
             if not ready:
                 return
             if self.prefs.get("MaxHealthyPercentage", 100) > 100 and self.pending_terminate:
@@ -313,6 +402,10 @@ class Refresh:
             self.done += len(self.in_flight)
             self.in_flight = []
             self.pending_terminate = []
+            if self.rollback is None and self.last_checkpoint < 100 and self.percentage() >= self.last_checkpoint:
+                # A partial refresh: it ends at its last checkpoint, Successful, the rest untouched.
+                self.doomed = []
+                return self._finish()
             if self.rollback is None and self.checkpoints and self.checkpoints[0] <= self.percentage() < 100:
                 while self.checkpoints and self.checkpoints[0] <= self.percentage():
                     self.checkpoints.pop(0)
@@ -324,10 +417,50 @@ class Refresh:
                 return
             self.paused_until = None
             self.reason = ""
+        # Instances gone meanwhile, and those to ignore now, are not replaced.
+        live = {st.instance.id: st for st in self.group.instance_states}
+        for iid in list(self.doomed):
+            if iid not in live or (self.rollback is None and self._handling(live[iid]) == "Ignore"):
+                self.doomed.remove(iid)
+                self.total -= 1
         if not self.doomed:
             return self._finish()
+        blocked = self._blocked()
+        if blocked is not None:
+            what = "in Standby" if blocked.lifecycle_state in ("Standby", "EnteringStandby") else "protected from scale in"
+            if self.wait_since is None:
+                self.wait_since = now
+                self.reason = f"Waiting for instance {blocked.instance.id} ({what}) for up to an hour."
+            if now >= self.wait_since + WAIT_LIMIT * STATE.time_scale:
+                self.wait_since = None
+                return self._fail(f"Instance {blocked.instance.id} is {what}; the instance refresh waited an hour "
+                                  "for it (ScaleInProtectedInstances / StandbyInstances: Wait).")
+            return
+        if self.wait_since is not None:
+            self.wait_since, self.reason = None, ""
         n = min(self.batch_size(), len(self.doomed))
-        batch, self.doomed = self.doomed[:n], self.doomed[n:]
+        if self.rollback is None and self.checkpoints:
+            # "Amazon EC2 Auto Scaling sometimes replaces fewer instances than the minimum healthy
+            # percentage allows ... but never more" to meet a checkpoint.
+            needed = math.ceil(self.total * self.checkpoints[0] / 100.0) - self.done
+            if needed > 0:
+                n = min(n, needed)
+        batch = []
+        while self.doomed and len(batch) < n:
+            st = live.get(self.doomed[0])
+            if st is not None and self.rollback is None and self._handling(st) == "Wait":
+                break
+            batch.append(self.doomed.pop(0))
+        # StandbyInstances=Terminate: "terminates instances that are in Standby" (no replacement).
+        standby = [i for i in batch if self.rollback is None and self._handling(live[i]) == "Terminate"]
+        if standby:
+            self._terminate(standby)
+            self.done += len(standby)
+            batch = [i for i in batch if i not in standby]
+            if not batch:
+                self.history.append({"terminate": standby, "launch": [], "rollback": False,
+                                     "capacity": len(self.group.instance_states)})
+                return
         src = self.rollback["source"] if self.rollback else self.target
         if self.prefs.get("MaxHealthyPercentage", 100) > 100:
             new = launch_into(self.group, len(batch), src, warmup=self.warmup)
@@ -336,8 +469,11 @@ class Refresh:
             self._terminate(batch)
             new = launch_into(self.group, len(batch), src, warmup=self.warmup)
             self.pending_terminate = []
+        if len(new) < len(batch):
+            failure = STATE.launch_failures[-1]["why"] if STATE.launch_failures else "launch failed"
+            return self._fail(f"Launching a new EC2 instance failed: {failure}")
         self.in_flight = [i.id for i in new]
-        self.history.append({"terminate": batch, "launch": self.in_flight, "rollback": bool(self.rollback),
+        self.history.append({"terminate": standby + batch, "launch": self.in_flight, "rollback": bool(self.rollback),
                              "capacity": len(self.group.instance_states)})
 
     pending_terminate = []
@@ -373,6 +509,7 @@ class Refresh:
         self.in_flight, self.pending_terminate = [], []
         self.total, self.done = len(to_replace), 0
         self.paused_until = None
+        self.wait_since = None
         self._restore_group()
 
     def _restore_group(self):
@@ -388,9 +525,14 @@ class Refresh:
             return
         self.status, self.end_time = "Successful", utcnow()
         if self.desired and self.target[0] == "lt":
+            # "Once the instance refresh succeeds, Amazon EC2 Auto Scaling updates the settings of the
+            # Auto Scaling group to reflect the new desired configuration" -- as given: an alias stays one.
+            version = str(self.desired["LaunchTemplate"].get("Version") or "$Default")
             self.group.ec2_launch_template = self.target[1]
-            self.group.launch_template_version = str(self.target[2])
-            self.group.provided_launch_template_version = str(self.target[2])
+            self.group.launch_template_version = version
+            self.group.provided_launch_template_version = version
+            self.group.launch_config = None
+            self.group.launch_configuration_name = None
 
 
 def _refreshes(group_name, region):
@@ -419,30 +561,62 @@ def start_instance_refresh(self):
     if not 0 <= mn <= 100 or not 100 <= mx <= 200 or mx - mn > 100:
         raise err("ValidationError", "MinHealthyPercentage must be 0-100, MaxHealthyPercentage 100-200, "
                   "and their difference at most 100.")
+    if "MaxHealthyPercentage" in prefs and "MinHealthyPercentage" not in prefs:
+        # "If you specify MaxHealthyPercentage, you must also specify MinHealthyPercentage."
+        raise err("ValidationError", "You must specify MinHealthyPercentage when you specify MaxHealthyPercentage.")
     cps = prefs.get("CheckpointPercentages") or []
     if any(not 1 <= c <= 100 for c in cps) or cps != sorted(set(cps)):
         raise err("ValidationError", "CheckpointPercentages must rise strictly, each between 1 and 100.")
-    if prefs.get("AutoRollback") and group.ec2_launch_template is None and not (desired or {}).get("LaunchTemplate"):
-        raise err("ValidationError", "AutoRollback is not supported for Auto Scaling groups that use a launch configuration.")
-    if desired and desired.get("LaunchTemplate"):
-        spec = desired["LaunchTemplate"]
-        if str(spec.get("Version", "")).lower() in ("$latest",) and prefs.get("AutoRollback"):
-            pass
+    if "CheckpointDelay" in prefs and not cps:
+        # "if you specify a value for it, you must also specify a value for CheckpointPercentages"
+        raise err("ValidationError", "CheckpointDelay requires CheckpointPercentages.")
+    for key, allowed in (("ScaleInProtectedInstances", ("Refresh", "Ignore", "Wait")),
+                         ("StandbyInstances", ("Terminate", "Ignore", "Wait"))):
+        if key in prefs and prefs[key] not in allowed:
+            raise err("ValidationError", f"1 validation error detected: Value '{prefs[key]}' at 'preferences.{key[0].lower() + key[1:]}' "
+                      f"failed to satisfy constraint: Member must satisfy enum value set: [{', '.join(allowed)}]")
+    desired_lt = (desired or {}).get("LaunchTemplate") or ((desired or {}).get("MixedInstancesPolicy") or {}).get("LaunchTemplate")
+    if prefs.get("AutoRollback"):
+        # "A rollback is not supported in the following situations: There is no desired configuration
+        # specified for the instance refresh. ... The Auto Scaling group uses the launch template's
+        # $Latest or $Default version." (RefreshPreferences; "Undo changes with a rollback")
+        if not desired:
+            raise err("ValidationError", "AutoRollback requires a DesiredConfiguration: a rollback is not supported "
+                      "when there is no desired configuration for the instance refresh.")
+        if group.ec2_launch_template is None and not desired_lt:
+            raise err("ValidationError", "AutoRollback is not supported for Auto Scaling groups that use a launch configuration.")
+        if group.ec2_launch_template is not None and _alias(group.launch_template_version):
+            raise err("ValidationError", "AutoRollback is not supported when the Auto Scaling group uses the launch "
+                      f"template's {group.launch_template_version} version; roll back needs a numbered version.")
+    if prefs.get("SkipMatching") and not desired_lt and group.ec2_launch_template is None:
+        # "You can't use skip matching with a new launch configuration." ("Use skip matching")
+        raise err("ValidationError", "SkipMatching is not supported for an Auto Scaling group that uses a launch "
+                  "configuration unless the desired configuration specifies a launch template.")
     prefs = dict(prefs)
     prefs.setdefault("MinHealthyPercentage", 90)
     prefs.setdefault("SkipMatching", False)
     prefs.setdefault("AutoRollback", False)
+    prefs.setdefault("ScaleInProtectedInstances", "Wait")
+    prefs.setdefault("StandbyInstances", "Wait")
     r = Refresh(group, prefs, desired, strategy)
     refreshes.append(r)
     return ActionResult({"InstanceRefreshId": r.id})
+
+
+def _alias(version):
+    return str(version or "$Default").lower() in ("$latest", "$default")
 
 
 def describe_instance_refreshes(self):
     name = self._get_param("AutoScalingGroupName")
     _group(self, name)
     ids = self._get_param("InstanceRefreshIds") or []
+    # MaxRecords: "The default value is 50 and the maximum value is 100."
+    size = pages.limit(self._get_int_param("MaxRecords"), 1, 100, "maxRecords", "autoscaling") or 50
     rs = [r for r in reversed(_refreshes(name, self.region)) if not ids or r.id in ids]
-    return ActionResult({"InstanceRefreshes": [r.describe() for r in rs]})
+    chunk, nxt = pages.page(rs, self._get_param("NextToken"), size, "DescribeInstanceRefreshes",
+                            pages.query_key(self), "autoscaling")
+    return ActionResult({"InstanceRefreshes": [r.describe() for r in chunk], "NextToken": nxt})
 
 
 def cancel_instance_refresh(self):
@@ -471,6 +645,9 @@ def rollback_instance_refresh(self):
         raise err("IrreversibleInstanceRefresh", "The Instance Refresh is already rolling back.")
     if not r.desired:
         raise err("IrreversibleInstanceRefresh", "Only an Instance Refresh started with a DesiredConfiguration can be rolled back.")
+    if r.previous[0] == "lt" and _alias(r.previous_version):
+        raise err("IrreversibleInstanceRefresh", "A rollback is not supported when the Auto Scaling group uses the "
+                  "launch template's $Latest or $Default version.")
     r.t_last = STATE.now()
     r._start_rollback("Rollback requested by the caller")
     return ActionResult({"InstanceRefreshId": r.id})
@@ -505,7 +682,47 @@ def tick(state, now):
                 _health(st, now)
 
 
+_orig_create_group = AutoScalingResponse.create_auto_scaling_group
+_orig_update_group = AutoScalingResponse.update_auto_scaling_group
+
+
+def _timing(self, group, creating):
+    grace = self._get_int_param("HealthCheckGracePeriod")
+    if grace is not None or creating:
+        # "HealthCheckGracePeriod ... Default: 0 seconds" (moto makes it 300).
+        group.health_check_grace_period = grace or 0
+    warm = self._get_int_param("DefaultInstanceWarmup")
+    if warm is not None:
+        group.default_instance_warmup = warm
+    elif creating:
+        group.default_instance_warmup = None
+
+
+def create_auto_scaling_group(self):
+    _CREATING["grace"] = self._get_int_param("HealthCheckGracePeriod") or 0
+    try:
+        result = _orig_create_group(self)
+    finally:
+        _CREATING["grace"] = None
+    group = self.autoscaling_backend.autoscaling_groups.get(self._get_param("AutoScalingGroupName"))
+    if group is not None:
+        _timing(self, group, True)
+    return result
+
+
+def update_auto_scaling_group(self):
+    result = _orig_update_group(self)
+    group = self.autoscaling_backend.autoscaling_groups.get(self._get_param("AutoScalingGroupName"))
+    if group is not None:
+        _timing(self, group, False)
+    return result
+
+
+FakeAutoScalingGroup.default_instance_warmup = None
+
 for _name, _fn in {
+    "create_auto_scaling_group": create_auto_scaling_group,
+    "update_auto_scaling_group": update_auto_scaling_group,
     "start_instance_refresh": start_instance_refresh,
     "describe_instance_refreshes": describe_instance_refreshes,
     "cancel_instance_refresh": cancel_instance_refresh,

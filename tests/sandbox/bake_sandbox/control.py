@@ -4,8 +4,8 @@ import json
 import re
 import urllib.parse
 
-from . import accounting, seed
-from .state import DEFAULT_DELAYS, STATE
+from . import accounting, ec2, seed
+from .state import DEFAULT_DELAYS, STATE, State
 
 
 class BadRequest(Exception):
@@ -238,6 +238,47 @@ def _route(method, path, query, environ):
         elif method != "GET":
             return _json(405, {"error": "use GET, POST or DELETE"})
         return _json(200, {"amis": sorted(STATE.unhealthy_amis)})
+    if p == "/elb_unhealthy_amis":
+        # Instances from these pass EC2 status checks and fail load balancer (ELB) checks: a group
+        # whose HealthCheckType is EC2 (the default) keeps them, as AWS does.
+        if method == "POST":
+            data = _body(environ)
+            _only(data, {"amis"}, "body")
+            amis = data.get("amis")
+            if not isinstance(amis, list) or not all(isinstance(a, str) and a.startswith("ami-") for a in amis):
+                raise BadRequest("give `amis`, a list of AMI ids")
+            STATE.elb_unhealthy_amis |= set(amis)
+        elif method == "DELETE":
+            STATE.elb_unhealthy_amis = set()
+        elif method != "GET":
+            return _json(405, {"error": "use GET, POST or DELETE"})
+        return _json(200, {"amis": sorted(STATE.elb_unhealthy_amis)})
+    if p == "/clock":
+        if method == "POST":
+            data = _body(environ)
+            _only(data, {"advance"}, "body")
+            State.skew += _num(data.get("advance"), "advance", 0)
+            STATE.advance()
+        elif method != "GET":
+            return _json(405, {"error": "use GET or POST"})
+        return _json(200, {"now": STATE.now(), "skew": State.skew})
+    if p == "/interrupt" and method == "POST":
+        data = _body(environ)
+        _only(data, {"instance", "region", "action"}, "body")
+        instance, region = data.get("instance"), data.get("region", "us-east-1")
+        action = data.get("action", "terminate")
+        if not isinstance(instance, str) or not instance.startswith("i-"):
+            raise BadRequest("give `instance`, an instance id")
+        if action not in ec2.SPOT_REASONS:
+            raise BadRequest(f"action must be one of {', '.join(ec2.SPOT_REASONS)}")
+        STATE.advance()
+        try:
+            state = ec2.interrupt(region, instance, action)
+        except Exception as e:  # noqa: BLE001 - unknown instance, already gone
+            raise BadRequest(f"can't interrupt {instance} in {region}: {e}")
+        return _json(200, {"instance": instance, "state": state})
+    if p == "/launch_failures" and method == "GET":
+        return _json(200, {"failures": STATE.launch_failures})
     if p == "/failing_image_regions":
         if method == "POST":
             data = _body(environ)

@@ -1,10 +1,11 @@
-"""EC2, closer to AWS: instances, images and stops take time; CreateImage tags snapshots;
-CopyImage tags and encrypts copies; ClientToken makes RunInstances and CopyImage idempotent;
-image deprecation; CreateLaunchTemplateVersion copies its SourceVersion; a new instance profile
-takes a moment to be usable (eventual consistency)."""
+"""EC2, closer to AWS: instances, images and stops take time; CreateImage tags snapshots and checks
+the name; CopyImage tags and encrypts copies; ClientToken makes RunInstances and CopyImage
+idempotent; DisableImageDeprecation (the rest of images: images.py); CreateLaunchTemplateVersion
+copies its SourceVersion; a new instance profile takes a moment to be usable (iam.py); a security
+group in use can't be deleted; a Spot instance can be interrupted (ssm.instance_lost)."""
 
 import copy
-from datetime import datetime, timezone
+import re
 
 from moto.core.responses import ActionResult, EmptyResult
 from moto.ec2.models import ec2_backends
@@ -12,8 +13,9 @@ from moto.ec2.models.amis import Ami
 from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.responses.launch_templates import LaunchTemplates
+from moto.ec2.responses.security_groups import SecurityGroups
 
-from . import ssm
+from . import iam, images, ssm
 from .state import err, ACCOUNT, STATE
 
 
@@ -27,7 +29,9 @@ def set_state(inst, name, code):
 
 
 def launched(inst, region):
-    """A new instance: pending for `instance_pending` seconds, then running."""
+    """A new instance: pending for `instance_pending` seconds, then running; invisible to calls that
+    name it for `visibility_lag` seconds (consistency.py)."""
+    STATE.bear(inst.id)
     m = ssm.meta(inst.id)
     m["region"] = region
     delay = STATE.delays["instance_pending"]
@@ -61,10 +65,12 @@ def run_instances(self):
     arn = self._get_param("IamInstanceProfile.Arn")
     if name or arn:
         profile = name or arn.rsplit("/", 1)[-1]
-        created = STATE.profile_created.get(profile)
-        if created is not None and STATE.now() - created < STATE.delays["iam_propagation"]:
+        if not iam.profile_usable(profile):
             what = f"name ({name})" if name else f"arn ({arn})"
             raise err("InvalidParameterValue", f"Value {what} for parameter iamInstanceProfile is invalid. Invalid IAM Instance Profile {what.split(' ')[0]}")
+    refused = images.launchable(self.region, self._get_param("ImageId"))
+    if refused:
+        raise err(*refused)
     result = _orig_run(self)
     reservation = result.result
     if token:
@@ -78,12 +84,12 @@ def _ids(self):
     return self._get_param("InstanceIds") or []
 
 
-def _linger(self, delay_key, final, transient, transient_code, final_code):
+def _linger(self, delay_key, final, transient, transient_code, final_code, ids=None, region=None):
     """moto moves an instance to its final state at once; show `transient` for the
     configured delay first, as EC2 does, so waiters have something to wait for."""
-    b = ec2_backends[ACCOUNT][self.region]
+    b = ec2_backends[ACCOUNT][region or self.region]
     delay = STATE.delays[delay_key]
-    for iid in _ids(self):
+    for iid in ids if ids is not None else _ids(self):
         inst = b.get_instance(iid)
         ssm.meta(iid)["running_since"] = None
         if delay > 0 and inst.state == final:
@@ -98,6 +104,8 @@ def _linger(self, delay_key, final, transient, transient_code, final_code):
 def stop_instances(self):
     result = _orig_stop(self)
     _linger(self, "instance_stopping", "stopped", "stopping", 64, 80)
+    for iid in _ids(self):
+        ssm.instance_lost(iid, "stopped")
     return result
 
 
@@ -111,7 +119,37 @@ def start_instances(self):
 def terminate_instances(self):
     result = _orig_terminate(self)
     _linger(self, "instance_shutting_down", "terminated", "shutting-down", 32, 48)
+    for iid in _ids(self):
+        ssm.instance_lost(iid, "terminated")
     return result
+
+
+SPOT_REASONS = {
+    "terminate": ("Server.SpotInstanceTermination", "Server.SpotInstanceTermination: Spot instance termination"),
+    "stop": ("Server.SpotInstanceShutdown", "Server.SpotInstanceShutdown: Spot instance shutdown"),
+}
+
+
+def interrupt(region, instance_id, action="terminate"):
+    """EC2 reclaims a Spot instance (POST /_sandbox/interrupt): it is terminated or stopped, with the
+    state reason EC2 gives, and whatever its agent was running is lost (ssm.instance_lost)."""
+    from moto.ec2.models.instances import StateReason
+
+    b = ec2_backends[ACCOUNT][region]
+    inst = b.get_instance(instance_id)
+    if inst.state in ("terminated", "shutting-down"):
+        raise ValueError(f"{instance_id} is already {inst.state}")
+    code, message = SPOT_REASONS[action]
+    if action == "terminate":
+        b.terminate_instances([instance_id])
+        _linger(None, "instance_shutting_down", "terminated", "shutting-down", 32, 48, [instance_id], region)
+    else:
+        b.stop_instances([instance_id])
+        _linger(None, "instance_stopping", "stopped", "stopping", 64, 80, [instance_id], region)
+    inst._reason = message
+    inst.state_reason = StateReason(message, code)
+    ssm.instance_lost(instance_id, "interrupted")
+    return inst.state
 
 
 def reboot_instances(self):
@@ -132,6 +170,20 @@ def _tag_specs(specs, allowed):
         for t in spec.get("Tags") or []:
             out.setdefault(rtype, {})[t["Key"]] = t.get("Value", "")
     return out
+
+
+IMAGE_NAME = re.compile(r"[A-Za-z0-9()\[\] ./\-'@_]{3,128}")
+
+
+def check_image_name(name, description):
+    """CreateImage / CopyImage: "Constraints: 3-128 alphanumeric characters, parentheses (()), square
+    brackets ([]), spaces ( ), periods (.), slashes (/), dashes (-), single quotes ('), at-signs (@),
+    or underscores(_)"; a description of at most 255 characters (EC2 API reference)."""
+    if not isinstance(name, str) or not IMAGE_NAME.fullmatch(name):
+        raise err("InvalidAMIName.Malformed", f"AMI names must be between 3 and 128 characters long, and may contain "
+                  f"letters, numbers, '(', ')', '.', '-', '/', '[', ']', ' ', \"'\", '@' and '_' (got {name!r})")
+    if len(description or "") > 255:
+        raise err("InvalidParameterValue", "Value for parameter description is invalid: it is longer than 255 characters.")
 
 
 def image_pending(b, ami, region):
@@ -165,6 +217,7 @@ def create_image(self):
     instance_id = self._get_param("InstanceId")
     name = self._get_param("Name")
     description = self._get_param("Description", "")
+    check_image_name(name, description)
     tags = _tag_specs(self._get_param("TagSpecifications", []), {"image", "snapshot"})
     inst = b.get_instance(instance_id)
     if inst.state not in ("running", "stopped"):
@@ -186,6 +239,8 @@ def create_image(self):
         _set_snapshot_encryption(b, ami, vol.encrypted, vol.kms_key_id, vol.size)
     ami.root_device_name = inst.root_device_name
     STATE.image_meta[ami.id] = {"source_instance": instance_id}
+    STATE.bear(ami.id)
+    STATE.bear(ami.ebs_snapshot.id)
     image_pending(b, ami, region)
     return ActionResult({"ImageId": ami.id})
 
@@ -201,6 +256,7 @@ def copy_image(self):
     source_id = self._get_param("SourceImageId")
     source_region = self._get_param("SourceRegion")
     name = self._get_param("Name")
+    check_image_name(name, self._get_param("Description") or "")
     src_backend = ec2_backends[ACCOUNT][source_region]
     src = src_backend.amis.get(source_id)
     if src is None:
@@ -221,6 +277,8 @@ def copy_image(self):
     kms = self._get_param("KmsKeyId") or (getattr(src.ebs_snapshot, "kms_key_id", None) if encrypted else None)
     _set_snapshot_encryption(b, ami, encrypted, kms, getattr(src.ebs_snapshot.volume, "size", None))
     ami.root_device_name = src.root_device_name
+    STATE.bear(ami.id)
+    STATE.bear(ami.ebs_snapshot.id)
     if token:
         STATE.client_tokens[(region, "CopyImage", token)] = ami.id
     image_pending(b, ami, region)
@@ -250,20 +308,6 @@ def _ami(self, image_id):
     if ami is None:
         raise err("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
     return ami
-
-
-def enable_image_deprecation(self):
-    ami = _ami(self, self._get_param("ImageId"))
-    when = self._get_param("DeprecateAt")
-    if isinstance(when, str):
-        when = datetime.fromisoformat(when.replace("Z", "+00:00"))
-    if when is None:
-        raise err("MissingParameter", "The request must contain the parameter DeprecateAt")
-    when = when.replace(second=0, microsecond=0)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    ami.deprecation_time = when.strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    return ActionResult({"Return": True})
 
 
 def disable_image_deprecation(self):
@@ -312,6 +356,22 @@ def create_launch_template_version(self):
     })
 
 
+def delete_security_group(self):
+    """As AWS: a group still used by an instance (any state but terminated: a shutting-down
+    instance still holds its network interface) can't be deleted (DependencyViolation)."""
+    b = ec2_backends[ACCOUNT][self.region]
+    gid = self._get_param("GroupId")
+    group = b.get_security_group_by_name_or_id(gid or self._get_param("GroupName") or "")
+    if group is not None:
+        for res in b.reservations.values():
+            for inst in res.instances:
+                if inst.state != "terminated" and any(getattr(g, "id", g) == group.id for g in inst.security_groups):
+                    raise err("DependencyViolation", f"resource {group.id} has a dependent object")
+    return _orig_delete_sg(self)
+
+
+_orig_delete_sg = SecurityGroups.delete_security_group
+SecurityGroups.delete_security_group = delete_security_group
 InstanceResponse.run_instances = run_instances
 InstanceResponse.stop_instances = stop_instances
 InstanceResponse.start_instances = start_instances
@@ -319,6 +379,5 @@ InstanceResponse.terminate_instances = terminate_instances
 InstanceResponse.reboot_instances = reboot_instances
 AmisResponse.create_image = create_image
 AmisResponse.copy_image = copy_image
-AmisResponse.enable_image_deprecation = enable_image_deprecation
 AmisResponse.disable_image_deprecation = disable_image_deprecation
 LaunchTemplates.create_launch_template_version = create_launch_template_version

@@ -1,10 +1,26 @@
 """The SSM agent, emulated. It never executes a script: it checks each with `bash -n`, records it,
 and plays the outcome a test programmed (exit code, output, duration, or never finishing).
 
+Command statuses follow "Understanding command statuses" (Systems Manager user guide,
+https://docs.aws.amazon.com/systems-manager/latest/userguide/monitor-commands.html):
+- Pending until the agent receives the command; Delayed while the instance is unreachable (stopped,
+  rebooting) -- "The system attempted to send the command ... but wasn't successful. The system
+  retries again."; a command not started by TimeoutSeconds never starts ("If this time is reached and
+  the command hasn't already started running, it won't run", API reference) and turns Delivery Timed
+  Out when TimeoutSeconds + executionTimeout have passed ("the sum of the Timeout (seconds) parameter
+  and the Execution timeout parameter");
+- Undeliverable (Status Failed) when the instance is terminated before the command reached it ("The
+  command can't be delivered to the instance. The instance might not exist");
+- a command whose instance stops, is terminated or is interrupted while it runs never gets a terminal
+  report from its agent: it "remains at In Progress" and ends Delivery Timed Out at the total timeout
+  ("If Run Command doesn't receive a document terminal response from SSM Agent, the command invocation
+  is marked as deliveryTimeout").
+
 Differences from AWS worth knowing: output is empty until an invocation ends (as AWS's
 GetCommandInvocation), only AWS-RunShellScript and InstanceIds (not Targets) are supported."""
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -17,11 +33,34 @@ from moto.core.responses import ActionResult
 from moto.ec2.models import ec2_backends
 from moto.ssm.responses import SimpleSystemManagerResponse
 
+from . import iam, pages
 from .state import err, ACCOUNT, STATE, utcnow
 
 STDOUT_LIMIT = 24_000
 STDERR_LIMIT = 8_000
-PARAMETERS_LIMIT = 64 * 1024  # the sandbox's stand-in for the service's request size limit
+# "The content of the document must not exceed 64KB. This quota also includes the content specified
+# for input parameters at runtime." (SSM API reference, CreateDocument Content; SendCommand answers
+# MaxDocumentSizeExceeded, "The size limit of a document is 64 KB."). The sandbox reads KB as 1,000
+# bytes (the stricter reading) and counts AWS-RunShellScript's own content plus the parameters as JSON.
+DOCUMENT_LIMIT = 64_000
+RUN_SHELL_SCRIPT = json.dumps({
+    "schemaVersion": "1.2",
+    "description": "Run a shell script or specify the commands to run.",
+    "parameters": {
+        "commands": {"type": "StringList", "description": "(Required) Specify a shell script or a command to run.",
+                     "minItems": 1, "displayType": "textarea"},
+        "workingDirectory": {"type": "String", "default": "", "description": "(Optional) The path to the working "
+                             "directory on your instance.", "maxChars": 4096},
+        "executionTimeout": {"type": "String", "default": "3600", "description": "(Optional) The time in seconds for "
+                             "a command to complete before it is considered to have failed. Default is 3600 (1 hour). "
+                             "Maximum is 172800 (48 hours).",
+                             "allowedPattern": "([1-9][0-9]{0,4})|(1[0-6][0-9]{4})|(17[0-1][0-9]{3})|(172[0-7][0-9]{2})|(172800)"},
+    },
+    "runtimeConfig": {"aws:runShellScript": {"properties": [{"id": "0.aws:runShellScript", "runCommand": "{{ commands }}",
+                                                              "workingDirectory": "{{ workingDirectory }}",
+                                                              "timeoutSeconds": "{{ executionTimeout }}"}]}},
+}, indent=2)
+EXECUTION_TIMEOUT = re.compile(r"([1-9][0-9]{0,4})|(1[0-6][0-9]{4})|(17[0-1][0-9]{3})|(172[0-7][0-9]{2})|(172800)")
 SSM_CORE = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled"}
 
@@ -38,25 +77,32 @@ def meta(instance_id):
     return STATE.instance_meta.setdefault(instance_id, {"running_since": STATE.now(), "registered": False})
 
 
-def _profile_grants_ssm(b, instance):
+def _ssm_granted_at(b, instance):
+    """When the instance's role lets its agent register (a policy granting it has propagated,
+    iam.py); None when no policy of its role grants it."""
     assoc = b.iam_instance_profile_associations.get(instance.id)
     profile = getattr(assoc, "iam_instance_profile", None) if assoc else None
     if profile is None:
-        return False
+        return None
+    times = []
     for role in profile.roles:
         if SSM_CORE in role.managed_policies:
-            return True
-        if any("ssm:UpdateInstanceInformation" in str(doc) for doc in role.policies.values()):
-            return True
-    return False
+            times.append(iam.effective_at(role.name, SSM_CORE))
+        for name, doc in role.policies.items():
+            if "ssm:UpdateInstanceInformation" in str(doc):
+                times.append(iam.effective_at(role.name, name))
+    return min(times) if times else None
 
 
 def online_at(b, instance):
     """Monotonic time at which the agent is (or will be) online; None while it cannot be."""
-    if instance.state != "running" or not _profile_grants_ssm(b, instance):
+    granted = _ssm_granted_at(b, instance) if instance.state == "running" else None
+    if granted is None:
         return None
     m = meta(instance.id)
-    return m["running_since"] + max(0.0, STATE.delays["agent_registration"])
+    if m["running_since"] is None:
+        return None
+    return max(m["running_since"], granted) + max(0.0, STATE.delays["agent_registration"])
 
 
 def ping_status(b, instance):
@@ -120,6 +166,8 @@ class Invocation:
         self.sent_at = STATE.now()
         self.start = None
         self.cancelled_at = None
+        self.lost_at = None          # the instance went away while this ran: no terminal report comes
+        self.undeliverable_at = None  # the instance was terminated before this reached it
         self.final = None  # (status, details, code, stdout, stderr, end)
         self.delivered = False
         self.syntax = _syntax_error(script, command["id"], instance_id)
@@ -156,26 +204,46 @@ class Invocation:
             _deliver(self)
         return st
 
+    @property
+    def total_timeout(self):
+        """When the command expires: TimeoutSeconds plus executionTimeout after it was sent."""
+        return self.sent_at + self.command["timeout_seconds"] + self.command["execution_timeout"]
+
     def _state(self):
         if self.final:
             return self.final
         now = STATE.now()
         region = self.command["region"]
-        if self.start is None:
-            b, inst = _instance(region, self.instance_id)
+        b, inst = _instance(region, self.instance_id)
+        if self.start is None and self.undeliverable_at is None:
             at = online_at(b, inst) if inst else None
             if at is not None:
-                self.start = max(self.sent_at, at) + max(0.0, STATE.delays["command_pending"])
+                start = max(self.sent_at, at) + max(0.0, STATE.delays["command_pending"])
+                # "If this time is reached and the command hasn't already started running, it won't run."
+                if start <= self.sent_at + self.command["timeout_seconds"]:
+                    self.start = start
         if self.cancelled_at is not None and (self.start is None or self.cancelled_at < self._end()):
             started = self.start is not None and self.start <= self.cancelled_at
             self.final = ("Cancelled", "Cancelled", 137 if started else -1, "", "", self.start, self.cancelled_at)
             return self.final
         if self.start is None or now < self.start:
-            if now - self.sent_at > self.command["timeout_seconds"]:
-                self.final = ("TimedOut", "DeliveryTimedOut", -1, "", "", None, now)
+            if self.undeliverable_at is not None:
+                self.final = ("Failed", "Undeliverable", -1, "", "", None, self.undeliverable_at)
                 return self.final
+            if now >= self.total_timeout:
+                self.final = ("TimedOut", "DeliveryTimedOut", -1, "", "", None, self.total_timeout)
+                return self.final
+            if inst is not None and meta(inst.id).get("registered") and ping_status(b, inst) != "Online":
+                return ("Delayed", "Delayed", -1, "", "", None, None)
             return ("Pending", "Pending", -1, "", "", None, None)
         end = self._end()
+        if self.lost_at is not None and self.lost_at < end:
+            # The agent died with the instance: it never reports, so the command stays In Progress
+            # until it expires, then Delivery Timed Out.
+            if now >= self.total_timeout:
+                self.final = ("TimedOut", "DeliveryTimedOut", -1, "", "", self.start, self.total_timeout)
+                return self.final
+            return ("InProgress", "InProgress", -1, "", "", self.start, None)
         if now < end:
             return ("InProgress", "InProgress", -1, "", "", self.start, None)
         if self.duration >= self.command["execution_timeout"]:
@@ -262,11 +330,35 @@ def _fmt(dt):
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" if dt else ""
 
 
+def instance_lost(instance_id, how):
+    """The instance stopped (`how` "stopped") or went away ("terminated", "interrupted"): a command
+    not yet delivered waits (Delayed) or becomes Undeliverable; one running never reports again."""
+    STATE.lost[instance_id] = (STATE.now(), how)
+    now = STATE.now()
+    for cmd in STATE.commands.values():
+        inv = cmd["invocations"].get(instance_id)
+        if inv is None or inv._state()[0] in TERMINAL:
+            continue
+        if inv.start is not None and inv.start <= now:
+            if inv.lost_at is None and now < inv._end():
+                inv.lost_at = now
+        else:
+            inv.start = None
+            if how != "stopped":
+                inv.undeliverable_at = now
+
+
 def _command_status(cmd):
-    statuses = [inv.state()[0] for inv in cmd["invocations"].values()]
-    for s in ("InProgress", "Pending"):
-        if s in statuses:
-            return s if s == "InProgress" or all(x == "Pending" for x in statuses) else "InProgress"
+    states = [inv.state() for inv in cmd["invocations"].values()]
+    statuses = [s[0] for s in states]
+    if any(s not in TERMINAL for s in statuses):
+        return "Pending" if all(s == "Pending" for s in statuses) else "InProgress"
+    # "if all invocations in a command have the status Undeliverable, then the command status
+    # returned is Failed. However, if ... four of which return Undeliverable and one Success, then
+    # the parent command's status is Success."
+    statuses = [s[0] for s in states if s[1] != "Undeliverable"]
+    if not statuses:
+        return "Failed"
     if all(s == "Success" for s in statuses):
         return "Success"
     if "Cancelled" in statuses:
@@ -284,7 +376,8 @@ def _command_object(cmd):
         "DocumentName": cmd["document"],
         "DocumentVersion": "$DEFAULT",
         "Comment": cmd["comment"],
-        "ExpiresAfter": cmd["requested"] + timedelta(seconds=cmd["timeout_seconds"]),
+        # "ExpiresAfter is calculated based on the total timeout for the overall command."
+        "ExpiresAfter": cmd["requested"] + timedelta(seconds=cmd["timeout_seconds"] + cmd["execution_timeout"]),
         "Parameters": cmd["parameters"],
         "InstanceIds": list(cmd["invocations"]),
         "Targets": [],
@@ -298,7 +391,8 @@ def _command_object(cmd):
         "MaxErrors": "0",
         "TargetCount": len(states),
         "CompletedCount": sum(1 for s in states if s[0] in TERMINAL),
-        "ErrorCount": sum(1 for s in states if s[0] in ("Failed", "TimedOut")),
+        # "The number of targets for which the status is Failed or Execution Timed Out."
+        "ErrorCount": sum(1 for s in states if (s[0] == "Failed" and s[1] != "Undeliverable") or s[1] == "ExecutionTimedOut"),
         "DeliveryTimedOutCount": sum(1 for s in states if s[1] == "DeliveryTimedOut"),
         "ServiceRole": "",
         "NotificationConfig": {"NotificationArn": "", "NotificationEvents": [], "NotificationType": ""},
@@ -329,16 +423,25 @@ def send_command(self):
     commands = params.get("commands")
     if not commands:
         raise err("InvalidParameters", "Parameter \"commands\" is required.")
-    size = sum(len(v.encode()) for vals in params.values() for v in vals)
-    if size > PARAMETERS_LIMIT:
-        raise err("InvalidParameters", f"Parameters are {size} bytes; the maximum is {PARAMETERS_LIMIT}.")
+    size = document_size(params)
+    if size > DOCUMENT_LIMIT:
+        raise err("MaxDocumentSizeExceeded", f"The size limit of a document is 64 KB. (The document with its parameters is "
+                  f"{size} bytes; the sandbox allows {DOCUMENT_LIMIT}.)")
+    if len((params.get("workingDirectory") or [""])[0]) > 4096:
+        raise err("InvalidParameters", "Parameter \"workingDirectory\" is longer than its maxChars, 4096.")
     execution_timeout = 3600
     if "executionTimeout" in params:
         raw = (params["executionTimeout"] or [""])[0]
-        if not re.fullmatch(r"\d{1,6}", raw) or not 1 <= int(raw) <= 172800:
+        if not EXECUTION_TIMEOUT.fullmatch(raw):
             raise err("InvalidParameters", f"Parameter \"executionTimeout\" \"{raw}\" is not valid: it must be 1 to 172800 seconds.")
         execution_timeout = int(raw)
-    timeout_seconds = self._get_int_param("TimeoutSeconds") or 3600
+    timeout_seconds = self._get_int_param("TimeoutSeconds")
+    if timeout_seconds is None:
+        timeout_seconds = 3600  # "The default for Timeout (seconds) is 3600 seconds."
+    elif not 30 <= timeout_seconds <= 2592000:
+        bound = "greater than or equal to 30" if timeout_seconds < 30 else "less than or equal to 2592000"
+        raise err("ValidationException", f"1 validation error detected: Value '{timeout_seconds}' at 'timeoutSeconds' "
+                  f"failed to satisfy constraint: Member must have value {bound}")
     s3_bucket = self._get_param("OutputS3BucketName") or ""
     s3_prefix = self._get_param("OutputS3KeyPrefix") or ""
     if s3_bucket and not 3 <= len(s3_bucket) <= 63:
@@ -387,6 +490,12 @@ def send_command(self):
         })
     STATE.commands[command_id] = cmd
     return ActionResult({"Command": _command_object(cmd)})
+
+
+def document_size(params):
+    """Bytes the service counts against the 64 KB document quota: the document's content plus the
+    parameters given at runtime (as JSON, UTF-8)."""
+    return len(RUN_SHELL_SCRIPT.encode()) + len(json.dumps(params, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def _find(command_id, instance_id=None):
@@ -478,7 +587,14 @@ def list_command_invocations(self):
             out.append(item)
     if command_id and command_id not in STATE.commands:
         raise err("InvalidCommandId", "")
-    return ActionResult({"CommandInvocations": out})
+    chunk, nxt = pages.page(out, self._get_param("NextToken"), _page_size(self), "ListCommandInvocations",
+                            pages.query_key(self), "ssm")
+    return ActionResult({"CommandInvocations": chunk, "NextToken": nxt})
+
+
+def _page_size(self):
+    """ListCommands / ListCommandInvocations MaxResults: 1 to 50 (API reference); 50 when not given."""
+    return pages.limit(self._get_int_param("MaxResults"), 1, 50, "maxResults", "ssm") or 50
 
 
 def list_commands(self):
@@ -489,7 +605,9 @@ def list_commands(self):
     out = [_command_object(c) for cid, c in STATE.commands.items()
            if (not command_id or cid == command_id) and (not instance_id or instance_id in c["invocations"])
            and c["region"] == self.region]
-    return ActionResult({"Commands": out})
+    chunk, nxt = pages.page(out, self._get_param("NextToken"), _page_size(self), "ListCommands",
+                            pages.query_key(self), "ssm")
+    return ActionResult({"Commands": chunk, "NextToken": nxt})
 
 
 def cancel_command(self):

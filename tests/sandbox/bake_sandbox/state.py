@@ -28,15 +28,25 @@ DEFAULT_DELAYS = {
     "command_pending": 0.0,       # SendCommand: Pending -> InProgress
     "command_duration": 0.0,      # InProgress -> done, unless an outcome says otherwise
     "invocation_lag": 0.0,        # GetCommandInvocation answers InvocationDoesNotExist this long
-    "iam_propagation": 0.0,       # a new instance profile is invisible to RunInstances this long
+    # Eventual consistency, ON by default (AWS documents it; small values keep tests fast):
+    "iam_propagation": 0.5,       # a new instance profile, a role newly added to one, or a role's new
+                                  # policy is not usable by RunInstances / the SSM agent this long
+    "visibility_lag": 0.3,        # a new image, snapshot, instance, security group, launch template or
+                                  # Auto Scaling group answers *.NotFound (and is left out of lists) this long
+    "block_public_access": 0.3,   # Enable/DisableImageBlockPublicAccess: Get… reports the old state this long
 }
 
 
+def mono():
+    """The sandbox's monotonic clock: the process's, moved forward by POST /_sandbox/clock."""
+    return time.monotonic() + State.skew
+
+
 def utcnow():
-    """Wall-clock time, or the moment the clock is pinned at (see State.at)."""
-    now = datetime.now(timezone.utc)
+    """Wall-clock time (moved forward like mono()), or the moment the clock is pinned at (see State.at)."""
+    now = datetime.now(timezone.utc) + timedelta(seconds=State.skew)
     if State.pinned is not None:
-        now -= timedelta(seconds=max(0.0, time.monotonic() - State.pinned))
+        now -= timedelta(seconds=max(0.0, mono() - State.pinned))
     return now
 
 
@@ -63,15 +73,31 @@ class State:
         self.image_meta = {}        # image id -> dict
         self.refreshes = {}         # (region, group) -> [Refresh]
         self.client_tokens = {}     # (region, action, token) -> result id
-        self.profile_created = {}   # instance profile name -> monotonic time
+        self.profile_created = {}   # instance profile name -> when it was created or last got a role
+        self.role_policy_changed = {}  # role name -> when a policy was last put or attached
+        self.born = {}              # resource id (or ("asg", region, name)) -> when it was created
+        self.elb_unhealthy_amis = set()  # instances from these fail ELB health checks only
+        self.image_bpa = {}         # region -> {"state", "previous", "since"} (block public access)
+        self.lost = {}              # instance id -> (when, how): stopped / terminated / interrupted
+        self.launch_failures = []   # Auto Scaling launches that failed: {"group", "image", "why", "at"}
         self.published = []         # SNS messages: {"topic", "subject", "message"}
 
     # -- the clock -----------------------------------------------------------------------------
     pinned = None  # a past moment the clock reads while events due then are played
+    skew = 0.0     # seconds the clock was moved forward (POST /_sandbox/clock); survives /reset
 
     @staticmethod
     def now():
-        return State.pinned if State.pinned is not None else time.monotonic()
+        return State.pinned if State.pinned is not None else mono()
+
+    def fresh(self, key):
+        """True while `key` (an id, or ("asg", region, name)) is younger than `visibility_lag`:
+        AWS's eventual consistency, where a just-created resource still answers NotFound."""
+        born = self.born.get(key)
+        return born is not None and self.now() - born < self.delays["visibility_lag"]
+
+    def bear(self, key):
+        self.born[key] = self.now()
 
     @staticmethod
     @contextmanager
@@ -94,7 +120,7 @@ class State:
         before each request: lazy, yet nothing's timing depends on how often anyone calls."""
         from . import autoscaling  # late: autoscaling imports state
 
-        now = time.monotonic()
+        now = mono()
         stalled = set()
         for _ in range(100_000):
             timer = self.timers[0][0] if self.timers and self.timers[0][0] <= now else None
