@@ -98,6 +98,7 @@ pub fn run(cli: Cli) -> ExitCode {
             return build(&g, req, manifest.as_deref());
         }
         Command::Cleanup { bake_id, orphans, older_than, yes } => return cleanup(&g, bake_id.as_deref(), orphans, &older_than, yes),
+        Command::Bootstrap => return bootstrap(&g),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -159,14 +160,65 @@ fn policy(g: &Global, kind: PolicyKind, role: Option<&str>, env: Option<&str>, a
             let plan = project.plan(role, env, &vars)?;
             plan.builder.inline_policy.unwrap_or_else(|| json!({"Version": "2012-10-17", "Statement": []}))
         }
-        PolicyKind::Operator => {
+        PolicyKind::Operator | PolicyKind::Roller => {
             let ctx = crate::config::policy::operator_context(&project, role, env, account, &vars)?;
             let policies = project.policies()?;
-            policies.render("operator", &ctx).map_err(Problems::from)?.unwrap_or_default()
+            let name = if kind == PolicyKind::Operator { "operator" } else { "roller" };
+            policies.render(name, &ctx).map_err(Problems::from)?.unwrap_or_default()
+        }
+        PolicyKind::Boundary => {
+            if role.is_some() {
+                return Err(Problem::new("(command line)", "", "the boundary covers every role: bake policy boundary takes no --role").into());
+            }
+            boundary_document(&project, account, &vars)?
         }
     };
     out(&serde_json::to_string_pretty(&doc).unwrap_or_default());
     Ok(())
+}
+
+/// The boundary as `bake bootstrap` creates it.
+fn boundary_document(project: &Project, account: Option<&str>, vars: &VarInputs) -> Result<serde_json::Value, Problems> {
+    let ctx = crate::config::policy::boundary_context(project, account, vars)?;
+    let policies = project.policies()?;
+    Ok(policies.render("boundary", &ctx).map_err(Problems::from)?.unwrap_or_default())
+}
+
+fn bootstrap(g: &Global) -> ExitCode {
+    let doc = match var_inputs(g).and_then(|v| boundary_document(&Project::new(&g.root), None, &v)) {
+        Ok(d) => d,
+        Err(p) => {
+            print_problems(&p);
+            return ExitCode::from(1);
+        }
+    };
+    let rt = runtime();
+    let r = rt.block_on(async {
+        let aws = crate::aws::Aws::load(&connection(g)).await;
+        let Some(region) = aws.default_region() else {
+            return Err(crate::error::Error::Other("no region: give --region or configure AWS_REGION".into()));
+        };
+        crate::bootstrap::run(&aws, &region, &doc).await
+    });
+    match r {
+        Ok(o) => {
+            use crate::bootstrap::Outcome;
+            let (what, arn) = match &o {
+                Outcome::Created(a) => ("created", a),
+                Outcome::Updated(a) => ("updated", a),
+                Outcome::Unchanged(a) => ("unchanged", a),
+            };
+            match g.output {
+                Output::Json => out(&serde_json::to_string_pretty(&json!({"boundary": arn, "status": what})).unwrap_or_default()),
+                Output::Text => out(&format!("permissions boundary {arn}: {what}")),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn validate(g: &Global, only: &[String]) -> ExitCode {

@@ -197,6 +197,7 @@ async fn bake_one(
             instance: None,
             images: Vec::new(),
             stage_started: Instant::now(),
+            public_access: Default::default(),
         };
         let r = pipeline::run(&mut ctx, cancel.clone()).await;
         manifest = ctx.manifest;

@@ -57,8 +57,14 @@ pub enum Output {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PolicyKind {
+    /// What whoever bakes needs: build, patch, ls, prune, cleanup (least privilege, by tag)
     Operator,
+    /// What whoever rolls needs besides: roll, build --roll, patch --roll
+    Roller,
+    /// One role's builder policy
     Builder,
+    /// The permissions boundary of every builder role (what `bake bootstrap` creates)
+    Boundary,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +112,9 @@ pub enum Command {
         #[arg(long)]
         account: Option<String>,
     },
+    /// Once per account, as an administrator: create (or update) the builder roles' permissions boundary
+    #[command(after_help = "Examples:\n  bake bootstrap --profile admin\n  bake policy boundary --account 123456789012   # the same document, for Terraform or CloudFormation\n\nIt creates the managed policy /bake/bake-builder-boundary from policies/boundary.json.hbs (what\nthe SSM agent needs plus every role's builder policy). Run it again when a role's builder needs\nmore; unchanged, it changes nothing. Exit codes: 0 created, updated or unchanged, 1 a failure.")]
+    Bootstrap,
     /// Bake golden AMIs: launch a builder, run the role's steps over SSM, create, copy, share and publish the image
     #[command(after_help = "Examples:\n  bake build boxoffice --env staging\n  bake build --all --env production --jobs 4 --output json --manifest bake.json\n  bake build kaiju --env staging --var app_tag=v1.4.2 --force\n\nAn unchanged role (same fingerprint, same source image) reuses its image and launches nothing.\nExit codes: 0 every role baked or unchanged, 1 a role failed, 130 interrupted.")]
     Build {

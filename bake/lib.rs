@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod aws;
+pub mod bootstrap;
 pub mod build;
 pub mod cli;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod progress;
 pub mod roll;
 pub mod rollout;
 pub mod stages;
+pub mod tags;
 pub mod sweep;
 pub mod template;
 pub mod validate;

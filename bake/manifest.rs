@@ -27,6 +27,10 @@ pub struct Manifest {
     /// Region → the image there.
     pub images: BTreeMap<String, ImageRecord>,
     pub parameters: Vec<ParameterRecord>,
+    /// Region → AMI Block Public Access state (`block-new-sharing`, `unblocked`, `unknown`), read
+    /// before sharing there.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub public_access: BTreeMap<String, String>,
     /// Stage → seconds.
     pub stages: BTreeMap<String, f64>,
     /// `service:Operation` → calls.

@@ -75,6 +75,8 @@ pub struct Ctx {
     /// Region → image id, in the order made (build region first).
     pub images: Vec<(String, String)>,
     pub stage_started: Instant,
+    /// AMI Block Public Access per region, read before sharing there.
+    pub public_access: Mutex<BTreeMap<String, String>>,
 }
 
 impl Ctx {

@@ -219,6 +219,13 @@ pub fn build(
             None
         }
     };
+    // An attribute may not widen the builder's policy: a wildcard or an empty segment in a value
+    // that becomes a resource is refused, naming where the value was set.
+    for (path, value) in policies.values_in_resources("builder", &policy_ctx, &["node", "vars", "image", "builder"]) {
+        if let Some(why) = crate::config::policy::too_wide_for_a_resource(&value) {
+            problems.push(value_origin(rf, role, &ordered, &path, why));
+        }
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -243,6 +250,46 @@ pub fn build(
         fingerprint,
         vars: role.vars.clone(),
     })
+}
+
+/// The problem for a value at `path` of the policy context (`node.<cookbook>.<key>…`,
+/// `builder.output.s3_bucket`, `vars.x`), attributed to where it was set: the role (its env
+/// overlay when that sets it) or the cookbook's defaults.
+fn value_origin(rf: &RoleFile, role: &Role, cookbooks: &[&Cookbook], path: &str, why: String) -> Problem {
+    let segs: Vec<String> = path.split('.').map(str::to_string).collect();
+    let keypath = |segs: &[String]| {
+        let mut k = KeyPath::root();
+        for s in segs {
+            match s.split_once('[') {
+                Some((name, idx)) => {
+                    k = k.key(name);
+                    if let Ok(i) = idx.trim_end_matches(']').parse() {
+                        k = k.index(i);
+                    }
+                }
+                None => k = k.key(s),
+            }
+        }
+        k
+    };
+    if segs.first().map(String::as_str) == Some("node") && segs.len() > 2 {
+        let cb = &segs[1];
+        let mut in_role = role.attributes.get(cb.as_str());
+        for s in &segs[2..] {
+            in_role = in_role.and_then(|v| v.get(s.split('[').next().unwrap_or(s)));
+        }
+        if in_role.is_some() {
+            let mut rel = vec!["attributes".to_string(), cb.clone()];
+            rel.extend(segs[2..].iter().cloned());
+            return rf.problem_at(&role.env, &keypath(&rel), why);
+        }
+        if let Some(c) = cookbooks.iter().find(|c| &c.name == cb) {
+            let mut rel = vec!["attributes".to_string()];
+            rel.extend(segs[2..].iter().cloned());
+            return Problem::new(std::path::Path::new("cookbooks").join(&c.name).join("cookbook.toml"), keypath(&rel).to_string(), why);
+        }
+    }
+    rf.problem_at(&role.env, &keypath(&segs), why)
 }
 
 /// What policy templates see.

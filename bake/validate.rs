@@ -122,18 +122,35 @@ pub fn run(project: &Project, only: &[String], vars: &VarInputs) -> Report {
             }
         }
         report.cookbooks = names.len();
-        if let Some(policies) = &policies {
-            match crate::config::policy::operator_context(project, None, None, None, vars) {
+    } else {
+        report.cookbooks = cache.len();
+    }
+    // The policies these roles need render and fit: the operator's for every role and for each
+    // role alone, and the builders' boundary.
+    if let Some(policies) = &policies {
+        let scopes: Vec<Option<&str>> = if only.is_empty() { std::iter::once(None).chain(roles.iter().map(|r| Some(r.as_str()))).collect() } else { roles.iter().map(|r| Some(r.as_str())).collect() };
+        for role in scopes {
+            match crate::config::policy::operator_context(project, role, None, None, vars) {
                 Ok(ctx) => {
-                    if let Err(p) = policies.render("operator", &ctx) {
+                    for kind in ["operator", "roller"] {
+                        if let Err(p) = policies.render(kind, &ctx) {
+                            report.add(&mut seen, p.into());
+                        }
+                    }
+                }
+                Err(p) => report.add(&mut seen, p),
+            }
+        }
+        if only.is_empty() {
+            match crate::config::policy::boundary_context(project, None, vars) {
+                Ok(ctx) => {
+                    if let Err(p) = policies.render("boundary", &ctx) {
                         report.add(&mut seen, p.into());
                     }
                 }
                 Err(p) => report.add(&mut seen, p),
             }
         }
-    } else {
-        report.cookbooks = cache.len();
     }
     report
 }

@@ -341,13 +341,58 @@ fn render_prints_one_step_and_policy_prints_json() {
     let all = doc.to_string();
     assert!(all.contains("arn:aws:iam::123456789012:role/bake/*"));
     assert!(all.contains("aws:RequestTag/bake:managed") && all.contains("aws:ResourceTag/bake:managed"));
-    let pass = doc["Statement"].as_array().unwrap().iter().find(|s| s["Action"] == "iam:PassRole").unwrap();
-    assert_eq!(pass["Condition"]["StringEquals"]["iam:PassedToService"], "ec2.amazonaws.com");
+    let statements = |doc: &serde_json::Value| doc["Statement"].as_array().unwrap().clone();
+    let sid = |doc: &serde_json::Value, sid: &str| statements(doc).into_iter().find(|s| s["Sid"] == sid).unwrap_or_else(|| panic!("no statement {sid} in {doc}"));
+    let pass = sid(&doc, "PassBuilderRolesToEc2");
+    assert_eq!(pass["Condition"]["StringEqualsIfExists"]["iam:PassedToService"], "ec2.amazonaws.com");
+    assert_eq!(pass["Resource"], "arn:aws:iam::123456789012:role/bake/*");
+    let create = sid(&doc, "CreateBuilderIdentities");
+    assert_eq!(create["Condition"]["StringLikeIfExists"]["iam:PermissionsBoundary"], "arn:aws:iam::123456789012:policy/bake/bake-builder-boundary");
+    let deny = sid(&doc, "NeverABuilderRoleWithoutTheBoundary");
+    assert_eq!(deny["Effect"], "Deny");
+    assert!(!all.contains("ec2:Describe*") && !all.contains("DescribeInstanceAttribute"), "Describe narrowed to what bake calls");
+    for unused in ["StartInstances", "DisableImageDeprecation", "RollbackInstanceRefresh", "ListCommands", "kms:Encrypt\""] {
+        assert!(!all.contains(unused), "unused grant {unused}");
+    }
 
+    // One role's policies: every mutating statement names that role and env.
+    for kind in ["operator", "roller"] {
+        let out = bake(&repo(), &["policy", kind, "--role", "boxoffice", "--env", "production"]);
+        assert!(out.status.success(), "{kind}: {}", text(&out.stderr));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for s in statements(&doc) {
+            let text = s.to_string();
+            let resources = s["Resource"].to_string() + &s["NotResource"].to_string();
+            let scoped = text.contains("\"bake:role\":\"boxoffice\"") || text.contains("/bake:role\":\"boxoffice\"")
+                || !resources.contains('*') || s["Effect"] == "Deny"
+                // reads; launches that also need a role-scoped resource; resources named exactly
+                || ["CallsWithoutResources", "ReadGroupsTemplatesAndImages", "ReadBuilderIdentities", "LaunchFromSourceImages", "LaunchIntoConfiguredPlaces", "LaunchGroupInstancesFromTemplates"].contains(&s["Sid"].as_str().unwrap())
+                || ["RunStepsWithTheShellDocument", "ReadSourceParameters", "PublishOwnParameters", "LegacyLaunchConfigurations"].contains(&s["Sid"].as_str().unwrap()) && (text.contains("boxoffice") || text.contains("AWS-RunShellScript") || text.contains("parameter/aws/service/"));
+            assert!(scoped, "{kind}: statement not confined to boxoffice/production: {s}");
+        }
+        let size = serde_json::to_string(&doc).unwrap().len();
+        assert!(size <= 6144, "{kind} fits a managed policy: {size}");
+    }
     let out = bake(&repo(), &["policy", "operator", "--role", "boxoffice", "--env", "production"]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let publish = doc["Statement"].as_array().unwrap().iter().find(|s| s["Sid"] == "PublishImageIds").unwrap();
-    assert_eq!(publish["Resource"], serde_json::json!(["arn:aws:ssm:*:*:parameter/bake/boxoffice/production/ami-id"]));
+    // PutParameter's tags are authorized on `parameter/` + the name as given (slash included).
+    assert_eq!(
+        sid(&doc, "PublishOwnParameters")["Resource"],
+        serde_json::json!(["arn:aws:ssm:*:*:parameter/bake/boxoffice/production/ami-id", "arn:aws:ssm:*:*:parameter//bake/boxoffice/production/ami-id"])
+    );
+    assert_eq!(sid(&doc, "LaunchFromSourceImages")["Condition"]["StringEquals"]["ec2:Owner"], serde_json::json!(["099720109477"]));
+    // www's source is a filter: no source parameter, and its owners from the filter.
+    let out = bake(&repo(), &["policy", "operator", "--role", "www", "--env", "staging"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(statements(&doc).iter().all(|s| s["Sid"] != "ReadSourceParameters"));
+    assert_eq!(sid(&doc, "LaunchFromSourceImages")["Condition"]["StringEquals"]["ec2:Owner"], serde_json::json!(["099720109477"]));
+    let out = bake(&repo(), &["policy", "boundary", "--account", "123456789012"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let all = doc.to_string();
+    assert!(all.contains("ssm:UpdateInstanceInformation") && all.contains("parameter/universe/registry/password") && all.contains("universe-apps/boxoffice_production.tgz"));
+    assert!(!all.contains("iam:") && !all.contains("ec2:RunInstances") && !all.contains("sts:"), "the boundary grants no way up: {all}");
 
     let out = bake(&repo(), &["policy", "builder", "--role", "www", "--env", "staging"]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

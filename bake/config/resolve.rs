@@ -102,6 +102,16 @@ pub fn valid_bucket_name(s: &str) -> bool {
         && !s.contains("-.")
 }
 
+/// An image owner as EC2 names it: an account id, `amazon`, `aws-marketplace`, or `self`.
+pub fn valid_owner(s: &str) -> bool {
+    matches!(s, "amazon" | "aws-marketplace" | "self") || (s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// IAM names (roles, instance profiles): 1-128 of letters, digits and `+=,.@_-`.
+pub fn valid_iam_name(s: &str) -> bool {
+    (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+}
+
 const VOLUME_TYPES: &[&str] = &["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"];
 const ARCHES: &[&str] = &["x86_64", "arm64", "i386", "x86_64_mac", "arm64_mac"];
 
@@ -189,6 +199,22 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
     // source: exactly one
     let sp = root.key("source");
     let kinds = [source.ssm_parameter.is_some(), source.filter.is_some(), source.ami.is_some()];
+    let mut source_owners = Vec::new();
+    if let Some(owners) = &source.owners {
+        if source.ssm_parameter.is_none() {
+            let why = if source.filter.is_some() { "give the owners as source.filter.owners" } else { "only with ssm_parameter (a pinned ami is named by its id)" };
+            problems.push(p(&sp.key("owners"), why.into()));
+        }
+        for (i, o) in owners.iter().enumerate() {
+            if !valid_owner(o) {
+                problems.push(p(&sp.key("owners").index(i), format!("`{o}` is not an image owner (a 12-digit account id, amazon, aws-marketplace or self)")));
+            }
+        }
+        if owners.is_empty() {
+            problems.push(p(&sp.key("owners"), "name at least one owner".into()));
+        }
+        source_owners = owners.clone();
+    }
     let source_spec = match kinds.iter().filter(|k| **k).count() {
         1 => {
             if let Some(name) = &source.ssm_parameter {
@@ -208,6 +234,12 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
                 if owners.is_empty() {
                     problems.push(p(&fp, "a filter needs owners (account ids, or amazon / aws-marketplace / self)".into()));
                 }
+                for (i, o) in owners.iter().enumerate() {
+                    if !valid_owner(o) {
+                        problems.push(p(&fp.key("owners").index(i), format!("`{o}` is not an image owner (a 12-digit account id, amazon, aws-marketplace or self)")));
+                    }
+                }
+                source_owners = owners.clone();
                 let name = f.name.unwrap_or_default();
                 if name.is_empty() {
                     problems.push(p(&fp, "a filter needs a name pattern (e.g. ubuntu/images/*ubuntu-noble-24.04-amd64-server-*)".into()));
@@ -282,6 +314,11 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
             problems.push(p(&bp.key("step_timeout"), "SSM Run Command allows at most 48h".into()));
         }
     }
+    if let Some(ip) = &builder.instance_profile {
+        if !valid_iam_name(ip) {
+            problems.push(p(&bp.key("instance_profile"), format!("`{ip}` is not an instance profile name (1-128 of letters, digits and +=,.@_-)")));
+        }
+    }
     let output = builder.output.clone().unwrap_or_default();
     let op = bp.key("output");
     if let Some(b) = &output.s3_bucket {
@@ -315,6 +352,7 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
         ready_timeout: builder.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT),
         image_timeout: builder.image_timeout.unwrap_or(DEFAULT_IMAGE_TIMEOUT),
         output: OutputSpec { s3_bucket: output.s3_bucket.clone(), s3_prefix, log_group: output.log_group.clone() },
+        instance_profile: builder.instance_profile.clone(),
     };
 
     // image
@@ -412,6 +450,7 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
         canary_bake_time: rollout.canary_bake_time.unwrap_or_default(),
         concurrency: rollout.concurrency.unwrap_or(4),
         set_default_version: rollout.set_default_version.unwrap_or(false),
+        keep_version_alias: rollout.keep_version_alias.unwrap_or(false),
         keep_launch_configurations: rollout.keep_launch_configurations.unwrap_or(3),
         refresh: refresh_main,
         patch_refresh: patch_spec,
@@ -443,6 +482,7 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
         description,
         run_list,
         source: source_spec,
+        source_owners,
         builder: builder_spec,
         image: image_spec,
         attributes,
@@ -467,6 +507,7 @@ fn refresh_spec(
         checkpoint_delay: None,
         skip_matching: true,
         auto_rollback: true,
+        protected_instances: "refresh".into(),
     });
     let spec = RefreshSpec {
         min_healthy_percentage: l.min_healthy_percentage.unwrap_or(d.min_healthy_percentage),
@@ -476,7 +517,11 @@ fn refresh_spec(
         checkpoint_delay: l.checkpoint_delay.or(d.checkpoint_delay),
         skip_matching: l.skip_matching.unwrap_or(d.skip_matching),
         auto_rollback: l.auto_rollback.unwrap_or(d.auto_rollback),
+        protected_instances: l.protected_instances.clone().unwrap_or(d.protected_instances),
     };
+    if !["refresh", "ignore", "wait"].contains(&spec.protected_instances.as_str()) {
+        problems.push(p(&at.key("protected_instances"), format!("`{}` is not one of refresh, ignore, wait", spec.protected_instances)));
+    }
     if spec.min_healthy_percentage > 100 {
         problems.push(p(&at.key("min_healthy_percentage"), "must be between 0 and 100".into()));
     }
@@ -490,6 +535,13 @@ fn refresh_spec(
     let cps = &spec.checkpoint_percentages;
     if cps.iter().any(|c| !(1..=100).contains(c)) || cps.windows(2).any(|w| w[0] >= w[1]) {
         problems.push(p(&at.key("checkpoint_percentages"), "must rise strictly, each between 1 and 100".into()));
+    } else if cps.last().is_some_and(|c| *c != 100) {
+        // AWS stops a refresh at its last checkpoint and calls it Successful: part of the group
+        // would stay on the old image.
+        problems.push(p(&at.key("checkpoint_percentages"), "must end at 100: AWS stops a refresh at its last checkpoint (and calls it successful), leaving the rest of the group on the old image".into()));
+    }
+    if l.checkpoint_delay.is_some() && spec.checkpoint_percentages.is_empty() {
+        problems.push(p(&at.key("checkpoint_delay"), "only with checkpoint_percentages (AWS refuses a delay without checkpoints)".into()));
     }
     spec
 }

@@ -17,6 +17,10 @@ pub struct SourceLayer {
     pub ssm_parameter: Option<String>,
     pub filter: Option<FilterLayer>,
     pub ami: Option<String>,
+    /// With `ssm_parameter`: who publishes the images it names (account ids, `amazon`,
+    /// `aws-marketplace`, `self`); the operator policy launches only their images. Known public
+    /// parameters (Canonical's, Debian's, Amazon's) need none.
+    pub owners: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default, Clone, Debug)]
@@ -45,6 +49,9 @@ pub struct BuilderLayer {
     pub ready_timeout: Option<Secs>,
     pub image_timeout: Option<Secs>,
     pub output: Option<OutputLayer>,
+    /// A pre-created instance profile for the builder (its role under any path, tagged
+    /// bake:role): bake then creates no IAM role, and the operator needs no IAM write.
+    pub instance_profile: Option<String>,
 }
 
 /// Where SSM Run Command also sends each step's whole output (the API returns only the first
@@ -83,6 +90,9 @@ pub struct RefreshLayer {
     pub checkpoint_delay: Option<Secs>,
     pub skip_matching: Option<bool>,
     pub auto_rollback: Option<bool>,
+    /// What the refresh does with instances protected from scale-in or in Standby: `refresh`
+    /// (replace them too), `ignore` (leave them), `wait` (AWS waits an hour for them, then fails).
+    pub protected_instances: Option<String>,
 }
 
 #[derive(Deserialize, Default, Clone, Debug)]
@@ -94,6 +104,9 @@ pub struct RolloutLayer {
     pub canary_bake_time: Option<Secs>,
     pub concurrency: Option<u32>,
     pub set_default_version: Option<bool>,
+    /// A group that uses `$Latest` or `$Default` keeps following it (else it moves to the new
+    /// numbered version); either way AWS cannot roll such a group back (bake does).
+    pub keep_version_alias: Option<bool>,
     pub keep_launch_configurations: Option<u32>,
     pub refresh: Option<RefreshLayer>,
     /// Refresh preferences for `bake patch --roll`, merged over `refresh`.
@@ -163,6 +176,8 @@ pub struct BuilderSpec {
     pub ready_timeout: Secs,
     pub image_timeout: Secs,
     pub output: OutputSpec,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_profile: Option<String>,
 }
 
 /// Full step output: S3 objects under `s3://<s3_bucket>/<s3_prefix>/` and/or a CloudWatch Logs
@@ -199,6 +214,8 @@ pub struct RefreshSpec {
     pub checkpoint_delay: Option<Secs>,
     pub skip_matching: bool,
     pub auto_rollback: bool,
+    /// `refresh`, `ignore` or `wait` (see the layer).
+    pub protected_instances: String,
 }
 
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
@@ -209,6 +226,7 @@ pub struct RolloutSpec {
     pub canary_bake_time: Secs,
     pub concurrency: u32,
     pub set_default_version: bool,
+    pub keep_version_alias: bool,
     pub keep_launch_configurations: u32,
     pub refresh: RefreshSpec,
     pub patch_refresh: RefreshSpec,
@@ -231,6 +249,9 @@ pub struct Role {
     pub description: String,
     pub run_list: Vec<String>,
     pub source: SourceSpec,
+    /// Who publishes the source images (`source.owners`, or `source.filter.owners`); empty when
+    /// the role does not say (a known public parameter's owner is looked up where it is needed).
+    pub source_owners: Vec<String>,
     pub builder: BuilderSpec,
     pub image: ImageSpec,
     /// The role's attribute overrides (cookbook name → table), vars already rendered.

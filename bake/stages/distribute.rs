@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::types::{
     CreateVolumePermission, CreateVolumePermissionModifications, LaunchPermission, LaunchPermissionModifications,
     ResourceType,
@@ -17,8 +16,7 @@ use crate::error::{Error, Result};
 use crate::journal::{self, Entry, Kind};
 use crate::manifest::{ImageRecord, ParameterRecord};
 use crate::pipeline::{Ctx, JournalHandle};
-use crate::stages::image::snapshots;
-use crate::stages::launch::waiter_why;
+use crate::stages::image::snapshot_ids;
 use crate::stages::tag_spec;
 
 struct Copy {
@@ -60,24 +58,46 @@ async fn copy_one(
             .map_err(|e| Error::aws("ec2:CopyImage", format!("copy of {source_image}"), &region, &e))?;
         let id = r.image_id().unwrap_or_default().to_string();
         journal.created(crate::journal::Resource::new(Kind::Image, &id, &region))?;
-        let (_, early) = snapshots(&c, &id).await?;
-        for s in &early {
-            journal.created(crate::journal::Resource::new(Kind::Snapshot, s, &region))?;
-        }
-        c.ec2
-            .wait_until_image_available()
-            .image_ids(&id)
-            .wait(timeout.as_duration())
-            .await
-            .map_err(|e| Error::Wait { what: "copy".into(), resource: id.clone(), region: region.clone(), why: waiter_why(&e, "available", timeout) })?;
-        let (_, snaps) = snapshots(&c, &id).await?;
-        for s in snaps.iter().filter(|s| !early.contains(s)) {
-            journal.created(crate::journal::Resource::new(Kind::Snapshot, s, &region))?;
-        }
-        Ok((id, snaps))
+        let mut journaled: Vec<String> = Vec::new();
+        let img = crate::wait::image(&c, "copy", &id, timeout.as_duration(), |img| {
+            for s in snapshot_ids(img) {
+                if !journaled.contains(&s) {
+                    journal.created(crate::journal::Resource::new(Kind::Snapshot, &s, &region))?;
+                    journaled.push(s);
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok((id, snapshot_ids(&img)))
     }
     .await;
     Copy { region, result }
+}
+
+/// AMI Block Public Access in the image's region, read before sharing: recorded in the manifest,
+/// and a warning when it is off (bake never shares publicly, but the account could).
+async fn public_access_state(ctx: &Ctx, c: &Clients) {
+    let state = match c.ec2.get_image_block_public_access_state().send().await {
+        Ok(r) => match r.image_block_public_access_state() {
+            Some(s) => s.to_string(),
+            None => "unknown".to_string(),
+        },
+        Err(e) => {
+            let e = Error::aws("ec2:GetImageBlockPublicAccessState", "the account's AMI settings", &c.region, &e);
+            ctx.report.info(&format!("could not read AMI Block Public Access: {e}"));
+            "unknown".to_string()
+        }
+    };
+    if state != "block-new-sharing" {
+        ctx.report.info(&format!(
+            "AMI Block Public Access is {state} in {}: bake shares only with the accounts, organizations and OUs it is given, but anyone here could make an image public; turn it on with `aws ec2 enable-image-block-public-access --image-block-public-access-state block-new-sharing --region {}`",
+            c.region, c.region
+        ));
+    }
+    if let Ok(mut m) = ctx.public_access.lock() {
+        m.insert(c.region.clone(), state);
+    }
 }
 
 /// Share the image and its snapshots, and set its deprecation time, in one region.
@@ -88,6 +108,7 @@ async fn share_and_deprecate(ctx: &Ctx, c: &Clients, image: &str, snaps: &[Strin
     perms.extend(spec.share_organizations.iter().map(|o| LaunchPermission::builder().organization_arn(o).build()));
     perms.extend(spec.share_ous.iter().map(|o| LaunchPermission::builder().organizational_unit_arn(o).build()));
     if !perms.is_empty() {
+        public_access_state(ctx, c).await;
         c.ec2
             .modify_image_attribute()
             .image_id(image)
@@ -213,6 +234,9 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
         let c = ctx.aws.clients(region);
         let snaps = ctx.manifest.images.get(region).map(|i| i.snapshot_ids.clone()).unwrap_or_default();
         share_and_deprecate(ctx, &c, id, &snaps).await?;
+    }
+    if let Ok(m) = ctx.public_access.lock() {
+        ctx.manifest.public_access = m.clone();
     }
     // Mark the product before publishing it: an image named by a parameter is never swept.
     crate::stages::cleanup::keep_products(ctx).await?;

@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
-    InstanceMarketOptionsRequest, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceType,
+    InstanceMarketOptionsRequest, InstanceMetadataEndpointState, InstanceStateName, InstanceMetadataOptionsRequest, InstanceType,
     InstanceNetworkInterfaceSpecification, MarketType, ResourceType, VolumeType,
 };
 use aws_sdk_ssm::types::{InstanceInformationStringFilter, PingStatus};
@@ -19,6 +18,9 @@ use crate::manifest::BuilderRecord;
 use crate::pipeline::Ctx;
 use crate::stages::tag_spec;
 use crate::wait::{poll, Poll};
+
+/// How long bake waits for a new instance profile to become usable by EC2 (IAM propagation).
+pub const IAM_PROPAGATION: Duration = Duration::from_secs(180);
 
 /// The subnet and VPC the builder goes into.
 async fn network(ctx: &Ctx) -> Result<(String, String)> {
@@ -110,12 +112,18 @@ async fn security_group(ctx: &Ctx, vpc: &str) -> Result<String> {
     Ok(id)
 }
 
-/// True for RunInstances' answer while a new instance profile is not visible to EC2 yet.
-fn profile_not_ready(e: &Error) -> bool {
-    matches!(e, Error::Aws { code: Some(c), detail, .. } if c == "InvalidParameterValue" && detail.contains("iamInstanceProfile"))
+/// True for RunInstances' answer while what bake just made is not visible to EC2 yet: the new
+/// instance profile (IAM propagation), or the new security group (EC2's eventual consistency).
+fn not_visible_yet(e: &Error) -> bool {
+    match e {
+        Error::Aws { code: Some(c), detail, .. } => {
+            (c == "InvalidParameterValue" && detail.contains("iamInstanceProfile")) || c == "InvalidGroup.NotFound"
+        }
+        _ => false,
+    }
 }
 
-pub async fn launch(ctx: &mut Ctx, _role: &str, profile: &str) -> Result<()> {
+pub async fn launch(ctx: &mut Ctx, role: &str, profile: &str) -> Result<()> {
     let (subnet, vpc) = network(ctx).await?;
     let spec = ctx.plan.builder.spec.clone();
     let groups = if spec.security_group_ids.is_empty() {
@@ -155,6 +163,7 @@ pub async fn launch(ctx: &mut Ctx, _role: &str, profile: &str) -> Result<()> {
         .block_device_mappings(BlockDeviceMapping::builder().device_name(&source.root_device_name).ebs(ebs.build()).build())
         .tag_specifications(tag_spec(ResourceType::Instance, &tags))
         .tag_specifications(tag_spec(ResourceType::Volume, &tags))
+        .tag_specifications(tag_spec(ResourceType::NetworkInterface, &tags))
         .client_token(format!("{}-builder", ctx.id));
     req = match spec.associate_public_ip {
         Some(public) => req.network_interfaces(
@@ -173,17 +182,24 @@ pub async fn launch(ctx: &mut Ctx, _role: &str, profile: &str) -> Result<()> {
     }
     let region = ctx.region.clone();
     let report = ctx.report.clone();
-    // A new instance profile takes a few seconds to be usable by EC2 (eventual consistency).
+    // A new instance profile takes seconds, sometimes minutes, to be usable by EC2 (IAM
+    // propagation; Packer #9810 and #12303 saw minutes); a new security group a moment.
     let run = || {
         let req = req.clone();
         let region = region.clone();
         async move { req.send().await.map_err(|e| Error::aws("ec2:RunInstances", "the builder", &region, &e)) }
     };
     let out = run
-        .retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(1)).with_max_delay(Duration::from_secs(8)).with_max_times(10))
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(Duration::from_secs(15))
+                .with_max_times(usize::MAX)
+                .with_total_delay(Some(IAM_PROPAGATION)),
+        )
         .sleep(tokio::time::sleep)
-        .when(profile_not_ready)
-        .notify(|_, d| report.info(&format!("instance profile not visible to EC2 yet; retrying in {:.1}s", d.as_secs_f64())))
+        .when(not_visible_yet)
+        .notify(|e, d| report.info(&format!("{} not visible to EC2 yet; retrying in {:.1}s", if e.code() == Some("InvalidGroup.NotFound") { "the security group" } else { "the instance profile" }, d.as_secs_f64())))
         .await?;
     let instance = out.instances().first().and_then(|i| i.instance_id()).unwrap_or_default().to_string();
     ctx.created(Kind::Instance, &instance, &ctx.region)?;
@@ -193,49 +209,13 @@ pub async fn launch(ctx: &mut Ctx, _role: &str, profile: &str) -> Result<()> {
         instance_type: spec.instance_type.clone(),
         subnet_id: Some(subnet),
         security_groups: groups,
-        iam_role: profile.to_string(),
+        iam_role: role.to_string(),
         instance_profile: profile.to_string(),
     });
     ctx.report.stage("launch", &format!("{instance} pending"));
-    ctx.c
-        .ec2
-        .wait_until_instance_running()
-        .instance_ids(&instance)
-        .wait(spec.ready_timeout.as_duration())
-        .await
-        .map_err(|e| Error::Wait {
-            what: "builder".into(),
-            resource: instance.clone(),
-            region: ctx.region.clone(),
-            why: waiter_why(&e, "running", spec.ready_timeout),
-        })?;
+    crate::wait::instance(&ctx.c, "builder", &instance, InstanceStateName::Running, spec.ready_timeout.as_duration()).await?;
     ctx.report.stage("launch", &format!("{instance} running"));
     Ok(())
-}
-
-/// One line for a waiter's failure.
-pub fn waiter_why<O, E>(e: &aws_smithy_runtime_api::client::waiters::error::WaiterError<O, E>, goal: &str, timeout: crate::config::Secs) -> String
-where
-    O: std::fmt::Debug,
-    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
-{
-    use aws_smithy_runtime_api::client::waiters::error::WaiterError;
-    use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-    match e {
-        WaiterError::ExceededMaxWait(_) => format!("did not become {goal} within {timeout}"),
-        WaiterError::FailureState(_) => format!("reached a state from which it cannot become {goal}"),
-        WaiterError::OperationFailed(op) => {
-            let inner = op.error();
-            match (inner.code(), inner.message()) {
-                (Some(c), Some(m)) => format!("could not be checked: {c}: {m}"),
-                _ => format!(
-                    "could not be checked: {}",
-                    crate::error::one_line(&aws_smithy_types::error::display::DisplayErrorContext(inner).to_string())
-                ),
-            }
-        }
-        _ => crate::error::one_line(&aws_smithy_types::error::display::DisplayErrorContext(e).to_string()),
-    }
 }
 
 /// Waits until the builder's SSM agent is Online (after `since`, for a reboot: its last ping is

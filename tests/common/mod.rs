@@ -49,7 +49,18 @@ pub fn text(b: &[u8]) -> String {
 }
 
 /// The bake binary with `--root root`, run in `root`, talking to `sb` (and to nothing else).
+/// Before a build or a patch, the account gets the set-up an administrator gives it once
+/// (`bake bootstrap`: the builders' permissions boundary, from the project as the test left it).
 pub fn bake_cmd_on(sb: &sandbox::Sandbox, root: &Path, args: &[&str]) -> Command {
+    if matches!(args.first(), Some(&"build") | Some(&"patch")) {
+        let out = bake_cmd_unprepared(sb, root, &["bootstrap"]).output().expect("run bake bootstrap");
+        assert!(out.status.success(), "bake bootstrap: {}", text(&out.stderr));
+    }
+    bake_cmd_unprepared(sb, root, args)
+}
+
+/// [`bake_cmd_on`] without the account's one-time set-up.
+pub fn bake_cmd_unprepared(sb: &sandbox::Sandbox, root: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bake"));
     cmd.arg("--root").arg(root).args(args).current_dir(root);
     for (k, _) in std::env::vars() {
@@ -110,4 +121,23 @@ pub fn edit(root: &Path, file: &str, from: &str, to: &str) {
     let s = std::fs::read_to_string(&p).unwrap();
     assert!(s.contains(from), "{file} lacks {from:?}");
     std::fs::write(&p, s.replacen(from, to, 1)).unwrap();
+}
+
+/// The tags a team puts on an Auto Scaling group to opt it in to bake's role/env (README, IAM).
+pub fn opted_in_group(group: &str, role: &str, env: &str) -> Vec<aws_sdk_autoscaling::types::Tag> {
+    [("bake:role", role), ("bake:env", env)]
+        .iter()
+        .map(|(k, v)| {
+            aws_sdk_autoscaling::types::Tag::builder().key(*k).value(*v).resource_id(group).resource_type("auto-scaling-group").propagate_at_launch(false).build()
+        })
+        .collect()
+}
+
+/// The same for the group's launch template, as a tag specification of CreateLaunchTemplate.
+pub fn opted_in_template(role: &str, env: &str) -> aws_sdk_ec2::types::TagSpecification {
+    aws_sdk_ec2::types::TagSpecification::builder()
+        .resource_type(aws_sdk_ec2::types::ResourceType::LaunchTemplate)
+        .tags(aws_sdk_ec2::types::Tag::builder().key("bake:role").value(role).build())
+        .tags(aws_sdk_ec2::types::Tag::builder().key("bake:env").value(env).build())
+        .build()
 }
