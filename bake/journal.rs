@@ -202,6 +202,14 @@ pub struct State {
     /// Published parameters not reverted: (region, name, previous).
     pub published: Vec<(String, String, Option<String>)>,
     pub finished: Option<String>,
+    /// When each resource was created (the journal line's time).
+    pub born: std::collections::BTreeMap<Resource, std::time::SystemTime>,
+}
+
+/// An RFC 3339 time (as the journal writes them).
+pub fn parse_time(s: &str) -> Option<std::time::SystemTime> {
+    let t = aws_smithy_types::DateTime::from_str(s, aws_smithy_types::date_time::Format::DateTime).ok()?;
+    std::time::SystemTime::try_from(t).ok()
 }
 
 pub fn state(entries: &[Entry]) -> State {
@@ -211,9 +219,12 @@ pub fn state(entries: &[Entry]) -> State {
             Entry::Started { bake_id, region, pid, host, regions, .. } => {
                 s.started = Some(Start { bake_id: bake_id.clone(), region: region.clone(), regions: regions.clone(), pid: *pid, host: host.clone() })
             }
-            Entry::Created { resource, .. } => {
+            Entry::Created { resource, at } => {
                 if !s.live.contains(resource) {
                     s.live.push(resource.clone());
+                }
+                if let Some(t) = parse_time(at) {
+                    s.born.insert(resource.clone(), t);
                 }
             }
             Entry::Kept { resource, .. } => {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_autoscaling::types::{
-    DesiredConfiguration, Filter as AsgFilter, InstanceRefreshStatus, LaunchTemplateSpecification, RefreshPreferences, Tag as AsgTag,
+    DesiredConfiguration, Filter as AsgFilter, InstanceRefreshStatus, LaunchTemplateSpecification, LifecycleState, RefreshPreferences,
+    ScaleInProtectedInstances, StandbyInstances, Tag as AsgTag,
 };
 use aws_sdk_ec2::types::{Filter, ImageState, RequestLaunchTemplateData};
 use futures::stream::{self, StreamExt};
@@ -21,6 +22,7 @@ use crate::manifest::{GroupRecord, RollManifest};
 use crate::pipeline::{cancelled, Cancel};
 use crate::plan::Plan;
 use crate::progress::{Progress, Reporter};
+use crate::tags;
 use crate::rollout::{self, Change, GroupPlan, GroupState, PlanOptions, RolloutPlan, Source};
 use crate::wait::{poll, Poll};
 
@@ -160,7 +162,37 @@ pub async fn discover(c: &Clients, plan: &Plan) -> Result<Vec<GroupState>> {
         .buffered(8)
         .collect()
         .await;
-    described.into_iter().collect()
+    let mut states: Vec<GroupState> = described.into_iter().collect::<Result<_>>()?;
+    // The launch templates' own tags (their owners opt them in to bake).
+    let mut ids: Vec<String> = states
+        .iter()
+        .filter_map(|g| match &g.source {
+            Source::LaunchTemplate { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    if !ids.is_empty() {
+        let templates: Vec<aws_sdk_ec2::types::LaunchTemplate> = c
+            .ec2
+            .describe_launch_templates()
+            .set_launch_template_ids(Some(ids))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| Error::aws("ec2:DescribeLaunchTemplates", "the groups' launch templates", region, &e))?;
+        for g in &mut states {
+            if let Source::LaunchTemplate { id, .. } = &g.source {
+                if let Some(t) = templates.iter().find(|t| t.launch_template_id() == Some(id.as_str())) {
+                    g.template_tags = t.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect();
+                }
+            }
+        }
+    }
+    Ok(states)
 }
 
 /// Launch template versions already described (groups often share a template).
@@ -223,7 +255,18 @@ async fn describe_group(c: &Clients, g: aws_sdk_autoscaling::types::AutoScalingG
         .iter()
         .find(|r| is_active(r.status()))
         .and_then(|r| r.instance_refresh_id().map(str::to_string));
-    Ok(GroupState { name, source, tags, instances: g.instances().len(), refresh_in_progress: active })
+    let protected = g.instances().iter().filter(|i| i.protected_from_scale_in() == Some(true)).count();
+    let standby = g
+        .instances()
+        .iter()
+        .filter(|i| matches!(i.lifecycle_state(), Some(LifecycleState::Standby | LifecycleState::EnteringStandby)))
+        .count();
+    Ok(GroupState { name, source, tags, template_tags: BTreeMap::new(), protected, standby, instances: g.instances().len(), refresh_in_progress: active })
+}
+
+/// Auto Scaling's answer while a launch template bake just made is not visible to it yet.
+fn template_not_visible_yet(e: &Error) -> bool {
+    matches!(e, Error::Aws { code: Some(c), detail, .. } if c == "ValidationError" && detail.contains("launch template") && detail.contains("does not exist"))
 }
 
 fn is_active(s: Option<&InstanceRefreshStatus>) -> bool {
@@ -314,6 +357,38 @@ impl Cx {
             })
             .await?;
         Ok(*n)
+    }
+
+    /// A new version of template `id` with the settings of version `from`: for a group that
+    /// follows `$Latest`, so that `$Latest` means the old image again.
+    async fn copy_template_version(&self, plan: &RolloutPlan, id: &str, name: &str, from: i64) -> Result<i64> {
+        let v = self
+            .c
+            .ec2
+            .create_launch_template_version()
+            .launch_template_id(id)
+            .source_version(from.to_string())
+            .version_description(format!("bake {}: back to v{from} for {}/{}", plan.roll_id, plan.role, plan.env))
+            .launch_template_data(RequestLaunchTemplateData::builder().build())
+            .send()
+            .await
+            .map_err(|e| Error::aws("ec2:CreateLaunchTemplateVersion", format!("launch template {name}"), &self.c.region, &e))?;
+        v.launch_template_version()
+            .and_then(|v| v.version_number())
+            .ok_or_else(|| Error::Other(format!("ec2:CreateLaunchTemplateVersion on {name} in {} answered without a version number", self.c.region)))
+    }
+
+    /// Deletes the launch template a failed migration made (it is not used: the group is back
+    /// on its launch configuration).
+    async fn delete_migrated_template(&self, template: &str) {
+        if let Err(e) = self.c.ec2.delete_launch_template().launch_template_name(template).send().await {
+            if !crate::error::is_not_found(aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e)) {
+                self.report.bake(template).info(&format!(
+                    "could not delete the launch template {template} the migration made: {}",
+                    Error::aws("ec2:DeleteLaunchTemplate", format!("launch template {template}"), &self.c.region, &e)
+                ));
+            }
+        }
     }
 
     fn reporter(&self, group: &str) -> Reporter {
@@ -436,6 +511,12 @@ impl Cx {
             prefs = prefs.set_checkpoint_percentages(Some(r.checkpoint_percentages.iter().map(|c| *c as i32).collect()));
             prefs = prefs.checkpoint_delay(r.checkpoint_delay.map(|d| d.0 as i32).unwrap_or(3600));
         }
+        let (protected, standby) = match r.protected_instances.as_str() {
+            "ignore" => (ScaleInProtectedInstances::Ignore, StandbyInstances::Ignore),
+            "wait" => (ScaleInProtectedInstances::Wait, StandbyInstances::Wait),
+            _ => (ScaleInProtectedInstances::Refresh, StandbyInstances::Terminate),
+        };
+        prefs = prefs.scale_in_protected_instances(protected).standby_instances(standby);
         let mut req = self.c.asg.start_instance_refresh().auto_scaling_group_name(&g.name).preferences(prefs.build());
         if let Some((id, version)) = desired {
             req = req.desired_configuration(
@@ -444,8 +525,12 @@ impl Cx {
                     .build(),
             );
         }
-        let out = req.send().await.map_err(|e| asg_err("autoscaling:StartInstanceRefresh", &g.name, &self.c.region, &e))?;
-        Ok(out.instance_refresh_id().unwrap_or_default().to_string())
+        // A launch template bake just made may not be visible to Auto Scaling yet.
+        let start = || async { req.clone().send().await.map_err(|e| asg_err("autoscaling:StartInstanceRefresh", &g.name, &self.c.region, &e)) };
+        let out = crate::wait::visible_when(template_not_visible_yet, start).await?;
+        out.instance_refresh_id()
+            .map(str::to_string)
+            .ok_or_else(|| Error::Other(format!("autoscaling:StartInstanceRefresh on group {} in {} answered without a refresh id", g.name, self.c.region)))
     }
 
     async fn tag(&self, group: &str, tags: &[(&str, String)]) -> Result<()> {
@@ -554,7 +639,7 @@ impl Cx {
     }
 
     /// A launch template with a launch configuration's settings and `ami`.
-    async fn template_from_configuration(&self, lc: &str, name: &str, ami: &str, roll_id: &str) -> Result<String> {
+    async fn template_from_configuration(&self, lc: &str, name: &str, ami: &str, roll_id: &str, role: &str, env: &str) -> Result<String> {
         use aws_sdk_ec2::types as t;
         let region = self.c.region.as_str();
         let l = self.launch_configuration(lc).await?;
@@ -637,7 +722,19 @@ impl Cx {
             .tag_specifications(
                 t::TagSpecification::builder()
                     .resource_type(t::ResourceType::LaunchTemplate)
-                    .tags(t::Tag::builder().key("bake:migrated-from").value(lc).build())
+                    .set_tags(Some(
+                        [
+                            (tags::MANAGED, "true"),
+                            (tags::ID, roll_id),
+                            (tags::ROLE, role),
+                            (tags::ENV, env),
+                            (tags::CREATED, &crate::journal::now_rfc3339()),
+                            (tags::MIGRATED_FROM, lc),
+                        ]
+                        .iter()
+                        .map(|(k, v)| t::Tag::builder().key(*k).value(*v).build())
+                        .collect(),
+                    ))
                     .build(),
             )
             .send()
@@ -688,14 +785,19 @@ async fn roll_group(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupR
     cx.clear_in_progress(g, &rep).await?;
     let region = cx.c.region.as_str();
     let (desired, auto_rollback) = match &g.change {
-        Change::TemplateVersion { id, name, from, set_default } => {
+        Change::TemplateVersion { id, name, from, set_default, alias } => {
             rec.kind = "launch-template".into();
             rec.previous = format!("v{from}");
             rep.stage("template", &format!("new version of {name} from v{from} with {}", g.new_image));
             let n = cx.new_template_version(plan, id, name, *from, &g.new_image, *set_default).await?;
-            rec.new = format!("v{n}");
+            rec.new = match alias {
+                Some(a) => format!("{a} (v{n})"),
+                None => format!("v{n}"),
+            };
             cx.tag(&g.name, &[(TAG_ROLL, plan.roll_id.clone()), (TAG_IMAGE, g.new_image.clone()), (TAG_PREVIOUS_IMAGE, g.current_image.clone()), (TAG_PREVIOUS_VERSION, from.to_string())]).await?;
-            (Some((id.clone(), n)), g.refresh.auto_rollback)
+            // A group that keeps its alias follows it: the refresh names no configuration.
+            let desired = if alias.is_some() { None } else { Some((id.clone(), n)) };
+            (desired, g.refresh.auto_rollback)
         }
         Change::LaunchConfiguration { from, to } => {
             rec.kind = "launch-configuration".into();
@@ -718,16 +820,10 @@ async fn roll_group(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupR
             rec.kind = "launch-template".into();
             rec.previous = from.clone();
             rep.stage("template", &format!("migrating {from} to a new launch template {template}"));
-            let id = cx.template_from_configuration(from, template, &g.new_image, &plan.roll_id).await?;
+            let id = cx.template_from_configuration(from, template, &g.new_image, &plan.roll_id, &plan.role, &plan.env).await?;
             rec.new = format!("{template} v1");
-            cx.c.asg
-                .update_auto_scaling_group()
-                .auto_scaling_group_name(&g.name)
-                .launch_template(LaunchTemplateSpecification::builder().launch_template_id(&id).version("1").build())
-                .send()
-                .await
-                .map_err(|e| asg_err("autoscaling:UpdateAutoScalingGroup", &g.name, region, &e))?;
-            rec.moved = true;
+            // The group moves to the template only when the refresh succeeds (its desired
+            // configuration), so AWS's rollback returns it to the launch configuration.
             cx.tag(&g.name, &[(TAG_ROLL, plan.roll_id.clone()), (TAG_IMAGE, g.new_image.clone()), (TAG_PREVIOUS_IMAGE, g.current_image.clone()), (TAG_PREVIOUS_LC, from.clone())]).await?;
             (Some((id, 1)), g.refresh.auto_rollback)
         }
@@ -771,13 +867,33 @@ async fn roll_group(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupR
 async fn restore(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupRecord) -> Result<()> {
     let rep = cx.reporter(&format!("{} {}", plan.role, g.name));
     if rec.outcome == "rolled-back-by-aws" {
+        if let Change::MigrateToTemplate { template, .. } = &g.change {
+            cx.delete_migrated_template(template).await;
+        }
         return Ok(());
     }
     cx.settle(&g.name).await?;
     let region = cx.c.region.as_str();
     rep.stage("rollback", &format!("back to {}", g.current_image));
     let desired = match &g.change {
-        Change::TemplateVersion { id, from, .. } => Some((id.clone(), *from)),
+        Change::TemplateVersion { id, name, from, alias, .. } => match alias.as_deref() {
+            // The group follows its alias: point the alias back at the old settings.
+            Some("$Default") => {
+                cx.c.ec2
+                    .modify_launch_template()
+                    .launch_template_id(id)
+                    .default_version(from.to_string())
+                    .send()
+                    .await
+                    .map_err(|e| Error::aws("ec2:ModifyLaunchTemplate", format!("launch template {name}"), region, &e))?;
+                None
+            }
+            Some(_) => {
+                cx.copy_template_version(plan, id, name, *from).await?;
+                None
+            }
+            None => Some((id.clone(), *from)),
+        },
         Change::LaunchConfiguration { from, .. } | Change::MigrateToTemplate { from, .. } => {
             cx.c.asg
                 .update_auto_scaling_group()
@@ -790,8 +906,10 @@ async fn restore(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupReco
         }
         Change::Nothing => return Ok(()),
     };
-    // Only what the rollout replaced goes back: instances still on the old image stay.
-    let id = cx.start_refresh(g, desired, false, true).await?;
+    // Only what the rollout replaced goes back, where AWS can tell (a launch template in the
+    // desired configuration): instances still on the old image stay.
+    let skip_matching = desired.is_some() || matches!(g.change, Change::TemplateVersion { .. });
+    let id = cx.start_refresh(g, desired, false, skip_matching).await?;
     rec.refresh_ids.push(id.clone());
     match cx.wait_refresh(&g.name, &id, &rep, rec, false).await? {
         Ended::Successful => {
@@ -802,9 +920,7 @@ async fn restore(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupReco
                 Change::LaunchConfiguration { to, .. } => {
                     let _ = cx.c.asg.delete_launch_configuration().launch_configuration_name(to).send().await;
                 }
-                Change::MigrateToTemplate { template, .. } => {
-                    let _ = cx.c.ec2.delete_launch_template().launch_template_name(template).send().await;
-                }
+                Change::MigrateToTemplate { template, .. } => cx.delete_migrated_template(template).await,
                 _ => {}
             }
             rep.finish(&format!("back on {}", g.current_image));
@@ -996,6 +1112,15 @@ async fn rollback_on_demand(
     req: &Request,
     m: &mut RollManifest,
 ) -> Result<()> {
+    let missing: Vec<String> = groups.iter().flat_map(|g| rollout::not_opted_in(&plan.role, &plan.env, g)).collect();
+    if !missing.is_empty() {
+        return Err(Error::Other(format!(
+            "bake rolls back only groups their owners opted in to {}/{} (bake:role and bake:env tags); {}; nothing changed",
+            plan.role,
+            plan.env,
+            missing.join("; ")
+        )));
+    }
     let mut gplans = Vec::new();
     for g in &groups {
         let prev_image = g.tags.get(TAG_PREVIOUS_IMAGE).cloned().ok_or_else(|| {
@@ -1009,7 +1134,7 @@ async fn rollback_on_demand(
                 if let Some(lc) = g.tags.get(TAG_PREVIOUS_LC) {
                     Change::MigrateToTemplate { from: lc.clone(), template: name.clone() }
                 } else {
-                    Change::TemplateVersion { id: id.clone(), name: name.clone(), from, set_default: false }
+                    Change::TemplateVersion { id: id.clone(), name: name.clone(), from, set_default: false, alias: None }
                 }
             }
             Source::LaunchConfiguration { name, .. } => {
@@ -1030,6 +1155,7 @@ async fn rollback_on_demand(
                 refresh: plan.rollout.refresh.clone(),
                 instances: g.instances,
                 refresh_in_progress: g.refresh_in_progress.clone(),
+                notes: Vec::new(),
             },
             g.tags.contains_key(TAG_PREVIOUS_VERSION) && g.tags.contains_key(TAG_PREVIOUS_LC),
         ));

@@ -23,6 +23,7 @@ pub struct Outcome {
 pub async fn replay(aws: &Aws, root: &Path, id: &BakeId, extra_regions: &[String]) -> Result<Outcome> {
     let path = journal::journal_path(root, id);
     let mut regions: BTreeSet<String> = extra_regions.iter().cloned().collect();
+    let mut born = BTreeMap::new();
     let (mut live, published, handle) = if path.exists() {
         let state = journal::state(&journal::read(&path)?);
         if journal::is_running(&state) {
@@ -34,6 +35,7 @@ pub async fn replay(aws: &Aws, root: &Path, id: &BakeId, extra_regions: &[String
             regions.extend(st.regions.iter().cloned());
         }
         regions.extend(state.live.iter().chain(&state.kept).filter(|r| r.region != "global").map(|r| r.region.clone()));
+        born = state.born.clone();
         (state.live, state.published, Some(JournalHandle::new(journal::Journal::open(&path)?)))
     } else {
         if let Some(r) = aws.default_region() {
@@ -47,7 +49,7 @@ pub async fn replay(aws: &Aws, root: &Path, id: &BakeId, extra_regions: &[String
         }
     }
     let removed = live.clone();
-    let errors = cleanup::remove(aws, handle.as_ref(), live, published, None).await;
+    let errors = cleanup::remove(aws, handle.as_ref(), live, published, &born, None).await;
     if errors.is_empty() {
         if let Some(h) = &handle {
             h.append(journal::Entry::Finished { status: "cleaned".into(), at: journal::now_rfc3339() })?;
@@ -135,7 +137,7 @@ pub async fn remove_orphans(aws: &Aws, root: &Path, orphans: Vec<Orphan>) -> Vec
             .filter(|p| p.exists())
             .and_then(|p| journal::Journal::open(&p).ok())
             .map(JournalHandle::new);
-        errors.extend(cleanup::remove(aws, handle.as_ref(), rs, Vec::new(), None).await);
+        errors.extend(cleanup::remove(aws, handle.as_ref(), rs, Vec::new(), &BTreeMap::new(), None).await);
     }
     errors
 }

@@ -1,12 +1,140 @@
-//! The one poll helper, for what has no SDK waiter (the SSM agent, command invocations): probe,
-//! sleep on tokio's clock with a growing interval, give up at a deadline.
+//! Where bake spends time waiting: one poll helper (probe, sleep on tokio's clock with a growing
+//! interval, give up at a deadline), and the waits built on it for instances and images. bake
+//! uses no SDK waiter (they wait 15 s before their first re-check). EC2 is eventually consistent:
+//! for a while after it creates something it may answer NotFound for it, so here NotFound means
+//! "not yet" for whatever bake just created ([`CONSISTENCY_WINDOW`]).
 
 use std::future::Future;
 use std::time::Duration;
 
+use aws_sdk_ec2::types::{ImageState, InstanceStateName};
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use tokio::time::Instant;
 
-use crate::error::Result;
+use crate::aws::Clients;
+use crate::error::{Error, Result};
+
+/// How long after creating something bake takes AWS's NotFound for "not visible yet" rather than
+/// "gone" (EC2's eventual consistency: seconds as a rule; this bounds the rare long tail).
+pub const CONSISTENCY_WINDOW: Duration = Duration::from_secs(60);
+
+/// Polls of something that changes within seconds (instances, images): at once, then after half
+/// a second, then every second; never more than twice a second.
+fn quick(timeout: Duration) -> Poll {
+    Poll::new(Duration::from_millis(500), Duration::from_secs(1), timeout)
+}
+
+fn is_not_found(code: Option<&str>) -> bool {
+    code.map(|c| c.ends_with(".NotFound") || c.ends_with("NotFound")).unwrap_or(false)
+}
+
+/// Waits until instance `id` is in state `goal` (`running`, `stopped`, `terminated`). NotFound is
+/// "not yet" while the instance may not be visible ([`CONSISTENCY_WINDOW`]) and, when waiting
+/// for `terminated`, "gone" after that.
+pub async fn instance(c: &Clients, what: &str, id: &str, goal: InstanceStateName, timeout: Duration) -> Result<()> {
+    let started = Instant::now();
+    let failing: &[InstanceStateName] = match goal {
+        InstanceStateName::Running => &[InstanceStateName::ShuttingDown, InstanceStateName::Terminated, InstanceStateName::Stopping, InstanceStateName::Stopped],
+        InstanceStateName::Stopped => &[InstanceStateName::ShuttingDown, InstanceStateName::Terminated],
+        _ => &[],
+    };
+    let found = poll(quick(timeout), || async {
+        let r = match c.ec2.describe_instances().instance_ids(id).send().await {
+            Ok(r) => r,
+            Err(e) if is_not_found(e.code()) => {
+                let gone = goal == InstanceStateName::Terminated && started.elapsed() >= CONSISTENCY_WINDOW.min(timeout);
+                return Ok(gone.then_some(()));
+            }
+            Err(e) => return Err(Error::aws("ec2:DescribeInstances", format!("{what} {id}"), &c.region, &e)),
+        };
+        let state = r.reservations().iter().flat_map(|r| r.instances()).find(|i| i.instance_id() == Some(id)).and_then(|i| i.state()).and_then(|s| s.name()).cloned();
+        match state {
+            Some(s) if s == goal => Ok(Some(())),
+            Some(s) if failing.contains(&s) => Err(Error::Wait {
+                what: what.into(),
+                resource: id.into(),
+                region: c.region.clone(),
+                why: format!("is {} and cannot become {}", s.as_str(), goal.as_str()),
+            }),
+            _ => Ok(None),
+        }
+    })
+    .await?;
+    found.ok_or_else(|| Error::Wait {
+        what: what.into(),
+        resource: id.into(),
+        region: c.region.clone(),
+        why: format!("did not become {} within {}", goal.as_str(), crate::config::Secs(timeout.as_secs())),
+    })
+}
+
+/// Waits until image `id` is available and returns it; `failed` (or deregistered) ends the wait
+/// with its reason. NotFound before the image was ever seen is "not yet". `seen` is called with
+/// every description (a pending image already names its snapshots).
+pub async fn image(c: &Clients, what: &str, id: &str, timeout: Duration, mut seen: impl FnMut(&aws_sdk_ec2::types::Image) -> Result<()>) -> Result<aws_sdk_ec2::types::Image> {
+    let started = Instant::now();
+    let seen = std::sync::Mutex::new(&mut seen);
+    let found = poll(quick(timeout), || async {
+        let r = match c.ec2.describe_images().image_ids(id).send().await {
+            Ok(r) => r,
+            Err(e) if is_not_found(e.code()) && started.elapsed() < CONSISTENCY_WINDOW => return Ok(None),
+            Err(e) => return Err(Error::aws("ec2:DescribeImages", format!("{what} {id}"), &c.region, &e)),
+        };
+        let Some(img) = r.images().iter().find(|i| i.image_id() == Some(id)) else {
+            if started.elapsed() < CONSISTENCY_WINDOW {
+                return Ok(None);
+            }
+            return Err(Error::Wait { what: what.into(), resource: id.into(), region: c.region.clone(), why: "no longer exists".into() });
+        };
+        if let Ok(mut f) = seen.lock() {
+            (*f)(img)?;
+        }
+        match img.state() {
+            Some(ImageState::Available) => Ok(Some(img.clone())),
+            Some(s @ (ImageState::Failed | ImageState::Error | ImageState::Invalid | ImageState::Deregistered)) => {
+                let reason = img.state_reason().and_then(|r| r.message()).unwrap_or("no reason given");
+                Err(Error::Wait { what: what.into(), resource: id.into(), region: c.region.clone(), why: format!("is {}: {reason}", s.as_str()) })
+            }
+            _ => Ok(None),
+        }
+    })
+    .await?;
+    found.ok_or_else(|| Error::Wait {
+        what: what.into(),
+        resource: id.into(),
+        region: c.region.clone(),
+        why: format!("did not become available within {}", crate::config::Secs(timeout.as_secs())),
+    })
+}
+
+/// Retries `op` while AWS answers NotFound for something bake just created, within
+/// [`CONSISTENCY_WINDOW`]; any other answer (or NotFound after the window) is returned as is.
+pub async fn visible<T, F, Fut>(op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    visible_when(|e| is_not_found(e.code()), op).await
+}
+
+/// [`visible`] for services that say "not visible yet" their own way (`not_yet` tells).
+pub async fn visible_when<T, F, Fut>(not_yet: fn(&Error) -> bool, op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    use backon::{ExponentialBuilder, Retryable};
+    op.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_max_times(usize::MAX)
+            .with_total_delay(Some(CONSISTENCY_WINDOW)),
+    )
+    .sleep(tokio::time::sleep)
+    .when(not_yet)
+    .await
+}
 
 /// How to poll: first interval, growth factor, largest interval, overall timeout, and whether to
 /// probe at once or only after the first interval.

@@ -97,6 +97,8 @@ fn a_patch_starts_from_the_golden_image_and_runs_only_the_patch_step() {
 async fn a_patch_rolls_with_the_roles_patch_preferences() {
     let sb = Sandbox::start();
     sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
+    // Set-up uses what it creates at once, which AWS does not promise.
+    sb.control("POST", "/_sandbox/delays", Some(json!({"visibility_lag": 0})));
     let dir = project_copy();
     let root = dir.path();
     edit(root, "roles/kaiju.toml", "[rollout]\nrefresh = { min_healthy_percentage = 50 }", "[rollout]\nrefresh = { min_healthy_percentage = 90 }\npatch = { min_healthy_percentage = 40, instance_warmup = \"0s\" }");
@@ -108,6 +110,7 @@ async fn a_patch_rolls_with_the_roles_patch_preferences() {
     let lt = ec2
         .create_launch_template()
         .launch_template_name("kaiju")
+        .tag_specifications(common::opted_in_template("kaiju", "staging"))
         .launch_template_data(ec2_t::RequestLaunchTemplateData::builder().image_id(&g).instance_type(ec2_t::InstanceType::T3Small).build())
         .send()
         .await
@@ -115,6 +118,7 @@ async fn a_patch_rolls_with_the_roles_patch_preferences() {
     let lt_id = lt.launch_template().unwrap().launch_template_id().unwrap().to_string();
     asg.create_auto_scaling_group()
         .auto_scaling_group_name("kaiju_staging")
+        .set_tags(Some(common::opted_in_group("kaiju_staging", "kaiju", "staging")))
         .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(&lt_id).version("1").build())
         .min_size(0)
         .max_size(4)
@@ -163,6 +167,8 @@ async fn made(ec2: &aws_sdk_ec2::Client, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ls_reports_usage_and_prune_keeps_what_is_used_or_newest() {
     let sb = Sandbox::start();
+    // Set-up uses what it creates at once, which AWS does not promise.
+    sb.control("POST", "/_sandbox/delays", Some(json!({"visibility_lag": 0})));
     let dir = project_copy();
     let root = dir.path();
     let conf = sb.sdk_config("us-east-1").await;

@@ -4,9 +4,10 @@
 //! counts as done, so cleanup can run again and again.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use aws_sdk_ec2::client::Waiters;
+use crate::wait::CONSISTENCY_WINDOW;
+
 use aws_sdk_ec2::types::Filter;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use aws_smithy_runtime_api::client::result::SdkError;
@@ -46,43 +47,58 @@ where
     }
 }
 
-/// Deletes one resource; Ok when it is gone (already gone included).
-pub async fn delete(aws: &Aws, r: &Resource) -> Result<()> {
+/// Runs a deleting call until its answer can be believed: AWS's NotFound (`Ok(None)`) for a
+/// resource created less than [`CONSISTENCY_WINDOW`] ago may only mean it is not visible yet.
+async fn believed<T, F, Fut>(born: Option<SystemTime>, mut op: F) -> Result<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let young_until = born.map(|t| t + CONSISTENCY_WINDOW);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let r = op().await?;
+        let Some(until) = young_until.filter(|_| r.is_none()) else { return Ok(r) };
+        let Ok(left) = until.duration_since(SystemTime::now()) else { return Ok(r) };
+        tokio::time::sleep(delay.min(left)).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Deletes one resource; Ok when it is gone (already gone included), with what else went with
+/// it (an image's snapshots, which a crash may have kept out of the journal). `born` is when
+/// bake made it (from the journal), when known.
+pub async fn delete(aws: &Aws, r: &Resource, born: Option<SystemTime>) -> Result<Vec<Resource>> {
     let region = if r.region == "global" { aws.default_region().unwrap_or_else(|| "us-east-1".into()) } else { r.region.clone() };
     let c = aws.clients(&region);
     let id = r.id.as_str();
     match r.kind {
         Kind::Instance => {
-            let r = c.ec2.terminate_instances().instance_ids(id).send().await;
-            if unless_gone(r, "ec2:TerminateInstances", format!("builder {id}"), &region)?.is_none() {
-                return Ok(());
+            let terminate = || async { unless_gone(c.ec2.terminate_instances().instance_ids(id).send().await, "ec2:TerminateInstances", format!("builder {id}"), &region) };
+            if believed(born, terminate).await?.is_none() {
+                return Ok(Vec::new());
             }
-            c.ec2
-                .wait_until_instance_terminated()
-                .instance_ids(id)
-                .wait(Duration::from_secs(900))
-                .await
-                .map_err(|e| Error::Wait {
-                    what: "builder".into(),
-                    resource: id.into(),
-                    region: region.clone(),
-                    why: crate::stages::launch::waiter_why(&e, "terminated", crate::config::Secs(900)),
-                })?;
+            crate::wait::instance(&c, "builder", id, aws_sdk_ec2::types::InstanceStateName::Terminated, Duration::from_secs(900)).await?;
         }
         Kind::SecurityGroup => {
             // The builder's network interface can outlive the instance by a minute or two.
             let del = || async {
                 let r = c.ec2.delete_security_group().group_id(id).send().await;
-                unless_gone(r, "ec2:DeleteSecurityGroup", format!("security group {id}"), &region).map(drop)
+                unless_gone(r, "ec2:DeleteSecurityGroup", format!("security group {id}"), &region)
             };
-            del.retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(2)).with_max_delay(Duration::from_secs(20)).with_max_times(12))
+            let retried = || del.retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(2)).with_max_delay(Duration::from_secs(20)).with_max_times(12))
                 .sleep(tokio::time::sleep)
-                .when(|e: &Error| e.code() == Some("DependencyViolation"))
-                .await?;
+                .when(|e: &Error| e.code() == Some("DependencyViolation"));
+            believed(born, retried).await?;
         }
         Kind::InstanceProfile => {
+            // IAM authorizes a call on a profile that does not exist against a path-less ARN, which
+            // a policy confined to /bake/ denies: look it up under bake's path first.
+            if !believed(born, || async { Ok(iam_exists(&c, r.kind, id).await?.then_some(())) }).await?.is_some() {
+                return Ok(Vec::new());
+            }
             let r = c.iam.get_instance_profile().instance_profile_name(id).send().await;
-            let Some(p) = unless_gone(r, "iam:GetInstanceProfile", format!("instance profile {id}"), "global")? else { return Ok(()) };
+            let Some(p) = unless_gone(r, "iam:GetInstanceProfile", format!("instance profile {id}"), "global")? else { return Ok(Vec::new()) };
             for role in p.instance_profile().map(|p| p.roles()).unwrap_or_default() {
                 let r = c.iam.remove_role_from_instance_profile().instance_profile_name(id).role_name(role.role_name()).send().await;
                 unless_gone(r, "iam:RemoveRoleFromInstanceProfile", format!("instance profile {id}"), "global")?;
@@ -91,8 +107,11 @@ pub async fn delete(aws: &Aws, r: &Resource) -> Result<()> {
             unless_gone(r, "iam:DeleteInstanceProfile", format!("instance profile {id}"), "global")?;
         }
         Kind::IamRole => {
+            if !believed(born, || async { Ok(iam_exists(&c, r.kind, id).await?.then_some(())) }).await?.is_some() {
+                return Ok(Vec::new());
+            }
             let r = c.iam.list_instance_profiles_for_role().role_name(id).send().await;
-            let Some(profiles) = unless_gone(r, "iam:ListInstanceProfilesForRole", format!("role {id}"), "global")? else { return Ok(()) };
+            let Some(profiles) = unless_gone(r, "iam:ListInstanceProfilesForRole", format!("role {id}"), "global")? else { return Ok(Vec::new()) };
             for p in profiles.instance_profiles() {
                 let _ = c.iam.remove_role_from_instance_profile().instance_profile_name(p.instance_profile_name()).role_name(id).send().await;
             }
@@ -110,22 +129,76 @@ pub async fn delete(aws: &Aws, r: &Resource) -> Result<()> {
             unless_gone(r, "iam:DeleteRole", format!("role {id}"), "global")?;
         }
         Kind::Image => {
-            let r = c.ec2.deregister_image().image_id(id).send().await;
-            unless_gone(r, "ec2:DeregisterImage", format!("image {id}"), &region)?;
-        }
-        Kind::Snapshot => {
-            // Right after its image is deregistered a snapshot may still count as in use.
-            let del = || async {
-                let r = c.ec2.delete_snapshot().snapshot_id(id).send().await;
-                unless_gone(r, "ec2:DeleteSnapshot", format!("snapshot {id}"), &region).map(drop)
+            let describe = || async {
+                let r = unless_gone(c.ec2.describe_images().image_ids(id).send().await, "ec2:DescribeImages", format!("image {id}"), &region)?;
+                Ok(r.and_then(|d| d.images().iter().find(|i| i.image_id() == Some(id)).map(crate::stages::image::snapshot_ids)))
             };
-            del.retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(1)).with_max_delay(Duration::from_secs(10)).with_max_times(6))
-                .sleep(tokio::time::sleep)
-                .when(|e: &Error| e.code() == Some("InvalidSnapshot.InUse"))
-                .await?;
+            let Some(snapshots) = believed(born, describe).await? else { return Ok(Vec::new()) };
+            let deregister = || async { unless_gone(c.ec2.deregister_image().image_id(id).send().await, "ec2:DeregisterImage", format!("image {id}"), &region) };
+            believed(born, deregister).await?;
+            let mut also = Vec::new();
+            for s in snapshots {
+                delete_snapshot(&c, &s, born).await?;
+                also.push(Resource::new(Kind::Snapshot, s, &region));
+            }
+            return Ok(also);
         }
+        Kind::Snapshot => delete_snapshot(&c, id, born).await?,
     }
+    Ok(Vec::new())
+}
+
+async fn delete_snapshot(c: &crate::aws::Clients, id: &str, born: Option<SystemTime>) -> Result<()> {
+    // Right after its image is deregistered a snapshot may still count as in use.
+    let del = || async {
+        let r = c.ec2.delete_snapshot().snapshot_id(id).send().await;
+        unless_gone(r, "ec2:DeleteSnapshot", format!("snapshot {id}"), &c.region)
+    };
+    let retried = || {
+        del.retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(1)).with_max_delay(Duration::from_secs(10)).with_max_times(6))
+            .sleep(tokio::time::sleep)
+            .when(|e: &Error| e.code() == Some("InvalidSnapshot.InUse"))
+    };
+    believed(born, retried).await?;
     Ok(())
+}
+
+/// The names of bake's IAM roles (or instance profiles) under its path, every page.
+pub async fn iam_names(c: &crate::aws::Clients, kind: Kind) -> Result<Vec<String>> {
+    let path = crate::config::policy::BAKE_PATH;
+    match kind {
+        Kind::IamRole => {
+            let roles: Vec<aws_sdk_iam::types::Role> = c
+                .iam
+                .list_roles()
+                .path_prefix(path)
+                .into_paginator()
+                .items()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| Error::aws("iam:ListRoles", format!("roles under {path}"), "global", &e))?;
+            Ok(roles.iter().filter(|r| r.path() == path).map(|r| r.role_name().to_string()).collect())
+        }
+        Kind::InstanceProfile => {
+            let profiles: Vec<aws_sdk_iam::types::InstanceProfile> = c
+                .iam
+                .list_instance_profiles()
+                .path_prefix(path)
+                .into_paginator()
+                .items()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| Error::aws("iam:ListInstanceProfiles", format!("instance profiles under {path}"), "global", &e))?;
+            Ok(profiles.iter().filter(|p| p.path() == path).map(|p| p.instance_profile_name().to_string()).collect())
+        }
+        other => Err(Error::Other(format!("{other} is not an IAM resource"))),
+    }
+}
+
+async fn iam_exists(c: &crate::aws::Clients, kind: Kind, name: &str) -> Result<bool> {
+    Ok(iam_names(c, kind).await?.iter().any(|n| n == name))
 }
 
 /// Puts a parameter back the way it was before the bake (or deletes it if it was new).
@@ -159,6 +232,7 @@ pub async fn remove(
     journal: Option<&JournalHandle>,
     mut live: Vec<Resource>,
     published: Vec<(String, String, Option<String>)>,
+    born: &BTreeMap<Resource, SystemTime>,
     report: Option<&Reporter>,
 ) -> Vec<Error> {
     let mut errors = Vec::new();
@@ -178,14 +252,21 @@ pub async fn remove(
     // Images before their snapshots, the builder before its group and identity.
     let positions: BTreeMap<Resource, usize> = live.iter().cloned().enumerate().map(|(i, r)| (r, i)).collect();
     live.sort_by_key(|r| (order(r.kind), std::cmp::Reverse(positions.get(r).copied().unwrap_or(0))));
+    let mut gone: BTreeSet<Resource> = BTreeSet::new();
     for r in live {
-        match delete(aws, &r).await {
-            Ok(()) => {
-                if let Some(j) = journal {
-                    let _ = j.append(Entry::Deleted { resource: r.clone(), at: journal::now_rfc3339() });
-                }
-                if let Some(rep) = report {
-                    rep.info(&format!("removed {r}"));
+        if gone.contains(&r) {
+            continue;
+        }
+        match delete(aws, &r, born.get(&r).copied()).await {
+            Ok(also) => {
+                for d in std::iter::once(r).chain(also) {
+                    if let Some(j) = journal {
+                        let _ = j.append(Entry::Deleted { resource: d.clone(), at: journal::now_rfc3339() });
+                    }
+                    if let Some(rep) = report {
+                        rep.info(&format!("removed {d}"));
+                    }
+                    gone.insert(d);
                 }
             }
             Err(e) => errors.push(e),
@@ -203,7 +284,7 @@ fn journal_state(ctx: &Ctx) -> journal::State {
 pub async fn after_success(ctx: &mut Ctx) -> Vec<Error> {
     let s = journal_state(ctx);
     let temporaries: Vec<Resource> = s.live.into_iter().filter(|r| !matches!(r.kind, Kind::Image | Kind::Snapshot)).collect();
-    remove(&ctx.aws, Some(&ctx.journal), temporaries, Vec::new(), Some(&ctx.report)).await
+    remove(&ctx.aws, Some(&ctx.journal), temporaries, Vec::new(), &s.born, Some(&ctx.report)).await
 }
 
 /// After a failure or interruption: everything this bake made — what the journal lists, then
@@ -214,10 +295,10 @@ pub async fn after_failure(ctx: &mut Ctx) -> Vec<Error> {
     // Images marked as the product before a later stage failed are not a product after all.
     let mut all = s.live;
     all.extend(s.kept);
-    let mut errors = remove(&ctx.aws, Some(&ctx.journal), all, s.published, Some(&ctx.report)).await;
+    let mut errors = remove(&ctx.aws, Some(&ctx.journal), all, s.published, &s.born, Some(&ctx.report)).await;
     let regions: BTreeSet<String> = std::iter::once(ctx.region.clone()).chain(ctx.plan.image.regions.iter().cloned()).collect();
     match find_by_id(&ctx.aws, &ctx.id, &regions).await {
-        Ok(left) if !left.is_empty() => errors.extend(remove(&ctx.aws, Some(&ctx.journal), left, Vec::new(), Some(&ctx.report)).await),
+        Ok(left) if !left.is_empty() => errors.extend(remove(&ctx.aws, Some(&ctx.journal), left, Vec::new(), &s.born, Some(&ctx.report)).await),
         Ok(_) => {}
         Err(e) => errors.push(e),
     }
@@ -259,11 +340,10 @@ pub async fn find_by_id(aws: &Aws, id: &BakeId, regions: &BTreeSet<String>) -> R
     let region = aws.default_region().unwrap_or_else(|| "us-east-1".into());
     let c = aws.clients(&region);
     let name = format!("bake-{id}");
-    if c.iam.get_instance_profile().instance_profile_name(&name).send().await.is_ok() {
-        out.push(Resource::new(Kind::InstanceProfile, &name, "global"));
-    }
-    if c.iam.get_role().role_name(&name).send().await.is_ok() {
-        out.push(Resource::new(Kind::IamRole, &name, "global"));
+    for kind in [Kind::InstanceProfile, Kind::IamRole] {
+        if iam_exists(&c, kind, &name).await? {
+            out.push(Resource::new(kind, &name, "global"));
+        }
     }
     Ok(out)
 }

@@ -1,14 +1,12 @@
 //! Image: stop the builder, create the AMI (name from the role's template, unique per bake; the
 //! image and its snapshots tagged with provenance), wait until it is available.
 
-use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::types::ResourceType;
 
 use crate::error::{Error, Result};
 use crate::journal::Kind;
 use crate::manifest::ImageRecord;
 use crate::pipeline::Ctx;
-use crate::stages::launch::waiter_why;
 use crate::stages::tag_spec;
 
 /// `20261121T232813Z`
@@ -77,6 +75,11 @@ async fn image_named(ctx: &Ctx, name: &str) -> Result<Option<(String, String)>> 
     }))
 }
 
+/// The snapshots behind an image, as described.
+pub fn snapshot_ids(img: &aws_sdk_ec2::types::Image) -> Vec<String> {
+    img.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string)).collect()
+}
+
 /// The snapshots behind an image.
 pub async fn snapshots(c: &crate::aws::Clients, image: &str) -> Result<(String, Vec<String>)> {
     let d = c
@@ -104,13 +107,7 @@ pub async fn create(ctx: &mut Ctx) -> Result<()> {
         .send()
         .await
         .map_err(|e| Error::aws("ec2:StopInstances", format!("builder {instance}"), &ctx.region, &e))?;
-    ctx.c
-        .ec2
-        .wait_until_instance_stopped()
-        .instance_ids(&instance)
-        .wait(ready.as_duration())
-        .await
-        .map_err(|e| Error::Wait { what: "builder".into(), resource: instance.clone(), region: ctx.region.clone(), why: waiter_why(&e, "stopped", ready) })?;
+    crate::wait::instance(&ctx.c, "builder", &instance, aws_sdk_ec2::types::InstanceStateName::Stopped, ready.as_duration()).await?;
     let mut name = image_name(ctx)?;
     ctx.report.stage("image", &format!("creating {name}"));
     let image = match create_image(ctx, &instance, &name).await {
@@ -133,27 +130,24 @@ pub async fn create(ctx: &mut Ctx) -> Result<()> {
         ctx.region.clone(),
         ImageRecord { ami_id: image.clone(), name, state: "pending".into(), snapshot_ids: vec![], copied_from: None },
     );
-    // Snapshots may be known already (pending image): journal them as soon as they are.
-    let (_, early) = snapshots(&ctx.c, &image).await?;
-    for s in &early {
-        ctx.created(Kind::Snapshot, s, &ctx.region)?;
-    }
     ctx.report.stage("image", &format!("{image} pending"));
     let timeout = ctx.plan.builder.spec.image_timeout;
-    ctx.c
-        .ec2
-        .wait_until_image_available()
-        .image_ids(&image)
-        .wait(timeout.as_duration())
-        .await
-        .map_err(|e| Error::Wait { what: "image".into(), resource: image.clone(), region: ctx.region.clone(), why: waiter_why(&e, "available", timeout) })?;
-    let (state, snaps) = snapshots(&ctx.c, &image).await?;
-    for s in snaps.iter().filter(|s| !early.contains(s)) {
-        ctx.created(Kind::Snapshot, s, &ctx.region)?;
-    }
+    // A pending image already names its snapshots: journal each as soon as it is seen.
+    let mut journaled: Vec<String> = Vec::new();
+    let (journal, region) = (ctx.journal.clone(), ctx.region.clone());
+    let img = crate::wait::image(&ctx.c, "image", &image, timeout.as_duration(), |img| {
+        for s in snapshot_ids(img) {
+            if !journaled.contains(&s) {
+                journal.created(crate::journal::Resource::new(Kind::Snapshot, &s, &region))?;
+                journaled.push(s);
+            }
+        }
+        Ok(())
+    })
+    .await?;
     if let Some(rec) = ctx.manifest.images.get_mut(&ctx.region) {
-        rec.state = state;
-        rec.snapshot_ids = snaps;
+        rec.state = img.state().map(|s| s.as_str().to_string()).unwrap_or_default();
+        rec.snapshot_ids = snapshot_ids(&img);
     }
     ctx.report.stage("image", &format!("{image} available"));
     Ok(())
