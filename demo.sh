@@ -38,6 +38,9 @@ set -a
 set +a
 echo "    $AWS_ENDPOINT_URL (pid $(cat "$state/pid"))"
 
+say "once per account, as its administrator: bake bootstrap (the builder roles' permissions boundary)"
+"$bake" bootstrap
+
 say "bake plan boxoffice --env staging"
 "$bake" plan boxoffice --env staging
 

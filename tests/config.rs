@@ -346,9 +346,9 @@ fn render_prints_one_step_and_policy_prints_json() {
     let pass = sid(&doc, "PassBuilderRolesToEc2");
     assert_eq!(pass["Condition"]["StringEqualsIfExists"]["iam:PassedToService"], "ec2.amazonaws.com");
     assert_eq!(pass["Resource"], "arn:aws:iam::123456789012:role/bake/*");
-    let create = sid(&doc, "CreateBuilderIdentities");
+    let create = sid(&doc, "CreateBuilderIdentity");
     assert_eq!(create["Condition"]["StringLikeIfExists"]["iam:PermissionsBoundary"], "arn:aws:iam::123456789012:policy/bake/bake-builder-boundary");
-    let deny = sid(&doc, "NeverABuilderRoleWithoutTheBoundary");
+    let deny = sid(&doc, "OnlyWithTheBoundary");
     assert_eq!(deny["Effect"], "Deny");
     assert!(!all.contains("ec2:Describe*") && !all.contains("DescribeInstanceAttribute"), "Describe narrowed to what bake calls");
     for unused in ["StartInstances", "DisableImageDeprecation", "RollbackInstanceRefresh", "ListCommands", "kms:Encrypt\""] {
@@ -366,8 +366,8 @@ fn render_prints_one_step_and_policy_prints_json() {
             let scoped = text.contains("\"bake:role\":\"boxoffice\"") || text.contains("/bake:role\":\"boxoffice\"")
                 || !resources.contains('*') || s["Effect"] == "Deny"
                 // reads; launches that also need a role-scoped resource; resources named exactly
-                || ["CallsWithoutResources", "ReadGroupsTemplatesAndImages", "ReadBuilderIdentities", "LaunchFromSourceImages", "LaunchIntoConfiguredPlaces", "LaunchGroupInstancesFromTemplates"].contains(&s["Sid"].as_str().unwrap())
-                || ["RunStepsWithTheShellDocument", "ReadSourceParameters", "PublishOwnParameters", "LegacyLaunchConfigurations"].contains(&s["Sid"].as_str().unwrap()) && (text.contains("boxoffice") || text.contains("AWS-RunShellScript") || text.contains("parameter/aws/service/"));
+                || ["ReadAndCancel", "ReadGroupsTemplatesAndImages", "ReadBuilderIdentity", "LaunchSourceImages", "LaunchIntoPlaces", "LaunchGroupInstancesFromTemplates"].contains(&s["Sid"].as_str().unwrap())
+                || ["ShellDocument", "ReadSourceParameters", "PublishParameters", "LegacyLaunchConfigurations"].contains(&s["Sid"].as_str().unwrap()) && (text.contains("boxoffice") || text.contains("AWS-RunShellScript") || text.contains("parameter/aws/service/"));
             assert!(scoped, "{kind}: statement not confined to boxoffice/production: {s}");
         }
         let size = serde_json::to_string(&doc).unwrap().len();
@@ -377,16 +377,16 @@ fn render_prints_one_step_and_policy_prints_json() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // PutParameter's tags are authorized on `parameter/` + the name as given (slash included).
     assert_eq!(
-        sid(&doc, "PublishOwnParameters")["Resource"],
+        sid(&doc, "PublishParameters")["Resource"],
         serde_json::json!(["arn:aws:ssm:*:*:parameter/bake/boxoffice/production/ami-id", "arn:aws:ssm:*:*:parameter//bake/boxoffice/production/ami-id"])
     );
-    assert_eq!(sid(&doc, "LaunchFromSourceImages")["Condition"]["StringEquals"]["ec2:Owner"], serde_json::json!(["099720109477"]));
+    assert_eq!(sid(&doc, "LaunchSourceImages")["Condition"]["StringEquals"]["ec2:Owner"], serde_json::json!(["099720109477"]));
     // www's source is a filter: no source parameter, and its owners from the filter.
     let out = bake(&repo(), &["policy", "operator", "--role", "www", "--env", "staging"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(statements(&doc).iter().all(|s| s["Sid"] != "ReadSourceParameters"));
-    assert_eq!(sid(&doc, "LaunchFromSourceImages")["Condition"]["StringEquals"]["ec2:Owner"], serde_json::json!(["099720109477"]));
+    assert_eq!(sid(&doc, "LaunchSourceImages")["Condition"]["StringEquals"]["ec2:Owner"], serde_json::json!(["099720109477"]));
     let out = bake(&repo(), &["policy", "boundary", "--account", "123456789012"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -412,4 +412,47 @@ fn the_registry_password_never_reaches_a_script() {
     assert!(registry.script.contains("param=/universe/registry/password"));
     assert!(!registry.script.contains("--password "), "no password on a command line");
     assert!(registry.script.contains("bake-registry-login"));
+}
+
+#[test]
+fn every_rendered_policy_passes_parliament_and_cloudsplaining_or_is_listed_with_a_reason() {
+    let have = Command::new("python3").args(["-c", "import parliament, cloudsplaining"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if !have && std::env::var_os("BAKE_SKIP_POLICY_LINT").is_some() {
+        eprintln!("parliament/cloudsplaining not installed; skipped (BAKE_SKIP_POLICY_LINT)");
+        return;
+    }
+    assert!(have, "install the IAM linters: python3 -m pip install -r tests/policies/requirements.txt (or set BAKE_SKIP_POLICY_LINT=1)");
+    let out = Command::new("python3")
+        .arg(repo().join("tests/policies/lint.py"))
+        .arg(env!("CARGO_BIN_EXE_bake"))
+        .arg(repo())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+}
+
+#[test]
+fn keys_given_by_alias_or_id_and_private_source_parameters_reach_the_operator_policy() {
+    let dir = project_copy();
+    let root = dir.path();
+    common::edit(root, "roles/kaiju.toml", "instance_type = \"t3.small\"", "instance_type = \"t3.small\"\nkms_key_id = \"alias/ebs-golden\"");
+    common::edit(root, "roles/kaiju.toml", "image = { regions = [\"us-west-2\"] }", "image = { regions = [\"us-west-2\"], kms_keys = { us-west-2 = \"0a1b2c3d-4e5f-6789-abcd-ef0123456789\" } }");
+    common::edit(
+        root,
+        "roles/kaiju.toml",
+        "ssm_parameter = \"/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id\"",
+        "ssm_parameter = \"/golden/base/ami-id\"\nowners = [\"self\", \"099720109477\"]",
+    );
+    let out = bake(root, &["policy", "operator", "--role", "kaiju", "--env", "staging", "--account", "123456789012"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sid = |name: &str| doc["Statement"].as_array().unwrap().iter().find(|s| s["Sid"] == name).cloned().unwrap_or_else(|| panic!("no {name}: {doc}"));
+    assert_eq!(sid("AliasedKeysThroughEc2")["Condition"]["ForAnyValue:StringEquals"]["kms:ResourceAliases"], serde_json::json!(["alias/ebs-golden"]));
+    assert_eq!(sid("KeysThroughEc2")["Resource"], serde_json::json!(["arn:aws:kms:*:123456789012:key/0a1b2c3d-4e5f-6789-abcd-ef0123456789"]));
+    assert_eq!(sid("ReadSourceParameters")["Resource"], serde_json::json!(["arn:aws:ssm:*:123456789012:parameter/golden/base/ami-id"]));
+    assert_eq!(sid("LaunchSourceImages")["Condition"]["StringEquals"]["ec2:Owner"], serde_json::json!(["123456789012", "099720109477"]), "self is the account");
+    // Without --account, `self` is the policy variable for the caller's account.
+    let out = bake(root, &["policy", "operator", "--role", "kaiju", "--env", "staging"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc.to_string().contains("\"${aws:PrincipalAccount}\""), "{doc}");
 }

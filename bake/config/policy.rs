@@ -328,11 +328,9 @@ pub fn operator_context(
     let mut own_parameter_arns = Vec::new();
     let mut launch_configuration_arns = Vec::new();
     let mut send_command_arns = vec!["arn:aws:ssm:*::document/AWS-RunShellScript".to_string()];
-    let mut identity_read_arns = vec![
-        format!("arn:aws:iam::{account}:role{BAKE_PATH}*"),
-        format!("arn:aws:iam::{account}:instance-profile{BAKE_PATH}*"),
-        boundary_arn(account),
-    ];
+    // Roles, instance profiles and the boundary, all under bake's path.
+    let mut identity_read_arns: Vec<String> =
+        ["role", "instance-profile", "policy"].iter().map(|t| format!("arn:aws:iam::{account}:{t}{BAKE_PATH}*")).collect();
     let mut kms_key_arns = Vec::new();
     let mut kms_aliases = Vec::new();
     let mut sns_topic_arns = Vec::new();

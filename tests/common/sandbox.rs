@@ -280,6 +280,29 @@ impl Sandbox {
         (status, serde_json::from_str(body).unwrap_or(Value::Null))
     }
 
+    /// One call to an AWS JSON-protocol service the tests have no SDK crate for (KMS, say), with
+    /// the root keys (whose signature the sandbox does not check): the JSON answer.
+    pub fn aws_json(&self, service: &str, target: &str, body: &Value) -> Value {
+        let payload = body.to_string();
+        let mut s = TcpStream::connect(&self.host_port).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(
+            s,
+            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-amz-json-1.1\r\nX-Amz-Target: {target}\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/{}/{service}/aws4_request, SignedHeaders=host, Signature=0\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+            self.host_port,
+            self.region,
+            payload.len()
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        assert!(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"), "{service} {target}: {raw}");
+        serde_json::from_str(body).unwrap_or(Value::Null)
+    }
+
     /// A control call that must succeed.
     pub fn control(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let (status, v) = self.call(method, path, body.as_ref());
