@@ -168,7 +168,8 @@ async fn holding_only_its_role_scoped_policies_bake_does_everything_and_every_st
     // A patch, rolled.
     let out = bake(&sb, root, &["patch", "kaiju", "--env", "staging", "--packages", "openssl", "--roll", "--output", "json"]);
     ok("patch --roll", &out);
-    assert_eq!(json_out(&out)["roll"]["status"], "succeeded");
+    let patched = json_out(&out);
+    assert_eq!(patched["roll"]["status"], "succeeded");
     ok("ls", &bake(&sb, root, &["ls", "kaiju", "--env", "staging"]));
     let out = bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--keep", "1", "--yes", "--output", "json"]);
     ok("prune", &out);
@@ -211,6 +212,19 @@ async fn holding_only_its_role_scoped_policies_bake_does_everything_and_every_st
         }
     }
     assert!(dead.is_empty(), "statements no request needed: {dead:?} (needed: {needed:?})");
+
+    // kaiju shares its images, so its operator may change launch permissions: a public share is
+    // then stopped by the account's AMI Block Public Access (on in new accounts), not by IAM.
+    let image = patched["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
+    let ec2 = aws_sdk_ec2::Client::new(&sb.sdk_config_as("us-east-1", &op).await);
+    let e = ec2
+        .modify_image_attribute()
+        .image_id(&image)
+        .launch_permission(ec2_t::LaunchPermissionModifications::builder().add(ec2_t::LaunchPermission::builder().group(ec2_t::PermissionGroup::All).build()).build())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err_of(&e).0, "OperationNotPermitted", "{e:?}");
 
     // And removing one, for real, fails with AccessDenied naming the action.
     sb.run_as(None);
@@ -325,6 +339,19 @@ async fn holding_the_operator_policies_what_an_operator_must_not_do_is_denied() 
         "UnauthorizedOperation",
     );
 
+    // An image shared publicly: kaiju shares with nobody, so its operator may change no launch
+    // permission (and the account's AMI Block Public Access would refuse `all` anyway).
+    let kaiju_image = r_ec2.create_image().instance_id(&host).name("kaiju-staging-1").tag_specifications(img_tags("kaiju")).send().await.unwrap().image_id.unwrap();
+    denied(
+        "an image shared publicly",
+        ec2.modify_image_attribute()
+            .image_id(&kaiju_image)
+            .launch_permission(ec2_t::LaunchPermissionModifications::builder().add(ec2_t::LaunchPermission::builder().group(ec2_t::PermissionGroup::All).build()).build())
+            .send()
+            .await,
+        "UnauthorizedOperation",
+    );
+
     // Another team's things: its template, its group, its image.
     let billing_lt = r_ec2.describe_launch_templates().launch_template_names("billing-staging").send().await.unwrap().launch_templates()[0].launch_template_id().unwrap().to_string();
     denied(
@@ -348,7 +375,7 @@ async fn holding_the_operator_policies_what_an_operator_must_not_do_is_denied() 
     );
     // Every one of these is in the sandbox's record as a denial naming its action.
     let actions: BTreeSet<String> = sb.decisions(true).iter().map(|d| d["action"].as_str().unwrap().to_string()).collect();
-    for a in ["iam:CreateRole", "iam:PutRolePolicy", "iam:DeleteRolePermissionsBoundary", "iam:AttachRolePolicy", "iam:CreateUser", "iam:PassRole", "ec2:RunInstances",
+    for a in ["ec2:ModifyImageAttribute", "iam:CreateRole", "iam:PutRolePolicy", "iam:DeleteRolePermissionsBoundary", "iam:AttachRolePolicy", "iam:CreateUser", "iam:PassRole", "ec2:RunInstances",
               "ec2:ModifySnapshotAttribute", "ec2:CreateLaunchTemplateVersion", "autoscaling:UpdateAutoScalingGroup", "autoscaling:StartInstanceRefresh",
               "ec2:DeregisterImage", "ec2:CreateTags", "ssm:SendCommand"] {
         assert!(actions.contains(a), "no denial recorded for {a}: {actions:?}");
