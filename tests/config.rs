@@ -456,3 +456,32 @@ fn keys_given_by_alias_or_id_and_private_source_parameters_reach_the_operator_po
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(doc.to_string().contains("\"${aws:PrincipalAccount}\""), "{doc}");
 }
+
+#[test]
+fn templates_and_files_that_lead_out_of_their_cookbook_are_refused() {
+    let dir = project_copy();
+    let root = dir.path();
+    let secret = root.join("secret.txt");
+    std::fs::write(&secret, "not the cookbook's").unwrap();
+    // A step template that is a link to a file elsewhere.
+    let step = root.join("cookbooks/base/steps/time.sh.hbs");
+    std::fs::remove_file(&step).unwrap();
+    std::os::unix::fs::symlink(&secret, &step).unwrap();
+    let out = bake(root, &["plan", "kaiju", "--env", "staging"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("cookbooks/base/steps/time.sh.hbs is not inside the cookbook"), "{err}");
+    // A file that is a link out, and a folder of files that is one.
+    let dir2 = project_copy();
+    let root2 = dir2.path();
+    std::os::unix::fs::symlink(&secret, root2.join("cookbooks/docker/files/leak")).unwrap();
+    let out = bake(root2, &["plan", "kaiju", "--env", "staging"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cookbooks/docker/files/leak: leads out of the cookbook"), "{}", text(&out.stderr));
+    let dir3 = project_copy();
+    let root3 = dir3.path();
+    std::os::unix::fs::symlink("/etc", root3.join("cookbooks/docker/files/etc")).unwrap();
+    let out = bake(root3, &["validate"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("cookbooks/docker/files/etc: leads out of the cookbook"), "{}", text(&out.stdout));
+}

@@ -109,9 +109,23 @@ impl Cookbook {
                     let rel = def.template.clone().unwrap_or_else(|| format!("steps/{}.sh.hbs", def.name));
                     let tpath = dir.join(&rel);
                     let shown = display_path(root, &tpath);
-                    if rel.contains("..") || Path::new(&rel).is_absolute() {
-                        problems.push(file.problem(&at.key("template"), "must be a path inside the cookbook"));
+                    if rel.contains("..") || Path::new(&rel).is_absolute() || !inside(&dir, &tpath) {
+                        problems.push(file.problem(
+                            &at.key(if def.template.is_some() { "template" } else { "name" }),
+                            format!("{} is not inside the cookbook (a path, or a link, that leads out of it)", shown.display()),
+                        ));
                         continue;
+                    }
+                    match def.timeout {
+                        Some(t) if t.0 == 0 => {
+                            problems.push(file.problem(&at.key("timeout"), "must be longer than 0s"));
+                            continue;
+                        }
+                        Some(t) if t.0 > super::limits::STEP_TIMEOUT_MAX => {
+                            problems.push(file.problem(&at.key("timeout"), format!("{t} is longer than SSM Run Command allows a command to run (48h)")));
+                            continue;
+                        }
+                        _ => {}
                     }
                     match std::fs::read_to_string(&tpath) {
                         Ok(source) => steps.push(Step {
@@ -172,7 +186,19 @@ fn get<T: serde::de::DeserializeOwned>(file: &TomlFile, problems: &mut Problems,
     }
 }
 
-/// Every regular file below `dir`, by its path relative to `dir` (`/`-separated).
+/// True when `path` (followed through any link) lies inside `dir` (also followed): a cookbook's
+/// templates and files may not lead out of it.
+fn inside(dir: &Path, path: &Path) -> bool {
+    match (dir.canonicalize(), path.canonicalize()) {
+        (Ok(d), Ok(p)) => p.starts_with(d),
+        // A missing file is reported when it is read.
+        (Ok(_), Err(_)) => !path.is_symlink(),
+        _ => false,
+    }
+}
+
+/// Every regular file below `dir`, by its path relative to `dir` (`/`-separated); a file or a
+/// folder that leads out of the cookbook (a link) is refused.
 fn read_files(root: &Path, dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, Problem> {
     let mut out = BTreeMap::new();
     if !dir.exists() {
@@ -185,6 +211,10 @@ fn read_files(root: &Path, dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, Prob
         for entry in entries {
             let entry = entry.map_err(|e| Problem::new(display_path(root, &d), "", format!("cannot read the folder: {e}")))?;
             let path = entry.path();
+            let Some(cookbook) = dir.parent() else { continue };
+            if !inside(cookbook, &path) {
+                return Err(Problem::new(display_path(root, &path), "", "leads out of the cookbook (a link): a cookbook delivers only its own files"));
+            }
             if path.is_dir() {
                 stack.push(path);
             } else {

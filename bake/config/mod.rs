@@ -3,6 +3,7 @@
 
 pub mod cookbook;
 pub mod duration;
+pub mod limits;
 pub mod policy;
 pub mod problem;
 pub mod role;

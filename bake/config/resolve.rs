@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use super::duration::Secs;
+use super::limits;
 use super::role::*;
 use super::tomlfile::KeyPath;
 use super::vars::{scalar, VarInputs};
@@ -68,14 +69,13 @@ fn var_message(e: &str) -> String {
     e.to_string()
 }
 
+/// A region the SDK knows (limits::REGIONS).
 fn is_region(s: &str) -> bool {
-    // us-east-1, eu-central-2, ap-southeast-4, us-gov-west-1, cn-north-1, il-central-1
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.len() >= 3
-        && parts[0].len() == 2
-        && parts[0].bytes().all(|b| b.is_ascii_lowercase())
-        && parts[1..parts.len() - 1].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
-        && parts[parts.len() - 1].parse::<u32>().is_ok()
+    limits::known_region(s)
+}
+
+fn region_problem(r: &str) -> String {
+    format!("`{r}` is not a region AWS has (e.g. us-east-1, eu-west-1; the SDK's partitions list them)")
 }
 
 fn is_id(s: &str, prefix: &str) -> bool {
@@ -84,10 +84,9 @@ fn is_id(s: &str, prefix: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// AMI names: 3–128 characters from letters, digits, ( ) [ ] space . / - ' @ _
+/// AMI names: see limits::valid_ami_name.
 pub fn valid_ami_name(s: &str) -> bool {
-    (3..=128).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"()[] ./-'@_".contains(&b))
+    limits::valid_ami_name(s)
 }
 
 /// S3's bucket naming rules (the common subset: no dots next to each other or to a dash).
@@ -265,7 +264,7 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
     let bp = root.key("builder");
     if let Some(r) = &builder.region {
         if !is_region(r) {
-            problems.push(p(&bp.key("region"), format!("`{r}` is not a region name")));
+            problems.push(p(&bp.key("region"), region_problem(r)));
         }
     }
     let subnet = match (&builder.subnet_id, &builder.subnet_tags) {
@@ -301,17 +300,25 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
         problems.push(p(&bp.key("kms_key_id"), "a KMS key needs encrypted = true".into()));
     }
     let instance_type = builder.instance_type.clone().unwrap_or_else(|| DEFAULT_INSTANCE_TYPE.into());
-    if !instance_type.contains('.') {
-        problems.push(p(&bp.key("instance_type"), format!("`{instance_type}` is not an instance type (e.g. t3.small)")));
+    if !limits::valid_instance_type(&instance_type) {
+        problems.push(p(&bp.key("instance_type"), format!("`{instance_type}` is not an instance type (family.size, e.g. t3.small)")));
+    }
+    if let Some(k) = &builder.kms_key_id {
+        if !limits::valid_kms_key(k) {
+            problems.push(p(&bp.key("kms_key_id"), format!("`{k}` is not a KMS key (a key id, alias/NAME, or the ARN of either)")));
+        }
     }
     for (key, v) in [("step_timeout", builder.step_timeout), ("ready_timeout", builder.ready_timeout), ("image_timeout", builder.image_timeout)] {
         if v == Some(Secs(0)) {
             problems.push(p(&bp.key(key), "must be longer than 0s".into()));
         }
     }
-    if let Some(t) = builder.step_timeout {
-        if t.0 > 172_800 {
-            problems.push(p(&bp.key("step_timeout"), "SSM Run Command allows at most 48h".into()));
+    if let Some(t) = builder.step_timeout.filter(|t| t.0 > limits::STEP_TIMEOUT_MAX) {
+        problems.push(p(&bp.key("step_timeout"), format!("{t} is longer than SSM Run Command allows a command to run (48h)")));
+    }
+    for (key, v) in [("ready_timeout", builder.ready_timeout), ("image_timeout", builder.image_timeout)] {
+        if let Some(t) = v.filter(|t| t.0 > limits::WAIT_MAX) {
+            problems.push(p(&bp.key(key), format!("{t} is more than the week bake waits for anything")));
         }
     }
     if let Some(ip) = &builder.instance_profile {
@@ -358,28 +365,44 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
     // image
     let ip = root.key("image");
     let name = image.name.clone().unwrap_or_else(|| DEFAULT_IMAGE_NAME.into());
-    if !name.contains("timestamp") && !name.contains("bake_id") {
-        problems.push(p(&ip.key("name"), "must contain {{timestamp}} or {{bake_id}}, so every bake's image has its own name".into()));
-    } else {
-        let sample = json!({"role": rf.name, "env": env, "vars": vars, "timestamp": "20261121T232813Z", "bake_id": "b-0123456789ab"});
-        match template::render_plain(&name, &sample) {
-            Ok(n) if !valid_ami_name(&n) => problems.push(p(
-                &ip.key("name"),
-                format!("renders as `{n}`, not a valid AMI name (3-128 of letters, digits, ( ) [ ] space . / - ' @ _)"),
-            )),
-            Ok(_) => {}
-            Err(e) => problems.push(p(&ip.key("name"), var_message(&e))),
+    // Rendered for two bakes: the name must differ between them (a real {{timestamp}} or
+    // {{bake_id}}, not the word), and be a valid AMI name for both.
+    let sample = |timestamp: &str, bake_id: &str| json!({"role": rf.name, "env": env, "vars": vars, "timestamp": timestamp, "bake_id": bake_id});
+    match (
+        template::render_plain(&name, &sample("20261121T232813Z", "b-0123456789ab")),
+        template::render_plain(&name, &sample("20991231T235959Z", "b-fedcba987654")),
+    ) {
+        (Ok(a), Ok(b)) if a == b => problems.push(p(
+            &ip.key("name"),
+            "must use {{timestamp}} or {{bake_id}}, so that every bake's image has its own name".into(),
+        )),
+        (Ok(a), Ok(b)) => {
+            for n in [a, b] {
+                if !valid_ami_name(&n) {
+                    problems.push(p(
+                        &ip.key("name"),
+                        format!("renders as `{}`, not an AMI name (3-128 of letters, digits, ( ) [ ] space . / - ' @ _)", n.escape_default()),
+                    ));
+                    break;
+                }
+            }
         }
+        (Err(e), _) | (_, Err(e)) => problems.push(p(&ip.key("name"), var_message(&e))),
     }
     let regions = image.regions.clone().unwrap_or_default();
+    let mut seen_regions = std::collections::BTreeSet::new();
     for (i, r) in regions.iter().enumerate() {
         if !is_region(r) {
-            problems.push(p(&ip.key("regions").index(i), format!("`{r}` is not a region name")));
+            problems.push(p(&ip.key("regions").index(i), region_problem(r)));
+        } else if !seen_regions.insert(r) {
+            problems.push(p(&ip.key("regions").index(i), format!("`{r}` is listed twice")));
         }
     }
-    for k in image.kms_keys.iter().flat_map(|m| m.keys()) {
+    for (k, v) in image.kms_keys.iter().flatten() {
         if !is_region(k) {
-            problems.push(p(&ip.key("kms_keys").key(k), format!("`{k}` is not a region name")));
+            problems.push(p(&ip.key("kms_keys").key(k), region_problem(k)));
+        } else if !limits::valid_kms_key(v) {
+            problems.push(p(&ip.key("kms_keys").key(k), format!("`{v}` is not a KMS key (a key id, alias/NAME, or the ARN of either)")));
         }
     }
     for (i, a) in image.share_accounts.iter().flatten().enumerate() {
@@ -409,18 +432,32 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
     if tags.len() > 40 {
         problems.push(p(&ip.key("tags"), "at most 40 tags (EC2 allows 50; bake adds its own)".into()));
     }
-    if image.deprecate_after_days == Some(0) {
-        problems.push(p(&ip.key("deprecate_after_days"), "must be at least 1".into()));
+    match image.deprecate_after_days {
+        Some(0) => problems.push(p(&ip.key("deprecate_after_days"), "must be at least 1".into())),
+        Some(d) if d > limits::DEPRECATE_DAYS_MAX => {
+            problems.push(p(&ip.key("deprecate_after_days"), format!("{d} days is more than the 10 years ({} days) AWS allows", limits::DEPRECATE_DAYS_MAX)))
+        }
+        _ => {}
     }
     let parameter = image.ssm_parameter.clone().unwrap_or_else(|| {
         template::render_plain(DEFAULT_PARAMETER, &ctx).unwrap_or_default()
     });
-    if !parameter.starts_with('/') || parameter.to_ascii_lowercase().starts_with("/aws") || parameter.contains("//") {
-        problems.push(p(&ip.key("ssm_parameter"), format!("`{parameter}` is not a parameter name bake may write (it starts with / and not /aws)")));
+    if let Some(why) = limits::parameter_name_problem(&parameter) {
+        problems.push(p(&ip.key("ssm_parameter"), format!("`{}` {why}", parameter.chars().take(80).collect::<String>().escape_default())));
+    }
+    let image_description = image.description.clone().unwrap_or_else(|| {
+        // The default: the role's description, cut to what AWS keeps.
+        format!("bake {} {}: {}", rf.name, env, description).chars().take(limits::AMI_DESCRIPTION).collect()
+    });
+    if image_description.chars().count() > limits::AMI_DESCRIPTION {
+        problems.push(p(
+            &ip.key("description"),
+            format!("is {} characters; AWS allows {}", image_description.chars().count(), limits::AMI_DESCRIPTION),
+        ));
     }
     let image_spec = ImageSpec {
         name,
-        description: image.description.clone().unwrap_or_else(|| format!("bake {} {}: {}", rf.name, env, description)),
+        description: image_description,
         tags,
         regions,
         kms_keys: image.kms_keys.clone().unwrap_or_default(),
@@ -442,6 +479,28 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
     };
     if rollout.concurrency == Some(0) {
         problems.push(p(&rp.key("concurrency"), "must be at least 1".into()));
+    }
+    if let Some(t) = rollout.canary_bake_time.filter(|t| t.0 > limits::WAIT_MAX) {
+        problems.push(p(&rp.key("canary_bake_time"), format!("{t} is more than the week bake waits for anything")));
+    }
+    let mut seen_groups = std::collections::BTreeSet::new();
+    for (key, names) in [("groups", &rollout.groups), ("canaries", &rollout.canaries)] {
+        seen_groups.clear();
+        for (i, g) in names.iter().flatten().enumerate() {
+            if !limits::GROUP_NAME.contains(&g.len()) || g.trim() != g {
+                problems.push(p(&rp.key(key).index(i), format!("`{}` is not an Auto Scaling group name (1-255 characters, no white space at either end)", g.escape_default())));
+            } else if !seen_groups.insert(g.clone()) {
+                problems.push(p(&rp.key(key).index(i), format!("`{g}` is listed twice")));
+            }
+        }
+    }
+    // Canaries are among the targets; with only names (no tag filter) that can be checked here.
+    if let (Some(groups), None) = (&rollout.groups, &rollout.group_tags) {
+        for (i, c) in rollout.canaries.iter().flatten().enumerate() {
+            if !groups.is_empty() && !groups.contains(c) {
+                problems.push(p(&rp.key("canaries").index(i), format!("`{c}` is not one of rollout.groups ({})", groups.join(", "))));
+            }
+        }
     }
     let rollout_spec = RolloutSpec {
         groups: rollout.groups.clone().unwrap_or_default(),
@@ -465,13 +524,13 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
         }
     }
     if let Some(u) = &notify.webhook_url {
-        if !(u.starts_with("https://") || u.starts_with("http://")) {
-            problems.push(p(&np.key("webhook_url"), "must be an http(s) URL".into()));
+        if let Some(why) = limits::webhook_problem(u) {
+            problems.push(p(&np.key("webhook_url"), why));
         }
     }
     if let Some(a) = &notify.sns_topic_arn {
-        if !(a.starts_with("arn:") && a.contains(":sns:")) {
-            problems.push(p(&np.key("sns_topic_arn"), format!("`{a}` is not an SNS topic ARN")));
+        if !limits::valid_sns_topic_arn(a) {
+            problems.push(p(&np.key("sns_topic_arn"), format!("`{a}` is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")));
         }
     }
 
@@ -540,6 +599,12 @@ fn refresh_spec(
         // would stay on the old image.
         problems.push(p(&at.key("checkpoint_percentages"), "must end at 100: AWS stops a refresh at its last checkpoint (and calls it successful), leaving the rest of the group on the old image".into()));
     }
+    if let Some(d) = spec.checkpoint_delay.filter(|d| d.0 > limits::CHECKPOINT_DELAY_MAX) {
+        problems.push(p(&at.key("checkpoint_delay"), format!("{d} is more than the 48h AWS allows")));
+    }
+    if let Some(w) = spec.instance_warmup.filter(|w| w.0 > limits::WAIT_MAX) {
+        problems.push(p(&at.key("instance_warmup"), format!("{w} is more than the week bake waits for anything")));
+    }
     if l.checkpoint_delay.is_some() && spec.checkpoint_percentages.is_empty() {
         problems.push(p(&at.key("checkpoint_delay"), "only with checkpoint_percentages (AWS refuses a delay without checkpoints)".into()));
     }
@@ -591,7 +656,7 @@ mod tests {
     #[test]
     fn names_and_ids() {
         assert!(is_region("us-east-1") && is_region("us-gov-west-1") && is_region("ap-southeast-4"));
-        assert!(!is_region("useast1") && !is_region("us-east") && !is_region("US-east-1"));
+        assert!(!is_region("useast1") && !is_region("us-east") && !is_region("US-east-1") && !is_region("us-east-99"));
         assert!(is_id("ami-0123456789abcdef0", "ami-") && is_id("ami-12345678", "ami-"));
         assert!(!is_id("ami-XYZ", "ami-") && !is_id("ami-0123456789ABCDEF0", "ami-"));
         assert!(valid_ami_name("boxoffice-staging-20261121T232813Z"));
