@@ -355,20 +355,26 @@ fn cleanup(g: &Global, bake_id: Option<&str>, orphans: bool, older_than: &str, y
                 }
             },
         };
-        let found = match rt.block_on(crate::sweep::find_orphans(&aws, &g.root, &regions, older)) {
+        let sweep = match rt.block_on(crate::sweep::find_orphans(&aws, &g.root, &regions, older)) {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(1);
             }
         };
+        let found = sweep.orphans;
         if g.output == Output::Json {
             let v: Vec<_> = found.iter().map(|o| json!({"type": o.resource.kind, "id": o.resource.id, "region": o.resource.region, "bake_id": o.bake_id, "age_secs": o.age.map(|a| a.as_secs())})).collect();
-            out(&serde_json::to_string_pretty(&json!({"orphans": v, "removed": yes})).unwrap_or_default());
-        } else if found.is_empty() {
-            out(&format!("no orphans older than {older_than}"));
+            let skipped: Vec<_> = sweep.skipped.iter().map(|(r, why)| json!({"type": r.kind, "id": r.id, "region": r.region, "why": why})).collect();
+            out(&serde_json::to_string_pretty(&json!({"orphans": v, "skipped": skipped, "removed": yes})).unwrap_or_default());
         } else {
             let mut text = String::new();
+            for (r, why) in &sweep.skipped {
+                text.push_str(&format!("skipped {r}: {why}\n"));
+            }
+            if found.is_empty() {
+                text.push_str(&format!("no orphans older than {older_than}"));
+            }
             for o in &found {
                 text.push_str(&format!("{} (bake {})\n", o.resource, o.bake_id));
             }
@@ -434,6 +440,14 @@ fn roll(
     manifest_file: Option<&std::path::Path>,
 ) -> ExitCode {
     let timeout = match crate::config::duration::parse(timeout) {
+        Ok(s) if s > crate::config::limits::WAIT_MAX => {
+            eprintln!("error: --timeout: {} is more than the week bake waits for anything", crate::config::Secs(s));
+            return ExitCode::from(2);
+        }
+        Ok(0) => {
+            eprintln!("error: --timeout: must be longer than 0s");
+            return ExitCode::from(2);
+        }
         Ok(s) => std::time::Duration::from_secs(s),
         Err(e) => {
             eprintln!("error: --timeout: {e}");

@@ -11,6 +11,9 @@ use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
+use aws_sdk_ec2::types::Filter as Ec2Filter;
+
+use crate::error::{Error, Result};
 
 /// Calls made, by `service:Operation` (executions, not retry attempts).
 #[derive(Clone, Debug, Default)]
@@ -137,9 +140,11 @@ impl Aws {
     }
 }
 
+/// Every list bake reads goes through the SDK's paginators: here, every page, or an error naming
+/// the call, what it looked for and the region.
 impl Clients {
-    /// Every launch configuration in the region (all pages).
-    pub async fn launch_configurations(&self) -> crate::error::Result<Vec<aws_sdk_autoscaling::types::LaunchConfiguration>> {
+    /// Every launch configuration in the region.
+    pub async fn launch_configurations(&self) -> Result<Vec<aws_sdk_autoscaling::types::LaunchConfiguration>> {
         self.asg
             .describe_launch_configurations()
             .into_paginator()
@@ -147,6 +152,120 @@ impl Clients {
             .send()
             .try_collect()
             .await
-            .map_err(|e| crate::error::Error::aws("autoscaling:DescribeLaunchConfigurations", "launch configurations", &self.region, &e))
+            .map_err(|e| Error::aws("autoscaling:DescribeLaunchConfigurations", "launch configurations", &self.region, &e))
+    }
+
+    /// Images matching `filters`, owned by `owners` (any owner when empty).
+    pub async fn images(&self, what: &str, owners: &[String], filters: Vec<Ec2Filter>) -> Result<Vec<aws_sdk_ec2::types::Image>> {
+        self.ec2
+            .describe_images()
+            .set_owners(Some(owners.to_vec()).filter(|o| !o.is_empty()))
+            .set_filters(Some(filters))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| Error::aws("ec2:DescribeImages", what, &self.region, &e))
+    }
+
+    /// Instances matching `filters`.
+    pub async fn instances(&self, what: &str, filters: Vec<Ec2Filter>) -> Result<Vec<aws_sdk_ec2::types::Instance>> {
+        let reservations: Vec<aws_sdk_ec2::types::Reservation> = self
+            .ec2
+            .describe_instances()
+            .set_filters(Some(filters))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| Error::aws("ec2:DescribeInstances", what, &self.region, &e))?;
+        Ok(reservations.iter().flat_map(|r| r.instances().iter().cloned()).collect())
+    }
+
+    pub async fn security_groups(&self, what: &str, filters: Vec<Ec2Filter>) -> Result<Vec<aws_sdk_ec2::types::SecurityGroup>> {
+        self.ec2
+            .describe_security_groups()
+            .set_filters(Some(filters))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| Error::aws("ec2:DescribeSecurityGroups", what, &self.region, &e))
+    }
+
+    /// This account's snapshots matching `filters`.
+    pub async fn own_snapshots(&self, what: &str, filters: Vec<Ec2Filter>) -> Result<Vec<aws_sdk_ec2::types::Snapshot>> {
+        self.ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .set_filters(Some(filters))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| Error::aws("ec2:DescribeSnapshots", what, &self.region, &e))
+    }
+
+    pub async fn subnets(&self, what: &str, ids: Vec<String>, filters: Vec<Ec2Filter>) -> Result<Vec<aws_sdk_ec2::types::Subnet>> {
+        self.ec2
+            .describe_subnets()
+            .set_subnet_ids(Some(ids).filter(|i| !i.is_empty()))
+            .set_filters(Some(filters).filter(|f| !f.is_empty()))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| Error::aws("ec2:DescribeSubnets", what, &self.region, &e))
+    }
+
+    /// The Auto Scaling groups with these names (asked 50 at a time), every page.
+    pub async fn groups_named(&self, names: &[String]) -> Result<Vec<aws_sdk_autoscaling::types::AutoScalingGroup>> {
+        let mut out = Vec::new();
+        for chunk in names.chunks(50) {
+            let groups: Vec<aws_sdk_autoscaling::types::AutoScalingGroup> = self
+                .asg
+                .describe_auto_scaling_groups()
+                .set_auto_scaling_group_names(Some(chunk.to_vec()))
+                .into_paginator()
+                .items()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| Error::aws("autoscaling:DescribeAutoScalingGroups", chunk.join(", "), &self.region, &e))?;
+            out.extend(groups);
+        }
+        Ok(out)
+    }
+
+    /// The Auto Scaling groups matching `filters` (every group when empty), every page.
+    pub async fn groups(&self, what: &str, filters: Vec<aws_sdk_autoscaling::types::Filter>) -> Result<Vec<aws_sdk_autoscaling::types::AutoScalingGroup>> {
+        self.asg
+            .describe_auto_scaling_groups()
+            .set_filters(Some(filters).filter(|f| !f.is_empty()))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| Error::aws("autoscaling:DescribeAutoScalingGroups", what, &self.region, &e))
+    }
+
+    /// Every instance refresh of `group`, newest first.
+    pub async fn instance_refreshes(&self, group: &str) -> Result<Vec<aws_sdk_autoscaling::types::InstanceRefresh>> {
+        let pages: Vec<_> = self
+            .asg
+            .describe_instance_refreshes()
+            .auto_scaling_group_name(group)
+            .into_paginator()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| Error::aws("autoscaling:DescribeInstanceRefreshes", format!("group {group}"), &self.region, &e))?;
+        Ok(pages.iter().flat_map(|p| p.instance_refreshes().iter().cloned()).collect())
     }
 }

@@ -86,18 +86,19 @@ pub fn git_sha(root: &Path) -> Option<String> {
 /// An available, finished image of this role and env with this fingerprint, if any.
 async fn existing(aws: &Aws, region: &str, plan: &Plan, fingerprint: &str) -> Result<Option<(String, String)>> {
     let c = aws.clients(region);
-    let r = c
-        .ec2
-        .describe_images()
-        .owners("self")
-        .filters(Filter::builder().name("tag:bake:role").values(&plan.role).build())
-        .filters(Filter::builder().name("tag:bake:env").values(&plan.env).build())
-        .filters(Filter::builder().name("tag:bake:fingerprint").values(fingerprint).build())
-        .filters(Filter::builder().name(format!("tag:{}", stages::cleanup::COMPLETE)).values("true").build())
-        .send()
-        .await
-        .map_err(|e| Error::aws("ec2:DescribeImages", format!("earlier images of {}/{}", plan.role, plan.env), region, &e))?;
-    Ok(r.images()
+    let found = c
+        .images(
+            &format!("earlier images of {}/{}", plan.role, plan.env),
+            &["self".to_string()],
+            vec![
+                Filter::builder().name(format!("tag:{}", crate::tags::ROLE)).values(&plan.role).build(),
+                Filter::builder().name(format!("tag:{}", crate::tags::ENV)).values(&plan.env).build(),
+                Filter::builder().name(format!("tag:{}", crate::tags::FINGERPRINT)).values(fingerprint).build(),
+                Filter::builder().name(format!("tag:{}", crate::tags::COMPLETE)).values("true").build(),
+            ],
+        )
+        .await?;
+    Ok(found
         .iter()
         .filter(|i| i.state() == Some(&ImageState::Available))
         .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))

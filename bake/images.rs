@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::aws::{Aws, Clients};
 use crate::error::{Error, Result};
+use crate::tags;
 
 #[derive(Serialize, Clone, Debug, Default)]
 pub struct ImageInfo {
@@ -43,15 +44,15 @@ fn age_days(created: &str) -> f64 {
 
 /// Finished bake images in one region (optionally one role / env).
 async fn images(c: &Clients, role: Option<&str>, env: Option<&str>) -> Result<Vec<ImageInfo>> {
-    let mut req = c.ec2.describe_images().owners("self").filters(Filter::builder().name("tag:bake:complete").values("true").build());
+    let mut filters = vec![Filter::builder().name(format!("tag:{}", tags::COMPLETE)).values("true").build()];
     if let Some(r) = role {
-        req = req.filters(Filter::builder().name("tag:bake:role").values(r).build());
+        filters.push(Filter::builder().name(format!("tag:{}", tags::ROLE)).values(r).build());
     }
     if let Some(e) = env {
-        req = req.filters(Filter::builder().name("tag:bake:env").values(e).build());
+        filters.push(Filter::builder().name(format!("tag:{}", tags::ENV)).values(e).build());
     }
-    let r = req.send().await.map_err(|e| Error::aws("ec2:DescribeImages", "bake's images", &c.region, &e))?;
-    Ok(r.images()
+    let found = c.images("bake's images", &["self".to_string()], filters).await?;
+    Ok(found
         .iter()
         .map(|i| {
             let created = i.creation_date().unwrap_or_default().to_string();
@@ -88,16 +89,8 @@ async fn usage(c: &Clients, parameters: &BTreeSet<String>) -> Result<BTreeMap<St
         }
     }
     let mut versions: BTreeMap<(String, String), (i64, String, String)> = BTreeMap::new();
-    let mut token = None;
-    loop {
-        let r = c
-            .asg
-            .describe_auto_scaling_groups()
-            .set_next_token(token)
-            .send()
-            .await
-            .map_err(|e| Error::aws("autoscaling:DescribeAutoScalingGroups", "groups", region, &e))?;
-        for g in r.auto_scaling_groups() {
+    {
+        for g in &c.groups("every group", Vec::new()).await? {
             let name = g.auto_scaling_group_name().unwrap_or_default();
             if let Some(lt) = g.launch_template() {
                 let id = lt.launch_template_id().unwrap_or_default().to_string();
@@ -121,10 +114,6 @@ async fn usage(c: &Clients, parameters: &BTreeSet<String>) -> Result<BTreeMap<St
                     out.entry(image.clone()).or_default().push(format!("group {name}"));
                 }
             }
-        }
-        token = r.next_token().map(str::to_string);
-        if token.is_none() {
-            break;
         }
     }
     let names: Vec<String> = parameters.iter().cloned().collect();

@@ -61,17 +61,18 @@ where
 
 /// The newest finished image bake made for this role and env.
 pub async fn newest_image(c: &Clients, role: &str, env: &str) -> Result<String> {
-    let r = c
-        .ec2
-        .describe_images()
-        .owners("self")
-        .filters(Filter::builder().name("tag:bake:role").values(role).build())
-        .filters(Filter::builder().name("tag:bake:env").values(env).build())
-        .filters(Filter::builder().name("tag:bake:complete").values("true").build())
-        .send()
-        .await
-        .map_err(|e| Error::aws("ec2:DescribeImages", format!("images of {role}/{env}"), &c.region, &e))?;
-    r.images()
+    let images = c
+        .images(
+            &format!("images of {role}/{env}"),
+            &["self".to_string()],
+            vec![
+                Filter::builder().name(format!("tag:{}", tags::ROLE)).values(role).build(),
+                Filter::builder().name(format!("tag:{}", tags::ENV)).values(env).build(),
+                Filter::builder().name(format!("tag:{}", tags::COMPLETE)).values("true").build(),
+            ],
+        )
+        .await?;
+    images
         .iter()
         .filter(|i| i.state() == Some(&ImageState::Available))
         .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
@@ -114,14 +115,8 @@ pub async fn discover(c: &Clients, plan: &Plan) -> Result<Vec<GroupState>> {
         names.push(format!("{}_{}", plan.role, plan.env));
     }
     if !names.is_empty() {
-        let r = c
-            .asg
-            .describe_auto_scaling_groups()
-            .set_auto_scaling_group_names(Some(names.clone()))
-            .send()
-            .await
-            .map_err(|e| Error::aws("autoscaling:DescribeAutoScalingGroups", names.join(", "), region, &e))?;
-        let found: Vec<String> = r.auto_scaling_groups().iter().filter_map(|g| g.auto_scaling_group_name().map(str::to_string)).collect();
+        let named = c.groups_named(&names).await?;
+        let found: Vec<String> = named.iter().filter_map(|g| g.auto_scaling_group_name().map(str::to_string)).collect();
         let missing: Vec<&String> = names.iter().filter(|n| !found.contains(n)).collect();
         if !missing.is_empty() {
             let missing: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
@@ -133,18 +128,11 @@ pub async fn discover(c: &Clients, plan: &Plan) -> Result<Vec<GroupState>> {
                 plan.env
             )));
         }
-        groups.extend(r.auto_scaling_groups().iter().cloned());
+        groups.extend(named);
     }
     if !spec.group_tags.is_empty() {
         let filters: Vec<AsgFilter> = spec.group_tags.iter().map(|(k, v)| AsgFilter::builder().name(format!("tag:{k}")).values(v).build()).collect();
-        let r = c
-            .asg
-            .describe_auto_scaling_groups()
-            .set_filters(Some(filters))
-            .send()
-            .await
-            .map_err(|e| Error::aws("autoscaling:DescribeAutoScalingGroups", "groups by tag", region, &e))?;
-        let matched = r.auto_scaling_groups().to_vec();
+        let matched = c.groups("groups by tag", filters).await?;
         if matched.is_empty() && groups.is_empty() {
             let tags: Vec<String> = spec.group_tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
             return Err(Error::Other(format!("no Auto Scaling group tagged {} in {region}; nothing changed", tags.join(", "))));
@@ -243,15 +231,8 @@ async fn describe_group(c: &Clients, g: aws_sdk_autoscaling::types::AutoScalingG
     } else {
         Source::Unsupported { why: "it uses a mixed instances policy, which bake does not roll yet".into() }
     };
-    let refreshes = c
-        .asg
-        .describe_instance_refreshes()
-        .auto_scaling_group_name(&name)
-        .send()
-        .await
-        .map_err(|e| asg_err("autoscaling:DescribeInstanceRefreshes", &name, region, &e))?;
+    let refreshes = c.instance_refreshes(&name).await?;
     let active = refreshes
-        .instance_refreshes()
         .iter()
         .find(|r| is_active(r.status()))
         .and_then(|r| r.instance_refresh_id().map(str::to_string));

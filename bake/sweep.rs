@@ -89,39 +89,78 @@ pub fn running(root: &Path) -> BTreeSet<String> {
     out
 }
 
-/// Every bake-managed resource in `regions` (and IAM under /bake/) whose bake is not running and
-/// which is older than `older_than`. Finished images and their snapshots are never orphans.
-pub async fn find_orphans(aws: &Aws, root: &Path, regions: &[String], older_than: Duration) -> Result<Vec<Orphan>> {
+/// What the orphan sweep found: resources bake made whose bake is not running, and what it left
+/// alone, with why.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    pub orphans: Vec<Orphan>,
+    pub skipped: Vec<(Resource, String)>,
+}
+
+/// Why a resource carrying bake's tags (or under bake's path) is not bake's to sweep, if so: it
+/// must carry `bake:managed=true` and a bake id.
+fn not_bakes(tags: &BTreeMap<String, String>) -> Option<String> {
+    match (tags.get(crate::tags::MANAGED).map(String::as_str), tags.get(crate::tags::ID)) {
+        (Some("true"), Some(id)) if BakeId::parse(id).is_some() => None,
+        (Some("true"), Some(id)) => Some(format!("its {} tag `{id}` is not a bake id", crate::tags::ID)),
+        (Some("true"), None) => Some(format!("it has no {} tag", crate::tags::ID)),
+        (Some(v), _) => Some(format!("its {} tag is `{v}`, not true", crate::tags::MANAGED)),
+        (None, _) => Some(format!("it has no {} tag: bake did not make it", crate::tags::MANAGED)),
+    }
+}
+
+fn iam_tags(tags: &[aws_sdk_iam::types::Tag]) -> BTreeMap<String, String> {
+    tags.iter().map(|t| (t.key().to_string(), t.value().to_string())).collect()
+}
+
+/// Every resource bake made (`bake:managed=true` and a bake id) in `regions`, and its IAM roles
+/// and instance profiles under /bake/, whose bake is not running here and which is older than
+/// `older_than`. Finished images and their snapshots are never orphans; launch configurations and
+/// launch templates are a roll's products, never swept. Every page of every list is read.
+pub async fn find_orphans(aws: &Aws, root: &Path, regions: &[String], older_than: Duration) -> Result<Sweep> {
     let running = running(root);
-    let mut out = Vec::new();
+    let mut sweep = Sweep::default();
+    let consider = |r: Resource, tags: &BTreeMap<String, String>, age: Option<Duration>, sweep: &mut Sweep| {
+        if let Some(why) = not_bakes(tags) {
+            sweep.skipped.push((r, why));
+            return;
+        }
+        let id = tags.get(crate::tags::ID).cloned().unwrap_or_default();
+        if running.contains(&id) {
+            sweep.skipped.push((r, format!("bake {id} is still running here")));
+        } else if age.map(|a| a < older_than).unwrap_or(false) {
+            sweep.skipped.push((r, format!("younger than {}", crate::config::Secs(older_than.as_secs()))));
+        } else {
+            sweep.orphans.push(Orphan { resource: r, bake_id: id, age });
+        }
+    };
     for region in regions {
-        for (r, tags) in cleanup::find_tagged(aws, region, Filter::builder().name("tag-key").values("bake:managed").build()).await? {
-            let id = tags.get("bake:id").cloned().unwrap_or_default();
-            out.push(Orphan { resource: r, bake_id: id, age: age_of(tags.get("bake:created").map(String::as_str)) });
+        for (r, tags) in cleanup::find_tagged(aws, region, Filter::builder().name("tag-key").values(crate::tags::MANAGED).build()).await? {
+            let age = age_of(tags.get(crate::tags::CREATED).map(String::as_str));
+            consider(r, &tags, age, &mut sweep);
         }
     }
     let region = aws.default_region().or_else(|| regions.first().cloned()).unwrap_or_else(|| "us-east-1".into());
     let c = aws.clients(&region);
-    let roles = c.iam.list_roles().path_prefix(crate::stages::iam::PATH).send().await.map_err(|e| Error::aws("iam:ListRoles", "roles under /bake/", "global", &e))?;
-    for role in roles.roles() {
-        let name = role.role_name().to_string();
+    for name in cleanup::iam_names(&c, Kind::IamRole).await? {
+        let r = c.iam.get_role().role_name(&name).send().await.map_err(|e| Error::aws("iam:GetRole", format!("role {name}"), "global", &e))?;
+        let Some(role) = r.role() else { continue };
         let age = SystemTime::try_from(*role.create_date()).ok().and_then(|t| SystemTime::now().duration_since(t).ok());
-        out.push(Orphan { resource: Resource::new(Kind::IamRole, &name, "global"), bake_id: name.trim_start_matches("bake-").to_string(), age });
+        consider(Resource::new(Kind::IamRole, &name, "global"), &iam_tags(role.tags()), age, &mut sweep);
     }
-    let profiles = c
-        .iam
-        .list_instance_profiles()
-        .path_prefix(crate::stages::iam::PATH)
-        .send()
-        .await
-        .map_err(|e| Error::aws("iam:ListInstanceProfiles", "instance profiles under /bake/", "global", &e))?;
-    for p in profiles.instance_profiles() {
-        let name = p.instance_profile_name().to_string();
+    for name in cleanup::iam_names(&c, Kind::InstanceProfile).await? {
+        let r = c
+            .iam
+            .get_instance_profile()
+            .instance_profile_name(&name)
+            .send()
+            .await
+            .map_err(|e| Error::aws("iam:GetInstanceProfile", format!("instance profile {name}"), "global", &e))?;
+        let Some(p) = r.instance_profile() else { continue };
         let age = SystemTime::try_from(*p.create_date()).ok().and_then(|t| SystemTime::now().duration_since(t).ok());
-        out.push(Orphan { resource: Resource::new(Kind::InstanceProfile, &name, "global"), bake_id: name.trim_start_matches("bake-").to_string(), age });
+        consider(Resource::new(Kind::InstanceProfile, &name, "global"), &iam_tags(p.tags()), age, &mut sweep);
     }
-    out.retain(|o| !running.contains(&o.bake_id) && o.age.map(|a| a >= older_than).unwrap_or(true));
-    Ok(out)
+    Ok(sweep)
 }
 
 /// Removes orphans, journaling into their bake's journal when it still exists.

@@ -167,7 +167,9 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>>>,
 {
-    let deadline = Instant::now() + p.timeout;
+    // A timeout beyond what the clock can hold waits as long as it can, never panics.
+    let now = Instant::now();
+    let deadline = now.checked_add(p.timeout).unwrap_or_else(|| now + Duration::from_secs(crate::config::limits::WAIT_MAX));
     let mut interval = p.first;
     let mut probe_now = p.probe_at_once;
     loop {

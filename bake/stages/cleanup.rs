@@ -110,18 +110,37 @@ pub async fn delete(aws: &Aws, r: &Resource, born: Option<SystemTime>) -> Result
             if !believed(born, || async { Ok(iam_exists(&c, r.kind, id).await?.then_some(())) }).await?.is_some() {
                 return Ok(Vec::new());
             }
-            let r = c.iam.list_instance_profiles_for_role().role_name(id).send().await;
+            let r = c.iam.list_instance_profiles_for_role().role_name(id).into_paginator().items().send().try_collect().await;
             let Some(profiles) = unless_gone(r, "iam:ListInstanceProfilesForRole", format!("role {id}"), "global")? else { return Ok(Vec::new()) };
-            for p in profiles.instance_profiles() {
-                let _ = c.iam.remove_role_from_instance_profile().instance_profile_name(p.instance_profile_name()).role_name(id).send().await;
+            for p in &profiles {
+                let r = c.iam.remove_role_from_instance_profile().instance_profile_name(p.instance_profile_name()).role_name(id).send().await;
+                unless_gone(r, "iam:RemoveRoleFromInstanceProfile", format!("instance profile {}", p.instance_profile_name()), "global")?;
             }
-            let inline = c.iam.list_role_policies().role_name(id).send().await.map_err(|e| Error::aws("iam:ListRolePolicies", format!("role {id}"), "global", &e))?;
-            for name in inline.policy_names() {
+            let inline: Vec<String> = c
+                .iam
+                .list_role_policies()
+                .role_name(id)
+                .into_paginator()
+                .items()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| Error::aws("iam:ListRolePolicies", format!("role {id}"), "global", &e))?;
+            for name in &inline {
                 let r = c.iam.delete_role_policy().role_name(id).policy_name(name).send().await;
                 unless_gone(r, "iam:DeleteRolePolicy", format!("role {id}"), "global")?;
             }
-            let attached = c.iam.list_attached_role_policies().role_name(id).send().await.map_err(|e| Error::aws("iam:ListAttachedRolePolicies", format!("role {id}"), "global", &e))?;
-            for arn in attached.attached_policies().iter().filter_map(|p| p.policy_arn()) {
+            let attached: Vec<aws_sdk_iam::types::AttachedPolicy> = c
+                .iam
+                .list_attached_role_policies()
+                .role_name(id)
+                .into_paginator()
+                .items()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| Error::aws("iam:ListAttachedRolePolicies", format!("role {id}"), "global", &e))?;
+            for arn in attached.iter().filter_map(|p| p.policy_arn()) {
                 let r = c.iam.detach_role_policy().role_name(id).policy_arn(arn).send().await;
                 unless_gone(r, "iam:DetachRolePolicy", format!("role {id}"), "global")?;
             }
@@ -349,60 +368,35 @@ pub async fn find_by_id(aws: &Aws, id: &BakeId, regions: &BTreeSet<String>) -> R
 }
 
 /// bake-managed EC2 resources matching `filter` in one region, with their tags; products
-/// (images and snapshots tagged bake:complete) are left out.
+/// (images and snapshots tagged bake:complete) are left out. Every page of every list.
 pub async fn find_tagged(aws: &Aws, region: &str, filter: Filter) -> Result<Vec<(Resource, BTreeMap<String, String>)>> {
     let c = aws.clients(region);
     let mut out = Vec::new();
     let tagmap = |tags: &[aws_sdk_ec2::types::Tag]| -> BTreeMap<String, String> {
         tags.iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect()
     };
-    let r = c
-        .ec2
-        .describe_instances()
-        .filters(filter.clone())
-        .filters(Filter::builder().name("instance-state-name").values("pending").values("running").values("stopping").values("stopped").values("shutting-down").build())
-        .send()
-        .await
-        .map_err(|e| Error::aws("ec2:DescribeInstances", "bake-managed instances", region, &e))?;
-    for i in r.reservations().iter().flat_map(|r| r.instances()) {
-        out.push((Resource::new(Kind::Instance, i.instance_id().unwrap_or_default(), region), tagmap(i.tags())));
+    let missing = |call: &str, what: &str| Error::Other(format!("{call} in {region} answered with a {what} without an id"));
+    let live = Filter::builder().name("instance-state-name").values("pending").values("running").values("stopping").values("stopped").values("shutting-down").build();
+    for i in c.instances("bake-managed instances", vec![filter.clone(), live]).await? {
+        let id = i.instance_id().ok_or_else(|| missing("ec2:DescribeInstances", "instance"))?;
+        out.push((Resource::new(Kind::Instance, id, region), tagmap(i.tags())));
     }
-    let r = c
-        .ec2
-        .describe_security_groups()
-        .filters(filter.clone())
-        .send()
-        .await
-        .map_err(|e| Error::aws("ec2:DescribeSecurityGroups", "bake-managed security groups", region, &e))?;
-    for g in r.security_groups() {
-        out.push((Resource::new(Kind::SecurityGroup, g.group_id().unwrap_or_default(), region), tagmap(g.tags())));
+    for g in c.security_groups("bake-managed security groups", vec![filter.clone()]).await? {
+        let id = g.group_id().ok_or_else(|| missing("ec2:DescribeSecurityGroups", "security group"))?;
+        out.push((Resource::new(Kind::SecurityGroup, id, region), tagmap(g.tags())));
     }
-    let r = c
-        .ec2
-        .describe_images()
-        .owners("self")
-        .filters(filter.clone())
-        .send()
-        .await
-        .map_err(|e| Error::aws("ec2:DescribeImages", "bake-managed images", region, &e))?;
-    for i in r.images() {
+    for i in c.images("bake-managed images", &["self".to_string()], vec![filter.clone()]).await? {
         let tags = tagmap(i.tags());
         if !tags.contains_key(COMPLETE) {
-            out.push((Resource::new(Kind::Image, i.image_id().unwrap_or_default(), region), tags));
+            let id = i.image_id().ok_or_else(|| missing("ec2:DescribeImages", "image"))?;
+            out.push((Resource::new(Kind::Image, id, region), tags));
         }
     }
-    let r = c
-        .ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(filter)
-        .send()
-        .await
-        .map_err(|e| Error::aws("ec2:DescribeSnapshots", "bake-managed snapshots", region, &e))?;
-    for s in r.snapshots() {
-        let tags = tagmap(s.tags());
+    for snap in c.own_snapshots("bake-managed snapshots", vec![filter]).await? {
+        let tags = tagmap(snap.tags());
         if !tags.contains_key(COMPLETE) {
-            out.push((Resource::new(Kind::Snapshot, s.snapshot_id().unwrap_or_default(), region), tags));
+            let id = snap.snapshot_id().ok_or_else(|| missing("ec2:DescribeSnapshots", "snapshot"))?;
+            out.push((Resource::new(Kind::Snapshot, id, region), tags));
         }
     }
     Ok(out)

@@ -131,7 +131,9 @@ async fn share_and_deprecate(ctx: &Ctx, c: &Clients, image: &str, snaps: &[Strin
         }
     }
     if let Some(days) = spec.deprecate_after_days {
-        let at = std::time::SystemTime::now() + Duration::from_secs(u64::from(days) * 86_400);
+        let at = std::time::SystemTime::now()
+            .checked_add(Duration::from_secs(u64::from(days) * 86_400))
+            .ok_or_else(|| Error::Other(format!("image.deprecate_after_days of roles/{}.toml: {days} days is beyond the clock", ctx.plan.role)))?;
         c.ec2
             .enable_image_deprecation()
             .image_id(image)

@@ -26,26 +26,11 @@ pub const IAM_PROPAGATION: Duration = Duration::from_secs(180);
 async fn network(ctx: &Ctx) -> Result<(String, String)> {
     let ec2 = &ctx.c.ec2;
     let region = ctx.region.as_str();
-    let describe = |filters: Vec<Filter>| {
-        let ec2 = ec2.clone();
-        async move {
-            ec2.describe_subnets()
-                .set_filters(Some(filters))
-                .send()
-                .await
-                .map_err(|e| Error::aws("ec2:DescribeSubnets", "the builder's subnet", region, &e))
-        }
-    };
     let subnets = match &ctx.plan.builder.spec.subnet {
-        SubnetSpec::Id { id } => {
-            let r = ec2.describe_subnets().subnet_ids(id).send().await.map_err(|e| {
-                Error::aws("ec2:DescribeSubnets", format!("subnet {id} (builder.subnet_id)"), region, &e)
-            })?;
-            r.subnets().to_vec()
-        }
+        SubnetSpec::Id { id } => ctx.c.subnets(&format!("subnet {id} (builder.subnet_id)"), vec![id.clone()], Vec::new()).await?,
         SubnetSpec::Tags { tags } => {
             let filters = tags.iter().map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(v).build()).collect();
-            describe(filters).await?.subnets().to_vec()
+            ctx.c.subnets("the builder's subnet (builder.subnet_tags)", Vec::new(), filters).await?
         }
         SubnetSpec::Default => {
             let vpcs = ec2
@@ -60,13 +45,11 @@ async fn network(ctx: &Ctx) -> Result<(String, String)> {
                     format_args!("roles/{}.toml", ctx.plan.role)
                 )));
             };
-            describe(vec![
+            let filters = vec![
                 Filter::builder().name("vpc-id").values(vpc).build(),
                 Filter::builder().name("default-for-az").values("true").build(),
-            ])
-            .await?
-            .subnets()
-            .to_vec()
+            ];
+            ctx.c.subnets("the default VPC's subnets", Vec::new(), filters).await?
         }
     };
     // The subnet with the most free addresses; ties go to the first by id (deterministic).

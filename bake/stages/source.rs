@@ -65,17 +65,18 @@ pub async fn resolve(c: &Clients, spec: &SourceSpec) -> Result<SourceImage> {
             r.parameter().and_then(|p| p.value()).unwrap_or_default().to_string()
         }
         SourceSpec::Filter { owners, name, architecture } => {
-            let r = c
-                .ec2
-                .describe_images()
-                .set_owners(Some(owners.clone()))
-                .filters(Filter::builder().name("name").values(name).build())
-                .filters(Filter::builder().name("architecture").values(architecture).build())
-                .filters(Filter::builder().name("state").values("available").build())
-                .send()
-                .await
-                .map_err(|e| Error::aws("ec2:DescribeImages", format!("images named {name}"), region, &e))?;
-            let newest = r.images().iter().max_by(|a, b| a.creation_date().cmp(&b.creation_date()));
+            let found = c
+                .images(
+                    &format!("images named {name}"),
+                    owners,
+                    vec![
+                        Filter::builder().name("name").values(name).build(),
+                        Filter::builder().name("architecture").values(architecture).build(),
+                        Filter::builder().name("state").values("available").build(),
+                    ],
+                )
+                .await?;
+            let newest = found.iter().max_by(|a, b| a.creation_date().cmp(&b.creation_date()));
             return match newest {
                 Some(img) => Ok(from_image(img)),
                 None => Err(Error::Source {
