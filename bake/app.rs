@@ -158,7 +158,14 @@ fn policy(g: &Global, kind: PolicyKind, role: Option<&str>, env: Option<&str>, a
                 return Err(Problem::new("(command line)", "", "bake policy builder needs --role ROLE --env ENV").into());
             };
             let plan = project.plan(role, env, &vars)?;
-            plan.builder.inline_policy.unwrap_or_else(|| json!({"Version": "2012-10-17", "Statement": []}))
+            match plan.builder.inline_policy {
+                Some(doc) => doc,
+                None => {
+                    // IAM refuses a policy without statements: there is nothing to print.
+                    eprintln!("{role}/{env} needs no builder policy: its builder gets only {}", crate::plan::SSM_CORE_POLICY);
+                    return Ok(());
+                }
+            }
         }
         PolicyKind::Operator | PolicyKind::Roller => {
             let ctx = crate::config::policy::operator_context(&project, role, env, account, &vars)?;

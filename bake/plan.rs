@@ -298,7 +298,8 @@ pub fn policy_context(role: &Role, node: &Json) -> Json {
         "role": role.name,
         "env": role.env,
         "partition": "aws",
-        "account": "*",
+        // The account the builder runs in, whatever it is: IAM substitutes the variable.
+        "account": "${aws:PrincipalAccount}",
         "region": role.builder.region.clone().unwrap_or_else(|| "*".into()),
         "node": node,
         "vars": role.vars,

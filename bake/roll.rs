@@ -875,11 +875,16 @@ async fn restore(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupReco
             }
             None => Some((id.clone(), *from)),
         },
-        Change::LaunchConfiguration { from, .. } | Change::MigrateToTemplate { from, .. } => {
+        // Back to a launch configuration: a copy bake names (the operator may point groups only at
+        // those, policies/roller.json.hbs) of the one the group is on (or left), with the old image.
+        Change::LaunchConfiguration { to: copy_of, .. } | Change::MigrateToTemplate { from: copy_of, .. } => {
+            let back = rollout::launch_configuration_name(&g.name, &g.current_image, &plan.roll_id);
+            rep.stage("configuration", &format!("{back} (from {copy_of})"));
+            cx.copy_launch_configuration(copy_of, &back, &g.current_image).await?;
             cx.c.asg
                 .update_auto_scaling_group()
                 .auto_scaling_group_name(&g.name)
-                .launch_configuration_name(from)
+                .launch_configuration_name(&back)
                 .send()
                 .await
                 .map_err(|e| asg_err("autoscaling:UpdateAutoScalingGroup", &g.name, region, &e))?;
@@ -898,7 +903,7 @@ async fn restore(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupReco
             cx.tag(&g.name, &[(TAG_IMAGE, g.current_image.clone())]).await?;
             cx.delete_tags(&g.name, &[TAG_PREVIOUS_IMAGE, TAG_PREVIOUS_VERSION, TAG_PREVIOUS_LC]).await?;
             match &g.change {
-                Change::LaunchConfiguration { to, .. } => {
+                Change::LaunchConfiguration { to, .. } if rollout::is_bake_launch_configuration(&g.name, to) => {
                     let _ = cx.c.asg.delete_launch_configuration().launch_configuration_name(to).send().await;
                 }
                 Change::MigrateToTemplate { template, .. } => cx.delete_migrated_template(template).await,

@@ -73,6 +73,8 @@ pub fn run(project: &Project, only: &[String], vars: &VarInputs) -> Report {
         }
     };
     let mut cache = CookbookCache::default();
+    // Which role/env publishes each image parameter: two publishing one would overwrite each other.
+    let mut publishers: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
     for name in &roles {
         let rf = match project.role(name) {
             Ok(rf) => rf,
@@ -91,6 +93,16 @@ pub fn run(project: &Project, only: &[String], vars: &VarInputs) -> Report {
                     continue;
                 }
             };
+            let me = format!("{name}/{env}");
+            match publishers.get(&role.image.ssm_parameter) {
+                Some(other) => report.add(
+                    &mut seen,
+                    Problem::new(&rf.file.shown, "image.ssm_parameter", format!("{me} publishes `{}`, as {other} does; each role and env needs its own parameter", role.image.ssm_parameter)).into(),
+                ),
+                None => {
+                    publishers.insert(role.image.ssm_parameter.clone(), me);
+                }
+            }
             let Some(policies) = &policies else { continue };
             match project.plan_with(&rf, &role, &mut cache, policies) {
                 Ok(plan) => report.steps += plan.steps.len(),

@@ -348,8 +348,20 @@ fn render_prints_one_step_and_policy_prints_json() {
     assert_eq!(pass["Resource"], "arn:aws:iam::123456789012:role/bake/*");
     let create = sid(&doc, "CreateBuilderIdentity");
     assert_eq!(create["Condition"]["StringLikeIfExists"]["iam:PermissionsBoundary"], "arn:aws:iam::123456789012:policy/bake/bake-builder-boundary");
+    assert_eq!(create["Resource"], serde_json::json!(["arn:aws:iam::123456789012:role/bake/bake-b-*", "arn:aws:iam::123456789012:instance-profile/bake/bake-b-*"]), "only bake's own names");
+    // Changing a role needs the boundary on it (strictly: a role without one is not bake's).
+    let manage = sid(&doc, "ManageBuilderRoles");
+    assert_eq!(manage["Condition"]["StringLike"]["iam:PermissionsBoundary"], "arn:aws:iam::123456789012:policy/bake/bake-builder-boundary");
+    assert_eq!(manage["Resource"], "arn:aws:iam::123456789012:role/bake/bake-b-*");
+    assert_eq!(sid(&doc, "CreateTagged")["Condition"]["StringEqualsIfExists"]["ec2:MetadataHttpTokens"], "required", "builders only with IMDSv2");
     let deny = sid(&doc, "OnlyWithTheBoundary");
     assert_eq!(deny["Effect"], "Deny");
+    // Groups get numbered template versions and bake's own launch configurations only.
+    let out = bake(&repo(), &["policy", "roller", "--role", "boxoffice", "--env", "production"]);
+    let roller: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let roll = sid(&roller, "RollOwnedGroups");
+    assert_eq!(roll["Condition"]["BoolIfExists"]["autoscaling:LaunchTemplateVersionSpecified"], "true");
+    assert!(roll["Condition"]["StringLikeIfExists"]["autoscaling:LaunchConfigurationName"].as_array().is_some_and(|v| !v.is_empty() && v.iter().all(|n| n.as_str().unwrap().ends_with("-ami-*-b-*"))), "{roll}");
     assert!(!all.contains("ec2:Describe*") && !all.contains("DescribeInstanceAttribute"), "Describe narrowed to what bake calls");
     for unused in ["StartInstances", "DisableImageDeprecation", "RollbackInstanceRefresh", "ListCommands", "kms:Encrypt\""] {
         assert!(!all.contains(unused), "unused grant {unused}");
@@ -394,13 +406,18 @@ fn render_prints_one_step_and_policy_prints_json() {
     assert!(all.contains("ssm:UpdateInstanceInformation") && all.contains("parameter/universe/registry/password") && all.contains("universe-apps/boxoffice_production.tgz"));
     assert!(!all.contains("iam:") && !all.contains("ec2:RunInstances") && !all.contains("sts:"), "the boundary grants no way up: {all}");
 
+    let only = sid(&doc, "OnlyFromInstances");
+    assert_eq!((only["Effect"].as_str(), only["Condition"]["Null"]["ec2:SourceInstanceARN"].as_str()), (Some("Deny"), Some("true")), "builder credentials act only from an instance");
+
+    // www reads no secret and no bundle: no builder policy (IAM refuses one without statements).
     let out = bake(&repo(), &["policy", "builder", "--role", "www", "--env", "staging"]);
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc["Statement"], serde_json::json!([]), "www reads no secret and no bundle");
+    assert!(out.status.success() && out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("www/staging needs no builder policy"), "{}", text(&out.stderr));
     let out = bake(&repo(), &["policy", "builder", "--role", "boxoffice", "--env", "staging"]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let s = doc.to_string();
     assert!(s.contains("parameter/universe/registry/password") && s.contains("universe-apps/boxoffice_staging.tgz"));
+    assert!(s.contains(":${aws:PrincipalAccount}:parameter/"), "the builder's own account, whichever it is: {s}");
 }
 
 #[test]

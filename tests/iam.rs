@@ -103,6 +103,12 @@ async fn team_fleet(sb: &Sandbox, role: &str, env: &str, image: &str) {
         .unwrap();
 }
 
+/// A launch configuration the account's administrator made, passing the `admin` profile.
+async fn r_asg_create_lc(sb: &Sandbox, name: &str, image: &str) {
+    let asg = aws_sdk_autoscaling::Client::new(&sb.sdk_config("us-east-1").await);
+    asg.create_launch_configuration().launch_configuration_name(name).image_id(image).instance_type("t3.small").iam_instance_profile("admin").send().await.unwrap();
+}
+
 /// kaiju/staging as a team would run it: copies, a share, deprecation, an SNS topic, whole step
 /// output to S3, a customer-managed EBS key, and two groups to roll.
 async fn kaiju_everything(sb: &Sandbox, root: &Path) {
@@ -292,21 +298,38 @@ async fn holding_the_operator_policies_what_an_operator_must_not_do_is_denied() 
     let mine = owner_tags("kaiju", "staging").into_iter().chain([aws_sdk_iam::types::Tag::builder().key("bake:managed").value("true").build().unwrap()]).collect::<Vec<_>>();
 
     // A builder role without the boundary, or with another one.
-    denied("a role without the boundary", iam.create_role().role_name("bake-x").path("/bake/").assume_role_policy_document(trust.to_string()).set_tags(Some(mine.clone())).send().await, "AccessDenied");
+    denied("a role without the boundary", iam.create_role().role_name("bake-b-00000000000a").path("/bake/").assume_role_policy_document(trust.to_string()).set_tags(Some(mine.clone())).send().await, "AccessDenied");
     let other = sb.create_policy("wide-open", &json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})).await;
-    denied("a role with another boundary", iam.create_role().role_name("bake-y").path("/bake/").assume_role_policy_document(trust.to_string()).permissions_boundary(&other).set_tags(Some(mine.clone())).send().await, "AccessDenied");
-    // With the boundary: allowed, and capped by it.
-    iam.create_role().role_name("bake-z").path("/bake/").assume_role_policy_document(trust.to_string()).permissions_boundary(&boundary).set_tags(Some(mine.clone())).send().await.unwrap();
+    denied("a role with another boundary", iam.create_role().role_name("bake-b-00000000000b").path("/bake/").assume_role_policy_document(trust.to_string()).permissions_boundary(&other).set_tags(Some(mine.clone())).send().await, "AccessDenied");
+    denied("a role not named as bake names builders", iam.create_role().role_name("ci-deployer").path("/bake/").assume_role_policy_document(trust.to_string()).permissions_boundary(&boundary).set_tags(Some(mine.clone())).send().await, "AccessDenied");
+    // With the boundary and a builder's name: allowed, and capped by it. Its creator chooses its
+    // trust policy: one that lets the account's principals assume it.
+    let anyone = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:root")}, "Action": "sts:AssumeRole"}]}).to_string();
+    iam.create_role().role_name("bake-b-00000000000c").path("/bake/").assume_role_policy_document(&anyone).permissions_boundary(&boundary).set_tags(Some(mine.clone())).send().await.unwrap();
     let admin = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}).to_string();
     denied("an admin inline policy on a /bake/ role bake did not make", iam.put_role_policy().role_name("legacy-builder").policy_name("admin").policy_document(&admin).send().await, "AccessDenied");
-    denied("removing the boundary", iam.delete_role_permissions_boundary().role_name("bake-z").send().await, "AccessDenied");
-    denied("attaching a managed policy but SSM core", iam.attach_role_policy().role_name("bake-z").policy_arn(&other).send().await, "AccessDenied");
-    // An admin inline policy on its own builder role is allowed, but the boundary caps it.
-    iam.put_role_policy().role_name("bake-z").policy_name("admin").policy_document(&admin).send().await.unwrap();
-    r_iam.update_assume_role_policy().role_name("bake-z").policy_document(json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:root")}, "Action": "sts:AssumeRole"}]}).to_string()).send().await.unwrap();
-    let session = sb.assume_role(&format!("arn:aws:iam::{ACCOUNT}:role/bake/bake-z"), "escalate").await;
-    let as_builder = aws_sdk_iam::Client::new(&sb.sdk_config_as("us-east-1", &session).await);
+    // Claiming a role by tagging it as bake's: refused for names bake does not give; a role with
+    // a builder's name and bake's tags but no boundary (an administrator's) cannot be changed.
+    denied("claiming a /bake/ role with bake's tags", iam.tag_role().role_name("legacy-builder").set_tags(Some(mine.clone())).send().await, "AccessDenied");
+    r_iam.create_role().role_name("bake-b-00000000000d").path("/bake/").assume_role_policy_document(trust.to_string()).set_tags(Some(mine.clone())).send().await.unwrap();
+    denied("an admin inline policy on a builder-named role without the boundary", iam.put_role_policy().role_name("bake-b-00000000000d").policy_name("admin").policy_document(&admin).send().await, "AccessDenied");
+    denied("removing the boundary", iam.delete_role_permissions_boundary().role_name("bake-b-00000000000c").send().await, "AccessDenied");
+    denied("attaching a managed policy but SSM core", iam.attach_role_policy().role_name("bake-b-00000000000c").policy_arn(&other).send().await, "AccessDenied");
+    // An admin inline policy on its own builder role is allowed, but the boundary caps it, and
+    // off an EC2 instance its credentials do nothing at all (not even what the boundary allows).
+    iam.put_role_policy().role_name("bake-b-00000000000c").policy_name("admin").policy_document(&admin).send().await.unwrap();
+    let session = sb.assume_role(&format!("arn:aws:iam::{ACCOUNT}:role/bake/bake-b-00000000000c"), "escalate").await;
+    let as_builder_conf = sb.sdk_config_as("us-east-1", &session).await;
+    let as_builder = aws_sdk_iam::Client::new(&as_builder_conf);
     denied("a builder role doing IAM", as_builder.create_user().user_name("backdoor").send().await, "AccessDenied");
+    denied(
+        "a builder role's credentials off an instance",
+        // (the boundary allows builders to read boxoffice's registry password)
+        aws_sdk_ssm::Client::new(&as_builder_conf).get_parameter().name("/universe/registry/password").send().await,
+        "AccessDeniedException",
+    );
+    let why: Vec<Value> = sb.decisions(true).into_iter().filter(|d| d["action"] == "ssm:GetParameter").collect();
+    assert!(why.iter().any(|d| d["reason"].as_str().unwrap_or("").contains("explicit deny in a permissions boundary")), "the boundary's OnlyFromInstances: {why:?}");
 
     // Launching: a builder with a role that is not a builder's; from an arbitrary image.
     let launch = |image: &str, profile: Option<&str>| {
@@ -362,6 +385,35 @@ async fn holding_the_operator_policies_what_an_operator_must_not_do_is_denied() 
     denied("scaling another role's group to zero", asg.update_auto_scaling_group().auto_scaling_group_name("billing_staging").min_size(0).desired_capacity(0).send().await, "AccessDenied");
     denied("refreshing another role's group", asg.start_instance_refresh().auto_scaling_group_name("billing_staging").send().await, "AccessDenied");
     denied("deregistering another role's image", ec2.deregister_image().image_id(&billing_image).send().await, "UnauthorizedOperation");
+    let copy_tags = {
+        let mut b = ec2_t::TagSpecification::builder().resource_type(ec2_t::ResourceType::Image);
+        for (k, v) in [("bake:managed", "true"), ("bake:role", "kaiju"), ("bake:env", "staging")] {
+            b = b.tags(ec2_t::Tag::builder().key(k).value(v).build());
+        }
+        b.build()
+    };
+    denied(
+        "copying another role's image as one's own",
+        ec2.copy_image().source_image_id(&billing_image).source_region("us-east-1").name("mine-now").tag_specifications(copy_tags).send().await,
+        "UnauthorizedOperation",
+    );
+    // A group of its own onto a version alias (no PassRole check at launch) or a launch
+    // configuration bake did not make.
+    denied(
+        "putting an owned group on $Latest",
+        asg.update_auto_scaling_group()
+            .auto_scaling_group_name("kaiju_staging")
+            .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_name("kaiju-staging").version("$Latest").build())
+            .send()
+            .await,
+        "AccessDenied",
+    );
+    r_asg_create_lc(&sb, "kaiju-admin-lc", &ubuntu).await;
+    denied(
+        "putting an owned group on a launch configuration bake did not make",
+        asg.update_auto_scaling_group().auto_scaling_group_name("kaiju_staging_legacy").launch_configuration_name("kaiju-admin-lc").send().await,
+        "AccessDenied",
+    );
     denied(
         "claiming another's resource with bake's tags",
         ec2.create_tags().resources(&billing_image).tags(ec2_t::Tag::builder().key("bake:role").value("kaiju").build()).send().await,
@@ -377,7 +429,7 @@ async fn holding_the_operator_policies_what_an_operator_must_not_do_is_denied() 
     let actions: BTreeSet<String> = sb.decisions(true).iter().map(|d| d["action"].as_str().unwrap().to_string()).collect();
     for a in ["ec2:ModifyImageAttribute", "iam:CreateRole", "iam:PutRolePolicy", "iam:DeleteRolePermissionsBoundary", "iam:AttachRolePolicy", "iam:CreateUser", "iam:PassRole", "ec2:RunInstances",
               "ec2:ModifySnapshotAttribute", "ec2:CreateLaunchTemplateVersion", "autoscaling:UpdateAutoScalingGroup", "autoscaling:StartInstanceRefresh",
-              "ec2:DeregisterImage", "ec2:CreateTags", "ssm:SendCommand"] {
+              "ec2:DeregisterImage", "ec2:CreateTags", "ssm:SendCommand", "iam:TagRole", "ec2:CopyImage"] {
         assert!(actions.contains(a), "no denial recorded for {a}: {actions:?}");
     }
 }

@@ -298,8 +298,14 @@ async fn an_unhealthy_image_fails_the_rollout_and_every_group_ends_on_its_previo
     for n in ["kaiju_a", "kaiju_b", "kaiju_legacy"] {
         assert_eq!(images_of(&c, n).await, BTreeSet::from([old.clone()]), "{n} back on its previous image");
     }
-    assert_eq!(group(&c, "kaiju_legacy").await.launch_configuration_name(), Some("kaiju_legacy-original"));
-    assert_eq!(sb.live().len(), before.len(), "the failed roll's launch configuration is gone too");
+    // Back on a copy of its configuration with the old image, named as bake names its own (the
+    // roller may point groups at no other), and the failed roll's configuration is gone.
+    let back = group(&c, "kaiju_legacy").await.launch_configuration_name().unwrap().to_string();
+    assert!(back.starts_with(&format!("kaiju_legacy-{old}-b-")), "{back}");
+    let after = sb.live();
+    let new: Vec<&Value> = after.iter().filter(|r| !before.contains(r)).collect();
+    assert_eq!(new.len(), 1, "only the configuration the group is on now: {new:?}");
+    assert_eq!(new[0]["id"], back.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,6 +37,63 @@ pub const TAG_KEY: usize = 128;
 pub const TAG_VALUE: usize = 256;
 pub const ROLE_TAGS: usize = 40;
 
+/// What is wrong with a tag (or a tag filter) `key` = `value`, if anything. Keys and values
+/// count characters, not bytes; white space at either end and control characters (a newline) are
+/// refused as typos bake cannot tell from the intended tag.
+pub fn tag_problem(key: &str, value: &str) -> Option<String> {
+    let (k, v) = (key.chars().count(), value.chars().count());
+    if k == 0 || k > TAG_KEY {
+        return Some(format!("a tag key is 1-{TAG_KEY} characters; this one has {k}"));
+    }
+    if v > TAG_VALUE {
+        return Some(format!("a tag value is at most {TAG_VALUE} characters; this one has {v}"));
+    }
+    if key.to_ascii_lowercase().starts_with("aws:") {
+        return Some("tag keys starting with aws: are AWS's".into());
+    }
+    for (what, s) in [("key", key), ("value", value)] {
+        if s.trim() != s {
+            return Some(format!("the tag {what} `{}` has white space at an end", s.escape_default()));
+        }
+        if let Some(c) = s.chars().find(|c| c.is_control()) {
+            return Some(format!("the tag {what} `{}` holds the control character `{}`", s.escape_default(), c.escape_default()));
+        }
+    }
+    None
+}
+
+/// What is wrong with `name` as the SSM parameter a source image is read from, if anything: a
+/// parameter name (public `/aws/service/...` ones included) or its ARN, exactly one parameter.
+pub fn source_parameter_problem(name: &str) -> Option<String> {
+    let path = if let Some(rest) = name.strip_prefix("arn:") {
+        let parts: Vec<&str> = rest.splitn(5, ':').collect();
+        let ok = parts.len() == 5
+            && parts[0].starts_with("aws")
+            && parts[1] == "ssm"
+            && known_region(parts[2])
+            && (parts[3].is_empty() || (parts[3].len() == 12 && parts[3].bytes().all(|b| b.is_ascii_digit())));
+        match parts.get(4).and_then(|p| p.strip_prefix("parameter")) {
+            Some(p) if ok && p.starts_with('/') => p,
+            _ => return Some("is not an SSM parameter ARN (arn:aws:ssm:REGION:ACCOUNT:parameter/NAME)".into()),
+        }
+    } else {
+        name
+    };
+    if !path.starts_with('/') {
+        return Some("is not a parameter name (it starts with /)".into());
+    }
+    if let Some(c) = path.chars().find(|c| !(c.is_ascii_alphanumeric() || "_.-/".contains(*c))) {
+        return Some(format!("holds `{}`; parameter names hold only letters, digits, _ . - and / (one parameter, no wildcard)", c.escape_default()));
+    }
+    if path.contains("//") || path.ends_with('/') {
+        return Some("has an empty level".into());
+    }
+    if path.len() > 2048 {
+        return Some("is longer than the 2048 characters AWS allows a parameter's name or ARN".into());
+    }
+    None
+}
+
 /// SSM parameter names: letters, digits, `_ . -` and `/` between levels, no space, at most 15
 /// levels, not starting with `aws` or `ssm` (any case, with or without a leading slash), and at
 /// most 1011 characters counting the whole ARN (SSM API reference, PutParameter, `Name`, and

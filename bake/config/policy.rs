@@ -64,7 +64,8 @@ impl Policies {
         let size = serde_json::to_string(&doc).map(|s| s.len()).unwrap_or(0);
         let limit = if kind == "builder" { INLINE_POLICY_LIMIT } else { MANAGED_POLICY_LIMIT };
         if size > limit {
-            return Err(Problem::new(&shown, "", format!("renders to {size} characters; IAM allows {limit}")));
+            let split = if kind == "builder" || kind == "boundary" { "" } else { "; render one per role (--role) and attach several" };
+            return Err(Problem::new(&shown, "", format!("renders to {size} characters; IAM allows {limit}{split}")));
         }
         if n == 0 {
             if kind == "builder" {
@@ -124,6 +125,12 @@ impl Policies {
 pub fn too_wide_for_a_resource(value: &str) -> Option<String> {
     if let Some(c) = value.chars().find(|c| *c == '*' || *c == '?') {
         return Some(format!("`{value}` holds the wildcard `{c}`; it reaches an IAM policy resource, which must name exactly one thing"));
+    }
+    if value.contains("${") {
+        return Some(format!("`{value}` holds `${{`, an IAM policy variable; it reaches an IAM policy resource, which must name exactly one thing"));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control() || c.is_whitespace()) {
+        return Some(format!("`{}` holds `{}`; it reaches an IAM policy resource, which must name exactly one thing", value.escape_default(), c.escape_default()));
     }
     let rest = match value.find("://") {
         Some(i) if value[..i].bytes().all(|b| b.is_ascii_alphanumeric()) => &value[i + 3..],
@@ -243,6 +250,9 @@ pub fn check_document(doc: &Json) -> Result<usize, String> {
 pub const BOUNDARY_NAME: &str = "bake-builder-boundary";
 /// Where bake keeps its IAM things: builder roles, instance profiles, the boundary.
 pub const BAKE_PATH: &str = "/bake/";
+/// The names of the builder roles and instance profiles bake creates: `bake-` and the bake id
+/// (`b-` and 12 hex digits). The operator policy creates and changes only these.
+pub const BUILDER_NAMES: &str = "bake-b-*";
 /// The AWS managed policy every builder role gets, for the SSM agent.
 pub const SSM_CORE_POLICY_NAME: &str = "AmazonSSMManagedInstanceCore";
 
@@ -326,7 +336,7 @@ pub fn operator_context(
     let mut launch_places = Vec::new();
     let mut source_parameter_arns = Vec::new();
     let mut own_parameter_arns = Vec::new();
-    let mut launch_configuration_arns = Vec::new();
+    let mut launch_configuration_names = Vec::new();
     let mut send_command_arns = vec!["arn:aws:ssm:*::document/AWS-RunShellScript".to_string()];
     // Roles, instance profiles and the boundary, all under bake's path.
     let mut identity_read_arns: Vec<String> =
@@ -397,10 +407,16 @@ pub fn operator_context(
                 push_unique(&mut kms_key_arns, arn("kms", &format!("key/{k}")));
             }
         }
-        push_unique(&mut own_parameter_arns, arn("ssm", &format!("parameter{}", r.image.ssm_parameter)));
+        // For every role, bake's own hierarchy is one pattern (each role publishes below
+        // /bake/<role>/ there; validate).
+        let published = match role {
+            None if r.image.ssm_parameter.starts_with(BAKE_PATH) => format!("{BAKE_PATH}*"),
+            _ => r.image.ssm_parameter.clone(),
+        };
+        push_unique(&mut own_parameter_arns, arn("ssm", &format!("parameter{published}")));
         // SSM authorizes the tags of PutParameter (ssm:AddTagsToResource) on `parameter/` + the
         // name as given, leading slash included.
-        push_unique(&mut own_parameter_arns, arn("ssm", &format!("parameter/{}", r.image.ssm_parameter)));
+        push_unique(&mut own_parameter_arns, arn("ssm", &format!("parameter/{published}")));
         copies |= !r.image.regions.is_empty();
         shares |= !(r.image.share_accounts.is_empty() && r.image.share_organizations.is_empty() && r.image.share_ous.is_empty());
         for a in &r.image.share_accounts {
@@ -409,9 +425,8 @@ pub fn operator_context(
         deprecation |= r.image.deprecate_after_days.is_some();
         set_default_version |= r.rollout.set_default_version || r.rollout.keep_version_alias;
         // Launch configurations bake makes are named <group>-<ami>-<roll id>.
-        let lc = |pattern: &str| arn("autoscaling", &format!("launchConfiguration:*:launchConfigurationName/{pattern}"));
         if role.is_none() || !r.rollout.group_tags.is_empty() {
-            push_unique(&mut launch_configuration_arns, lc("*-ami-*-b-*"));
+            push_unique(&mut launch_configuration_names, "*-ami-*-b-*".to_string());
         }
         let mut groups = r.rollout.groups.clone();
         if groups.is_empty() && r.rollout.group_tags.is_empty() {
@@ -419,7 +434,7 @@ pub fn operator_context(
         }
         if role.is_some() {
             for g in groups {
-                push_unique(&mut launch_configuration_arns, lc(&format!("{g}-ami-*-b-*")));
+                push_unique(&mut launch_configuration_names, format!("{g}-ami-*-b-*"));
             }
         }
         if let Some(b) = &r.builder.output.s3_bucket {
@@ -433,9 +448,13 @@ pub fn operator_context(
         return Err(problems);
     }
     // A specific launch configuration pattern is covered by the wildcard one.
-    if launch_configuration_arns.iter().any(|a| a.ends_with("/*-ami-*-b-*")) {
-        launch_configuration_arns.retain(|a| a.ends_with("/*-ami-*-b-*"));
+    if launch_configuration_names.iter().any(|n| n == "*-ami-*-b-*") {
+        launch_configuration_names.retain(|n| n == "*-ami-*-b-*");
     }
+    let launch_configuration_arns: Vec<String> = launch_configuration_names
+        .iter()
+        .map(|n| arn("autoscaling", &format!("launchConfiguration:*:launchConfigurationName/{n}")))
+        .collect();
     if launch_places.iter().any(|p| p.ends_with(":subnet/*")) {
         launch_places.retain(|p| !p.contains(":subnet/") || p.ends_with(":subnet/*"));
     }
@@ -459,6 +478,8 @@ pub fn operator_context(
         "source_parameter_arns": source_parameter_arns,
         "own_parameter_arns": own_parameter_arns,
         "launch_configuration_arns": launch_configuration_arns,
+        "launch_configuration_names": launch_configuration_names,
+        "builder_name": BUILDER_NAMES,
         "send_command_arns": send_command_arns,
         "identity_read_arns": identity_read_arns,
         "kms_key_arns": kms_key_arns,

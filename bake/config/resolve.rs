@@ -217,8 +217,8 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
     let source_spec = match kinds.iter().filter(|k| **k).count() {
         1 => {
             if let Some(name) = &source.ssm_parameter {
-                if !name.starts_with('/') && !name.starts_with("arn:") {
-                    problems.push(p(&sp.key("ssm_parameter"), format!("`{name}` is not a parameter name (it starts with /)")));
+                if let Some(why) = limits::source_parameter_problem(name) {
+                    problems.push(p(&sp.key("ssm_parameter"), format!("`{}` {why}", name.chars().take(80).collect::<String>().escape_default())));
                 }
                 SourceSpec::SsmParameter { name: name.clone() }
             } else if let Some(id) = &source.ami {
@@ -278,7 +278,14 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
             }
             SubnetSpec::Id { id: id.clone() }
         }
-        (None, Some(t)) if !t.is_empty() => SubnetSpec::Tags { tags: t.clone() },
+        (None, Some(t)) if !t.is_empty() => {
+            for (k, v) in t {
+                if let Some(why) = limits::tag_problem(k, v) {
+                    problems.push(p(&bp.key("subnet_tags").key(k), why));
+                }
+            }
+            SubnetSpec::Tags { tags: t.clone() }
+        }
         _ => SubnetSpec::Default,
     };
     for (i, sg) in builder.security_group_ids.iter().flatten().enumerate() {
@@ -422,15 +429,14 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
     }
     let tags = image.tags.clone().unwrap_or_default();
     for (k, v) in &tags {
-        let lower = k.to_ascii_lowercase();
-        if lower.starts_with("aws:") || lower.starts_with("bake:") {
-            problems.push(p(&ip.key("tags").key(k), "tag keys starting with aws: or bake: are reserved".into()));
-        } else if k.is_empty() || k.len() > 128 || v.len() > 256 {
-            problems.push(p(&ip.key("tags").key(k), "a tag key is 1-128 characters and a value at most 256".into()));
+        if k.to_ascii_lowercase().starts_with("bake:") {
+            problems.push(p(&ip.key("tags").key(k), "tag keys starting with bake: are bake's own".into()));
+        } else if let Some(why) = limits::tag_problem(k, v) {
+            problems.push(p(&ip.key("tags").key(k), why));
         }
     }
-    if tags.len() > 40 {
-        problems.push(p(&ip.key("tags"), "at most 40 tags (EC2 allows 50; bake adds its own)".into()));
+    if tags.len() > limits::ROLE_TAGS {
+        problems.push(p(&ip.key("tags"), format!("at most {} tags (EC2 allows 50; bake adds its own)", limits::ROLE_TAGS)));
     }
     match image.deprecate_after_days {
         Some(0) => problems.push(p(&ip.key("deprecate_after_days"), "must be at least 1".into())),
@@ -444,6 +450,11 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
     });
     if let Some(why) = limits::parameter_name_problem(&parameter) {
         problems.push(p(&ip.key("ssm_parameter"), format!("`{}` {why}", parameter.chars().take(80).collect::<String>().escape_default())));
+    } else if parameter.starts_with("/bake/") && !parameter.starts_with(&format!("/bake/{}/", rf.name)) {
+        problems.push(p(
+            &ip.key("ssm_parameter"),
+            format!("`{parameter}`: under /bake/ each role publishes only below /bake/{}/ (another role's parameter is its own)", rf.name),
+        ));
     }
     let image_description = image.description.clone().unwrap_or_else(|| {
         // The default: the role's description, cut to what AWS keeps.
@@ -489,12 +500,22 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
         for (i, g) in names.iter().flatten().enumerate() {
             if !limits::GROUP_NAME.contains(&g.len()) || g.trim() != g {
                 problems.push(p(&rp.key(key).index(i), format!("`{}` is not an Auto Scaling group name (1-255 characters, no white space at either end)", g.escape_default())));
+            } else if let Some(c) = g.chars().find(|c| "*?$".contains(*c) || c.is_control()) {
+                problems.push(p(
+                    &rp.key(key).index(i),
+                    format!("`{}` holds `{}`: bake names groups exactly (it reaches the roller policy); select groups by tag with rollout.group_tags", g.escape_default(), c.escape_default()),
+                ));
             } else if !seen_groups.insert(g.clone()) {
                 problems.push(p(&rp.key(key).index(i), format!("`{g}` is listed twice")));
             }
         }
     }
     // Canaries are among the targets; with only names (no tag filter) that can be checked here.
+    for (k, v) in rollout.group_tags.iter().flatten() {
+        if let Some(why) = limits::tag_problem(k, v) {
+            problems.push(p(&rp.key("group_tags").key(k), why));
+        }
+    }
     if let (Some(groups), None) = (&rollout.groups, &rollout.group_tags) {
         for (i, c) in rollout.canaries.iter().flatten().enumerate() {
             if !groups.is_empty() && !groups.contains(c) {

@@ -15,6 +15,7 @@ pub const PATH: &str = BAKE_PATH;
 pub const INLINE_POLICY: &str = "bake-builder";
 const TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
 
+/// The builder role's and profile's name, one of [`crate::config::policy::BUILDER_NAMES`].
 pub fn name(ctx: &Ctx) -> String {
     format!("bake-{}", ctx.id)
 }

@@ -19,7 +19,8 @@ def render(bake, root, *args):
     out = subprocess.run([bake, "--root", root, "policy", *args], capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"bake policy {' '.join(args)}: {out.stderr.strip()}")
-    return json.loads(out.stdout)
+    # A builder that needs no policy gets none (bake says so on stderr).
+    return json.loads(out.stdout) if out.stdout.strip() else None
 
 
 def documents(bake, root):
@@ -34,7 +35,9 @@ def documents(bake, root):
         with open(os.path.join(root, "roles", f"{role}.toml"), "rb") as f:
             envs = sorted((tomllib.load(f).get("env") or {}).keys())
         for env in envs:
-            yield "builder", render(bake, root, "builder", "--role", role, "--env", env)
+            doc = render(bake, root, "builder", "--role", role, "--env", env)
+            if doc is not None:
+                yield "builder", doc
 
 
 def findings(kind, doc):

@@ -335,11 +335,14 @@ def ec2_copy_image(c):
     src_region = p.get("SourceRegion") or region
     src_id = p.get("SourceImageId")
     image_tags = R.tags_of_spec(specs, "image")
-    src_arn, src_vals, _ = R.image_values(src_region, src_id)
-    # The SAR's CopyImage row for `image` lists ImageID, Owner and the request tags (not ResourceTag).
-    v, f = new({"ec2:ImageID": src_id, "ec2:Owner": src_vals.get("ec2:Owner"),
-                "aws:ResourceAccount": src_vals.get("aws:ResourceAccount")}, image_tags)
-    reqs = [Req("ec2:CopyImage", src_arn, "image", v, f, note=f"source image in {src_region}")]
+    src_arn, src_vals, src_fam = R.image_values(src_region, src_id)
+    # The source image is an existing resource (resource-level permissions on it since October
+    # 2024, "Grant permissions to copy Amazon EC2 AMIs"): it is authorized with its own tags
+    # (aws:ResourceTag), as RunInstances authorizes an image; the request's tags are those of the
+    # new image and snapshots only (EC2's tag-on-create: aws:RequestTag applies to the resources
+    # the request creates and tags, as AWS's RunInstances examples show by conditioning only the
+    # instance and volume statements on it).
+    reqs = [Req("ec2:CopyImage", src_arn, "image", src_vals, src_fam, note=f"source image in {src_region}")]
     v, f = new({"ec2:ImageID": None, "ec2:Owner": ACCOUNT}, image_tags)
     new_reqs = [Req("ec2:CopyImage", R.ec2_arn(region, "image", "*"), "image", v, f, note="new image")]
     src = R.ec2b(src_region).amis.get(src_id)
