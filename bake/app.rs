@@ -63,6 +63,24 @@ fn out(text: &str) {
 
 pub fn run(cli: Cli) -> ExitCode {
     let g = cli.global.clone();
+    if let Some(r) = g.region.as_deref().filter(|r| !crate::config::limits::known_region(r)) {
+        eprintln!("error: --region {r}: not a region AWS has (e.g. us-east-1, eu-west-1)");
+        return ExitCode::from(2);
+    }
+    let talks_to_aws = matches!(
+        cli.command,
+        Command::Ls { .. } | Command::Prune { .. } | Command::Patch { .. } | Command::Roll { .. } | Command::Build { .. } | Command::Cleanup { .. } | Command::Bootstrap
+    );
+    if g.region.is_none() && talks_to_aws {
+        if let Some(r) = configured_region(&g).filter(|r| !crate::config::limits::known_region(r)) {
+            let from = match &g.profile {
+                Some(p) => format!("profile {p}, AWS_REGION or AWS_DEFAULT_REGION"),
+                None => "AWS_REGION, AWS_DEFAULT_REGION or the default profile".to_string(),
+            };
+            eprintln!("error: region `{r}` (from {from}) is not a region AWS has (e.g. us-east-1, eu-west-1)");
+            return ExitCode::from(2);
+        }
+    }
     let result = match cli.command {
         Command::Validate { roles } => return validate(&g, &roles),
         Command::Plan { role, env } => plan(&g, &role, &env),
@@ -257,6 +275,23 @@ fn validate(g: &Global, only: &[String]) -> ExitCode {
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime") // ok: no runtime, no bake
+}
+
+/// The region the environment or the shared config names (not instance metadata), as the SDK
+/// will read it.
+fn configured_region(g: &Global) -> Option<String> {
+    use aws_config::meta::region::ProvideRegion;
+    runtime().block_on(async {
+        let from_env = aws_config::environment::region::EnvironmentVariableRegionProvider::new().region().await;
+        if let Some(r) = from_env {
+            return Some(r.to_string());
+        }
+        let mut profile = aws_config::profile::ProfileFileRegionProvider::builder();
+        if let Some(p) = &g.profile {
+            profile = profile.profile_name(p);
+        }
+        profile.build().region().await.map(|r| r.to_string())
+    })
 }
 
 fn connection(g: &Global) -> crate::aws::Connection {

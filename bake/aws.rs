@@ -78,22 +78,51 @@ pub struct Connection {
     pub endpoint_url: Option<String>,
 }
 
+/// The endpoint every call goes to when one is set (--endpoint-url, AWS_ENDPOINT_URL), for
+/// messages about not reaching it.
+static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn endpoint_override() -> Option<String> {
+    ENDPOINT.get().cloned().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+}
+
+/// The shared-config profile in use (--profile, AWS_PROFILE), for messages about signing in.
+static PROFILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn profile_in_use() -> Option<String> {
+    PROFILE.get().cloned().or_else(|| std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()))
+}
+
+/// A region bake may use: one the SDK's partitions know.
+pub fn usable_region(region: String, from: &str) -> Result<String> {
+    if crate::config::limits::known_region(&region) {
+        Ok(region)
+    } else {
+        Err(Error::Other(format!("region `{region}` (from {from}) is not a region AWS has, e.g. us-east-1")))
+    }
+}
+
 impl Aws {
     /// Loads credentials and region the standard way (environment, profile, IMDS); the SDK
     /// retries throttling and 5xx answers (standard mode: exponential backoff with jitter), with
     /// more attempts than its default of 3. Adaptive mode's client-side rate limiting is meant
-    /// for high call rates; a bake makes a few calls a second at most.
+    /// for high call rates; a bake makes a few calls a second at most. `AWS_MAX_ATTEMPTS`, as
+    /// everywhere in AWS's tools, sets the number instead.
     pub async fn load(conn: &Connection) -> Aws {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::standard().with_max_attempts(8));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if std::env::var_os("AWS_MAX_ATTEMPTS").is_none() {
+            loader = loader.retry_config(RetryConfig::standard().with_max_attempts(8));
+        }
         if let Some(p) = &conn.profile {
             loader = loader.profile_name(p);
+            let _ = PROFILE.set(p.clone());
         }
         if let Some(r) = &conn.region {
             loader = loader.region(Region::new(r.clone()));
         }
         if let Some(e) = &conn.endpoint_url {
             loader = loader.endpoint_url(e);
+            let _ = ENDPOINT.set(e.clone());
         }
         Aws { base: loader.load().await, calls: CallCounter::default() }
     }

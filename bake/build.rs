@@ -142,6 +142,7 @@ async fn bake_one(
     };
     manifest.region = region.clone();
     let result: Result<()> = async {
+        let region = crate::aws::usable_region(region.clone(), "--region, builder.region or the AWS configuration")?;
         let c = aws.clients(&region);
         report.stage("source", "resolving the source image");
         let t = Instant::now();

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
@@ -71,22 +72,21 @@ fn copies_note(ok: &[String]) -> String {
 }
 
 impl Error {
-    /// An AWS SDK error, as one sentence: `CODE: message` for service errors, the cause chain
-    /// on one line otherwise.
-    pub fn aws<E, R>(action: &str, resource: impl Into<String>, region: &str, e: &SdkError<E, R>) -> Error
+    /// An AWS SDK error, as one sentence: `CODE: message` for a service error, and for what is
+    /// not one (no credentials, an endpoint that does not answer, an answer that is not AWS's)
+    /// what happened and what to do — never the SDK's debug dump.
+    pub fn aws<E>(action: &str, resource: impl Into<String>, region: &str, e: &SdkError<E, HttpResponse>) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: fmt::Debug,
     {
         let code = e.code().map(str::to_string);
         let detail = match (e.code(), e.message()) {
-            (Some(c), Some(m)) if !m.is_empty() => format!("{c}: {m}"),
+            (Some(c), Some(m)) if !m.is_empty() => format!("{c}: {}", one_line(m)),
             (Some(c), _) => c.to_string(),
-            _ => one_line(&DisplayErrorContext(e).to_string()),
+            _ => not_an_aws_answer(e),
         };
         Error::Aws { action: action.to_string(), resource: resource.into(), region: region.to_string(), code, detail }
     }
-
     /// The AWS error code, when this is a service error.
     pub fn code(&self) -> Option<&str> {
         match self {
@@ -98,6 +98,64 @@ impl Error {
     pub fn local(what: &str, path: &std::path::Path, e: impl fmt::Display) -> Error {
         Error::Local { what: what.to_string(), path: path.display().to_string(), why: e.to_string() }
     }
+}
+
+/// What went wrong when AWS did not answer with an error of its own.
+fn not_an_aws_answer<E: std::error::Error + 'static>(e: &SdkError<E, HttpResponse>) -> String {
+    let endpoint = crate::aws::endpoint_override();
+    let to = endpoint.as_deref().map(|u| format!(" {u}")).unwrap_or_else(|| " AWS".into());
+    match e {
+        SdkError::DispatchFailure(d) => {
+            if has_source::<aws_credential_types::provider::error::CredentialsError>(e) {
+                let mut why = innermost(e);
+                if why.contains("no credentials found in chain") {
+                    why = "none in the environment, the shared config, web identity, the container or instance metadata".into();
+                }
+                return match crate::aws::profile_in_use() {
+                    Some(p) => format!("no AWS credentials for profile {p} ({why}): sign in (aws sso login --profile {p}, or what the profile's credential_process needs) and run bake again"),
+                    None => format!(
+                        "no AWS credentials ({why}): sign in (aws sso login --profile P, then --profile P), or set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                    ),
+                };
+            }
+            let c = d.as_connector_error();
+            let how = if c.map(|c| c.is_timeout()).unwrap_or(false) { "timed out reaching" } else { "could not reach" };
+            format!("{how}{to}: {} (check the network, a proxy, or --endpoint-url / AWS_ENDPOINT_URL)", innermost(e))
+        }
+        SdkError::TimeoutError(_) => format!("no answer from{to} in time (the SDK's timeout)"),
+        SdkError::ConstructionFailure(_) => format!("could not build the request: {}", innermost(e)),
+        SdkError::ResponseError(r) => answer_text(r.raw(), &to),
+        SdkError::ServiceError(s) => answer_text(s.raw(), &to),
+        _ => one_line(&DisplayErrorContext(e).to_string()),
+    }
+}
+
+/// An HTTP answer that is not an AWS error: its status and what it was.
+fn answer_text(raw: &HttpResponse, to: &str) -> String {
+    let status = raw.status().as_u16();
+    let kind = raw.headers().get("content-type").unwrap_or("");
+    let body = raw.body().bytes().unwrap_or_default();
+    let what = if kind.contains("html") || body.trim_ascii_start().starts_with(b"<!") || body.trim_ascii_start().to_ascii_lowercase().starts_with(b"<html") {
+        "an HTML page".to_string()
+    } else if body.trim_ascii().is_empty() {
+        "an empty body".to_string()
+    } else {
+        format!("a body that is not an AWS answer ({})", if kind.is_empty() { "no content type" } else { kind })
+    };
+    format!("{to} answered HTTP {status} with {what}, not an AWS answer (is the endpoint or the region right?)").trim_start().to_string()
+}
+
+fn chain<'a>(e: &'a (dyn std::error::Error + 'static)) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+fn has_source<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    chain(e).any(|e| e.downcast_ref::<T>().is_some())
+}
+
+/// The deepest cause's own words, on one line.
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    chain(e).last().map(|e| one_line(&e.to_string())).unwrap_or_default()
 }
 
 /// Folds white space (including newlines) into single spaces.

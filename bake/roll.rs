@@ -51,10 +51,9 @@ const TAG_PREVIOUS_VERSION: &str = "bake:previous-version";
 const TAG_PREVIOUS_LC: &str = "bake:previous-launch-configuration";
 const TAG_ROLL: &str = "bake:roll-id";
 
-fn asg_err<E, R>(action: &str, group: &str, region: &str, e: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> Error
+fn asg_err<E>(action: &str, group: &str, region: &str, e: &aws_smithy_runtime_api::client::result::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>) -> Error
 where
     E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     Error::aws(action, format!("group {group}"), region, e)
 }
@@ -1014,6 +1013,7 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
     m.region = region.clone();
     let c = aws.clients(&region);
     let result: Result<()> = async {
+        crate::aws::usable_region(region.clone(), "--region, builder.region or the AWS configuration")?;
         let groups = discover(&c, plan).await?;
         if req.rollback {
             return rollback_on_demand(&c, plan, groups, &progress, cancel.clone(), req, &mut m).await;

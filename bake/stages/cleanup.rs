@@ -35,10 +35,9 @@ fn order(k: Kind) -> u8 {
 
 /// The answer of one deleting (or looking-up) call: `Some` when it succeeded, `None` when the
 /// resource was already gone (AWS's NotFound counts as done), an error otherwise.
-fn unless_gone<T, E, R>(r: std::result::Result<T, SdkError<E, R>>, action: &str, resource: String, region: &str) -> Result<Option<T>>
+fn unless_gone<T, E>(r: std::result::Result<T, SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>>, action: &str, resource: String, region: &str) -> Result<Option<T>>
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     match r {
         Ok(v) => Ok(Some(v)),
