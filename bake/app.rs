@@ -363,13 +363,16 @@ fn report_builds(g: &Global, manifests: &[crate::manifest::Manifest], manifest_f
         }
     }
     for m in manifests {
-        if m.status == "failed" || m.status == "interrupted" {
+        if m.status == "failed" || m.status == "interrupted" || m.status == "leftovers" {
             eprintln!("error: {}/{}: {}", m.role, m.env, m.error.clone().unwrap_or_else(|| m.status.clone()));
+        }
+        for l in &m.leftovers {
+            eprintln!("  left: {l}");
         }
     }
     if manifests.iter().any(|m| m.status == "interrupted") {
         ExitCode::from(130)
-    } else if manifests.iter().any(|m| m.status == "failed") {
+    } else if manifests.iter().any(|m| m.status == "failed" || m.status == "leftovers") {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -522,13 +525,13 @@ fn finish_roll(g: &Global, m: &crate::manifest::RollManifest, manifest_file: Opt
             if m.status != "planned" {
                 let mut text = String::new();
                 for gr in &m.groups {
-                    text.push_str(&format!(
-                        "{}{}: {} (now on {})\n",
-                        gr.name,
-                        if gr.canary { " [canary]" } else { "" },
-                        gr.outcome,
-                        if gr.final_image.is_empty() { "?" } else { &gr.final_image }
-                    ));
+                    let now = match gr.running.len() {
+                        0 if gr.final_image.is_empty() || gr.final_image == "unknown" => "now unknown".to_string(),
+                        0 => format!("no instances; configured with {}", gr.final_image),
+                        1 => format!("now on {}", gr.final_image),
+                        _ => format!("now mixed: {}", gr.running.iter().map(|(i, n)| format!("{i} ×{n}")).collect::<Vec<_>>().join(", ")),
+                    };
+                    text.push_str(&format!("{}{}: {} ({now})\n", gr.name, if gr.canary { " [canary]" } else { "" }, gr.outcome));
                 }
                 if !text.is_empty() {
                     out(&text);
@@ -539,9 +542,12 @@ fn finish_roll(g: &Global, m: &crate::manifest::RollManifest, manifest_file: Opt
     if let Some(e) = &m.error {
         eprintln!("error: roll of {}/{}: {e}", m.role, m.env);
     }
+    for l in &m.leftovers {
+        eprintln!("  left: {l}");
+    }
     match m.status.as_str() {
         "interrupted" => ExitCode::from(130),
-        "failed" => ExitCode::from(1),
+        "failed" | "leftovers" => ExitCode::from(1),
         _ => ExitCode::SUCCESS,
     }
 }

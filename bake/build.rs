@@ -211,9 +211,19 @@ async fn bake_one(
     .await;
     match result {
         Ok(()) => {
-            if manifest.status.is_empty() {
+            let images: Vec<String> = manifest.images.iter().map(|(r, i)| format!("{} ({r})", i.ami_id)).collect();
+            if manifest.status.is_empty() && !manifest.leftovers.is_empty() {
+                manifest.status = "leftovers".into();
+                let e = format!(
+                    "baked {}, but cleanup left {} resource(s) behind; remove them with: bake cleanup {}",
+                    images.join(", "),
+                    manifest.leftovers.len(),
+                    manifest.bake_id
+                );
+                report.finish(&e);
+                manifest.error = Some(e);
+            } else if manifest.status.is_empty() {
                 manifest.status = "succeeded".into();
-                let images: Vec<String> = manifest.images.iter().map(|(r, i)| format!("{} ({r})", i.ami_id)).collect();
                 report.finish(&format!("baked {} in {:.0}s", images.join(", "), started.elapsed().as_secs_f64()));
             } else {
                 report.finish("unchanged");
@@ -230,9 +240,10 @@ async fn bake_one(
             report.finish(&format!("failed: {e}"));
         }
     }
-    if req.roll && (manifest.status == "succeeded" || manifest.status == "reused") && !*cancel.borrow() {
+    if req.roll && ["succeeded", "reused", "leftovers"].contains(&manifest.status.as_str()) && !*cancel.borrow() {
         // A reused image may have been patched since: roll the newest image of the role then.
         let ami = if manifest.status == "reused" { None } else { manifest.images.get(&manifest.region).map(|i| i.ami_id.clone()) };
+        let leftovers_before = manifest.status == "leftovers";
         let rreq = crate::roll::Request {
             ami,
             plan_only: false,
@@ -247,6 +258,9 @@ async fn bake_one(
         if r.status == "failed" || r.status == "interrupted" {
             manifest.status = if r.status == "interrupted" { "interrupted".into() } else { "failed".into() };
             manifest.error = Some(format!("the image was baked, but rolling it out failed: {}", r.error.clone().unwrap_or_default()));
+        } else if r.status == "leftovers" && !leftovers_before {
+            manifest.status = "leftovers".into();
+            manifest.error = r.error.clone();
         }
         manifest.roll = Some(r);
     }

@@ -252,6 +252,11 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
 }
 
+/// True when the bake made its image and published it (whatever cleanup left).
+pub fn succeeded(s: &State) -> bool {
+    matches!(s.finished.as_deref(), Some("succeeded") | Some("leftovers"))
+}
+
 /// True when a bake that wrote this journal may still be running here.
 pub fn is_running(s: &State) -> bool {
     let Some(st) = &s.started else { return false };

@@ -12,9 +12,14 @@ pub struct Manifest {
     pub role: String,
     pub env: String,
     pub region: String,
-    /// succeeded, reused (an image with this fingerprint exists), failed, interrupted
+    /// succeeded, reused (an image with this fingerprint exists), leftovers (the image is ready
+    /// but cleanup left resources: `leftovers` names them; exit 1), failed, interrupted
     pub status: String,
     pub error: Option<String>,
+    /// What cleanup could not remove after a successful bake, one sentence each (`bake cleanup ID`
+    /// finishes it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leftovers: Vec<String>,
     pub started_at: String,
     pub finished_at: String,
     pub duration_secs: f64,
@@ -112,9 +117,12 @@ pub struct RollManifest {
     pub env: String,
     pub region: String,
     pub ami: String,
-    /// succeeded, unchanged, planned, failed, interrupted
+    /// succeeded, unchanged, planned, leftovers (every group rolled, but something bake made
+    /// for the roll could not be removed: `leftovers`; exit 1), failed, interrupted
     pub status: String,
     pub error: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leftovers: Vec<String>,
     pub groups: Vec<GroupRecord>,
     pub duration_secs: f64,
     pub api_calls: BTreeMap<String, u64>,
@@ -134,7 +142,12 @@ pub struct GroupRecord {
     pub refresh_ids: Vec<String>,
     /// rolled, unchanged, failed, rolled-back, rolled-back-by-aws, not-started, rollback-failed
     pub outcome: String,
+    /// What the group's instances run when the roll ends: the one image they all run, `mixed`
+    /// (see `running`), or with no instance the image the group is configured with.
     pub final_image: String,
+    /// Image → how many of the group's instances run it, when the roll ended.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub running: BTreeMap<String, u32>,
     pub percentage_complete: i32,
     pub error: Option<String>,
     /// The group's configuration changed (so a failed rollout puts it back).

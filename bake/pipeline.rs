@@ -150,11 +150,15 @@ pub async fn run(ctx: &mut Ctx, cancel: Cancel) -> Result<()> {
             ctx.stage("cleanup", "removing the builder and its temporary role");
             let errs = stages::cleanup::after_success(ctx).await;
             ctx.stage_done("cleanup");
-            if let Some(e) = errs.into_iter().next() {
-                // The image exists; the leftovers are reported, and `bake cleanup` finishes them.
-                ctx.report.info(&format!("cleanup left something behind: {e}; run `bake cleanup {}`", ctx.id));
+            // The image exists; what cleanup could not remove is named, the bake ends with exit
+            // 1, and `bake cleanup ID` finishes it (keeping the image and its parameters: the
+            // journal says the bake succeeded).
+            for e in &errs {
+                ctx.report.info(&format!("cleanup left {e}"));
             }
-            ctx.journal.append(Entry::Finished { status: "succeeded".into(), at: journal::now_rfc3339() })?;
+            ctx.manifest.leftovers = errs.iter().map(|e| e.to_string()).collect();
+            let status = if errs.is_empty() { "succeeded" } else { "leftovers" };
+            ctx.journal.append(Entry::Finished { status: status.into(), at: journal::now_rfc3339() })?;
         }
         Err(e) => {
             if ctx.opts.keep_on_error && !interrupted {

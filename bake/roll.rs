@@ -271,6 +271,8 @@ struct Cx {
     in_progress: InProgress,
     keep_lcs: u32,
     new_versions: NewVersions,
+    /// What the roll made and could not remove (one sentence each): the roll ends with exit 1.
+    leftovers: std::sync::Mutex<Vec<String>>,
 }
 
 /// The launch template versions this rollout made, by (template, source version, image): groups
@@ -298,6 +300,29 @@ impl Cx {
             in_progress: req.in_progress,
             keep_lcs: plan.rollout.keep_launch_configurations.max(1),
             new_versions: NewVersions::default(),
+            leftovers: Default::default(),
+        }
+    }
+
+    /// Records something the roll made and could not remove.
+    fn left(&self, what: String) {
+        self.report.bake(&self.c.region).info(&format!("left behind: {what}"));
+        if let Ok(mut l) = self.leftovers.lock() {
+            l.push(what);
+        }
+    }
+
+    fn take_leftovers(&self) -> Vec<String> {
+        self.leftovers.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()
+    }
+
+    /// Deletes launch configuration `name` (one bake made); what cannot be deleted is a leftover.
+    async fn delete_launch_configuration(&self, name: &str) {
+        match self.c.asg.delete_launch_configuration().launch_configuration_name(name).send().await {
+            Ok(_) => {}
+            Err(e) if matches!(aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e), Some("ResourceInUse")) => {}
+            Err(e) if crate::error::is_not_found(aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e)) => {}
+            Err(e) => self.left(Error::aws("autoscaling:DeleteLaunchConfiguration", format!("launch configuration {name}"), &self.c.region, &e).to_string()),
         }
     }
 
@@ -363,10 +388,7 @@ impl Cx {
     async fn delete_migrated_template(&self, template: &str) {
         if let Err(e) = self.c.ec2.delete_launch_template().launch_template_name(template).send().await {
             if !crate::error::is_not_found(aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e)) {
-                self.report.bake(template).info(&format!(
-                    "could not delete the launch template {template} the migration made: {}",
-                    Error::aws("ec2:DeleteLaunchTemplate", format!("launch template {template}"), &self.c.region, &e)
-                ));
+                self.left(Error::aws("ec2:DeleteLaunchTemplate", format!("launch template {template} (made by the migration)"), &self.c.region, &e).to_string());
             }
         }
     }
@@ -723,24 +745,23 @@ impl Cx {
         Ok(out.launch_template().and_then(|t| t.launch_template_id()).unwrap_or_default().to_string())
     }
 
-    /// Keeps the newest `keep_lcs` launch configurations bake made for `group`; deletes the rest.
-    async fn prune_launch_configurations(&self, group: &str, in_use: &str) -> Result<()> {
-        let region = self.c.region.as_str();
-        let all = self.c.launch_configurations().await?;
+    /// Keeps the newest `keep_lcs` launch configurations bake made for `group`; deletes the rest
+    /// (what it cannot is a leftover: the group has rolled all the same).
+    async fn prune_launch_configurations(&self, group: &str, in_use: &str) {
+        let all = match self.c.launch_configurations().await {
+            Ok(a) => a,
+            Err(e) => return self.left(format!("the old launch configurations of {group} (listing them failed: {e})")),
+        };
         let mut mine: Vec<_> = all
             .into_iter()
             .filter(|l| l.launch_configuration_name().map(|n| rollout::is_bake_launch_configuration(group, n) && n != in_use).unwrap_or(false))
             .collect();
         mine.sort_by(|a, b| b.created_time().cmp(&a.created_time()));
         for l in mine.into_iter().skip(self.keep_lcs.saturating_sub(1) as usize) {
-            let n = l.launch_configuration_name().unwrap_or_default();
-            match self.c.asg.delete_launch_configuration().launch_configuration_name(n).send().await {
-                Ok(_) => {}
-                Err(e) if aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e) == Some("ResourceInUse") => {}
-                Err(e) => return Err(Error::aws("autoscaling:DeleteLaunchConfiguration", format!("launch configuration {n}"), region, &e)),
+            if let Some(n) = l.launch_configuration_name() {
+                self.delete_launch_configuration(n).await;
             }
         }
-        Ok(())
     }
 }
 
@@ -817,7 +838,7 @@ async fn roll_group(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupR
         Ended::Successful => {
             rec.outcome = "rolled".into();
             if let Change::LaunchConfiguration { to, .. } = &g.change {
-                cx.prune_launch_configurations(&g.name, to).await?;
+                cx.prune_launch_configurations(&g.name, to).await;
             }
             rep.finish(&format!("on {}", g.new_image));
             Ok(true)
@@ -902,9 +923,7 @@ async fn restore(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupReco
             cx.tag(&g.name, &[(TAG_IMAGE, g.current_image.clone())]).await?;
             cx.delete_tags(&g.name, &[TAG_PREVIOUS_IMAGE, TAG_PREVIOUS_VERSION, TAG_PREVIOUS_LC]).await?;
             match &g.change {
-                Change::LaunchConfiguration { to, .. } if rollout::is_bake_launch_configuration(&g.name, to) => {
-                    let _ = cx.c.asg.delete_launch_configuration().launch_configuration_name(to).send().await;
-                }
+                Change::LaunchConfiguration { to, .. } if rollout::is_bake_launch_configuration(&g.name, to) => cx.delete_launch_configuration(to).await,
                 Change::MigrateToTemplate { template, .. } => cx.delete_migrated_template(template).await,
                 _ => {}
             }
@@ -918,6 +937,38 @@ async fn restore(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupReco
         }
         Ended::Stopped => Err(Error::Interrupted),
     }
+}
+
+/// What the instances of each group run: image → instances, for every instance that is not
+/// terminating (an instance EC2 does not list yet counts as `unknown`).
+async fn census(c: &Clients, names: &[String]) -> Result<BTreeMap<String, BTreeMap<String, u32>>> {
+    let groups = c.groups_named(names).await?;
+    let mut members: Vec<(String, String)> = Vec::new();
+    for g in &groups {
+        let name = g.auto_scaling_group_name().unwrap_or_default();
+        for i in g.instances() {
+            let state = i.lifecycle_state().map(|s| s.as_str()).unwrap_or_default();
+            if let (Some(id), false) = (i.instance_id(), state.starts_with("Terminat")) {
+                members.push((name.to_string(), id.to_string()));
+            }
+        }
+    }
+    let mut image_of: BTreeMap<String, String> = BTreeMap::new();
+    let ids: Vec<String> = members.iter().map(|(_, i)| i.clone()).collect();
+    for chunk in ids.chunks(200) {
+        let filter = aws_sdk_ec2::types::Filter::builder().name("instance-id").set_values(Some(chunk.to_vec())).build();
+        for i in c.instances("the groups' instances", vec![filter]).await? {
+            if let (Some(id), Some(image)) = (i.instance_id(), i.image_id()) {
+                image_of.insert(id.to_string(), image.to_string());
+            }
+        }
+    }
+    let mut out: BTreeMap<String, BTreeMap<String, u32>> = names.iter().map(|n| (n.clone(), BTreeMap::new())).collect();
+    for (group, id) in members {
+        let image = image_of.get(&id).cloned().unwrap_or_else(|| "unknown".into());
+        *out.entry(group).or_default().entry(image).or_default() += 1;
+    }
+    Ok(out)
 }
 
 /// The image each group is configured with now.
@@ -1045,31 +1096,39 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
         let cx = Cx::new(&c, plan, req, &progress, cancel.clone());
         let (recs, r) = execute(&cx, &rp).await;
         m.groups = recs;
+        m.leftovers = cx.take_leftovers();
         r
     }
     .await;
-    // Where the outcome says it, the final image is known; otherwise ask.
-    for g in &mut m.groups {
-        if g.final_image.is_empty() {
-            g.final_image = match g.outcome.as_str() {
-                "rolled" => g.new_image.clone(),
-                "unchanged" if !g.new_image.is_empty() => g.new_image.clone(),
-                "rolled-back" | "rolled-back-by-aws" | "not-started" => g.previous_image.clone(),
-                _ => String::new(),
-            };
-        }
-    }
-    let unknown: Vec<String> = m.groups.iter().filter(|g| g.final_image.is_empty()).map(|g| g.name.clone()).collect();
-    if !unknown.is_empty() {
-        let images = configured_images(&c, plan, unknown).await;
-        for g in &mut m.groups {
-            if g.final_image.is_empty() {
-                g.final_image = images.get(&g.name).cloned().unwrap_or_default();
+    // What each group runs when the roll ends: a census of its instances, not what was meant.
+    if m.status != "planned" && !m.groups.is_empty() {
+        let names: Vec<String> = m.groups.iter().map(|g| g.name.clone()).collect();
+        match census(&c, &names).await {
+            Ok(running) => {
+                let configured = configured_images(&c, plan, names.clone()).await;
+                for g in &mut m.groups {
+                    g.running = running.get(&g.name).cloned().unwrap_or_default();
+                    g.final_image = match g.running.len() {
+                        0 => configured.get(&g.name).cloned().unwrap_or_default(),
+                        1 => g.running.keys().next().cloned().unwrap_or_default(),
+                        _ => "mixed".into(),
+                    };
+                }
+            }
+            Err(e) => {
+                for g in &mut m.groups {
+                    g.final_image = "unknown".into();
+                }
+                progress.bake(&plan.role).info(&format!("could not tell what the groups run now: {e}"));
             }
         }
     }
     m.groups.sort_by(|a, b| b.canary.cmp(&a.canary).then(a.name.cmp(&b.name)));
     match result {
+        Ok(()) if m.status.is_empty() && !m.leftovers.is_empty() => {
+            m.status = "leftovers".into();
+            m.error = Some(format!("every group rolled, but {} thing(s) the roll made could not be removed (listed as leftovers)", m.leftovers.len()));
+        }
         Ok(()) if m.status.is_empty() => {
             m.status = if m.groups.iter().all(|g| g.outcome == "unchanged") { "unchanged".into() } else { "succeeded".into() };
         }
@@ -1173,6 +1232,7 @@ async fn rollback_on_demand(
         }
         m.groups.push(rec);
     }
+    m.leftovers = cx.take_leftovers();
     match failed {
         Some(e) => Err(Error::Other(e)),
         None => Ok(()),

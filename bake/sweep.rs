@@ -24,6 +24,7 @@ pub async fn replay(aws: &Aws, root: &Path, id: &BakeId, extra_regions: &[String
     let path = journal::journal_path(root, id);
     let mut regions: BTreeSet<String> = extra_regions.iter().cloned().collect();
     let mut born = BTreeMap::new();
+    let mut succeeded = false;
     let (mut live, published, handle) = if path.exists() {
         let state = journal::state(&journal::read(&path)?);
         if journal::is_running(&state) {
@@ -36,7 +37,10 @@ pub async fn replay(aws: &Aws, root: &Path, id: &BakeId, extra_regions: &[String
         }
         regions.extend(state.live.iter().chain(&state.kept).filter(|r| r.region != "global").map(|r| r.region.clone()));
         born = state.born.clone();
-        (state.live, state.published, Some(JournalHandle::new(journal::Journal::open(&path)?)))
+        // A bake that succeeded published its image: that stays (only its leftovers go).
+        succeeded = journal::succeeded(&state);
+        let published = if succeeded { Vec::new() } else { state.published };
+        (state.live, published, Some(JournalHandle::new(journal::Journal::open(&path)?)))
     } else {
         if let Some(r) = aws.default_region() {
             regions.insert(r);
@@ -52,7 +56,8 @@ pub async fn replay(aws: &Aws, root: &Path, id: &BakeId, extra_regions: &[String
     let errors = cleanup::remove(aws, handle.as_ref(), live, published, &born, None).await;
     if errors.is_empty() {
         if let Some(h) = &handle {
-            h.append(journal::Entry::Finished { status: "cleaned".into(), at: journal::now_rfc3339() })?;
+            let status = if succeeded { "succeeded" } else { "cleaned" };
+            h.append(journal::Entry::Finished { status: status.into(), at: journal::now_rfc3339() })?;
         }
     }
     Ok(Outcome { removed, errors })

@@ -644,3 +644,29 @@ fn whole_step_output_goes_to_s3_and_cloudwatch_when_the_role_says() {
     assert_eq!(outputs.iter().filter(|o| o["stream"] == "stdout" && o["url"].as_str().unwrap().starts_with("https://")).count(), steps);
     assert_only_products_added(&sb, &before, &m);
 }
+
+#[test]
+fn what_cleanup_leaves_after_a_good_bake_is_named_and_exits_1() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let before = live(&sb);
+    // The image is made; then IAM refuses to delete the builder's role.
+    sb.control("POST", "/_sandbox/faults", Some(json!({"faults": [{"service": "iam", "action": "DeleteRole", "rate": 1.0, "kind": "denied"}]})));
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);
+    sb.control("DELETE", "/_sandbox/faults", None);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let m = json_out(&out);
+    let id = m["bake_id"].as_str().unwrap();
+    assert_eq!(m["status"], "leftovers");
+    let left = m["leftovers"].as_array().unwrap();
+    assert!(left.len() == 1 && left[0].as_str().unwrap().contains(&format!("role bake-{id}")), "{left:?}");
+    assert!(err.contains(&format!("bake cleanup {id}")) && err.contains(&format!("left: iam:DeleteRole on role bake-{id}")), "{err}");
+    // The image is good; `bake cleanup ID` finishes the rest, and leaves the image.
+    for _ in 0..2 {
+        let out = bake(&sb, root, &["cleanup", id]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_only_products_added(&sb, &before, &m);
+    }
+}

@@ -422,6 +422,11 @@ async fn rollback_on_demand_restores_the_previous_image_once() {
         assert_eq!(images_of(&c, n).await, BTreeSet::from([old.clone()]), "{n}");
     }
     assert_eq!(group(&c, "kaiju_staging").await.launch_template().unwrap().version(), Some("1"));
+    // The record says what runs now: the image rolled back to, on every instance.
+    for g in json_out(&out)["groups"].as_array().unwrap() {
+        assert_eq!((g["outcome"].as_str(), g["final_image"].as_str()), (Some("rolled-back"), Some(old.as_str())), "{g}");
+        assert_eq!(g["running"], json!({old.clone(): 2}), "{g}");
+    }
     let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--rollback"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no previous image recorded by bake"), "{}", text(&out.stderr));
@@ -480,4 +485,41 @@ async fn ctrl_c_during_a_refresh_puts_the_group_back_and_exits_130() {
     let g = &m["groups"][0];
     assert_eq!((g["outcome"].as_str(), g["new_image"].as_str(), g["final_image"].as_str()), (Some("rolled-back"), Some(new.as_str()), Some(old.as_str())), "{g}");
     assert_eq!(images_of(&c, "kaiju_staging").await, BTreeSet::from([old.clone()]), "every instance back on the previous image");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_is_a_census_of_what_runs_and_leftovers_exit_1() {
+    let Rig { sb, c, dir, old } = rig().await;
+    let root = dir.path();
+    lt_group(&c, "kaiju_staging", &old, 3, "1").await;
+    lc_group(&c, "kaiju_legacy", &old, 1).await;
+    set_rollout(
+        root,
+        r#"{ groups = ["kaiju_staging", "kaiju_legacy"], keep_launch_configurations = 1, refresh = { min_healthy_percentage = 50, protected_instances = "ignore" } }"#,
+    );
+    // A protected instance the refresh leaves alone: the group ends on two images.
+    let kept = group(&c, "kaiju_staging").await.instances()[0].instance_id().unwrap().to_string();
+    c.asg.set_instance_protection().auto_scaling_group_name("kaiju_staging").instance_ids(&kept).protected_from_scale_in(true).send().await.unwrap();
+    let new = baked_image(&c, "kaiju-staging-1").await;
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    let mut both = [format!("{old} ×1"), format!("{new} ×2")];
+    both.sort();
+    assert!(summary.contains(&format!("kaiju_staging: rolled (now mixed: {})", both.join(", "))), "{summary}");
+
+    // The second roll rolls, but cannot delete the configuration the first one made.
+    let newer = baked_image(&c, "kaiju-staging-2").await;
+    sb.control("POST", "/_sandbox/faults", Some(json!({"faults": [{"service": "autoscaling", "action": "DeleteLaunchConfiguration", "rate": 1.0, "kind": "denied"}]})));
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
+    sb.control("DELETE", "/_sandbox/faults", None);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let m = json_out(&out);
+    assert_eq!(m["status"], "leftovers");
+    let legacy = m["groups"].as_array().unwrap().iter().find(|g| g["name"] == "kaiju_legacy").unwrap().clone();
+    assert_eq!((legacy["outcome"].as_str(), legacy["final_image"].as_str()), (Some("rolled"), Some(newer.as_str())), "{legacy}");
+    let left = m["leftovers"].as_array().unwrap();
+    assert!(left.len() == 1 && left[0].as_str().unwrap().contains(&format!("launch configuration kaiju_legacy-{new}-b-")), "{left:?}");
+    assert!(err.contains("left: autoscaling:DeleteLaunchConfiguration"), "{err}");
 }
