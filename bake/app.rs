@@ -88,8 +88,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Policy { kind, role, env, account } => policy(&g, kind, role.as_deref(), env.as_deref(), account.as_deref()),
         Command::Ls { role, env } => return ls(&g, role.as_deref(), env.as_deref()),
         Command::Prune { role, env, keep, older_than, yes, plan } => return prune(&g, role.as_deref(), env.as_deref(), keep, older_than.as_deref(), yes, plan),
-        Command::Patch { role, env, packages, upgrade_all, script, cves, from, roll, force, on_error, manifest } => {
-            return patch(&g, &role, &env, packages, upgrade_all, script, cves, from, roll, force, on_error == OnError::Abort, manifest.as_deref());
+        Command::Patch { role, env, packages, upgrade_all, script, cves, from, roll, force, on_error, manifest, no_wait } => {
+            return patch(&g, &role, &env, packages, upgrade_all, script, cves, from, roll, force, on_error == OnError::Abort, manifest.as_deref(), no_wait);
         }
         Command::Roll { role, env, ami, plan, rollback, migrate_to_launch_template, wait_in_progress, replace_in_progress, timeout, manifest } => {
             let in_progress = if wait_in_progress {
@@ -101,7 +101,7 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             return roll(&g, &role, &env, ami, plan, rollback, migrate_to_launch_template, in_progress, &timeout, manifest.as_deref());
         }
-        Command::Build { roles, env, all, on_error, force, manifest, jobs, roll } => {
+        Command::Build { roles, env, all, on_error, force, manifest, jobs, roll, no_wait } => {
             let req = crate::build::Request {
                 roles,
                 all,
@@ -112,6 +112,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 region: g.region.clone(),
                 roll,
                 patch: None,
+                wait_for_lock: !no_wait,
             };
             return build(&g, req, manifest.as_deref());
         }
@@ -354,6 +355,7 @@ fn report_builds(g: &Global, manifests: &[crate::manifest::Manifest], manifest_f
                 match m.status.as_str() {
                     "succeeded" => text.push_str(&format!("{}/{}: baked {} (bake {}, {:.0}s)\n", m.role, m.env, images.join(", "), m.bake_id, m.duration_secs)),
                     "reused" => text.push_str(&format!("{}/{}: unchanged, {}\n", m.role, m.env, images.join(", "))),
+                    "redistributed" => text.push_str(&format!("{}/{}: unchanged, redistributed {} (bake {})\n", m.role, m.env, images.join(", "), m.bake_id)),
                     _ => {}
                 }
             }
@@ -566,6 +568,7 @@ fn patch(
     force: bool,
     keep_on_error: bool,
     manifest_file: Option<&std::path::Path>,
+    no_wait: bool,
 ) -> ExitCode {
     let what = if let Some(p) = packages {
         match crate::patch::packages(&p) {
@@ -649,6 +652,7 @@ fn patch(
         region: g.region.clone(),
         roll,
         patch: Some(crate::manifest::PatchRecord { parent, cves, packages: what.label().split(',').map(str::to_string).collect() }),
+        wait_for_lock: !no_wait,
     };
     let manifests = rt.block_on(crate::build::run(&g.root, &conn, req, vec![plan], progress));
     report_builds(g, &manifests, manifest_file)

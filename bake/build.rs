@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use aws_sdk_ec2::types::{Filter, ImageState};
 use futures::stream::{self, StreamExt};
 use tokio::sync::watch;
 
@@ -14,7 +13,7 @@ use crate::aws::{Aws, Connection};
 use crate::config::{CookbookCache, Problems, Project, VarInputs};
 use crate::error::{Error, Result};
 use crate::journal::{self, BakeId, Entry, Journal};
-use crate::manifest::{ImageRecord, Manifest};
+use crate::manifest::Manifest;
 use crate::pipeline::{self, Cancel, Ctx, JournalHandle, Options};
 use crate::plan::{bake_fingerprint, Plan};
 use crate::progress::Progress;
@@ -33,6 +32,8 @@ pub struct Request {
     pub roll: bool,
     /// `bake patch`: what the patch is (its plan already holds the patch step).
     pub patch: Option<crate::manifest::PatchRecord>,
+    /// When this role and env is being baked on this machine already: wait for it (else fail).
+    pub wait_for_lock: bool,
 }
 
 /// Plans for every role asked (all roles with `all`); every problem, or the plans.
@@ -84,27 +85,6 @@ pub fn git_sha(root: &Path) -> Option<String> {
 }
 
 /// An available, finished image of this role and env with this fingerprint, if any.
-async fn existing(aws: &Aws, region: &str, plan: &Plan, fingerprint: &str) -> Result<Option<(String, String)>> {
-    let c = aws.clients(region);
-    let found = c
-        .images(
-            &format!("earlier images of {}/{}", plan.role, plan.env),
-            &["self".to_string()],
-            vec![
-                Filter::builder().name(format!("tag:{}", crate::tags::ROLE)).values(&plan.role).build(),
-                Filter::builder().name(format!("tag:{}", crate::tags::ENV)).values(&plan.env).build(),
-                Filter::builder().name(format!("tag:{}", crate::tags::FINGERPRINT)).values(fingerprint).build(),
-                Filter::builder().name(format!("tag:{}", crate::tags::COMPLETE)).values("true").build(),
-            ],
-        )
-        .await?;
-    Ok(found
-        .iter()
-        .filter(|i| i.state() == Some(&ImageState::Available))
-        .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
-        .map(|i| (i.image_id().unwrap_or_default().to_string(), i.name().unwrap_or_default().to_string())))
-}
-
 /// The bake ids running in this process (for the second Ctrl-C's message).
 pub type Active = Arc<Mutex<Vec<BakeId>>>;
 
@@ -141,6 +121,17 @@ async fn bake_one(
         return manifest;
     };
     manifest.region = region.clone();
+    // Held to the end of this bake (its roll included): one bake of a role and env at a time here.
+    let what = format!("bake {} {}/{}", if req.patch.is_some() { "patch" } else { "build" }, plan.role, plan.env);
+    let _lock = match crate::lock::acquire(&root, &plan.role, &plan.env, &what, req.wait_for_lock, &report, cancel.clone()).await {
+        Ok(l) => l,
+        Err(e) => {
+            manifest.status = if matches!(e, Error::Interrupted) { "interrupted".into() } else { "failed".into() };
+            manifest.error = Some(e.to_string());
+            report.finish(&format!("{}: {e}", manifest.status));
+            return manifest;
+        }
+    };
     let result: Result<()> = async {
         let region = crate::aws::usable_region(region.clone(), "--region, builder.region or the AWS configuration")?;
         let c = aws.clients(&region);
@@ -155,12 +146,21 @@ async fn bake_one(
         let fingerprint = bake_fingerprint(&plan.fingerprint, &source.id);
         manifest.fingerprint = fingerprint.clone();
         report.stage("source", &format!("{} ({})", source.id, source.name));
+        // An unchanged role reuses its image; when only its distribution changed (regions,
+        // shares, deprecation, parameter), that is brought up to date without baking.
+        let mut redistribute = None;
         if !req.force {
-            if let Some((id, name)) = existing(&aws, &region, &plan, &fingerprint).await? {
-                manifest.status = "reused".into();
-                manifest.images.insert(region.clone(), ImageRecord { ami_id: id.clone(), name, state: "available".into(), snapshot_ids: vec![], copied_from: None });
-                report.info(&format!("unchanged: {id} already has fingerprint {fingerprint}; nothing launched (use --force to bake again)"));
-                return Ok(());
+            if let Some(img) = stages::source::finished_image(&c, &plan, &fingerprint).await? {
+                let present = stages::distribute::present(&aws, &plan, (&region, &img), &fingerprint).await?;
+                let id = img.image_id().unwrap_or_default().to_string();
+                if present.gaps.is_empty() {
+                    manifest.status = "reused".into();
+                    manifest.images = present.images.into_iter().collect();
+                    report.info(&format!("unchanged: {id} already has fingerprint {fingerprint}; nothing launched (use --force to bake again)"));
+                    return Ok(());
+                }
+                report.info(&format!("unchanged: {id} already has fingerprint {fingerprint}; redistributing it ({})", present.gaps.join("; ")));
+                redistribute = Some(present);
             }
         }
         if *cancel.borrow() {
@@ -201,7 +201,15 @@ async fn bake_one(
             stage_started: Instant::now(),
             public_access: Default::default(),
         };
-        let r = pipeline::run(&mut ctx, cancel.clone()).await;
+        let r = match redistribute {
+            Some(present) => {
+                ctx.images = present.images.iter().map(|(r, i)| (r.clone(), i.ami_id.clone())).collect();
+                ctx.manifest.images = present.images.into_iter().collect();
+                ctx.manifest.status = "redistributed".into();
+                pipeline::redistribute(&mut ctx, cancel.clone()).await
+            }
+            None => pipeline::run(&mut ctx, cancel.clone()).await,
+        };
         manifest = ctx.manifest;
         if let Ok(mut a) = active.lock() {
             a.retain(|x| *x != id);
@@ -225,6 +233,12 @@ async fn bake_one(
             } else if manifest.status.is_empty() {
                 manifest.status = "succeeded".into();
                 report.finish(&format!("baked {} in {:.0}s", images.join(", "), started.elapsed().as_secs_f64()));
+            } else if manifest.status == "redistributed" && !manifest.leftovers.is_empty() {
+                manifest.status = "leftovers".into();
+                manifest.error = Some(format!("redistributed {}, but cleanup left something behind; finish with: bake cleanup {}", images.join(", "), manifest.bake_id));
+                report.finish(manifest.error.as_deref().unwrap_or_default());
+            } else if manifest.status == "redistributed" {
+                report.finish(&format!("unchanged, redistributed: {}", images.join(", ")));
             } else {
                 report.finish("unchanged");
             }
@@ -240,7 +254,7 @@ async fn bake_one(
             report.finish(&format!("failed: {e}"));
         }
     }
-    if req.roll && ["succeeded", "reused", "leftovers"].contains(&manifest.status.as_str()) && !*cancel.borrow() {
+    if req.roll && ["succeeded", "reused", "redistributed", "leftovers"].contains(&manifest.status.as_str()) && !*cancel.borrow() {
         // A reused image may have been patched since: roll the newest image of the role then.
         let ami = if manifest.status == "reused" { None } else { manifest.images.get(&manifest.region).map(|i| i.ami_id.clone()) };
         let leftovers_before = manifest.status == "leftovers";

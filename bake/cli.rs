@@ -116,7 +116,7 @@ pub enum Command {
     #[command(after_help = "Examples:\n  bake bootstrap --profile admin\n  bake policy boundary --account 123456789012   # the same document, for Terraform or CloudFormation\n\nIt creates the managed policy /bake/bake-builder-boundary from policies/boundary.json.hbs (what\nthe SSM agent needs plus every role's builder policy). Run it again when a role's builder needs\nmore; unchanged, it changes nothing. Exit codes: 0 created, updated or unchanged, 1 a failure.")]
     Bootstrap,
     /// Bake golden AMIs: launch a builder, run the role's steps over SSM, create, copy, share and publish the image
-    #[command(after_help = "Examples:\n  bake build boxoffice --env staging\n  bake build --all --env production --jobs 4 --output json --manifest bake.json\n  bake build kaiju --env staging --var app_tag=v1.4.2 --force\n\nAn unchanged role (same fingerprint, same source image) reuses its image and launches nothing.\nExit codes: 0 every role baked or unchanged, 1 a role failed, 130 interrupted.")]
+    #[command(after_help = "Examples:\n  bake build boxoffice --env staging\n  bake build --all --env production --jobs 4 --output json --manifest bake.json\n  bake build kaiju --env staging --var app_tag=v1.4.2 --force\n\nAn unchanged role (same fingerprint, same source image) reuses its image and launches nothing.\nOne bake of a role and env at a time on a machine: a second waits for the first (and then\nreuses its image), or stops with --no-wait.\nExit codes: 0 every role baked or unchanged, 1 a role failed or left something behind, 130 interrupted.")]
     Build {
         /// Roles to bake
         roles: Vec<String>,
@@ -140,6 +140,9 @@ pub enum Command {
         /// Then roll the role's Auto Scaling groups onto the new image (see `bake roll`)
         #[arg(long)]
         roll: bool,
+        /// When this role and env is being baked here already, stop (exit 1) instead of waiting for it
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Move a role's Auto Scaling groups onto an image: canaries first, instance refresh, rollback on failure
     #[command(after_help = "Examples:\n  bake roll boxoffice --env production --plan\n  bake roll boxoffice --env production\n  bake roll kaiju --env staging --ami ami-0123456789abcdef0 --replace-in-progress\n  bake roll boxoffice --env production --rollback\n\nExit codes: 0 every group on the image, 1 a group failed (every group that moved is back on its previous image), 130 interrupted.")]
@@ -207,6 +210,9 @@ pub enum Command {
         /// Also write the manifest (JSON) to this file
         #[arg(long, value_name = "FILE")]
         manifest: Option<PathBuf>,
+        /// When this role and env is being baked here already, stop (exit 1) instead of waiting for it
+        #[arg(long)]
+        no_wait: bool,
     },
     /// List the images bake made, with their age, lineage, CVEs and what uses each
     #[command(after_help = "Examples:\n  bake ls\n  bake ls boxoffice --env production --output json")]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod images;
 pub mod journal;
+pub mod lock;
 pub mod manifest;
 pub mod notify;
 pub mod patch;

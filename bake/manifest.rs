@@ -12,7 +12,9 @@ pub struct Manifest {
     pub role: String,
     pub env: String,
     pub region: String,
-    /// succeeded, reused (an image with this fingerprint exists), leftovers (the image is ready
+    /// succeeded, reused (an image with this fingerprint exists, distributed as configured),
+    /// redistributed (it exists; its copies, shares, deprecation or parameters were brought up
+    /// to date without baking), leftovers (the image is ready
     /// but cleanup left resources: `leftovers` names them; exit 1), failed, interrupted
     pub status: String,
     pub error: Option<String>,
@@ -106,6 +108,7 @@ pub struct ImageRecord {
 pub struct ParameterRecord {
     pub region: String,
     pub name: String,
+    /// What the parameter holds, read back after writing it (another bake may have written since).
     pub value: String,
 }
 

@@ -144,6 +144,28 @@ pub async fn run(ctx: &mut Ctx, cancel: Cancel) -> Result<()> {
         r = stages(ctx) => r,
         _ = cancelled(cancel) => Err(Error::Interrupted),
     };
+    finish(ctx, result).await
+}
+
+/// Brings an unchanged image's distribution up to date (its images are `ctx.images`): copies to
+/// regions without one, shares, deprecation, parameters. Journaled and cleaned up as a bake is:
+/// on failure the new copies go and the parameters are put back.
+pub async fn redistribute(ctx: &mut Ctx, cancel: Cancel) -> Result<()> {
+    let result = tokio::select! {
+        r = async {
+            ctx.stage("distribute", "copying, sharing, publishing the unchanged image");
+            stages::distribute::run(ctx).await?;
+            ctx.stage_done("distribute");
+            Ok(())
+        } => r,
+        _ = cancelled(cancel) => Err(Error::Interrupted),
+    };
+    finish(ctx, result).await
+}
+
+/// After the stages: on success the products are kept and the temporaries removed; on failure
+/// or interruption everything this bake made is removed (unless `keep_on_error`, for failures).
+async fn finish(ctx: &mut Ctx, result: Result<()>) -> Result<()> {
     let interrupted = matches!(result, Err(Error::Interrupted));
     match &result {
         Ok(()) => {

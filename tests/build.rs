@@ -670,3 +670,27 @@ fn what_cleanup_leaves_after_a_good_bake_is_named_and_exits_1() {
         assert_only_products_added(&sb, &before, &m);
     }
 }
+
+#[test]
+fn a_second_bake_of_a_role_waits_for_the_first_then_reuses_its_image() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    // Hold the first bake in its steps for a while.
+    sb.control("POST", "/_sandbox/delays", Some(json!({"command_duration": 0.5})));
+    let (first, _) = spawn_until(&sb, root, &["build", "kaiju", "--env", "staging", "--manifest", "first.json"], "started (journal");
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--no-wait"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("kaiju/staging is being baked here already: bake build kaiju/staging (pid "), "{err}");
+    // Without --no-wait it waits, saying for whom, then finds the first one's image.
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("waiting for bake build kaiju/staging (pid"), "{}", text(&out.stderr));
+    let m = json_out(&out);
+    let f: Value = serde_json::from_str(&std::fs::read_to_string(root.join("first.json")).unwrap()).unwrap();
+    assert_eq!(m["status"], "reused");
+    assert_eq!(m["images"]["us-east-1"]["ami_id"], f["images"]["us-east-1"]["ami_id"]);
+}

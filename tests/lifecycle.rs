@@ -334,3 +334,45 @@ async fn a_bake_notifies_its_sns_topic_and_webhook_on_success_and_failure() {
     assert!(hooks[0].starts_with("POST /hook HTTP/1.1") && hooks[0].contains("\"status\":\"succeeded\""), "{}", hooks[0]);
     assert!(hooks[1].contains("\"status\":\"failed\""));
 }
+
+#[test]
+fn a_new_region_share_or_deprecation_redistributes_the_unchanged_image_without_baking() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let first = json_ok(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]));
+    assert_eq!(first["status"], "succeeded");
+    let home = first["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
+    let west = first["images"]["us-west-2"]["ami_id"].as_str().unwrap().to_string();
+    common::edit(
+        root,
+        "roles/kaiju.toml",
+        "image = { regions = [\"us-west-2\"] }",
+        "image = { regions = [\"us-west-2\", \"eu-west-1\"], share_accounts = [\"111122223333\"], deprecate_after_days = 30 }",
+    );
+    sb.control("DELETE", "/_sandbox/calls", None);
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);
+    let m = json_ok(&out);
+    assert_eq!(m["status"], "redistributed", "{m}");
+    assert_eq!(m["fingerprint"], first["fingerprint"], "the content is the same");
+    // No builder: the same images, one new copy, shared, deprecated, published.
+    let mutating: Vec<String> = sb.calls()["mutating"].as_array().unwrap().iter().map(|c| c.as_str().unwrap_or_default().to_string()).collect();
+    assert!(!mutating.iter().any(|c| c.contains("RunInstances")), "launched nothing: {mutating:?}");
+    assert_eq!(m["images"]["us-east-1"]["ami_id"], home.as_str());
+    assert_eq!(m["images"]["us-west-2"]["ami_id"], west.as_str());
+    let eu = m["images"]["eu-west-1"]["ami_id"].as_str().unwrap().to_string();
+    assert_eq!(m["images"]["eu-west-1"]["copied_from"], home.as_str());
+    for (region, id) in [("us-east-1", &home), ("us-west-2", &west), ("eu-west-1", &eu)] {
+        let img = image(&sb, id);
+        assert!(img["deprecation_time"].as_str().is_some_and(|t| !t.is_empty()), "{region}: {img}");
+        assert_eq!(img["launch_permissions"], json!([{"UserId": "111122223333"}]), "{region}");
+        let p = m["parameters"].as_array().unwrap().iter().find(|p| p["region"] == region).unwrap_or_else(|| panic!("no parameter in {region}: {m}"));
+        assert_eq!(p["value"], id.as_str(), "{region}: the parameter as read back");
+    }
+    // Now everything is as configured: reused, nothing changed.
+    sb.control("DELETE", "/_sandbox/calls", None);
+    let again = json_ok(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]));
+    assert_eq!(again["status"], "reused", "{again}");
+    assert_eq!(again["images"]["eu-west-1"]["ami_id"], eu.as_str());
+    assert!(sb.calls()["mutating"].as_array().unwrap().is_empty(), "{}", sb.calls()["mutating"]);
+}

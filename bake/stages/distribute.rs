@@ -182,13 +182,31 @@ async fn publish(ctx: &Ctx, c: &Clients, image: &str) -> Result<ParameterRecord>
         req.set_tags(Some(tags)).send().await
     };
     r.map_err(|e| Error::aws("ssm:PutParameter", format!("parameter {name}"), region, &e))?;
-    Ok(ParameterRecord { region: region.to_string(), name, value: image.to_string() })
+    // What it holds now, as read back: the record says what is, not what bake meant to write.
+    let now = c
+        .ssm
+        .get_parameter()
+        .name(&name)
+        .send()
+        .await
+        .map_err(|e| Error::aws("ssm:GetParameter", format!("parameter {name}"), region, &e))?
+        .parameter()
+        .and_then(|p| p.value())
+        .map(str::to_string)
+        .ok_or_else(|| Error::Other(format!("ssm:GetParameter of {name} in {region} answered without a value")))?;
+    if now != image {
+        ctx.report.info(&format!("parameter {name} in {region} holds {now}, not {image}: another bake wrote it since"));
+    }
+    Ok(ParameterRecord { region: region.to_string(), name, value: now })
 }
 
+/// Copies the image to every region of the role that has none yet (a redistribution starts with
+/// the copies that exist), then shares, deprecates and publishes every one.
 pub async fn run(ctx: &mut Ctx) -> Result<()> {
     let (build_region, image) = ctx.images.first().cloned().ok_or_else(|| Error::Other("no image to distribute".into()))?;
     let name = ctx.manifest.images.get(&build_region).map(|i| i.name.clone()).unwrap_or_default();
-    let regions: Vec<String> = ctx.plan.image.regions.iter().filter(|r| **r != build_region).cloned().collect();
+    let regions: Vec<String> =
+        ctx.plan.image.regions.iter().filter(|r| **r != build_region && !ctx.images.iter().any(|(have, _)| have == *r)).cloned().collect();
     if !regions.is_empty() {
         ctx.report.stage("distribute", &format!("copying {image} to {}", regions.join(", ")));
         let mut tags = ctx.image_tags(&name);
@@ -248,4 +266,73 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
         ctx.manifest.parameters.push(p);
     }
     Ok(())
+}
+
+/// The images of an unchanged role that exist (its region's first, then its copies), and what
+/// their distribution lacks against the role as configured now: a region without a copy, an
+/// account, organization or unit not shared with, no deprecation time, a parameter not naming
+/// the image. Nothing lacking: the bake is reused as it is.
+pub struct Present {
+    pub images: Vec<(String, ImageRecord)>,
+    pub gaps: Vec<String>,
+}
+
+pub async fn present(aws: &crate::aws::Aws, plan: &crate::plan::Plan, home: (&str, &aws_sdk_ec2::types::Image), fingerprint: &str) -> Result<Present> {
+    let record = |img: &aws_sdk_ec2::types::Image| ImageRecord {
+        ami_id: img.image_id().unwrap_or_default().to_string(),
+        name: img.name().unwrap_or_default().to_string(),
+        state: "available".into(),
+        snapshot_ids: snapshot_ids(img),
+        copied_from: None,
+    };
+    let mut images = vec![(home.0.to_string(), record(home.1))];
+    let mut found = vec![(home.0.to_string(), home.1.clone())];
+    let mut gaps = Vec::new();
+    for r in plan.image.regions.iter().filter(|r| r.as_str() != home.0) {
+        match crate::stages::source::finished_image(&aws.clients(r), plan, fingerprint).await? {
+            Some(img) => {
+                images.push((r.clone(), record(&img)));
+                found.push((r.clone(), img));
+            }
+            None => gaps.push(format!("no copy in {r}")),
+        }
+    }
+    let spec = &plan.image;
+    for (region, img) in &found {
+        let c = aws.clients(region);
+        let id = img.image_id().unwrap_or_default();
+        if !(spec.share_accounts.is_empty() && spec.share_organizations.is_empty() && spec.share_ous.is_empty()) {
+            let a = c
+                .ec2
+                .describe_image_attribute()
+                .image_id(id)
+                .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+                .send()
+                .await
+                .map_err(|e| Error::aws("ec2:DescribeImageAttribute", format!("image {id}"), region, &e))?;
+            let have: Vec<String> = a
+                .launch_permissions()
+                .iter()
+                .filter_map(|p| p.user_id().or(p.organization_arn()).or(p.organizational_unit_arn()).map(str::to_string))
+                .collect();
+            for want in spec.share_accounts.iter().chain(&spec.share_organizations).chain(&spec.share_ous) {
+                if !have.contains(want) {
+                    gaps.push(format!("{id} in {region} not shared with {want}"));
+                }
+            }
+        }
+        if spec.deprecate_after_days.is_some() && img.deprecation_time().is_none() {
+            gaps.push(format!("{id} in {region} has no deprecation time"));
+        }
+        let name = &spec.ssm_parameter;
+        let value = match c.ssm.get_parameter().name(name).send().await {
+            Ok(r) => r.parameter().and_then(|p| p.value()).map(str::to_string),
+            Err(e) if e.as_service_error().map(|s| s.is_parameter_not_found()).unwrap_or(false) => None,
+            Err(e) => return Err(Error::aws("ssm:GetParameter", format!("parameter {name}"), region, &e)),
+        };
+        if value.as_deref() != Some(id) {
+            gaps.push(format!("parameter {name} in {region} holds {}, not {id}", value.as_deref().unwrap_or("nothing")));
+        }
+    }
+    Ok(Present { images, gaps })
 }

@@ -103,3 +103,22 @@ pub async fn resolve(c: &Clients, spec: &SourceSpec) -> Result<SourceImage> {
     }
     Ok(from_image(img))
 }
+
+/// The newest finished image (`bake:complete`) of the plan's role and env in `c`'s region that
+/// carries `fingerprint`: what an unchanged bake reuses.
+pub async fn finished_image(c: &Clients, plan: &crate::plan::Plan, fingerprint: &str) -> Result<Option<aws_sdk_ec2::types::Image>> {
+    use aws_sdk_ec2::types::{Filter, ImageState};
+    let found = c
+        .images(
+            &format!("earlier images of {}/{}", plan.role, plan.env),
+            &["self".to_string()],
+            vec![
+                Filter::builder().name(format!("tag:{}", crate::tags::ROLE)).values(&plan.role).build(),
+                Filter::builder().name(format!("tag:{}", crate::tags::ENV)).values(&plan.env).build(),
+                Filter::builder().name(format!("tag:{}", crate::tags::FINGERPRINT)).values(fingerprint).build(),
+                Filter::builder().name(format!("tag:{}", crate::tags::COMPLETE)).values("true").build(),
+            ],
+        )
+        .await?;
+    Ok(found.into_iter().filter(|i| i.state() == Some(&ImageState::Available)).max_by(|a, b| a.creation_date().cmp(&b.creation_date())))
+}
