@@ -63,6 +63,20 @@ fn out(text: &str) {
 
 pub fn run(cli: Cli) -> ExitCode {
     let g = cli.global.clone();
+    // Every command but cleanup reads the project.
+    if !matches!(cli.command, Command::Cleanup { .. }) {
+        if !g.root.is_dir() {
+            eprintln!("error: --root {}: no such folder (the project folder holds roles/, cookbooks/ and policies/)", g.root.display());
+            return ExitCode::from(2);
+        }
+        if !g.root.join("roles").exists() {
+            eprintln!(
+                "error: {} is not a bake project: it has no roles/ folder (run bake in the project, or give --root or BAKE_ROOT)",
+                g.root.display()
+            );
+            return ExitCode::from(2);
+        }
+    }
     if let Some(r) = g.region.as_deref().filter(|r| !crate::config::limits::known_region(r)) {
         eprintln!("error: --region {r}: not a region AWS has (e.g. us-east-1, eu-west-1)");
         return ExitCode::from(2);

@@ -31,9 +31,7 @@ impl What {
 }
 
 fn valid_package(p: &str) -> bool {
-    p.len() > 1
-        && p.as_bytes()[0].is_ascii_alphanumeric()
-        && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+.-".contains(&b))
+    crate::config::checks::debian_package(p)
 }
 
 pub fn valid_cve(c: &str) -> bool {

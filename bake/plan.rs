@@ -151,6 +151,22 @@ pub fn build(
     }
 
     let node = node_attributes(role, &ordered);
+    // What each cookbook declares its attributes must be ([checks]), against the values as the
+    // role and its env set them: named where they were set.
+    for cb in &ordered {
+        for (path, check) in &cb.checks {
+            let mut v = Some(&node[&cb.name]);
+            for seg in path.split('.') {
+                v = v.and_then(|x| x.get(seg));
+            }
+            if let Some((at, why)) = v.and_then(|v| crate::config::checks::problem(*check, v)) {
+                problems.push(value_origin(rf, role, &ordered, &format!("node.{}.{path}{at}", cb.name), format!("{why} (cookbook {})", cb.name)));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
     let mut reg = template::registry(Flavor::Shell);
     for cb in &ordered {
         for st in &cb.steps {

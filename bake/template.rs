@@ -324,11 +324,12 @@ bake_apt_update() {
 bake_apt_install() {
   local p missing=()
   for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+    case $p in -*|'') echo "bake: \`$p' is not a package name" >&2; return 1 ;; esac
+    dpkg-query -W -f='${Status}' -- "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
   done
   [ "${#missing[@]}" -eq 0 ] && return 0
   bake_apt_update
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  apt-get install -y -q --no-install-recommends -- "${missing[@]}"
 }
 # bake_systemd: true when systemd runs this machine (false in a chroot or container).
 bake_systemd() { [ -d /run/systemd/system ]; }

@@ -502,3 +502,56 @@ fn templates_and_files_that_lead_out_of_their_cookbook_are_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stdout).contains("cookbooks/docker/files/etc: leads out of the cookbook"), "{}", text(&out.stdout));
 }
+
+#[test]
+fn no_template_prints_an_attribute_raw() {
+    // `{{{…}}}` skips the shell escaper: an attribute would reach the script as code.
+    let mut raw = Vec::new();
+    for cb in std::fs::read_dir(repo().join("cookbooks")).unwrap().flatten() {
+        for f in std::fs::read_dir(cb.path().join("steps")).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(f.path()).unwrap();
+            for (i, line) in text.lines().enumerate() {
+                if line.contains("{{{") || line.contains("{{&") {
+                    raw.push(format!("{}:{}: {line}", f.path().display(), i + 1));
+                }
+            }
+        }
+    }
+    assert!(raw.is_empty(), "raw output in templates:\n{}", raw.join("\n"));
+}
+
+#[test]
+fn a_command_reaches_docker_word_for_word_and_a_string_splits_at_white_space() {
+    // The unit step's own lines that build the command, run as rendered.
+    let words = |command: &str| -> Vec<String> {
+        let dir = project_copy();
+        common::edit(dir.path(), "roles/boxoffice.toml", r#"command = ["bundle", "exec", "puma", "-C", "config/puma.rb"]"#, &format!("command = {command}"));
+        let out = bake(dir.path(), &["render", "boxoffice", "--env", "staging", "--step", "app-server/unit"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let script = text(&out.stdout);
+        let start = script.find("# The command:").expect("the command's lines");
+        let end = start + script[start..].find("args+=(\"${cmd[@]}\")").expect("their end");
+        let snippet = format!("set -euo pipefail\n{}printf '%s\\0' \"${{cmd[@]}}\"\n", &script[start..end]);
+        let out = Command::new("bash").arg("-c").arg(&snippet).output().unwrap();
+        assert!(out.status.success(), "{}\n{snippet}", text(&out.stderr));
+        text(&out.stdout).split('\0').filter(|w| !w.is_empty()).map(str::to_string).collect()
+    };
+    assert_eq!(words(r#"["sh", "-c", "a\nb", "$HOME *"]"#), ["sh", "-c", "a\nb", "$HOME *"]);
+    assert_eq!(words(r#""node  server.js\n--port 80""#), ["node", "server.js", "--port", "80"]);
+}
+
+#[test]
+fn a_root_that_is_not_a_project_is_one_clear_line() {
+    let empty = tempfile::tempdir().unwrap();
+    for (root, want) in [
+        (empty.path().join("nope"), "no such folder".to_string()),
+        (empty.path().to_path_buf(), format!("{} is not a bake project: it has no roles/ folder", empty.path().display())),
+    ] {
+        for args in [&["validate"][..], &["plan", "www", "--env", "staging"], &["build", "www", "--env", "staging"]] {
+            let out = bake(&root, args);
+            let err = text(&out.stderr);
+            assert_eq!((out.status.code(), err.lines().count()), (Some(2), 1), "{args:?}: {err}");
+            assert!(err.contains(&want), "{args:?}: {err}");
+        }
+    }
+}

@@ -44,6 +44,8 @@ pub struct Cookbook {
     pub steps: Vec<Step>,
     /// `files/<path>` → content.
     pub files: BTreeMap<String, Vec<u8>>,
+    /// `[checks]`: attribute path (dotted, below the cookbook's attributes) → what it must be.
+    pub checks: BTreeMap<String, super::checks::Check>,
 }
 
 /// Names of roles, cookbooks, steps: what is safe in tags, paths and comments.
@@ -67,7 +69,7 @@ impl Cookbook {
         let mut problems = Problems::default();
         let top = KeyPath::root();
 
-        let known = ["description", "depends", "attributes", "steps"];
+        let known = ["description", "depends", "attributes", "checks", "steps"];
         for k in file.table.keys() {
             if !known.contains(&k.as_str()) {
                 problems.push(file.problem(&top.key(k), format!("unknown key (expected one of {})", known.join(", "))));
@@ -76,6 +78,19 @@ impl Cookbook {
         let description: Option<String> = get(&file, &mut problems, "description");
         let depends: Option<Vec<String>> = get(&file, &mut problems, "depends");
         let attributes: Option<toml::Table> = get(&file, &mut problems, "attributes");
+        let checks_raw: Option<BTreeMap<String, String>> = get(&file, &mut problems, "checks");
+        let mut checks = BTreeMap::new();
+        for (path, kind) in checks_raw.unwrap_or_default() {
+            match super::checks::parse(&kind) {
+                Some(c) => {
+                    checks.insert(path, c);
+                }
+                None => problems.push(file.problem(
+                    &top.key("checks").key(&path),
+                    format!("unknown check `{kind}` (checks: {})", super::checks::KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")),
+                )),
+            }
+        }
         let steps_raw = file.table.get("steps").cloned();
 
         let mut steps = Vec::new();
@@ -149,6 +164,10 @@ impl Cookbook {
         for (i, d) in depends.iter().flatten().enumerate() {
             if !valid_name(d) {
                 problems.push(file.problem(&top.key("depends").index(i), format!("`{d}` is not a cookbook name")));
+            } else if d == name {
+                problems.push(file.problem(&top.key("depends").index(i), "a cookbook cannot depend on itself"));
+            } else if !root.join("cookbooks").join(d).join("cookbook.toml").is_file() {
+                problems.push(file.problem(&top.key("depends").index(i), format!("unknown cookbook `{d}` (no cookbooks/{d}/cookbook.toml)")));
             }
         }
 
@@ -171,6 +190,7 @@ impl Cookbook {
             attributes,
             steps,
             files,
+            checks,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Configuration a team writes: roles, cookbooks, policies. Loading reads files; everything
 //! after loading is pure. Problems always name the file and key.
 
+pub mod checks;
 pub mod cookbook;
 pub mod duration;
 pub mod limits;
