@@ -122,8 +122,10 @@ async fn run_command(ctx: &Ctx, label: &str, lines: Vec<String>, timeout: Durati
     let sent_at = Instant::now();
     // Output appears when the command ends; poll at most every 2 s (first after 0.5 s).
     let p = Poll::new(Duration::from_millis(500), Duration::from_secs(2), timeout + Duration::from_secs(600)).after_first_interval();
+    let ec2 = ctx.c.ec2.clone();
     let outcome = poll(p, || {
         let ssm = ssm.clone();
+        let ec2 = ec2.clone();
         let command_id = command_id.clone();
         let instance = instance.clone();
         let region = region.clone();
@@ -146,6 +148,12 @@ async fn run_command(ctx: &Ctx, label: &str, lines: Vec<String>, timeout: Durati
                 CommandInvocationStatus::Pending | CommandInvocationStatus::InProgress | CommandInvocationStatus::Delayed | CommandInvocationStatus::Cancelling
             );
             if !done {
+                // A builder EC2 stopped or terminated (a Spot interruption, someone else) never
+                // reports again: its command would sit InProgress until its timeout.
+                if let Some(why) = lost(&ec2, &instance, &region).await? {
+                    let _ = ssm.cancel_command().command_id(&command_id).send().await;
+                    return Err(Error::Other(format!("builder {instance} in {region} {why} during step {label}; the step did not finish")));
+                }
                 return Ok(None);
             }
             let mut full_output: Vec<String> =
@@ -181,6 +189,28 @@ async fn run_command(ctx: &Ctx, label: &str, lines: Vec<String>, timeout: Durati
             })
         }
     }
+}
+
+/// How the builder is gone, when EC2 stopped or terminated it: `was terminated (reason)`.
+async fn lost(ec2: &aws_sdk_ec2::Client, instance: &str, region: &str) -> Result<Option<String>> {
+    let d = ec2
+        .describe_instances()
+        .instance_ids(instance)
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:DescribeInstances", format!("builder {instance}"), region, &e))?;
+    let Some(i) = d.reservations().iter().flat_map(|r| r.instances()).next() else { return Ok(None) };
+    let state = i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default();
+    if !matches!(state.as_str(), "shutting-down" | "terminated" | "stopping" | "stopped") {
+        return Ok(None);
+    }
+    let reason = i
+        .state_reason()
+        .map(|r| format!("{}: {}", r.code().unwrap_or_default(), r.message().unwrap_or_default()))
+        .or_else(|| i.state_transition_reason().map(str::to_string))
+        .unwrap_or_default();
+    let verb = if state.starts_with("stop") { "was stopped" } else { "was terminated" };
+    Ok(Some(if reason.is_empty() { verb.to_string() } else { format!("{verb} ({reason})") }))
 }
 
 fn tail(text: &str, n: usize) -> Vec<String> {

@@ -30,9 +30,14 @@ class Action:
         self.dependent = list(data.get("dependent", []))
         self.also = list(data.get("also", []))
         self.resources = {}
+        # Keys AWS supplies beyond the SAR's row, each list with its documented source.
+        self.beyond_sar = {k: list(v) for k, v in (data.get("beyond_sar") or {}).items()}
+        if self.beyond_sar and not data.get("beyond_sar_source"):
+            raise ValueError(f"{self.full}: beyond_sar needs beyond_sar_source")
         for key, keys in (data.get("resources") or {}).items():
             required = key.endswith("*")
-            self.resources[key.rstrip("*")] = (required, list(keys))
+            rtype = key.rstrip("*")
+            self.resources[rtype] = (required, list(keys) + self.beyond_sar.get(rtype, []))
         self.resource_table = resources
 
     def supplied(self, rtype):
@@ -127,6 +132,7 @@ def check():
                     continue
                 if required != sr["required"]:
                     problems.append(f"{where}: {rtype} required={required}, SAR says {sr['required']}")
+                keys = [k for k in keys if k not in mine.beyond_sar.get(rtype, [])]
                 if set(keys) != set(sr["condition_keys"]):
                     problems.append(f"{where}: {rtype} keys differ from the SAR: "
                                     f"extra {sorted(set(keys) - set(sr['condition_keys']))}, "
