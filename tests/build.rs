@@ -694,3 +694,23 @@ fn a_second_bake_of_a_role_waits_for_the_first_then_reuses_its_image() {
     assert_eq!(m["status"], "reused");
     assert_eq!(m["images"]["us-east-1"]["ami_id"], f["images"]["us-east-1"]["ami_id"]);
 }
+
+#[test]
+fn a_builder_lost_mid_step_fails_the_bake_at_once_and_leaves_nothing() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let before = live(&sb);
+    // A long first step, during which EC2 reclaims the (Spot) builder.
+    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=base step=updates", "duration": 600}]})));
+    let (child, _) = spawn_until(&sb, root, &["build", "kaiju", "--env", "staging"], "base/updates");
+    let builder = sb.live().iter().find(|r| r["type"] == "instance").map(|r| r["id"].as_str().unwrap().to_string()).expect("the builder");
+    let t = Instant::now();
+    sb.control("POST", "/_sandbox/interrupt", Some(json!({"instance": builder, "action": "terminate", "region": "us-east-1"})));
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(60), "noticed at once, not at the step's timeout: {:?}", t.elapsed());
+    assert!(err.contains(&format!("builder {builder} in us-east-1 was terminated (Server.SpotInstanceTermination")) && err.contains("during step base/updates"), "{err}");
+    assert_eq!(live(&sb), before, "everything the bake made is gone");
+}
