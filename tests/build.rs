@@ -343,8 +343,13 @@ fn a_200_kb_step_is_delivered_in_parts_and_checked() {
     std::fs::create_dir_all(root.join("cookbooks/bigfile/steps")).unwrap();
     std::fs::create_dir_all(root.join("cookbooks/bigfile/files")).unwrap();
     std::fs::write(root.join("cookbooks/bigfile/files/big.conf"), &big).unwrap();
-    std::fs::write(root.join("cookbooks/bigfile/cookbook.toml"), "description = \"a large file\"\n[[steps]]\nname = \"install\"\n").unwrap();
+    std::fs::write(root.join("cookbooks/bigfile/cookbook.toml"), "description = \"a large file\"\n[[steps]]\nname = \"install\"\n[[steps]]\nname = \"quotes\"\n").unwrap();
     std::fs::write(root.join("cookbooks/bigfile/steps/install.sh.hbs"), "printf '%s' {{file \"big.conf\"}} | base64 -d | bake_put 0644 /etc/big.conf || true\n").unwrap();
+    // 32 KB of script that SendCommand's JSON doubles (every quote escaped): past 64,000 bytes
+    // inline, so it too goes in parts.
+    let quotes: String = (0..800).map(|_| format!(": \"{}\"\n", "\\\"".repeat(18))).collect();
+    assert!(quotes.len() < 48 * 1024 && quotes.len() > 30_000);
+    std::fs::write(root.join("cookbooks/bigfile/steps/quotes.sh.hbs"), &quotes).unwrap();
     std::fs::write(
         root.join("roles/big.toml"),
         "description = \"a role with a large step\"\nrun_list = [\"base\", \"bigfile\"]\n[source]\nssm_parameter = \"/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id\"\n[env.staging]\n",
@@ -375,6 +380,8 @@ fn a_200_kb_step_is_delivered_in_parts_and_checked() {
     assert_eq!(String::from_utf8(decoded).unwrap(), step.script);
     let runner = scripts.iter().map(|s| s["script"].as_str().unwrap()).find(|s| s.contains("# bake: run step bigfile/install")).unwrap();
     assert!(runner.contains(&step.sha256), "the builder checks the sha256 before running");
+    let quoted = m["steps"].as_array().unwrap().iter().find(|s| s["step"] == "quotes").unwrap();
+    assert!(quoted["command_ids"].as_array().unwrap().len() >= 2, "in parts by its encoded size: {quoted}");
 }
 
 #[test]

@@ -131,6 +131,14 @@ pub fn parameter_name_problem(name: &str) -> Option<String> {
 /// "AWS-RunShellScript" document parameters; SSM user guide, "Understanding command timeouts".
 pub const STEP_TIMEOUT_MAX: u64 = 172_800;
 
+/// A command's document with its parameters: "The content of the document must not exceed
+/// 64KB. This quota also includes the content specified for input parameters at runtime"
+/// (SSM API reference, CreateDocument, Content), read as 64,000 bytes. AWS-RunShellScript's own
+/// content is about 1.3 KB; bake keeps a step's parameters, JSON-encoded as SendCommand sends
+/// them, within [`SEND_COMMAND_PARAMETERS`] and sends a larger script in parts.
+pub const SEND_COMMAND_DOCUMENT: usize = 64_000;
+pub const SEND_COMMAND_PARAMETERS: usize = 56_000;
+
 /// How long bake may be told to wait for anything (an instance, an image, a refresh, a bake
 /// time): AWS sets no limit; bake refuses more than a week, which is a typo, not a plan.
 pub const WAIT_MAX: u64 = 7 * 86_400;

@@ -14,10 +14,16 @@ use crate::pipeline::Ctx;
 use crate::plan::PlannedStep;
 use crate::wait::{poll, Poll};
 
-/// Scripts above this size go in parts (a SendCommand's parameters are limited in size).
-pub const MAX_INLINE: usize = 48 * 1024;
-/// Base64 characters per part.
+/// Scripts whose lines take more than this, JSON-encoded as SendCommand sends them (quotes,
+/// backslashes and control characters grow), go in parts.
+pub const MAX_INLINE: usize = crate::config::limits::SEND_COMMAND_PARAMETERS;
+/// Base64 characters per part (base64 needs no escaping).
 pub const PART: usize = 40 * 1024;
+
+/// The size of `lines` as SendCommand's `commands` parameter, JSON-encoded.
+pub fn encoded_len(lines: &[String]) -> usize {
+    serde_json::to_string(lines).map(|s| s.len()).unwrap_or(usize::MAX)
+}
 /// What AWS keeps of a command's output in GetCommandInvocation.
 pub const STDOUT_LIMIT: usize = 24_000;
 pub const STDERR_LIMIT: usize = 8_000;
@@ -223,8 +229,8 @@ async fn run_step(ctx: &mut Ctx, step: &PlannedStep) -> Result<(Outcome, Vec<Str
     let id = step.id();
     let timeout = step.timeout.as_duration();
     let mut ids = Vec::new();
-    if step.script.len() <= MAX_INLINE {
-        let lines: Vec<String> = step.script.lines().map(str::to_string).collect();
+    let lines: Vec<String> = step.script.lines().map(str::to_string).collect();
+    if encoded_len(&lines) <= MAX_INLINE {
         let o = run_command(ctx, &id, lines, timeout).await?;
         ids.push(o.command_id.clone());
         return Ok((o, ids));
@@ -326,7 +332,7 @@ mod tests {
         let mut b64 = String::new();
         for p in &parts {
             let joined = p.join("\n");
-            assert!(joined.len() < MAX_INLINE, "each part fits in one SendCommand");
+            assert!(encoded_len(p) < MAX_INLINE, "each part fits in one SendCommand");
             let line = p.iter().find(|l| l.starts_with("printf '%s' '")).unwrap();
             b64.push_str(line.split('\'').nth(3).unwrap());
         }
