@@ -17,8 +17,7 @@ pub fn init_tracing(g: &Global) {
         (false, 1) => "bake=debug,info",
         (false, _) => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BAKE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BAKE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
@@ -70,10 +69,7 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
         if !g.root.join("roles").exists() {
-            eprintln!(
-                "error: {} is not a bake project: it has no roles/ folder (run bake in the project, or give --root or BAKE_ROOT)",
-                g.root.display()
-            );
+            eprintln!("error: {} is not a bake project: it has no roles/ folder (run bake in the project, or give --root or BAKE_ROOT)", g.root.display());
             return ExitCode::from(2);
         }
     }
@@ -83,7 +79,13 @@ pub fn run(cli: Cli) -> ExitCode {
     }
     let talks_to_aws = matches!(
         cli.command,
-        Command::Ls { .. } | Command::Prune { .. } | Command::Patch { .. } | Command::Roll { .. } | Command::Build { .. } | Command::Cleanup { .. } | Command::Bootstrap
+        Command::Ls { .. }
+            | Command::Prune { .. }
+            | Command::Patch { .. }
+            | Command::Roll { .. }
+            | Command::Build { .. }
+            | Command::Cleanup { .. }
+            | Command::Bootstrap
     );
     if g.region.is_none() && talks_to_aws {
         if let Some(r) = configured_region(&g).filter(|r| !crate::config::limits::known_region(r)) {
@@ -289,7 +291,8 @@ fn validate(g: &Global, only: &[String]) -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime") // ok: no runtime, no bake
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime")
+    // ok: no runtime, no bake
 }
 
 /// The region the environment or the shared config names (not instance metadata), as the SDK
@@ -353,12 +356,7 @@ fn write_manifest(json: &str, manifest_file: Option<&std::path::Path>) {
 }
 
 fn report_builds(g: &Global, manifests: &[crate::manifest::Manifest], manifest_file: Option<&std::path::Path>) -> ExitCode {
-    let json = if manifests.len() == 1 {
-        serde_json::to_string_pretty(&manifests[0])
-    } else {
-        serde_json::to_string_pretty(&manifests)
-    }
-    .unwrap_or_default();
+    let json = if manifests.len() == 1 { serde_json::to_string_pretty(&manifests[0]) } else { serde_json::to_string_pretty(&manifests) }.unwrap_or_default();
     write_manifest(&json, manifest_file);
     match g.output {
         Output::Json => out(&json),
@@ -712,7 +710,11 @@ fn scope(g: &Global, role: Option<&str>, env: Option<&str>, default_region: Opti
 }
 
 /// The images bake made in the scope of `role` / `env`, with what uses each.
-fn listed(g: &Global, role: Option<&str>, env: Option<&str>) -> Result<(tokio::runtime::Runtime, crate::aws::Aws, Scope, Vec<crate::images::ImageInfo>), ExitCode> {
+fn listed(
+    g: &Global,
+    role: Option<&str>,
+    env: Option<&str>,
+) -> Result<(tokio::runtime::Runtime, crate::aws::Aws, Scope, Vec<crate::images::ImageInfo>), ExitCode> {
     let rt = runtime();
     let aws = rt.block_on(crate::aws::Aws::load(&connection(g)));
     let sc = scope(g, role, env, aws.default_region()).map_err(|p| {
@@ -738,7 +740,10 @@ fn ls(g: &Global, role: Option<&str>, env: Option<&str>) -> ExitCode {
                 out("no image made by bake");
                 return ExitCode::SUCCESS;
             }
-            let mut text = format!("{:<22} {:<12} {:<22} {:>6}  {:<6} {:<22} {:<18} {:<25} {}\n", "ROLE/ENV", "REGION", "IMAGE", "AGE", "KIND", "PARENT", "CVE", "DEPRECATED", "USED BY");
+            let mut text = format!(
+                "{:<22} {:<12} {:<22} {:>6}  {:<6} {:<22} {:<18} {:<25} {}\n",
+                "ROLE/ENV", "REGION", "IMAGE", "AGE", "KIND", "PARENT", "CVE", "DEPRECATED", "USED BY"
+            );
             for i in &images {
                 text.push_str(&format!(
                     "{:<22} {:<12} {:<22} {:>5.1}d  {:<6} {:<22} {:<18} {:<25} {}\n",

@@ -5,13 +5,13 @@ use std::sync::{Arc, Mutex};
 
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_ec2::types::Filter as Ec2Filter;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
-use aws_sdk_ec2::types::Filter as Ec2Filter;
 
 use crate::error::{Error, Result};
 
@@ -147,24 +147,13 @@ impl Aws {
         let counting = || Counting(self.calls.clone());
         Clients {
             region: region.to_string(),
-            ec2: aws_sdk_ec2::Client::from_conf(
-                aws_sdk_ec2::config::Builder::from(&self.base).region(region_v.clone()).interceptor(counting()).build(),
-            ),
-            iam: aws_sdk_iam::Client::from_conf(
-                aws_sdk_iam::config::Builder::from(&self.base).region(region_v.clone()).interceptor(counting()).build(),
-            ),
-            ssm: aws_sdk_ssm::Client::from_conf(
-                aws_sdk_ssm::config::Builder::from(&self.base).region(region_v.clone()).interceptor(counting()).build(),
-            ),
+            ec2: aws_sdk_ec2::Client::from_conf(aws_sdk_ec2::config::Builder::from(&self.base).region(region_v.clone()).interceptor(counting()).build()),
+            iam: aws_sdk_iam::Client::from_conf(aws_sdk_iam::config::Builder::from(&self.base).region(region_v.clone()).interceptor(counting()).build()),
+            ssm: aws_sdk_ssm::Client::from_conf(aws_sdk_ssm::config::Builder::from(&self.base).region(region_v.clone()).interceptor(counting()).build()),
             asg: aws_sdk_autoscaling::Client::from_conf(
-                aws_sdk_autoscaling::config::Builder::from(&self.base)
-                    .region(region_v.clone())
-                    .interceptor(counting())
-                    .build(),
+                aws_sdk_autoscaling::config::Builder::from(&self.base).region(region_v.clone()).interceptor(counting()).build(),
             ),
-            sts: aws_sdk_sts::Client::from_conf(
-                aws_sdk_sts::config::Builder::from(&self.base).region(region_v).interceptor(counting()).build(),
-            ),
+            sts: aws_sdk_sts::Client::from_conf(aws_sdk_sts::config::Builder::from(&self.base).region(region_v).interceptor(counting()).build()),
         }
     }
 }

@@ -89,16 +89,7 @@ pub fn git_sha(root: &Path) -> Option<String> {
 pub type Active = Arc<Mutex<Vec<BakeId>>>;
 
 #[allow(clippy::too_many_arguments)]
-async fn bake_one(
-    root: PathBuf,
-    base: Aws,
-    plan: Plan,
-    req: Request,
-    progress: Progress,
-    cancel: Cancel,
-    active: Active,
-    git: Option<String>,
-) -> Manifest {
+async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: Progress, cancel: Cancel, active: Active, git: Option<String>) -> Manifest {
     let started = Instant::now();
     let label = format!("{}/{}", plan.role, plan.env);
     let report = progress.bake(&label);
@@ -235,7 +226,8 @@ async fn bake_one(
                 report.finish(&format!("baked {} in {:.0}s", images.join(", "), started.elapsed().as_secs_f64()));
             } else if manifest.status == "redistributed" && !manifest.leftovers.is_empty() {
                 manifest.status = "leftovers".into();
-                manifest.error = Some(format!("redistributed {}, but cleanup left something behind; finish with: bake cleanup {}", images.join(", "), manifest.bake_id));
+                manifest.error =
+                    Some(format!("redistributed {}, but cleanup left something behind; finish with: bake cleanup {}", images.join(", "), manifest.bake_id));
                 report.finish(manifest.error.as_deref().unwrap_or_default());
             } else if manifest.status == "redistributed" {
                 report.finish(&format!("unchanged, redistributed: {}", images.join(", ")));
@@ -316,21 +308,15 @@ pub fn watch_signals(active: Active) -> watch::Receiver<bool> {
     rx
 }
 
-pub async fn run(
-    root: &Path,
-    conn: &Connection,
-    req: Request,
-    plans: Vec<Plan>,
-    progress: Progress,
-) -> Vec<Manifest> {
+pub async fn run(root: &Path, conn: &Connection, req: Request, plans: Vec<Plan>, progress: Progress) -> Vec<Manifest> {
     let base = Aws::load(conn).await;
     let active: Active = Arc::default();
     let cancel = watch_signals(active.clone());
     let git = git_sha(root);
     let jobs = req.jobs.max(1);
-    stream::iter(plans.into_iter().map(|p| {
-        bake_one(root.to_path_buf(), base.clone(), p, req.clone(), progress.clone(), cancel.clone(), active.clone(), git.clone())
-    }))
+    stream::iter(
+        plans.into_iter().map(|p| bake_one(root.to_path_buf(), base.clone(), p, req.clone(), progress.clone(), cancel.clone(), active.clone(), git.clone())),
+    )
     .buffer_unordered(jobs)
     .collect()
     .await
@@ -342,11 +328,7 @@ pub async fn lineage(c: &crate::aws::Clients, image: &str) -> Vec<String> {
     let mut cur = image.to_string();
     while out.len() < 20 {
         let Ok(r) = c.ec2.describe_images().image_ids(&cur).send().await else { break };
-        let parent = r
-            .images()
-            .first()
-            .and_then(|i| i.tags().iter().find(|t| t.key() == Some("bake:patch-of")).and_then(|t| t.value()))
-            .map(str::to_string);
+        let parent = r.images().first().and_then(|i| i.tags().iter().find(|t| t.key() == Some("bake:patch-of")).and_then(|t| t.value())).map(str::to_string);
         match parent {
             Some(p) if !out.contains(&p) => {
                 out.push(p.clone());

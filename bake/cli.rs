@@ -113,10 +113,14 @@ pub enum Command {
         account: Option<String>,
     },
     /// Once per account, as an administrator: create (or update) the builder roles' permissions boundary
-    #[command(after_help = "Examples:\n  bake bootstrap --profile admin\n  bake policy boundary --account 123456789012   # the same document, for Terraform or CloudFormation\n\nIt creates the managed policy /bake/bake-builder-boundary from policies/boundary.json.hbs (what\nthe SSM agent needs plus every role's builder policy). Run it again when a role's builder needs\nmore; unchanged, it changes nothing. Exit codes: 0 created, updated or unchanged, 1 a failure.")]
+    #[command(
+        after_help = "Examples:\n  bake bootstrap --profile admin\n  bake policy boundary --account 123456789012   # the same document, for Terraform or CloudFormation\n\nIt creates the managed policy /bake/bake-builder-boundary from policies/boundary.json.hbs (what\nthe SSM agent needs plus every role's builder policy). Run it again when a role's builder needs\nmore; unchanged, it changes nothing. Exit codes: 0 created, updated or unchanged, 1 a failure."
+    )]
     Bootstrap,
     /// Bake golden AMIs: launch a builder, run the role's steps over SSM, create, copy, share and publish the image
-    #[command(after_help = "Examples:\n  bake build boxoffice --env staging\n  bake build --all --env production --jobs 4 --output json --manifest bake.json\n  bake build kaiju --env staging --var app_tag=v1.4.2 --force\n\nAn unchanged role (same fingerprint, same source image) reuses its image and launches nothing.\nOne bake of a role and env at a time on a machine: a second waits for the first (and then\nreuses its image), or stops with --no-wait.\nExit codes: 0 every role baked or unchanged, 1 a role failed or left something behind, 130 interrupted.")]
+    #[command(
+        after_help = "Examples:\n  bake build boxoffice --env staging\n  bake build --all --env production --jobs 4 --output json --manifest bake.json\n  bake build kaiju --env staging --var app_tag=v1.4.2 --force\n\nAn unchanged role (same fingerprint, same source image) reuses its image and launches nothing.\nOne bake of a role and env at a time on a machine: a second waits for the first (and then\nreuses its image), or stops with --no-wait.\nExit codes: 0 every role baked or unchanged, 1 a role failed or left something behind, 130 interrupted."
+    )]
     Build {
         /// Roles to bake
         roles: Vec<String>,
@@ -145,7 +149,9 @@ pub enum Command {
         no_wait: bool,
     },
     /// Move a role's Auto Scaling groups onto an image: canaries first, instance refresh, rollback on failure
-    #[command(after_help = "Examples:\n  bake roll boxoffice --env production --plan\n  bake roll boxoffice --env production\n  bake roll kaiju --env staging --ami ami-0123456789abcdef0 --replace-in-progress\n  bake roll boxoffice --env production --rollback\n\nExit codes: 0 every group on the image, 1 a group failed (every group that moved is back on its previous image), 130 interrupted.")]
+    #[command(
+        after_help = "Examples:\n  bake roll boxoffice --env production --plan\n  bake roll boxoffice --env production\n  bake roll kaiju --env staging --ami ami-0123456789abcdef0 --replace-in-progress\n  bake roll boxoffice --env production --rollback\n\nExit codes: 0 every group on the image, 1 a group failed (every group that moved is back on its previous image), 130 interrupted."
+    )]
     Roll {
         role: String,
         #[arg(long)]
@@ -222,7 +228,9 @@ pub enum Command {
         env: Option<String>,
     },
     /// Remove old images and their snapshots in every region; never one in use or among the newest
-    #[command(after_help = "Examples:\n  bake prune --plan\n  bake prune boxoffice --env production --keep 5 --older-than 30d --yes\n\nAn image stays when a group, a launch template version a group uses, a launch configuration\nor the role's SSM parameter points at it, or when it is one of the newest N (--keep, else the\nrole's image.keep, else 3).")]
+    #[command(
+        after_help = "Examples:\n  bake prune --plan\n  bake prune boxoffice --env production --keep 5 --older-than 30d --yes\n\nAn image stays when a group, a launch template version a group uses, a launch configuration\nor the role's SSM parameter points at it, or when it is one of the newest N (--keep, else the\nrole's image.keep, else 3)."
+    )]
     Prune {
         role: Option<String>,
         #[arg(long)]
@@ -241,7 +249,9 @@ pub enum Command {
         plan: bool,
     },
     /// Remove what a bake left behind: replay its journal, or sweep bake-managed orphans
-    #[command(after_help = "Examples:\n  bake cleanup b-3f9a1c2e7d4b\n  bake cleanup --orphans --older-than 6h\n  bake cleanup --orphans --older-than 0s --yes --region us-east-1")]
+    #[command(
+        after_help = "Examples:\n  bake cleanup b-3f9a1c2e7d4b\n  bake cleanup --orphans --older-than 6h\n  bake cleanup --orphans --older-than 0s --yes --region us-east-1"
+    )]
     Cleanup {
         /// The bake id printed by `bake build` (b-…)
         #[arg(required_unless_present = "orphans")]

@@ -99,7 +99,8 @@ async fn usage(c: &Clients, parameters: &BTreeSet<String>) -> Result<BTreeMap<St
                 if !versions.contains_key(&key) {
                     let mut q = c.ec2.describe_launch_template_versions().versions(&v);
                     q = if id.is_empty() { q.launch_template_name(lt.launch_template_name().unwrap_or_default()) } else { q.launch_template_id(&id) };
-                    let d = q.send().await.map_err(|e| Error::aws("ec2:DescribeLaunchTemplateVersions", format!("group {name}'s launch template"), region, &e))?;
+                    let d =
+                        q.send().await.map_err(|e| Error::aws("ec2:DescribeLaunchTemplateVersions", format!("group {name}'s launch template"), region, &e))?;
                     if let Some(ver) = d.launch_template_versions().first() {
                         let image = ver.launch_template_data().and_then(|d| d.image_id()).unwrap_or_default().to_string();
                         versions.insert(key.clone(), (ver.version_number().unwrap_or(0), image, ver.launch_template_name().unwrap_or_default().to_string()));

@@ -105,21 +105,41 @@ pub enum Entry {
         #[serde(default)]
         regions: Vec<String>,
     },
-    Created { resource: Resource, at: String },
+    Created {
+        resource: Resource,
+        at: String,
+    },
     /// An SSM parameter set to this bake's image; `previous` is what it held before (restored if
     /// the bake fails after publishing).
-    Published { region: String, name: String, value: String, previous: Option<String>, at: String },
+    Published {
+        region: String,
+        name: String,
+        value: String,
+        previous: Option<String>,
+        at: String,
+    },
     /// Part of the bake's product: kept by cleanup.
-    Kept { resource: Resource, at: String },
-    Deleted { resource: Resource, at: String },
-    Reverted { region: String, name: String, at: String },
-    Finished { status: String, at: String },
+    Kept {
+        resource: Resource,
+        at: String,
+    },
+    Deleted {
+        resource: Resource,
+        at: String,
+    },
+    Reverted {
+        region: String,
+        name: String,
+        at: String,
+    },
+    Finished {
+        status: String,
+        at: String,
+    },
 }
 
 pub fn now_rfc3339() -> String {
-    aws_smithy_types::DateTime::from(std::time::SystemTime::now())
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap_or_default()
+    aws_smithy_types::DateTime::from(std::time::SystemTime::now()).fmt(aws_smithy_types::date_time::Format::DateTime).unwrap_or_default()
 }
 
 pub fn journal_dir(root: &Path) -> PathBuf {
@@ -145,21 +165,14 @@ impl Journal {
 
     /// Opens an existing journal to append to it (cleanup records what it deletes).
     pub fn open(path: &Path) -> Result<Journal> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::local("cannot open the journal", path, e))?;
+        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::local("cannot open the journal", path, e))?;
         Ok(Journal { path: path.to_path_buf(), file })
     }
 
     pub fn append(&mut self, entry: &Entry) -> Result<()> {
         let mut line = serde_json::to_string(entry).map_err(|e| Error::local("cannot encode a journal entry for", &self.path, e))?;
         line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .and_then(|_| self.file.sync_data())
-            .map_err(|e| Error::local("cannot write the journal", &self.path, e))
+        self.file.write_all(line.as_bytes()).and_then(|_| self.file.sync_data()).map_err(|e| Error::local("cannot write the journal", &self.path, e))
     }
 }
 
@@ -290,7 +303,16 @@ mod tests {
         let inst = Resource::new(Kind::Instance, "i-1", "us-east-1");
         let img = Resource::new(Kind::Image, "ami-1", "us-east-1");
         for e in [
-            Entry::Started { bake_id: id.clone(), role: "r".into(), env: "e".into(), region: "us-east-1".into(), pid: 1, host: "h".into(), at: now_rfc3339(), regions: vec![] },
+            Entry::Started {
+                bake_id: id.clone(),
+                role: "r".into(),
+                env: "e".into(),
+                region: "us-east-1".into(),
+                pid: 1,
+                host: "h".into(),
+                at: now_rfc3339(),
+                regions: vec![],
+            },
             Entry::Created { resource: role.clone(), at: now_rfc3339() },
             Entry::Created { resource: inst.clone(), at: now_rfc3339() },
             Entry::Created { resource: img.clone(), at: now_rfc3339() },

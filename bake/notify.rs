@@ -40,12 +40,8 @@ fn wanted(spec: &NotifySpec, status: &str) -> bool {
 }
 
 async fn webhook(url: &str, body: Vec<u8>) -> Result<u16, String> {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .map_err(|e| format!("no TLS roots: {e}"))?
-        .https_or_http()
-        .enable_http1()
-        .build();
+    let https =
+        hyper_rustls::HttpsConnectorBuilder::new().with_native_roots().map_err(|e| format!("no TLS roots: {e}"))?.https_or_http().enable_http1().build();
     let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
     let req = hyper::Request::post(url)
@@ -75,9 +71,7 @@ pub async fn send(aws: &Aws, spec: &NotifySpec, m: &Manifest) -> Vec<String> {
     let mut errors = Vec::new();
     if let Some(arn) = &spec.sns_topic_arn {
         let region = arn.split(':').nth(3).filter(|r| !r.is_empty()).map(str::to_string).unwrap_or_else(|| m.region.clone());
-        let sns = aws_sdk_sns::Client::from_conf(
-            aws_sdk_sns::config::Builder::from(&aws.sdk_config()).region(aws_config::Region::new(region.clone())).build(),
-        );
+        let sns = aws_sdk_sns::Client::from_conf(aws_sdk_sns::config::Builder::from(&aws.sdk_config()).region(aws_config::Region::new(region.clone())).build());
         let mut subject = s["text"].as_str().unwrap_or("bake").to_string();
         subject.truncate(99);
         let subject: String = subject.chars().filter(|c| !c.is_control()).collect();

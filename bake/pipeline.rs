@@ -132,13 +132,7 @@ pub async fn run(ctx: &mut Ctx, cancel: Cancel) -> Result<()> {
         .plan
         .steps
         .iter()
-        .map(|s| StepRecord {
-            cookbook: s.cookbook.clone(),
-            step: s.step.clone(),
-            sha256: s.sha256.clone(),
-            status: "not-run".into(),
-            ..Default::default()
-        })
+        .map(|s| StepRecord { cookbook: s.cookbook.clone(), step: s.step.clone(), sha256: s.sha256.clone(), status: "not-run".into(), ..Default::default() })
         .collect();
     let result = tokio::select! {
         r = stages(ctx) => r,

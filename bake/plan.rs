@@ -113,13 +113,7 @@ pub fn node_attributes(role: &Role, cookbooks: &[&Cookbook]) -> Json {
 
 /// Builds the plan for one role in one env. `known` lists the project's cookbooks (for
 /// messages); `cookbooks` holds at least those in the run list that exist.
-pub fn build(
-    rf: &RoleFile,
-    role: &Role,
-    cookbooks: &BTreeMap<String, Cookbook>,
-    known: &[String],
-    policies: &Policies,
-) -> Result<Plan, Problems> {
+pub fn build(rf: &RoleFile, role: &Role, cookbooks: &BTreeMap<String, Cookbook>, known: &[String], policies: &Policies) -> Result<Plan, Problems> {
     let mut problems = Problems::default();
     let rl = KeyPath::root().key("run_list");
 
@@ -139,11 +133,9 @@ pub fn build(
                 }
                 ordered.push(cb);
             }
-            None => problems.push(rf.problem_at(
-                &role.env,
-                &rl.index(i),
-                format!("unknown cookbook `{name}` (cookbooks: {})", crate::config::list_or_none(known)),
-            )),
+            None => {
+                problems.push(rf.problem_at(&role.env, &rl.index(i), format!("unknown cookbook `{name}` (cookbooks: {})", crate::config::list_or_none(known))))
+            }
         }
     }
     if !problems.is_empty() {
@@ -185,11 +177,8 @@ pub fn build(
     let mut n = 0;
     for cb in &ordered {
         use base64::Engine as _;
-        let files: serde_json::Map<String, Json> = cb
-            .files
-            .iter()
-            .map(|(k, v)| (k.clone(), Json::String(base64::engine::general_purpose::STANDARD.encode(v))))
-            .collect();
+        let files: serde_json::Map<String, Json> =
+            cb.files.iter().map(|(k, v)| (k.clone(), Json::String(base64::engine::general_purpose::STANDARD.encode(v)))).collect();
         for st in &cb.steps {
             n += 1;
             let ctx = json!({
@@ -218,10 +207,8 @@ pub fn build(
                 }
                 Err(e) => {
                     let (line, why) = template::render_error_text(&e);
-                    problems.push(
-                        Problem::new(&st.template_path, "", format!("{why} (cookbook {}, role {}, env {})", cb.name, role.name, role.env))
-                            .at_line(line),
-                    );
+                    problems
+                        .push(Problem::new(&st.template_path, "", format!("{why} (cookbook {}, role {}, env {})", cb.name, role.name, role.env)).at_line(line));
                 }
             }
         }
@@ -246,11 +233,7 @@ pub fn build(
         return Err(problems);
     }
 
-    let builder = BuilderPlan {
-        spec: role.builder.clone(),
-        managed_policies: vec![SSM_CORE_POLICY.to_string()],
-        inline_policy,
-    };
+    let builder = BuilderPlan { spec: role.builder.clone(), managed_policies: vec![SSM_CORE_POLICY.to_string()], inline_policy };
     let fingerprint = fingerprint(&role.source, &builder, &steps);
     Ok(Plan {
         role: role.name.clone(),
@@ -373,10 +356,8 @@ impl fmt::Display for Plan {
             match &b.subnet {
                 crate::config::role::SubnetSpec::Default => "the default subnet".to_string(),
                 crate::config::role::SubnetSpec::Id { id } => id.clone(),
-                crate::config::role::SubnetSpec::Tags { tags } => format!(
-                    "a subnet tagged {}",
-                    tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
-                ),
+                crate::config::role::SubnetSpec::Tags { tags } =>
+                    format!("a subnet tagged {}", tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")),
             },
             b.root_volume_size.map(|s| format!("{s} GiB")).unwrap_or_else(|| "(source size)".into()),
             b.root_volume_type,
@@ -389,12 +370,8 @@ impl fmt::Display for Plan {
             if self.builder.inline_policy.is_some() { " + inline policy from policies/builder.json.hbs" } else { "" }
         )?;
         let out = &self.builder.spec.output;
-        let places: Vec<String> = out
-            .s3_bucket
-            .iter()
-            .map(|b| format!("s3://{b}/{}/", out.s3_prefix))
-            .chain(out.log_group.iter().map(|g| format!("CloudWatch Logs {g}")))
-            .collect();
+        let places: Vec<String> =
+            out.s3_bucket.iter().map(|b| format!("s3://{b}/{}/", out.s3_prefix)).chain(out.log_group.iter().map(|g| format!("CloudWatch Logs {g}"))).collect();
         if !places.is_empty() {
             writeln!(f, "step output: whole, to {}", places.join(" and "))?;
         }
@@ -417,8 +394,7 @@ impl fmt::Display for Plan {
         if !i.regions.is_empty() {
             writeln!(f, "copies:      {}", i.regions.join(", "))?;
         }
-        let shares: Vec<String> =
-            i.share_accounts.iter().chain(&i.share_organizations).chain(&i.share_ous).cloned().collect();
+        let shares: Vec<String> = i.share_accounts.iter().chain(&i.share_organizations).chain(&i.share_ous).cloned().collect();
         if !shares.is_empty() {
             writeln!(f, "shared with: {}", shares.join(", "))?;
         }

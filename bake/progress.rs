@@ -33,9 +33,8 @@ impl Progress {
         } else {
             Mode::Plain
         };
-        let multi = (mode == Mode::Live).then(|| {
-            MultiProgress::with_draw_target(if json { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::stdout() })
-        });
+        let multi =
+            (mode == Mode::Live).then(|| MultiProgress::with_draw_target(if json { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::stdout() }));
         Progress { mode, to_stderr: json, multi, lock: Arc::new(Mutex::new(())) }
     }
 

@@ -22,8 +22,8 @@ use crate::manifest::{GroupRecord, RollManifest};
 use crate::pipeline::{cancelled, Cancel};
 use crate::plan::Plan;
 use crate::progress::{Progress, Reporter};
-use crate::tags;
 use crate::rollout::{self, Change, GroupPlan, GroupState, PlanOptions, RolloutPlan, Source};
+use crate::tags;
 use crate::wait::{poll, Poll};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +51,12 @@ const TAG_PREVIOUS_VERSION: &str = "bake:previous-version";
 const TAG_PREVIOUS_LC: &str = "bake:previous-launch-configuration";
 const TAG_ROLL: &str = "bake:roll-id";
 
-fn asg_err<E>(action: &str, group: &str, region: &str, e: &aws_smithy_runtime_api::client::result::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>) -> Error
+fn asg_err<E>(
+    action: &str,
+    group: &str,
+    region: &str,
+    e: &aws_smithy_runtime_api::client::result::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+) -> Error
 where
     E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -145,10 +150,7 @@ pub async fn discover(c: &Clients, plan: &Plan) -> Result<Vec<GroupState>> {
     // One group's launch source and refreshes at a time is slow with many groups: describe them
     // concurrently (a few at once, well under the APIs' rate limits).
     let versions = VersionCache::default();
-    let described: Vec<Result<GroupState>> = stream::iter(groups.into_iter().map(|g| describe_group(c, g, &versions)))
-        .buffered(8)
-        .collect()
-        .await;
+    let described: Vec<Result<GroupState>> = stream::iter(groups.into_iter().map(|g| describe_group(c, g, &versions))).buffered(8).collect().await;
     let mut states: Vec<GroupState> = described.into_iter().collect::<Result<_>>()?;
     // The launch templates' own tags (their owners opt them in to bake).
     let mut ids: Vec<String> = states
@@ -202,14 +204,19 @@ impl VersionCache {
 async fn describe_group(c: &Clients, g: aws_sdk_autoscaling::types::AutoScalingGroup, versions: &VersionCache) -> Result<GroupState> {
     let region = c.region.as_str();
     let name = g.auto_scaling_group_name().unwrap_or_default().to_string();
-    let tags: BTreeMap<String, String> =
-        g.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect();
+    let tags: BTreeMap<String, String> = g.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect();
     let source = if let Some(lt) = g.launch_template() {
         let id = match lt.launch_template_id() {
             Some(id) => id.to_string(),
             None => {
                 let n = lt.launch_template_name().unwrap_or_default();
-                let r = c.ec2.describe_launch_templates().launch_template_names(n).send().await.map_err(|e| Error::aws("ec2:DescribeLaunchTemplates", format!("launch template {n}"), region, &e))?;
+                let r = c
+                    .ec2
+                    .describe_launch_templates()
+                    .launch_template_names(n)
+                    .send()
+                    .await
+                    .map_err(|e| Error::aws("ec2:DescribeLaunchTemplates", format!("launch template {n}"), region, &e))?;
                 r.launch_templates().first().and_then(|t| t.launch_template_id()).unwrap_or_default().to_string()
             }
         };
@@ -231,16 +238,9 @@ async fn describe_group(c: &Clients, g: aws_sdk_autoscaling::types::AutoScalingG
         Source::Unsupported { why: "it uses a mixed instances policy, which bake does not roll yet".into() }
     };
     let refreshes = c.instance_refreshes(&name).await?;
-    let active = refreshes
-        .iter()
-        .find(|r| is_active(r.status()))
-        .and_then(|r| r.instance_refresh_id().map(str::to_string));
+    let active = refreshes.iter().find(|r| is_active(r.status())).and_then(|r| r.instance_refresh_id().map(str::to_string));
     let protected = g.instances().iter().filter(|i| i.protected_from_scale_in() == Some(true)).count();
-    let standby = g
-        .instances()
-        .iter()
-        .filter(|i| matches!(i.lifecycle_state(), Some(LifecycleState::Standby | LifecycleState::EnteringStandby)))
-        .count();
+    let standby = g.instances().iter().filter(|i| matches!(i.lifecycle_state(), Some(LifecycleState::Standby | LifecycleState::EnteringStandby))).count();
     Ok(GroupState { name, source, tags, template_tags: BTreeMap::new(), protected, standby, instances: g.instances().len(), refresh_in_progress: active })
 }
 
@@ -388,7 +388,9 @@ impl Cx {
     async fn delete_migrated_template(&self, template: &str) {
         if let Err(e) = self.c.ec2.delete_launch_template().launch_template_name(template).send().await {
             if !crate::error::is_not_found(aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e)) {
-                self.left(Error::aws("ec2:DeleteLaunchTemplate", format!("launch template {template} (made by the migration)"), &self.c.region, &e).to_string());
+                self.left(
+                    Error::aws("ec2:DeleteLaunchTemplate", format!("launch template {template} (made by the migration)"), &self.c.region, &e).to_string(),
+                );
             }
         }
     }
@@ -538,38 +540,15 @@ impl Cx {
     async fn tag(&self, group: &str, tags: &[(&str, String)]) -> Result<()> {
         let t: Vec<AsgTag> = tags
             .iter()
-            .map(|(k, v)| {
-                AsgTag::builder()
-                    .resource_id(group)
-                    .resource_type("auto-scaling-group")
-                    .key(*k)
-                    .value(v)
-                    .propagate_at_launch(false)
-                    .build()
-            })
+            .map(|(k, v)| AsgTag::builder().resource_id(group).resource_type("auto-scaling-group").key(*k).value(v).propagate_at_launch(false).build())
             .collect();
-        self.c
-            .asg
-            .create_or_update_tags()
-            .set_tags(Some(t))
-            .send()
-            .await
-            .map_err(|e| asg_err("autoscaling:CreateOrUpdateTags", group, &self.c.region, &e))?;
+        self.c.asg.create_or_update_tags().set_tags(Some(t)).send().await.map_err(|e| asg_err("autoscaling:CreateOrUpdateTags", group, &self.c.region, &e))?;
         Ok(())
     }
 
     async fn delete_tags(&self, group: &str, keys: &[&str]) -> Result<()> {
-        let t: Vec<AsgTag> = keys
-            .iter()
-            .map(|k| AsgTag::builder().resource_id(group).resource_type("auto-scaling-group").key(*k).build())
-            .collect();
-        self.c
-            .asg
-            .delete_tags()
-            .set_tags(Some(t))
-            .send()
-            .await
-            .map_err(|e| asg_err("autoscaling:DeleteTags", group, &self.c.region, &e))?;
+        let t: Vec<AsgTag> = keys.iter().map(|k| AsgTag::builder().resource_id(group).resource_type("auto-scaling-group").key(*k).build()).collect();
+        self.c.asg.delete_tags().set_tags(Some(t)).send().await.map_err(|e| asg_err("autoscaling:DeleteTags", group, &self.c.region, &e))?;
         Ok(())
     }
 
@@ -795,7 +774,16 @@ async fn roll_group(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupR
                 Some(a) => format!("{a} (v{n})"),
                 None => format!("v{n}"),
             };
-            cx.tag(&g.name, &[(TAG_ROLL, plan.roll_id.clone()), (TAG_IMAGE, g.new_image.clone()), (TAG_PREVIOUS_IMAGE, g.current_image.clone()), (TAG_PREVIOUS_VERSION, from.to_string())]).await?;
+            cx.tag(
+                &g.name,
+                &[
+                    (TAG_ROLL, plan.roll_id.clone()),
+                    (TAG_IMAGE, g.new_image.clone()),
+                    (TAG_PREVIOUS_IMAGE, g.current_image.clone()),
+                    (TAG_PREVIOUS_VERSION, from.to_string()),
+                ],
+            )
+            .await?;
             // A group that keeps its alias follows it: the refresh names no configuration.
             let desired = if alias.is_some() { None } else { Some((id.clone(), n)) };
             (desired, g.refresh.auto_rollback)
@@ -814,7 +802,16 @@ async fn roll_group(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupR
                 .await
                 .map_err(|e| asg_err("autoscaling:UpdateAutoScalingGroup", &g.name, region, &e))?;
             rec.moved = true;
-            cx.tag(&g.name, &[(TAG_ROLL, plan.roll_id.clone()), (TAG_IMAGE, g.new_image.clone()), (TAG_PREVIOUS_IMAGE, g.current_image.clone()), (TAG_PREVIOUS_LC, from.clone())]).await?;
+            cx.tag(
+                &g.name,
+                &[
+                    (TAG_ROLL, plan.roll_id.clone()),
+                    (TAG_IMAGE, g.new_image.clone()),
+                    (TAG_PREVIOUS_IMAGE, g.current_image.clone()),
+                    (TAG_PREVIOUS_LC, from.clone()),
+                ],
+            )
+            .await?;
             (None, false)
         }
         Change::MigrateToTemplate { from, template } => {
@@ -825,7 +822,16 @@ async fn roll_group(cx: &Cx, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupR
             rec.new = format!("{template} v1");
             // The group moves to the template only when the refresh succeeds (its desired
             // configuration), so AWS's rollback returns it to the launch configuration.
-            cx.tag(&g.name, &[(TAG_ROLL, plan.roll_id.clone()), (TAG_IMAGE, g.new_image.clone()), (TAG_PREVIOUS_IMAGE, g.current_image.clone()), (TAG_PREVIOUS_LC, from.clone())]).await?;
+            cx.tag(
+                &g.name,
+                &[
+                    (TAG_ROLL, plan.roll_id.clone()),
+                    (TAG_IMAGE, g.new_image.clone()),
+                    (TAG_PREVIOUS_IMAGE, g.current_image.clone()),
+                    (TAG_PREVIOUS_LC, from.clone()),
+                ],
+            )
+            .await?;
             (Some((id, 1)), g.refresh.auto_rollback)
         }
         Change::Nothing => unreachable!("handled above"),
@@ -1017,7 +1023,18 @@ async fn execute(cx: &Cx, plan: &RolloutPlan) -> (Vec<GroupRecord>, Result<()>) 
         done.extend(run(plan.rest.clone()).await);
     } else {
         for g in &plan.rest {
-            done.push((g.clone(), GroupRecord { name: g.name.clone(), canary: false, outcome: "not-started".into(), previous_image: g.current_image.clone(), new_image: g.new_image.clone(), ..Default::default() }, Ok(false)));
+            done.push((
+                g.clone(),
+                GroupRecord {
+                    name: g.name.clone(),
+                    canary: false,
+                    outcome: "not-started".into(),
+                    previous_image: g.current_image.clone(),
+                    new_image: g.new_image.clone(),
+                    ..Default::default()
+                },
+                Ok(false),
+            ));
         }
     }
     let interrupted = *cx.cancel.borrow();
@@ -1075,8 +1092,17 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
         };
         check_image(&c, &ami).await?;
         m.ami = ami.clone();
-        let rp = rollout::plan(&plan.role, &plan.env, &region, &ami, roll_id.as_str(), &plan.rollout, groups, PlanOptions { migrate_to_launch_template: req.migrate, patch: req.patch })
-            .map_err(Error::Other)?;
+        let rp = rollout::plan(
+            &plan.role,
+            &plan.env,
+            &region,
+            &ami,
+            roll_id.as_str(),
+            &plan.rollout,
+            groups,
+            PlanOptions { migrate_to_launch_template: req.migrate, patch: req.patch },
+        )
+        .map_err(Error::Other)?;
         if req.plan_only {
             m.status = "planned".into();
             for g in rp.groups() {
@@ -1168,14 +1194,17 @@ async fn rollback_on_demand(
     }
     let mut gplans = Vec::new();
     for g in &groups {
-        let prev_image = g.tags.get(TAG_PREVIOUS_IMAGE).cloned().ok_or_else(|| {
-            Error::Other(format!("group {} has no previous image recorded by bake (tag {TAG_PREVIOUS_IMAGE}); nothing changed", g.name))
-        })?;
+        let prev_image = g
+            .tags
+            .get(TAG_PREVIOUS_IMAGE)
+            .cloned()
+            .ok_or_else(|| Error::Other(format!("group {} has no previous image recorded by bake (tag {TAG_PREVIOUS_IMAGE}); nothing changed", g.name)))?;
         let change = match &g.source {
             Source::LaunchTemplate { id, name, .. } => {
-                let from: i64 = g.tags.get(TAG_PREVIOUS_VERSION).and_then(|v| v.parse().ok()).ok_or_else(|| {
-                    Error::Other(format!("group {} has no previous launch template version recorded (tag {TAG_PREVIOUS_VERSION})", g.name))
-                })?;
+                let from: i64 =
+                    g.tags.get(TAG_PREVIOUS_VERSION).and_then(|v| v.parse().ok()).ok_or_else(|| {
+                        Error::Other(format!("group {} has no previous launch template version recorded (tag {TAG_PREVIOUS_VERSION})", g.name))
+                    })?;
                 if let Some(lc) = g.tags.get(TAG_PREVIOUS_LC) {
                     Change::MigrateToTemplate { from: lc.clone(), template: name.clone() }
                 } else {
@@ -1183,9 +1212,11 @@ async fn rollback_on_demand(
                 }
             }
             Source::LaunchConfiguration { name, .. } => {
-                let from = g.tags.get(TAG_PREVIOUS_LC).cloned().ok_or_else(|| {
-                    Error::Other(format!("group {} has no previous launch configuration recorded (tag {TAG_PREVIOUS_LC})", g.name))
-                })?;
+                let from = g
+                    .tags
+                    .get(TAG_PREVIOUS_LC)
+                    .cloned()
+                    .ok_or_else(|| Error::Other(format!("group {} has no previous launch configuration recorded (tag {TAG_PREVIOUS_LC})", g.name)))?;
                 Change::LaunchConfiguration { from, to: name.clone() }
             }
             Source::Unsupported { why } => return Err(Error::Other(format!("group {}: {why}", g.name))),

@@ -13,10 +13,21 @@ use crate::config::Secs;
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Source {
-    LaunchTemplate { id: String, name: String, version: i64, configured: String, image: String },
-    LaunchConfiguration { name: String, image: String },
+    LaunchTemplate {
+        id: String,
+        name: String,
+        version: i64,
+        configured: String,
+        image: String,
+    },
+    LaunchConfiguration {
+        name: String,
+        image: String,
+    },
     /// A mixed-instances policy or nothing bake can change.
-    Unsupported { why: String },
+    Unsupported {
+        why: String,
+    },
 }
 
 impl Source {
@@ -195,7 +206,9 @@ pub fn plan(
                             "uses {a}: it keeps following it (rollout.keep_version_alias), so every group on {a} of {name} gets the image at its next launch; AWS cannot roll it back (bake puts it back itself)"
                         ));
                     } else {
-                        notes.push(format!("uses {a} (v{version}): it moves to the new numbered version; AWS cannot roll it back this time (bake puts it back itself)"));
+                        notes.push(format!(
+                            "uses {a} (v{version}): it moves to the new numbered version; AWS cannot roll it back this time (bake puts it back itself)"
+                        ));
                     }
                 }
                 let change = Change::TemplateVersion {
@@ -383,8 +396,17 @@ mod tests {
             instances: 1,
             refresh_in_progress: None,
         };
-        let p = plan("web", "production", "us-east-1", "ami-new", "b-0123456789ab", &spec(),
-            vec![lt("web_main", "ami-old"), lt("web_canary", "ami-old"), lc, lt("web_done", "ami-new")], PlanOptions::default()).unwrap();
+        let p = plan(
+            "web",
+            "production",
+            "us-east-1",
+            "ami-new",
+            "b-0123456789ab",
+            &spec(),
+            vec![lt("web_main", "ami-old"), lt("web_canary", "ami-old"), lc, lt("web_done", "ami-new")],
+            PlanOptions::default(),
+        )
+        .unwrap();
         assert_eq!(p.canaries.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["web_canary"]);
         assert_eq!(p.rest.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["legacy", "web_done", "web_main"]);
         assert_eq!(p.rest[0].change, Change::LaunchConfiguration { from: "legacy-lc".into(), to: "legacy-ami-new-b-0123456789ab".into() });
@@ -405,7 +427,9 @@ mod tests {
         assert!(e.contains("canary group web_canary"), "{e}");
         let mut s = spec();
         s.canaries.clear();
-        let p = plan("web", "production", "us-east-1", "ami-1", "b-0123456789ab", &s, vec![lt("g", "ami-0")], PlanOptions { patch: true, ..Default::default() }).unwrap();
+        let p =
+            plan("web", "production", "us-east-1", "ami-1", "b-0123456789ab", &s, vec![lt("g", "ami-0")], PlanOptions { patch: true, ..Default::default() })
+                .unwrap();
         assert_eq!(p.rest[0].refresh.min_healthy_percentage, 50, "patch preferences");
     }
 
@@ -417,7 +441,8 @@ mod tests {
         if let Source::LaunchTemplate { configured, .. } = &mut latest.source {
             *configured = "$Latest".into();
         }
-        let p = plan("web", "production", "us-east-1", "ami-1", "b-0123456789ab", &s, vec![latest.clone(), lt("numbered", "ami-0")], PlanOptions::default()).unwrap();
+        let p = plan("web", "production", "us-east-1", "ami-1", "b-0123456789ab", &s, vec![latest.clone(), lt("numbered", "ami-0")], PlanOptions::default())
+            .unwrap();
         let (l, n) = (&p.rest[0], &p.rest[1]);
         assert!(!l.refresh.auto_rollback && n.refresh.auto_rollback, "AWS refuses AutoRollback for $Latest/$Default groups only");
         assert!(matches!(&l.change, Change::TemplateVersion { alias: None, .. }), "it moves to the numbered version");
@@ -450,7 +475,17 @@ mod tests {
         other_team.tags = owned("billing", "production");
         let mut untagged_template = lt("h", "ami-0");
         untagged_template.template_tags.clear();
-        let e = plan("web", "production", "us-east-1", "ami-1", "b-0123456789ab", &s, vec![other_team, untagged_template, lt("ok", "ami-0")], PlanOptions::default()).unwrap_err();
+        let e = plan(
+            "web",
+            "production",
+            "us-east-1",
+            "ami-1",
+            "b-0123456789ab",
+            &s,
+            vec![other_team, untagged_template, lt("ok", "ami-0")],
+            PlanOptions::default(),
+        )
+        .unwrap_err();
         assert!(e.contains("group g lacks bake:role=web (it has billing)"), "{e}");
         assert!(e.contains("its launch template web lacks bake:role=web and bake:env=production"), "{e}");
         assert!(!e.contains("group ok") && e.ends_with("nothing changed"), "{e}");

@@ -189,13 +189,7 @@ pub async fn remove_orphans(aws: &Aws, root: &Path, orphans: Vec<Orphan>) -> Vec
 /// Every region the account can use.
 pub async fn all_regions(aws: &Aws) -> Result<Vec<String>> {
     let region = aws.default_region().unwrap_or_else(|| "us-east-1".into());
-    let r = aws
-        .clients(&region)
-        .ec2
-        .describe_regions()
-        .send()
-        .await
-        .map_err(|e| Error::aws("ec2:DescribeRegions", "the account's regions", &region, &e))?;
+    let r = aws.clients(&region).ec2.describe_regions().send().await.map_err(|e| Error::aws("ec2:DescribeRegions", "the account's regions", &region, &e))?;
     let mut v: Vec<String> = r.regions().iter().filter_map(|r| r.region_name().map(str::to_string)).collect();
     v.sort();
     Ok(v)

@@ -11,18 +11,13 @@
 //! as several quoted words) and `file` (a cookbook file, base64-encoded).
 
 use base64::Engine as _;
-use handlebars::{
-    Context, Handlebars, Helper, HelperDef, HelperResult, JsonRender, Output, RenderContext,
-    RenderError, RenderErrorReason, ScopedJson,
-};
+use handlebars::{Context, Handlebars, Helper, HelperDef, HelperResult, JsonRender, Output, RenderContext, RenderError, RenderErrorReason, ScopedJson};
 use serde_json::Value as Json;
 
 /// Quotes `s` as one POSIX shell word. Safe characters pass through unquoted; anything else is
 /// wrapped in single quotes, with each `'` written as `'\''`. The empty string becomes `''`.
 pub fn shell_quote(s: &str) -> String {
-    let safe = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_@%+:,./-".contains(&b))
-        && !s.starts_with('-');
+    let safe = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_@%+:,./-".contains(&b)) && !s.starts_with('-');
     if safe {
         return s.to_string();
     }
@@ -113,8 +108,7 @@ impl HelperDef for JsonHelper {
     ) -> HelperResult {
         let v = required(h, 0, "json")?;
         let pretty = h.hash_get("pretty").map(|p| p.value().as_bool() == Some(true)).unwrap_or(false);
-        let text = if pretty { serde_json::to_string_pretty(v) } else { serde_json::to_string(v) }
-            .map_err(|e| err(format!("`json`: {e}")))?;
+        let text = if pretty { serde_json::to_string_pretty(v) } else { serde_json::to_string(v) }.map_err(|e| err(format!("`json`: {e}")))?;
         // In the JSON engine the output is JSON already; elsewhere it is escaped like any value.
         let text = if self.raw { text } else { r.get_escape_fn()(&text) };
         out.write(&text)?;
@@ -214,9 +208,7 @@ impl HelperDef for WordsHelper {
         let prefix = match h.hash_get("prefix") {
             Some(p) => {
                 let p = scalar_text(p.value(), "words")?;
-                let ok = p.starts_with('-')
-                    && p.len() > 1
-                    && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                let ok = p.starts_with('-') && p.len() > 1 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
                 if !ok {
                     return Err(err(format!("`words`: prefix `{p}` must be an option such as -p or --volume")));
                 }
@@ -226,10 +218,7 @@ impl HelperDef for WordsHelper {
         };
         let items: Vec<String> = match v {
             Json::Array(a) => a.iter().map(|x| scalar_text(x, "words")).collect::<Result<_, _>>()?,
-            Json::Object(m) => m
-                .iter()
-                .map(|(k, x)| scalar_text(x, "words").map(|x| format!("{k}={x}")))
-                .collect::<Result<_, _>>()?,
+            Json::Object(m) => m.iter().map(|(k, x)| scalar_text(x, "words").map(|x| format!("{k}={x}"))).collect::<Result<_, _>>()?,
             other => vec![scalar_text(other, "words")?],
         };
         let mut words = Vec::new();
@@ -258,11 +247,7 @@ impl HelperDef for FileHelper {
     ) -> Result<ScopedJson<'rc>, RenderError> {
         let name = scalar_text(required(h, 0, "file")?, "file")?;
         let cookbook = ctx.data().get("cookbook").and_then(Json::as_str).unwrap_or("?");
-        let v = ctx
-            .data()
-            .get("_files")
-            .and_then(|f| f.get(&name))
-            .ok_or_else(|| err(format!("no file `{name}` in cookbooks/{cookbook}/files")))?;
+        let v = ctx.data().get("_files").and_then(|f| f.get(&name)).ok_or_else(|| err(format!("no file `{name}` in cookbooks/{cookbook}/files")))?;
         Ok(ScopedJson::Derived(v.clone()))
     }
 }

@@ -18,10 +18,7 @@ pub struct Report {
 
 impl Report {
     pub fn summary(&self) -> String {
-        format!(
-            "ok: {} role(s) in {} env(s), {} cookbook(s), {} rendered step(s), policies",
-            self.roles, self.envs, self.cookbooks, self.steps
-        )
+        format!("ok: {} role(s) in {} env(s), {} cookbook(s), {} rendered step(s), policies", self.roles, self.envs, self.cookbooks, self.steps)
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -97,7 +94,12 @@ pub fn run(project: &Project, only: &[String], vars: &VarInputs) -> Report {
             match publishers.get(&role.image.ssm_parameter) {
                 Some(other) => report.add(
                     &mut seen,
-                    Problem::new(&rf.file.shown, "image.ssm_parameter", format!("{me} publishes `{}`, as {other} does; each role and env needs its own parameter", role.image.ssm_parameter)).into(),
+                    Problem::new(
+                        &rf.file.shown,
+                        "image.ssm_parameter",
+                        format!("{me} publishes `{}`, as {other} does; each role and env needs its own parameter", role.image.ssm_parameter),
+                    )
+                    .into(),
                 ),
                 None => {
                     publishers.insert(role.image.ssm_parameter.clone(), me);
@@ -140,7 +142,11 @@ pub fn run(project: &Project, only: &[String], vars: &VarInputs) -> Report {
     // The policies these roles need render and fit: the operator's for every role and for each
     // role alone, and the builders' boundary.
     if let Some(policies) = &policies {
-        let scopes: Vec<Option<&str>> = if only.is_empty() { std::iter::once(None).chain(roles.iter().map(|r| Some(r.as_str()))).collect() } else { roles.iter().map(|r| Some(r.as_str())).collect() };
+        let scopes: Vec<Option<&str>> = if only.is_empty() {
+            std::iter::once(None).chain(roles.iter().map(|r| Some(r.as_str()))).collect()
+        } else {
+            roles.iter().map(|r| Some(r.as_str())).collect()
+        };
         for role in scopes {
             match crate::config::policy::operator_context(project, role, None, None, vars) {
                 Ok(ctx) => {
@@ -166,4 +172,3 @@ pub fn run(project: &Project, only: &[String], vars: &VarInputs) -> Report {
     }
     report
 }
-

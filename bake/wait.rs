@@ -34,7 +34,9 @@ fn is_not_found(code: Option<&str>) -> bool {
 pub async fn instance(c: &Clients, what: &str, id: &str, goal: InstanceStateName, timeout: Duration) -> Result<()> {
     let started = Instant::now();
     let failing: &[InstanceStateName] = match goal {
-        InstanceStateName::Running => &[InstanceStateName::ShuttingDown, InstanceStateName::Terminated, InstanceStateName::Stopping, InstanceStateName::Stopped],
+        InstanceStateName::Running => {
+            &[InstanceStateName::ShuttingDown, InstanceStateName::Terminated, InstanceStateName::Stopping, InstanceStateName::Stopped]
+        }
         InstanceStateName::Stopped => &[InstanceStateName::ShuttingDown, InstanceStateName::Terminated],
         _ => &[],
     };
@@ -47,7 +49,8 @@ pub async fn instance(c: &Clients, what: &str, id: &str, goal: InstanceStateName
             }
             Err(e) => return Err(Error::aws("ec2:DescribeInstances", format!("{what} {id}"), &c.region, &e)),
         };
-        let state = r.reservations().iter().flat_map(|r| r.instances()).find(|i| i.instance_id() == Some(id)).and_then(|i| i.state()).and_then(|s| s.name()).cloned();
+        let state =
+            r.reservations().iter().flat_map(|r| r.instances()).find(|i| i.instance_id() == Some(id)).and_then(|i| i.state()).and_then(|s| s.name()).cloned();
         match state {
             Some(s) if s == goal => Ok(Some(())),
             Some(s) if failing.contains(&s) => Err(Error::Wait {
@@ -71,7 +74,13 @@ pub async fn instance(c: &Clients, what: &str, id: &str, goal: InstanceStateName
 /// Waits until image `id` is available and returns it; `failed` (or deregistered) ends the wait
 /// with its reason. NotFound before the image was ever seen is "not yet". `seen` is called with
 /// every description (a pending image already names its snapshots).
-pub async fn image(c: &Clients, what: &str, id: &str, timeout: Duration, mut seen: impl FnMut(&aws_sdk_ec2::types::Image) -> Result<()>) -> Result<aws_sdk_ec2::types::Image> {
+pub async fn image(
+    c: &Clients,
+    what: &str,
+    id: &str,
+    timeout: Duration,
+    mut seen: impl FnMut(&aws_sdk_ec2::types::Image) -> Result<()>,
+) -> Result<aws_sdk_ec2::types::Image> {
     let started = Instant::now();
     let seen = std::sync::Mutex::new(&mut seen);
     let found = poll(quick(timeout), || async {
@@ -224,11 +233,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn gives_up_at_the_deadline() {
-        let got: Option<()> = poll(Poll::new(Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(5)), || async {
-            Ok(None)
-        })
-        .await
-        .unwrap();
+        let got: Option<()> = poll(Poll::new(Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(5)), || async { Ok(None) }).await.unwrap();
         assert_eq!(got, None);
     }
 }

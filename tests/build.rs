@@ -15,8 +15,6 @@ use common::sandbox::Sandbox;
 use common::{bake_cmd_on as bake_cmd, bake_on as bake, edit, json_out, project_copy, signal, spawn_until, text};
 use serde_json::{json, Value};
 
-
-
 /// Live resources as a set of "type id region".
 fn live(sb: &Sandbox) -> BTreeSet<String> {
     sb.live().iter().map(|r| format!("{} {} {}", r["type"].as_str().unwrap(), r["id"].as_str().unwrap(), r["region"].as_str().unwrap_or("global"))).collect()
@@ -36,7 +34,6 @@ fn products(m: &Value) -> BTreeSet<String> {
     }
     out
 }
-
 
 /// The sandbox holds what it held before plus exactly the bake's products.
 fn assert_only_products_added(sb: &Sandbox, before: &BTreeSet<String>, m: &Value) {
@@ -184,12 +181,16 @@ fn a_failing_step_stops_the_bake_with_its_exit_code_and_stderr() {
     let dir = project_copy();
     let root = dir.path();
     let before = live(&sb);
-    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{
-        "match": "cookbook=docker step=engine",
-        "exit_code": 3,
-        "stdout": "Reading package lists...\n",
-        "stderr": (1..=50).map(|i| format!("E: line {i}\n")).collect::<String>() + "E: Unable to locate package docker.io\n",
-    }]})));
+    sb.control(
+        "POST",
+        "/_sandbox/ssm/outcomes",
+        Some(json!({"outcomes": [{
+            "match": "cookbook=docker step=engine",
+            "exit_code": 3,
+            "stdout": "Reading package lists...\n",
+            "stderr": (1..=50).map(|i| format!("E: line {i}\n")).collect::<String>() + "E: Unable to locate package docker.io\n",
+        }]})),
+    );
     let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);
     let m = assert_failed_cleanly(&sb, &before, &out);
     let err = text(&out.stderr);
@@ -213,7 +214,12 @@ fn a_step_that_times_out_and_a_syntax_error_fail_cleanly() {
     let root = dir.path();
     let before = live(&sb);
     // base/ssh has a 5m timeout; the sandbox's outcome takes longer. Shorten it to keep the test quick.
-    edit(root, "cookbooks/base/cookbook.toml", "name = \"ssh\"\ndescription = \"Harden sshd, or disable it\"\ntimeout = \"5m\"", "name = \"ssh\"\ndescription = \"Harden sshd, or disable it\"\ntimeout = \"2s\"");
+    edit(
+        root,
+        "cookbooks/base/cookbook.toml",
+        "name = \"ssh\"\ndescription = \"Harden sshd, or disable it\"\ntimeout = \"5m\"",
+        "name = \"ssh\"\ndescription = \"Harden sshd, or disable it\"\ntimeout = \"2s\"",
+    );
     sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=base step=ssh", "hang": true}]})));
     let out = bake(&sb, root, &["build", "www", "--env", "staging", "--output", "json"]);
     let m = assert_failed_cleanly(&sb, &before, &out);
@@ -268,10 +274,14 @@ fn throttling_and_5xx_on_a_fifth_of_calls_still_bake() {
     let dir = project_copy();
     let root = dir.path();
     let before = live(&sb);
-    sb.control("POST", "/_sandbox/faults", Some(json!({"faults": [
-        {"service": "*", "action": "*", "rate": 0.1, "kind": "throttle", "seed": 11},
-        {"service": "*", "action": "*", "rate": 0.1, "kind": "503", "seed": 12},
-    ]})));
+    sb.control(
+        "POST",
+        "/_sandbox/faults",
+        Some(json!({"faults": [
+            {"service": "*", "action": "*", "rate": 0.1, "kind": "throttle", "seed": 11},
+            {"service": "*", "action": "*", "rate": 0.1, "kind": "503", "seed": 12},
+        ]})),
+    );
     let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let m = json_out(&out);
@@ -312,9 +322,13 @@ fn all_roles_bake_concurrently_and_one_failing_leaks_nothing() {
     let dir = project_copy();
     let root = dir.path();
     let before = live(&sb);
-    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [
-        {"match": "role=kaiju env=production cookbook=app-server step=pull", "exit_code": 1, "stderr": "Error response from daemon: manifest unknown\n"}
-    ]})));
+    sb.control(
+        "POST",
+        "/_sandbox/ssm/outcomes",
+        Some(json!({"outcomes": [
+            {"match": "role=kaiju env=production cookbook=app-server step=pull", "exit_code": 1, "stderr": "Error response from daemon: manifest unknown\n"}
+        ]})),
+    );
     let out = bake(&sb, root, &["build", "--all", "--env", "production", "--jobs", "3", "--output", "json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let ms = json_out(&out);
@@ -343,8 +357,16 @@ fn a_200_kb_step_is_delivered_in_parts_and_checked() {
     std::fs::create_dir_all(root.join("cookbooks/bigfile/steps")).unwrap();
     std::fs::create_dir_all(root.join("cookbooks/bigfile/files")).unwrap();
     std::fs::write(root.join("cookbooks/bigfile/files/big.conf"), &big).unwrap();
-    std::fs::write(root.join("cookbooks/bigfile/cookbook.toml"), "description = \"a large file\"\n[[steps]]\nname = \"install\"\n[[steps]]\nname = \"quotes\"\n").unwrap();
-    std::fs::write(root.join("cookbooks/bigfile/steps/install.sh.hbs"), "printf '%s' {{file \"big.conf\"}} | base64 -d | bake_put 0644 /etc/big.conf || true\n").unwrap();
+    std::fs::write(
+        root.join("cookbooks/bigfile/cookbook.toml"),
+        "description = \"a large file\"\n[[steps]]\nname = \"install\"\n[[steps]]\nname = \"quotes\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("cookbooks/bigfile/steps/install.sh.hbs"),
+        "printf '%s' {{file \"big.conf\"}} | base64 -d | bake_put 0644 /etc/big.conf || true\n",
+    )
+    .unwrap();
     // 32 KB of script that SendCommand's JSON doubles (every quote escaped): past 64,000 bytes
     // inline, so it too goes in parts.
     let quotes: String = (0..800).map(|_| format!(": \"{}\"\n", "\\\"".repeat(18))).collect();
@@ -491,7 +513,11 @@ fn on_error_abort_keeps_the_builder_and_prints_the_cleanup_command() {
     let dir = project_copy();
     let root = dir.path();
     let before = live(&sb);
-    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=base step=time", "exit_code": 1, "stderr": "chronyd: bad config\n"}]})));
+    sb.control(
+        "POST",
+        "/_sandbox/ssm/outcomes",
+        Some(json!({"outcomes": [{"match": "cookbook=base step=time", "exit_code": 1, "stderr": "chronyd: bad config\n"}]})),
+    );
     let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--on-error", "abort", "--output", "json"]);
     assert_eq!(out.status.code(), Some(1));
     let m = json_out(&out);
@@ -517,7 +543,10 @@ fn a_missing_source_is_a_clear_error_and_creates_nothing() {
     let out = bake(&sb, root, &["build", "kaiju", "--env", "staging"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("source image parameter /aws/service/canonical/ubuntu/server/20.10/") && err.contains("in us-east-1: the parameter does not exist"), "{err}");
+    assert!(
+        err.contains("source image parameter /aws/service/canonical/ubuntu/server/20.10/") && err.contains("in us-east-1: the parameter does not exist"),
+        "{err}"
+    );
     assert!(sb.calls()["mutating"].as_array().unwrap().is_empty());
     // Bad configuration: nothing reaches AWS at all.
     sb.control("DELETE", "/_sandbox/calls", None);
@@ -616,7 +645,12 @@ fn whole_step_output_goes_to_s3_and_cloudwatch_when_the_role_says() {
     let sb = Sandbox::start();
     let dir = project_copy();
     let root = dir.path();
-    edit(root, "roles/kaiju.toml", "instance_type = \"t3.small\"", "instance_type = \"t3.small\"\noutput = { s3_bucket = \"bake-steps\", log_group = \"/bake/steps\" }");
+    edit(
+        root,
+        "roles/kaiju.toml",
+        "instance_type = \"t3.small\"",
+        "instance_type = \"t3.small\"\noutput = { s3_bucket = \"bake-steps\", log_group = \"/bake/steps\" }",
+    );
     let (status, _) = sb.call("PUT", "/bake-steps", None);
     assert_eq!(status, 200, "the bucket (bake does not create it)");
     let policy = bake(&sb, root, &["policy", "builder", "--role", "kaiju", "--env", "staging"]);
@@ -636,7 +670,8 @@ fn whole_step_output_goes_to_s3_and_cloudwatch_when_the_role_says() {
     let command = engine["command_ids"][0].as_str().unwrap();
     let places: Vec<&str> = engine["full_output"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(places.len(), 4, "{places:?}");
-    let s3_stdout = places.iter().find(|u| u.starts_with("https://s3.us-east-1.amazonaws.com/bake-steps/bake/kaiju/staging/") && u.ends_with("/stdout")).unwrap();
+    let s3_stdout =
+        places.iter().find(|u| u.starts_with("https://s3.us-east-1.amazonaws.com/bake-steps/bake/kaiju/staging/") && u.ends_with("/stdout")).unwrap();
     assert!(s3_stdout.contains(command));
     let cw_stdout = places.iter().find(|u| u.starts_with("cloudwatch-logs:///bake/steps/") && u.ends_with("/stdout")).unwrap();
     assert!(text(&out.stderr).contains(&format!("docker/engine: whole output at {}", places.join(", "))), "{}", text(&out.stderr));
@@ -718,6 +753,9 @@ fn a_builder_lost_mid_step_fails_the_bake_at_once_and_leaves_nothing() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(t.elapsed() < Duration::from_secs(60), "noticed at once, not at the step's timeout: {:?}", t.elapsed());
-    assert!(err.contains(&format!("builder {builder} in us-east-1 was terminated (Server.SpotInstanceTermination")) && err.contains("during step base/updates"), "{err}");
+    assert!(
+        err.contains(&format!("builder {builder} in us-east-1 was terminated (Server.SpotInstanceTermination")) && err.contains("during step base/updates"),
+        "{err}"
+    );
     assert_eq!(live(&sb), before, "everything the bake made is gone");
 }

@@ -52,17 +52,12 @@ fn apply(root: &Path, case: &Case) {
 
 #[test]
 fn bad_input_gets_one_clear_line_and_nothing_else() {
-    let corpus: Corpus =
-        toml::from_str(&std::fs::read_to_string(repo().join("tests/corpus/bad_input.toml")).unwrap()).unwrap();
+    let corpus: Corpus = toml::from_str(&std::fs::read_to_string(repo().join("tests/corpus/bad_input.toml")).unwrap()).unwrap();
     let mut failures = Vec::new();
     for case in &corpus.case {
         let dir = project_copy();
         apply(dir.path(), case);
-        let args: Vec<&str> = if case.args.is_empty() {
-            vec!["plan", "boxoffice", "--env", "staging"]
-        } else {
-            case.args.iter().map(String::as_str).collect()
-        };
+        let args: Vec<&str> = if case.args.is_empty() { vec!["plan", "boxoffice", "--env", "staging"] } else { case.args.iter().map(String::as_str).collect() };
         let out = bake(dir.path(), &args);
         let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
         let validate = args[0] == "validate";
@@ -103,8 +98,7 @@ fn validate_reports_every_problem_at_once() {
     let out = bake(root, &["validate", "--output", "json"]);
     assert_eq!(out.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let texts: Vec<String> =
-        report["problems"].as_array().unwrap().iter().map(|p| p["text"].as_str().unwrap().to_string()).collect();
+    let texts: Vec<String> = report["problems"].as_array().unwrap().iter().map(|p| p["text"].as_str().unwrap().to_string()).collect();
     let want = [
         "roles/boxoffice.toml:10: builder.instance_typo: unknown key",
         "rollout.canary: unknown key",
@@ -147,8 +141,8 @@ fn plan_is_byte_identical_for_the_same_inputs() {
     assert_eq!(v["image"]["ssm_parameter"], "/bake/boxoffice/production/ami-id");
     assert_eq!(v["rollout"]["canaries"], serde_json::json!(["boxoffice_production_canary"]));
     assert_eq!(v["rollout"]["patch_refresh"]["min_healthy_percentage"], 50);
-    let steps: Vec<String> = v["steps"].as_array().unwrap().iter()
-        .map(|s| format!("{}/{}", s["cookbook"].as_str().unwrap(), s["step"].as_str().unwrap())).collect();
+    let steps: Vec<String> =
+        v["steps"].as_array().unwrap().iter().map(|s| format!("{}/{}", s["cookbook"].as_str().unwrap(), s["step"].as_str().unwrap())).collect();
     assert_eq!(steps.first().map(String::as_str), Some("base/updates"));
     assert_eq!(steps.last().map(String::as_str), Some("app-server/unit"));
     assert_eq!(steps.len(), 14);
@@ -176,8 +170,16 @@ fn fingerprint_follows_content_and_only_content() {
         std::fs::write(&p, s.replacen(from, to, 1)).unwrap();
     };
     // Not content: tags, regions, shares, names, timeouts, rollout, instance type.
-    edit("roles/www.toml", "tags = { team = \"web\", app = \"www\" }", "tags = { team = \"platform\" }\nregions = [\"eu-west-1\"]\nshare_accounts = [\"123456789012\"]");
-    edit("roles/www.toml", "instance_type = \"t3.medium\"", "instance_type = \"m7i.large\"\nstep_timeout = \"1h\"\noutput = { s3_bucket = \"bake-logs\", log_group = \"/bake/steps\" }");
+    edit(
+        "roles/www.toml",
+        "tags = { team = \"web\", app = \"www\" }",
+        "tags = { team = \"platform\" }\nregions = [\"eu-west-1\"]\nshare_accounts = [\"123456789012\"]",
+    );
+    edit(
+        "roles/www.toml",
+        "instance_type = \"t3.medium\"",
+        "instance_type = \"m7i.large\"\nstep_timeout = \"1h\"\noutput = { s3_bucket = \"bake-logs\", log_group = \"/bake/steps\" }",
+    );
     edit("roles/www.toml", "name = \"www-{{env}}-{{timestamp}}\"", "name = \"web-{{env}}-{{timestamp}}\"");
     edit("roles/www.toml", "rollout = { groups = [\"www_production\"], concurrency = 2 }", "rollout = { groups = [\"www_prod\"] }");
     assert_eq!(base, fingerprint(root, "www", "staging", &none), "non-content changes keep the fingerprint");
@@ -249,7 +251,8 @@ fn every_example_step_is_valid_shell() {
     }
     // The security patch, both ways.
     for (n, what) in [("packages", bake::patch::What::Packages(vec!["openssl".into(), "libssl3".into()])), ("all", bake::patch::What::All)] {
-        let plan = bake::patch::plan(&project, "boxoffice", "production", &VarInputs::default(), &what, "ami-0123456789abcdef0", &["CVE-2024-5535".into()]).unwrap();
+        let plan =
+            bake::patch::plan(&project, "boxoffice", "production", &VarInputs::default(), &what, "ami-0123456789abcdef0", &["CVE-2024-5535".into()]).unwrap();
         assert_eq!(plan.steps.len(), 1);
         let f = tmp.path().join(format!("patch-{n}.sh"));
         std::fs::write(&f, &plan.steps[0].script).unwrap();
@@ -268,9 +271,11 @@ fn every_example_step_is_valid_shell() {
     assert!(check.is_ok(), "shellcheck is not installed (apt-get install shellcheck, or set BAKE_SKIP_SHELLCHECK=1)");
     let out = Command::new("shellcheck").args(["-s", "bash", "-f", "gcc"]).args(&files).output().unwrap();
     assert!(out.status.success(), "shellcheck:\n{}", text(&out.stdout));
-    let helpers: Vec<_> = std::fs::read_dir(repo().join("cookbooks")).unwrap()
+    let helpers: Vec<_> = std::fs::read_dir(repo().join("cookbooks"))
+        .unwrap()
         .flat_map(|c| std::fs::read_dir(c.unwrap().path().join("files")).into_iter().flatten())
-        .map(|f| f.unwrap().path()).collect();
+        .map(|f| f.unwrap().path())
+        .collect();
     let out = Command::new("shellcheck").args(["-f", "gcc"]).args(&helpers).output().unwrap();
     assert!(out.status.success(), "shellcheck:\n{}", text(&out.stdout));
 }
@@ -342,13 +347,18 @@ fn render_prints_one_step_and_policy_prints_json() {
     assert!(all.contains("arn:aws:iam::123456789012:role/bake/*"));
     assert!(all.contains("aws:RequestTag/bake:managed") && all.contains("aws:ResourceTag/bake:managed"));
     let statements = |doc: &serde_json::Value| doc["Statement"].as_array().unwrap().clone();
-    let sid = |doc: &serde_json::Value, sid: &str| statements(doc).into_iter().find(|s| s["Sid"] == sid).unwrap_or_else(|| panic!("no statement {sid} in {doc}"));
+    let sid =
+        |doc: &serde_json::Value, sid: &str| statements(doc).into_iter().find(|s| s["Sid"] == sid).unwrap_or_else(|| panic!("no statement {sid} in {doc}"));
     let pass = sid(&doc, "PassBuilderRolesToEc2");
     assert_eq!(pass["Condition"]["StringEqualsIfExists"]["iam:PassedToService"], "ec2.amazonaws.com");
     assert_eq!(pass["Resource"], "arn:aws:iam::123456789012:role/bake/*");
     let create = sid(&doc, "CreateBuilderIdentity");
     assert_eq!(create["Condition"]["StringLikeIfExists"]["iam:PermissionsBoundary"], "arn:aws:iam::123456789012:policy/bake/bake-builder-boundary");
-    assert_eq!(create["Resource"], serde_json::json!(["arn:aws:iam::123456789012:role/bake/bake-b-*", "arn:aws:iam::123456789012:instance-profile/bake/bake-b-*"]), "only bake's own names");
+    assert_eq!(
+        create["Resource"],
+        serde_json::json!(["arn:aws:iam::123456789012:role/bake/bake-b-*", "arn:aws:iam::123456789012:instance-profile/bake/bake-b-*"]),
+        "only bake's own names"
+    );
     // Changing a role needs the boundary on it (strictly: a role without one is not bake's).
     let manage = sid(&doc, "ManageBuilderRoles");
     assert_eq!(manage["Condition"]["StringLike"]["iam:PermissionsBoundary"], "arn:aws:iam::123456789012:policy/bake/bake-builder-boundary");
@@ -361,7 +371,12 @@ fn render_prints_one_step_and_policy_prints_json() {
     let roller: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let roll = sid(&roller, "RollOwnedGroups");
     assert_eq!(roll["Condition"]["BoolIfExists"]["autoscaling:LaunchTemplateVersionSpecified"], "true");
-    assert!(roll["Condition"]["StringLikeIfExists"]["autoscaling:LaunchConfigurationName"].as_array().is_some_and(|v| !v.is_empty() && v.iter().all(|n| n.as_str().unwrap().ends_with("-ami-*-b-*"))), "{roll}");
+    assert!(
+        roll["Condition"]["StringLikeIfExists"]["autoscaling:LaunchConfigurationName"]
+            .as_array()
+            .is_some_and(|v| !v.is_empty() && v.iter().all(|n| n.as_str().unwrap().ends_with("-ami-*-b-*"))),
+        "{roll}"
+    );
     assert!(!all.contains("ec2:Describe*") && !all.contains("DescribeInstanceAttribute"), "Describe narrowed to what bake calls");
     for unused in ["StartInstances", "DisableImageDeprecation", "RollbackInstanceRefresh", "ListCommands", "kms:Encrypt\""] {
         assert!(!all.contains(unused), "unused grant {unused}");
@@ -403,11 +418,19 @@ fn render_prints_one_step_and_policy_prints_json() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let all = doc.to_string();
-    assert!(all.contains("ssm:UpdateInstanceInformation") && all.contains("parameter/universe/registry/password") && all.contains("universe-apps/boxoffice_production.tgz"));
+    assert!(
+        all.contains("ssm:UpdateInstanceInformation")
+            && all.contains("parameter/universe/registry/password")
+            && all.contains("universe-apps/boxoffice_production.tgz")
+    );
     assert!(!all.contains("iam:") && !all.contains("ec2:RunInstances") && !all.contains("sts:"), "the boundary grants no way up: {all}");
 
     let only = sid(&doc, "OnlyFromInstances");
-    assert_eq!((only["Effect"].as_str(), only["Condition"]["Null"]["ec2:SourceInstanceARN"].as_str()), (Some("Deny"), Some("true")), "builder credentials act only from an instance");
+    assert_eq!(
+        (only["Effect"].as_str(), only["Condition"]["Null"]["ec2:SourceInstanceARN"].as_str()),
+        (Some("Deny"), Some("true")),
+        "builder credentials act only from an instance"
+    );
 
     // www reads no secret and no bundle: no builder policy (IAM refuses one without statements).
     let out = bake(&repo(), &["policy", "builder", "--role", "www", "--env", "staging"]);
@@ -439,12 +462,7 @@ fn every_rendered_policy_passes_parliament_and_cloudsplaining_or_is_listed_with_
         return;
     }
     assert!(have, "install the IAM linters: python3 -m pip install -r tests/policies/requirements.txt (or set BAKE_SKIP_POLICY_LINT=1)");
-    let out = Command::new("python3")
-        .arg(repo().join("tests/policies/lint.py"))
-        .arg(env!("CARGO_BIN_EXE_bake"))
-        .arg(repo())
-        .output()
-        .unwrap();
+    let out = Command::new("python3").arg(repo().join("tests/policies/lint.py")).arg(env!("CARGO_BIN_EXE_bake")).arg(repo()).output().unwrap();
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
 }
 
@@ -453,7 +471,12 @@ fn keys_given_by_alias_or_id_and_private_source_parameters_reach_the_operator_po
     let dir = project_copy();
     let root = dir.path();
     common::edit(root, "roles/kaiju.toml", "instance_type = \"t3.small\"", "instance_type = \"t3.small\"\nkms_key_id = \"alias/ebs-golden\"");
-    common::edit(root, "roles/kaiju.toml", "image = { regions = [\"us-west-2\"] }", "image = { regions = [\"us-west-2\"], kms_keys = { us-west-2 = \"0a1b2c3d-4e5f-6789-abcd-ef0123456789\" } }");
+    common::edit(
+        root,
+        "roles/kaiju.toml",
+        "image = { regions = [\"us-west-2\"] }",
+        "image = { regions = [\"us-west-2\"], kms_keys = { us-west-2 = \"0a1b2c3d-4e5f-6789-abcd-ef0123456789\" } }",
+    );
     common::edit(
         root,
         "roles/kaiju.toml",

@@ -38,12 +38,7 @@ fn release(root: &Path) {
 }
 
 fn installed(root: &PathBuf, pkg: &str) -> bool {
-    Command::new("chroot")
-        .arg(root)
-        .args(["dpkg-query", "-W", "-f=${Status}", pkg])
-        .output()
-        .map(|o| text(&o.stdout).contains("ok installed"))
-        .unwrap_or(false)
+    Command::new("chroot").arg(root).args(["dpkg-query", "-W", "-f=${Status}", pkg]).output().map(|o| text(&o.stdout).contains("ok installed")).unwrap_or(false)
 }
 
 #[test]
@@ -56,7 +51,10 @@ fn www_converges_twice_in_a_debian_chroot_and_the_second_run_changes_nothing() {
         ("firewall", read("/etc/nftables.conf").contains("tcp dport { 8000 } accept") && read("/etc/nftables.conf").contains("policy drop")),
         ("chrony", read("/etc/chrony/sources.d/bake.sources").contains("server 169.254.169.123 prefer iburst")),
         ("unit", read("/etc/systemd/system/django.service").contains("ExecStart=/usr/local/lib/bake/app-django start")),
-        ("wrapper", read("/usr/local/lib/bake/app-django").contains("--publish 8000:8000") && read("/usr/local/lib/bake/app-django").contains("DJANGO_ENVIRON=STAGING")),
+        (
+            "wrapper",
+            read("/usr/local/lib/bake/app-django").contains("--publish 8000:8000") && read("/usr/local/lib/bake/app-django").contains("DJANGO_ENVIRON=STAGING"),
+        ),
         // (a symlink to /etc/…, absolute inside the chroot: look at the link, not its target)
         ("enabled", root.join("etc/systemd/system/multi-user.target.wants/django.service").symlink_metadata().is_ok()),
         ("machine-id", read("/etc/machine-id").is_empty()),

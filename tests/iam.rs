@@ -106,7 +106,14 @@ async fn team_fleet(sb: &Sandbox, role: &str, env: &str, image: &str) {
 /// A launch configuration the account's administrator made, passing the `admin` profile.
 async fn r_asg_create_lc(sb: &Sandbox, name: &str, image: &str) {
     let asg = aws_sdk_autoscaling::Client::new(&sb.sdk_config("us-east-1").await);
-    asg.create_launch_configuration().launch_configuration_name(name).image_id(image).instance_type("t3.small").iam_instance_profile("admin").send().await.unwrap();
+    asg.create_launch_configuration()
+        .launch_configuration_name(name)
+        .image_id(image)
+        .instance_type("t3.small")
+        .iam_instance_profile("admin")
+        .send()
+        .await
+        .unwrap();
 }
 
 /// kaiju/staging as a team would run it: copies, a share, deprecation, an SNS topic, whole step
@@ -117,7 +124,12 @@ async fn kaiju_everything(sb: &Sandbox, root: &Path) {
     let key = sb.aws_json("kms", "TrentService.CreateKey", &json!({"Description": "ebs"}))["KeyMetadata"]["Arn"].as_str().unwrap().to_string();
     let (status, _) = sb.call("PUT", "/bake-steps", None);
     assert_eq!(status, 200, "the step output bucket");
-    edit(root, "roles/kaiju.toml", "instance_type = \"t3.small\"", &format!("instance_type = \"t3.small\"\nkms_key_id = \"{key}\"\noutput = {{ s3_bucket = \"bake-steps\" }}"));
+    edit(
+        root,
+        "roles/kaiju.toml",
+        "instance_type = \"t3.small\"",
+        &format!("instance_type = \"t3.small\"\nkms_key_id = \"{key}\"\noutput = {{ s3_bucket = \"bake-steps\" }}"),
+    );
     edit(
         root,
         "roles/kaiju.toml",
@@ -192,7 +204,10 @@ async fn holding_only_its_role_scoped_policies_bake_does_everything_and_every_st
     std::fs::remove_dir_all(root.join(".bake")).unwrap();
     ok("cleanup --orphans", &bake(&sb, root, &["cleanup", "--orphans", "--older-than", "0s", "--yes"]));
     // A failed migration to a launch template, undone.
-    let bad = json_out(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--force", "--output", "json"]))["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
+    let bad = json_out(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--force", "--output", "json"]))["images"]["us-east-1"]["ami_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     sb.control("POST", "/_sandbox/unhealthy_amis", Some(json!({"amis": [bad]})));
     edit(root, "roles/kaiju.toml", "refresh = { min_healthy_percentage = 50 }", "refresh = { min_healthy_percentage = 50, auto_rollback = true }");
     let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &bad, "--migrate-to-launch-template", "--output", "json"]);
@@ -226,7 +241,9 @@ async fn holding_only_its_role_scoped_policies_bake_does_everything_and_every_st
     let e = ec2
         .modify_image_attribute()
         .image_id(&image)
-        .launch_permission(ec2_t::LaunchPermissionModifications::builder().add(ec2_t::LaunchPermission::builder().group(ec2_t::PermissionGroup::All).build()).build())
+        .launch_permission(
+            ec2_t::LaunchPermissionModifications::builder().add(ec2_t::LaunchPermission::builder().group(ec2_t::PermissionGroup::All).build()).build(),
+        )
         .send()
         .await
         .unwrap_err();
@@ -279,42 +296,110 @@ async fn holding_the_operator_policies_what_an_operator_must_not_do_is_denied() 
         b.build()
     };
     let host = r_ec2.run_instances().image_id(&ubuntu).min_count(1).max_count(1).send().await.unwrap().instances()[0].instance_id().unwrap().to_string();
-    let billing_image = r_ec2.create_image().instance_id(&host).name("billing-staging-1").tag_specifications(img_tags("billing")).send().await.unwrap().image_id.unwrap();
+    let billing_image =
+        r_ec2.create_image().instance_id(&host).name("billing-staging-1").tag_specifications(img_tags("billing")).send().await.unwrap().image_id.unwrap();
     let unvetted = r_ec2.create_image().instance_id(&host).name("someones-image").send().await.unwrap().image_id.unwrap();
     let trust = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]});
-    r_iam.create_role().role_name("legacy-builder").path("/bake/").assume_role_policy_document(trust.to_string()).set_tags(Some(owner_tags("kaiju", "staging"))).send().await.unwrap();
+    r_iam
+        .create_role()
+        .role_name("legacy-builder")
+        .path("/bake/")
+        .assume_role_policy_document(trust.to_string())
+        .set_tags(Some(owner_tags("kaiju", "staging")))
+        .send()
+        .await
+        .unwrap();
     r_iam.create_role().role_name("admin").assume_role_policy_document(trust.to_string()).send().await.unwrap();
     r_iam.create_instance_profile().instance_profile_name("admin").send().await.unwrap();
     r_iam.add_role_to_instance_profile().instance_profile_name("admin").role_name("admin").send().await.unwrap();
 
     let op = user_with(&sb, "kaiju-operator", &[("operator", &rendered(root, "operator")), ("roller", &rendered(root, "roller"))]).await;
     let conf = sb.sdk_config_as("us-east-1", &op).await;
-    let (iam, ec2, asg, ssm) = (
-        aws_sdk_iam::Client::new(&conf),
-        aws_sdk_ec2::Client::new(&conf),
-        aws_sdk_autoscaling::Client::new(&conf),
-        aws_sdk_ssm::Client::new(&conf),
-    );
-    let mine = owner_tags("kaiju", "staging").into_iter().chain([aws_sdk_iam::types::Tag::builder().key("bake:managed").value("true").build().unwrap()]).collect::<Vec<_>>();
+    let (iam, ec2, asg, ssm) =
+        (aws_sdk_iam::Client::new(&conf), aws_sdk_ec2::Client::new(&conf), aws_sdk_autoscaling::Client::new(&conf), aws_sdk_ssm::Client::new(&conf));
+    let mine = owner_tags("kaiju", "staging")
+        .into_iter()
+        .chain([aws_sdk_iam::types::Tag::builder().key("bake:managed").value("true").build().unwrap()])
+        .collect::<Vec<_>>();
 
     // A builder role without the boundary, or with another one.
-    denied("a role without the boundary", iam.create_role().role_name("bake-b-00000000000a").path("/bake/").assume_role_policy_document(trust.to_string()).set_tags(Some(mine.clone())).send().await, "AccessDenied");
+    denied(
+        "a role without the boundary",
+        iam.create_role()
+            .role_name("bake-b-00000000000a")
+            .path("/bake/")
+            .assume_role_policy_document(trust.to_string())
+            .set_tags(Some(mine.clone()))
+            .send()
+            .await,
+        "AccessDenied",
+    );
     let other = sb.create_policy("wide-open", &json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})).await;
-    denied("a role with another boundary", iam.create_role().role_name("bake-b-00000000000b").path("/bake/").assume_role_policy_document(trust.to_string()).permissions_boundary(&other).set_tags(Some(mine.clone())).send().await, "AccessDenied");
-    denied("a role not named as bake names builders", iam.create_role().role_name("ci-deployer").path("/bake/").assume_role_policy_document(trust.to_string()).permissions_boundary(&boundary).set_tags(Some(mine.clone())).send().await, "AccessDenied");
+    denied(
+        "a role with another boundary",
+        iam.create_role()
+            .role_name("bake-b-00000000000b")
+            .path("/bake/")
+            .assume_role_policy_document(trust.to_string())
+            .permissions_boundary(&other)
+            .set_tags(Some(mine.clone()))
+            .send()
+            .await,
+        "AccessDenied",
+    );
+    denied(
+        "a role not named as bake names builders",
+        iam.create_role()
+            .role_name("ci-deployer")
+            .path("/bake/")
+            .assume_role_policy_document(trust.to_string())
+            .permissions_boundary(&boundary)
+            .set_tags(Some(mine.clone()))
+            .send()
+            .await,
+        "AccessDenied",
+    );
     // With the boundary and a builder's name: allowed, and capped by it. Its creator chooses its
     // trust policy: one that lets the account's principals assume it.
     let anyone = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:root")}, "Action": "sts:AssumeRole"}]}).to_string();
-    iam.create_role().role_name("bake-b-00000000000c").path("/bake/").assume_role_policy_document(&anyone).permissions_boundary(&boundary).set_tags(Some(mine.clone())).send().await.unwrap();
+    iam.create_role()
+        .role_name("bake-b-00000000000c")
+        .path("/bake/")
+        .assume_role_policy_document(&anyone)
+        .permissions_boundary(&boundary)
+        .set_tags(Some(mine.clone()))
+        .send()
+        .await
+        .unwrap();
     let admin = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}).to_string();
-    denied("an admin inline policy on a /bake/ role bake did not make", iam.put_role_policy().role_name("legacy-builder").policy_name("admin").policy_document(&admin).send().await, "AccessDenied");
+    denied(
+        "an admin inline policy on a /bake/ role bake did not make",
+        iam.put_role_policy().role_name("legacy-builder").policy_name("admin").policy_document(&admin).send().await,
+        "AccessDenied",
+    );
     // Claiming a role by tagging it as bake's: refused for names bake does not give; a role with
     // a builder's name and bake's tags but no boundary (an administrator's) cannot be changed.
     denied("claiming a /bake/ role with bake's tags", iam.tag_role().role_name("legacy-builder").set_tags(Some(mine.clone())).send().await, "AccessDenied");
-    r_iam.create_role().role_name("bake-b-00000000000d").path("/bake/").assume_role_policy_document(trust.to_string()).set_tags(Some(mine.clone())).send().await.unwrap();
-    denied("an admin inline policy on a builder-named role without the boundary", iam.put_role_policy().role_name("bake-b-00000000000d").policy_name("admin").policy_document(&admin).send().await, "AccessDenied");
+    r_iam
+        .create_role()
+        .role_name("bake-b-00000000000d")
+        .path("/bake/")
+        .assume_role_policy_document(trust.to_string())
+        .set_tags(Some(mine.clone()))
+        .send()
+        .await
+        .unwrap();
+    denied(
+        "an admin inline policy on a builder-named role without the boundary",
+        iam.put_role_policy().role_name("bake-b-00000000000d").policy_name("admin").policy_document(&admin).send().await,
+        "AccessDenied",
+    );
     denied("removing the boundary", iam.delete_role_permissions_boundary().role_name("bake-b-00000000000c").send().await, "AccessDenied");
-    denied("attaching a managed policy but SSM core", iam.attach_role_policy().role_name("bake-b-00000000000c").policy_arn(&other).send().await, "AccessDenied");
+    denied(
+        "attaching a managed policy but SSM core",
+        iam.attach_role_policy().role_name("bake-b-00000000000c").policy_arn(&other).send().await,
+        "AccessDenied",
+    );
     // An admin inline policy on its own builder role is allowed, but the boundary caps it, and
     // off an EC2 instance its credentials do nothing at all (not even what the boundary allows).
     iam.put_role_policy().role_name("bake-b-00000000000c").policy_name("admin").policy_document(&admin).send().await.unwrap();
@@ -329,7 +414,10 @@ async fn holding_the_operator_policies_what_an_operator_must_not_do_is_denied() 
         "AccessDeniedException",
     );
     let why: Vec<Value> = sb.decisions(true).into_iter().filter(|d| d["action"] == "ssm:GetParameter").collect();
-    assert!(why.iter().any(|d| d["reason"].as_str().unwrap_or("").contains("explicit deny in a permissions boundary")), "the boundary's OnlyFromInstances: {why:?}");
+    assert!(
+        why.iter().any(|d| d["reason"].as_str().unwrap_or("").contains("explicit deny in a permissions boundary")),
+        "the boundary's OnlyFromInstances: {why:?}"
+    );
 
     // Launching: a builder with a role that is not a builder's; from an arbitrary image.
     let launch = |image: &str, profile: Option<&str>| {
@@ -350,13 +438,22 @@ async fn holding_the_operator_policies_what_an_operator_must_not_do_is_denied() 
     denied("launching an image nobody vetted", launch(&unvetted, None).await, "UnauthorizedOperation");
 
     // Sharing publicly: a snapshot by IAM; an image by the account's AMI Block Public Access.
-    let snap = r_ec2.describe_images().image_ids(&billing_image).send().await.unwrap().images()[0].block_device_mappings()[0].ebs().unwrap().snapshot_id().unwrap().to_string();
+    let snap = r_ec2.describe_images().image_ids(&billing_image).send().await.unwrap().images()[0].block_device_mappings()[0]
+        .ebs()
+        .unwrap()
+        .snapshot_id()
+        .unwrap()
+        .to_string();
     r_ec2.create_tags().resources(&snap).tags(ec2_t::Tag::builder().key("bake:role").value("kaiju").build()).send().await.unwrap();
     denied(
         "a snapshot shared publicly",
         ec2.modify_snapshot_attribute()
             .snapshot_id(&snap)
-            .create_volume_permission(ec2_t::CreateVolumePermissionModifications::builder().add(ec2_t::CreateVolumePermission::builder().group(ec2_t::PermissionGroup::All).build()).build())
+            .create_volume_permission(
+                ec2_t::CreateVolumePermissionModifications::builder()
+                    .add(ec2_t::CreateVolumePermission::builder().group(ec2_t::PermissionGroup::All).build())
+                    .build(),
+            )
             .send()
             .await,
         "UnauthorizedOperation",
@@ -364,25 +461,40 @@ async fn holding_the_operator_policies_what_an_operator_must_not_do_is_denied() 
 
     // An image shared publicly: kaiju shares with nobody, so its operator may change no launch
     // permission (and the account's AMI Block Public Access would refuse `all` anyway).
-    let kaiju_image = r_ec2.create_image().instance_id(&host).name("kaiju-staging-1").tag_specifications(img_tags("kaiju")).send().await.unwrap().image_id.unwrap();
+    let kaiju_image =
+        r_ec2.create_image().instance_id(&host).name("kaiju-staging-1").tag_specifications(img_tags("kaiju")).send().await.unwrap().image_id.unwrap();
     denied(
         "an image shared publicly",
         ec2.modify_image_attribute()
             .image_id(&kaiju_image)
-            .launch_permission(ec2_t::LaunchPermissionModifications::builder().add(ec2_t::LaunchPermission::builder().group(ec2_t::PermissionGroup::All).build()).build())
+            .launch_permission(
+                ec2_t::LaunchPermissionModifications::builder().add(ec2_t::LaunchPermission::builder().group(ec2_t::PermissionGroup::All).build()).build(),
+            )
             .send()
             .await,
         "UnauthorizedOperation",
     );
 
     // Another team's things: its template, its group, its image.
-    let billing_lt = r_ec2.describe_launch_templates().launch_template_names("billing-staging").send().await.unwrap().launch_templates()[0].launch_template_id().unwrap().to_string();
+    let billing_lt = r_ec2.describe_launch_templates().launch_template_names("billing-staging").send().await.unwrap().launch_templates()[0]
+        .launch_template_id()
+        .unwrap()
+        .to_string();
     denied(
         "a new version of another role's template",
-        ec2.create_launch_template_version().launch_template_id(&billing_lt).source_version("1").launch_template_data(ec2_t::RequestLaunchTemplateData::builder().image_id(&ubuntu).build()).send().await,
+        ec2.create_launch_template_version()
+            .launch_template_id(&billing_lt)
+            .source_version("1")
+            .launch_template_data(ec2_t::RequestLaunchTemplateData::builder().image_id(&ubuntu).build())
+            .send()
+            .await,
         "UnauthorizedOperation",
     );
-    denied("scaling another role's group to zero", asg.update_auto_scaling_group().auto_scaling_group_name("billing_staging").min_size(0).desired_capacity(0).send().await, "AccessDenied");
+    denied(
+        "scaling another role's group to zero",
+        asg.update_auto_scaling_group().auto_scaling_group_name("billing_staging").min_size(0).desired_capacity(0).send().await,
+        "AccessDenied",
+    );
     denied("refreshing another role's group", asg.start_instance_refresh().auto_scaling_group_name("billing_staging").send().await, "AccessDenied");
     denied("deregistering another role's image", ec2.deregister_image().image_id(&billing_image).send().await, "UnauthorizedOperation");
     let copy_tags = {
@@ -427,9 +539,25 @@ async fn holding_the_operator_policies_what_an_operator_must_not_do_is_denied() 
     );
     // Every one of these is in the sandbox's record as a denial naming its action.
     let actions: BTreeSet<String> = sb.decisions(true).iter().map(|d| d["action"].as_str().unwrap().to_string()).collect();
-    for a in ["ec2:ModifyImageAttribute", "iam:CreateRole", "iam:PutRolePolicy", "iam:DeleteRolePermissionsBoundary", "iam:AttachRolePolicy", "iam:CreateUser", "iam:PassRole", "ec2:RunInstances",
-              "ec2:ModifySnapshotAttribute", "ec2:CreateLaunchTemplateVersion", "autoscaling:UpdateAutoScalingGroup", "autoscaling:StartInstanceRefresh",
-              "ec2:DeregisterImage", "ec2:CreateTags", "ssm:SendCommand", "iam:TagRole", "ec2:CopyImage"] {
+    for a in [
+        "ec2:ModifyImageAttribute",
+        "iam:CreateRole",
+        "iam:PutRolePolicy",
+        "iam:DeleteRolePermissionsBoundary",
+        "iam:AttachRolePolicy",
+        "iam:CreateUser",
+        "iam:PassRole",
+        "ec2:RunInstances",
+        "ec2:ModifySnapshotAttribute",
+        "ec2:CreateLaunchTemplateVersion",
+        "autoscaling:UpdateAutoScalingGroup",
+        "autoscaling:StartInstanceRefresh",
+        "ec2:DeregisterImage",
+        "ec2:CreateTags",
+        "ssm:SendCommand",
+        "iam:TagRole",
+        "ec2:CopyImage",
+    ] {
         assert!(actions.contains(a), "no denial recorded for {a}: {actions:?}");
     }
 }
@@ -444,7 +572,14 @@ async fn with_a_pre_created_profile_the_operator_holds_no_iam_write_and_bakes() 
     // The account made the builder's role and profile beforehand (under /bake/, opted in).
     let iam = aws_sdk_iam::Client::new(&sb.sdk_config("us-east-1").await);
     let trust = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]});
-    iam.create_role().role_name("kaiju-builder").path("/bake/").assume_role_policy_document(trust.to_string()).set_tags(Some(owner_tags("kaiju", "staging"))).send().await.unwrap();
+    iam.create_role()
+        .role_name("kaiju-builder")
+        .path("/bake/")
+        .assume_role_policy_document(trust.to_string())
+        .set_tags(Some(owner_tags("kaiju", "staging")))
+        .send()
+        .await
+        .unwrap();
     iam.attach_role_policy().role_name("kaiju-builder").policy_arn("arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore").send().await.unwrap();
     iam.create_instance_profile().instance_profile_name("kaiju-builder").path("/bake/").send().await.unwrap();
     iam.add_role_to_instance_profile().instance_profile_name("kaiju-builder").role_name("kaiju-builder").send().await.unwrap();
@@ -485,7 +620,12 @@ fn without_the_boundary_or_with_an_old_one_a_bake_stops_before_it_creates_anythi
     let out = bake(&sb, root, &["build", "kaiju", "--env", "staging"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("the permissions boundary arn:aws:iam::123456789012:policy/bake/bake-builder-boundary does not exist") && err.contains("`bake bootstrap`") && err.contains("nothing was created"), "{err}");
+    assert!(
+        err.contains("the permissions boundary arn:aws:iam::123456789012:policy/bake/bake-builder-boundary does not exist")
+            && err.contains("`bake bootstrap`")
+            && err.contains("nothing was created"),
+        "{err}"
+    );
     assert!(sb.calls()["mutating"].as_array().unwrap().is_empty(), "{}", sb.calls()["mutating"]);
 
     // The administrator bootstraps; a role then asks its builder for more (whole step output to

@@ -15,7 +15,6 @@ use common::sandbox::Sandbox;
 use common::{bake_on as bake, edit, project_copy, text};
 use serde_json::{json, Value};
 
-
 fn json_ok(o: &Output) -> Value {
     assert_eq!(o.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr));
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&o.stdout)))
@@ -24,7 +23,6 @@ fn json_ok(o: &Output) -> Value {
 fn image(sb: &Sandbox, id: &str) -> Value {
     sb.control("GET", "/_sandbox/images", None)["images"].as_array().unwrap().iter().find(|i| i["id"] == id).cloned().unwrap_or(Value::Null)
 }
-
 
 #[test]
 fn a_patch_starts_from_the_golden_image_and_runs_only_the_patch_step() {
@@ -35,7 +33,11 @@ fn a_patch_starts_from_the_golden_image_and_runs_only_the_patch_step() {
     let golden = json_ok(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]));
     let g = golden["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
     // The patch asks for a reboot (its kernel changed), as the security-patch step does.
-    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=security-patch", "stdout": "patched packages:\n  openssl 3.0.2-0ubuntu1.18\nbake: reboot required\n"}]})));
+    sb.control(
+        "POST",
+        "/_sandbox/ssm/outcomes",
+        Some(json!({"outcomes": [{"match": "cookbook=security-patch", "stdout": "patched packages:\n  openssl 3.0.2-0ubuntu1.18\nbake: reboot required\n"}]})),
+    );
     let out = bake(&sb, root, &["patch", "kaiju", "--env", "staging", "--packages", "openssl,libssl3", "--cve", "CVE-2024-5535", "--output", "json"]);
     let p = json_ok(&out);
     assert_eq!(p["kind"], "patch");
@@ -101,7 +103,12 @@ async fn a_patch_rolls_with_the_roles_patch_preferences() {
     sb.control("POST", "/_sandbox/delays", Some(json!({"visibility_lag": 0})));
     let dir = project_copy();
     let root = dir.path();
-    edit(root, "roles/kaiju.toml", "[rollout]\nrefresh = { min_healthy_percentage = 50 }", "[rollout]\nrefresh = { min_healthy_percentage = 90 }\npatch = { min_healthy_percentage = 40, instance_warmup = \"0s\" }");
+    edit(
+        root,
+        "roles/kaiju.toml",
+        "[rollout]\nrefresh = { min_healthy_percentage = 50 }",
+        "[rollout]\nrefresh = { min_healthy_percentage = 90 }\npatch = { min_healthy_percentage = 40, instance_warmup = \"0s\" }",
+    );
     let golden = json_ok(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]));
     let g = golden["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
     let conf = sb.sdk_config("us-east-1").await;
@@ -224,7 +231,11 @@ async fn ls_reports_usage_and_prune_keeps_what_is_used_or_newest() {
     assert!(sb.calls()["mutating"].as_array().unwrap().is_empty());
     assert!(text(&out.stdout).contains(&format!("remove {} us-east-1", ids[3])), "{}", text(&out.stdout));
     // Deregistering fails in us-west-2: reported; us-east-1 goes on.
-    sb.control("POST", "/_sandbox/faults", Some(json!({"faults": [{"service": "ec2", "action": "DeregisterImage", "region": "us-west-2", "rate": 1.0, "kind": "denied"}]})));
+    sb.control(
+        "POST",
+        "/_sandbox/faults",
+        Some(json!({"faults": [{"service": "ec2", "action": "DeregisterImage", "region": "us-west-2", "rate": 1.0, "kind": "denied"}]})),
+    );
     let snaps: Vec<String> = ids.iter().map(|i| image(&sb, i)["snapshot"].as_str().unwrap().to_string()).collect();
     let w_old_snap = image(&sb, &w_old)["snapshot"].as_str().unwrap().to_string();
     let out = bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--keep", "1", "--yes"]);
@@ -293,7 +304,8 @@ fn webhook_server() -> (String, std::thread::JoinHandle<Vec<String>>) {
                 buf.extend_from_slice(&chunk[..n]);
                 let t = String::from_utf8_lossy(&buf);
                 if let Some((head, body)) = t.split_once("\r\n\r\n") {
-                    let len: usize = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())).unwrap_or(0);
+                    let len: usize =
+                        head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())).unwrap_or(0);
                     if body.len() >= len {
                         break;
                     }

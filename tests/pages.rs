@@ -99,7 +99,8 @@ async fn the_orphan_sweep_reads_every_page_and_touches_only_what_bake_made() {
     let (sb, _, _, iam, _) = account().await;
     let dir = project_copy();
     let root = dir.path();
-    let trust = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}).to_string();
+    let trust = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+        .to_string();
     let bake_tags = |id: &str| -> Vec<aws_sdk_iam::types::Tag> {
         [("bake:managed", "true"), ("bake:id", id), ("bake:role", "kaiju"), ("bake:env", "staging")]
             .iter()
@@ -130,7 +131,12 @@ async fn the_orphan_sweep_reads_every_page_and_touches_only_what_bake_made() {
     let orphans = m["orphans"].as_array().unwrap();
     assert_eq!(orphans.iter().filter(|o| o["type"] == "iam-role").count(), 120, "every page of roles");
     assert_eq!(orphans.iter().filter(|o| o["type"] == "instance-profile").count(), 120, "every page of profiles");
-    let skipped: Vec<String> = m["skipped"].as_array().unwrap().iter().map(|s| format!("{} {}: {}", s["type"].as_str().unwrap(), s["id"].as_str().unwrap(), s["why"].as_str().unwrap())).collect();
+    let skipped: Vec<String> = m["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{} {}: {}", s["type"].as_str().unwrap(), s["id"].as_str().unwrap(), s["why"].as_str().unwrap()))
+        .collect();
     assert!(skipped.contains(&"iam-role ci-operator: it has no bake:managed tag: bake did not make it".to_string()), "{skipped:?}");
     assert!(skipped.contains(&"iam-role half-tagged: it has no bake:id tag".to_string()), "{skipped:?}");
     assert!(skipped.contains(&"instance-profile ci-operator: it has no bake:managed tag: bake did not make it".to_string()), "{skipped:?}");

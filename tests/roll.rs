@@ -18,8 +18,6 @@ use serde_json::{json, Value};
 
 const UBUNTU_2204: &str = "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id";
 
-
-
 struct Cloud {
     ec2: aws_sdk_ec2::Client,
     ssm: aws_sdk_ssm::Client,
@@ -108,7 +106,9 @@ async fn lc_group(c: &Cloud, name: &str, ami: &str, size: i32) {
         .image_id(ami)
         .instance_type("t3.medium")
         .user_data(base64::engine::general_purpose::STANDARD.encode(USER_DATA))
-        .metadata_options(asg_t::InstanceMetadataOptions::builder().http_tokens(asg_t::InstanceMetadataHttpTokensState::Required).http_put_response_hop_limit(1).build())
+        .metadata_options(
+            asg_t::InstanceMetadataOptions::builder().http_tokens(asg_t::InstanceMetadataHttpTokensState::Required).http_put_response_hop_limit(1).build(),
+        )
         .send()
         .await
         .unwrap();
@@ -183,7 +183,10 @@ async fn rolls_launch_template_and_launch_configuration_groups() {
         .await
         .unwrap();
     lc_group(&c, "kaiju_legacy", &old, 2).await;
-    set_rollout(root, r#"{ groups = ["kaiju_staging", "kaiju_staging_b", "kaiju_legacy"], keep_launch_configurations = 2, refresh = { min_healthy_percentage = 50, instance_warmup = "60s" } }"#);
+    set_rollout(
+        root,
+        r#"{ groups = ["kaiju_staging", "kaiju_staging_b", "kaiju_legacy"], keep_launch_configurations = 2, refresh = { min_healthy_percentage = 50, instance_warmup = "60s" } }"#,
+    );
     let new = baked_image(&c, "kaiju-staging-1").await;
     let before = sb.live();
     let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
@@ -232,7 +235,13 @@ async fn rolls_launch_template_and_launch_configuration_groups() {
     let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let lcs = c.asg.describe_launch_configurations().send().await.unwrap();
-    let mine: BTreeSet<String> = lcs.launch_configurations().iter().filter_map(|l| l.launch_configuration_name()).filter(|n| n.starts_with("kaiju_legacy-ami")).map(str::to_string).collect();
+    let mine: BTreeSet<String> = lcs
+        .launch_configurations()
+        .iter()
+        .filter_map(|l| l.launch_configuration_name())
+        .filter(|n| n.starts_with("kaiju_legacy-ami"))
+        .map(str::to_string)
+        .collect();
     assert_eq!(mine.len(), 2, "{mine:?}");
     assert!(mine.iter().any(|n| n.contains(&newest)) && mine.iter().any(|n| n.contains(&newer)));
     // Already on the image: nothing to do.
@@ -248,7 +257,10 @@ async fn a_canary_rolls_first_then_five_groups_a_few_at_a_time() {
     for n in names {
         lt_group(&c, n, &old, 2, "1").await;
     }
-    set_rollout(root, r#"{ group_tags = { app = "kaiju" }, canaries = ["kaiju_canary"], canary_bake_time = "1s", concurrency = 2, refresh = { min_healthy_percentage = 50, instance_warmup = "100s", auto_rollback = true } }"#);
+    set_rollout(
+        root,
+        r#"{ group_tags = { app = "kaiju" }, canaries = ["kaiju_canary"], canary_bake_time = "1s", concurrency = 2, refresh = { min_healthy_percentage = 50, instance_warmup = "100s", auto_rollback = true } }"#,
+    );
     let new = baked_image(&c, "kaiju-staging-1").await;
     let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -282,7 +294,10 @@ async fn an_unhealthy_image_fails_the_rollout_and_every_group_ends_on_its_previo
     lt_group(&c, "kaiju_a", &old, 2, "1").await;
     lt_group(&c, "kaiju_b", &old, 2, "1").await;
     lc_group(&c, "kaiju_legacy", &old, 2).await;
-    set_rollout(root, r#"{ groups = ["kaiju_a", "kaiju_b", "kaiju_legacy"], concurrency = 3, refresh = { min_healthy_percentage = 50, instance_warmup = "100s", auto_rollback = true } }"#);
+    set_rollout(
+        root,
+        r#"{ groups = ["kaiju_a", "kaiju_b", "kaiju_legacy"], concurrency = 3, refresh = { min_healthy_percentage = 50, instance_warmup = "100s", auto_rollback = true } }"#,
+    );
     let bad = baked_image(&c, "kaiju-staging-bad").await;
     sb.control("POST", "/_sandbox/unhealthy_amis", Some(json!({"amis": [bad]})));
     let before = sb.live();
@@ -314,13 +329,26 @@ async fn a_failure_after_the_canary_puts_the_canary_back_too() {
     let root = dir.path();
     lt_group(&c, "kaiju_canary", &old, 2, "1").await;
     lt_group(&c, "kaiju_main", &old, 4, "1").await;
-    set_rollout(root, r#"{ groups = ["kaiju_canary", "kaiju_main"], canaries = ["kaiju_canary"], refresh = { min_healthy_percentage = 50, instance_warmup = "10s" } }"#);
+    set_rollout(
+        root,
+        r#"{ groups = ["kaiju_canary", "kaiju_main"], canaries = ["kaiju_canary"], refresh = { min_healthy_percentage = 50, instance_warmup = "10s" } }"#,
+    );
     let new = baked_image(&c, "kaiju-staging-1").await;
     // kaiju_main is busy with a refresh nobody may interrupt: the rollout fails after the canary.
-    c.asg.start_instance_refresh().auto_scaling_group_name("kaiju_main").preferences(asg_t::RefreshPreferences::builder().instance_warmup(600_000).min_healthy_percentage(50).build()).send().await.unwrap();
+    c.asg
+        .start_instance_refresh()
+        .auto_scaling_group_name("kaiju_main")
+        .preferences(asg_t::RefreshPreferences::builder().instance_warmup(600_000).min_healthy_percentage(50).build())
+        .send()
+        .await
+        .unwrap();
     let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("group kaiju_main has instance refresh") && text(&out.stderr).contains("--replace-in-progress"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("group kaiju_main has instance refresh") && text(&out.stderr).contains("--replace-in-progress"),
+        "{}",
+        text(&out.stderr)
+    );
     let m = json_out(&out);
     let canary = m["groups"].as_array().unwrap().iter().find(|g| g["name"] == "kaiju_canary").unwrap();
     assert_eq!(canary["outcome"], "rolled-back");
@@ -336,7 +364,13 @@ async fn a_refresh_in_progress_is_waited_for_or_replaced_never_doubled() {
     let root = dir.path();
     lt_group(&c, "kaiju_staging", &old, 2, "1").await;
     let new = baked_image(&c, "kaiju-staging-1").await;
-    let busy = || c.asg.start_instance_refresh().auto_scaling_group_name("kaiju_staging").preferences(asg_t::RefreshPreferences::builder().instance_warmup(1500).min_healthy_percentage(50).build()).send();
+    let busy = || {
+        c.asg
+            .start_instance_refresh()
+            .auto_scaling_group_name("kaiju_staging")
+            .preferences(asg_t::RefreshPreferences::builder().instance_warmup(1500).min_healthy_percentage(50).build())
+            .send()
+    };
     busy().await.unwrap();
     sb.control("DELETE", "/_sandbox/calls", None);
     let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging"]);
@@ -371,7 +405,10 @@ async fn plan_shows_every_group_and_changes_nothing() {
     let root = dir.path();
     lt_group(&c, "kaiju_staging", &old, 2, "1").await;
     lc_group(&c, "kaiju_legacy", &old, 1).await;
-    set_rollout(root, r#"{ groups = ["kaiju_staging", "kaiju_legacy"], canaries = ["kaiju_staging"], refresh = { min_healthy_percentage = 75, checkpoint_percentages = [50, 100], checkpoint_delay = "2m" } }"#);
+    set_rollout(
+        root,
+        r#"{ groups = ["kaiju_staging", "kaiju_legacy"], canaries = ["kaiju_staging"], refresh = { min_healthy_percentage = 75, checkpoint_percentages = [50, 100], checkpoint_delay = "2m" } }"#,
+    );
     let new = baked_image(&c, "kaiju-staging-1").await;
     sb.control("DELETE", "/_sandbox/calls", None);
     let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--plan"]);
@@ -483,7 +520,11 @@ async fn ctrl_c_during_a_refresh_puts_the_group_back_and_exits_130() {
     let m: Value = serde_json::from_str(&std::fs::read_to_string(root.join("roll.json")).unwrap()).unwrap();
     assert_eq!(m["status"], "interrupted");
     let g = &m["groups"][0];
-    assert_eq!((g["outcome"].as_str(), g["new_image"].as_str(), g["final_image"].as_str()), (Some("rolled-back"), Some(new.as_str()), Some(old.as_str())), "{g}");
+    assert_eq!(
+        (g["outcome"].as_str(), g["new_image"].as_str(), g["final_image"].as_str()),
+        (Some("rolled-back"), Some(new.as_str()), Some(old.as_str())),
+        "{g}"
+    );
     assert_eq!(images_of(&c, "kaiju_staging").await, BTreeSet::from([old.clone()]), "every instance back on the previous image");
 }
 
@@ -510,7 +551,11 @@ async fn the_record_is_a_census_of_what_runs_and_leftovers_exit_1() {
 
     // The second roll rolls, but cannot delete the configuration the first one made.
     let newer = baked_image(&c, "kaiju-staging-2").await;
-    sb.control("POST", "/_sandbox/faults", Some(json!({"faults": [{"service": "autoscaling", "action": "DeleteLaunchConfiguration", "rate": 1.0, "kind": "denied"}]})));
+    sb.control(
+        "POST",
+        "/_sandbox/faults",
+        Some(json!({"faults": [{"service": "autoscaling", "action": "DeleteLaunchConfiguration", "rate": 1.0, "kind": "denied"}]})),
+    );
     let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
     sb.control("DELETE", "/_sandbox/faults", None);
     let err = text(&out.stderr);

@@ -59,7 +59,16 @@ async fn ubuntu(c: &Clients) -> String {
 
 /// Canonical's 22.04 image: another image than `ubuntu`, to move groups onto.
 async fn ubuntu_2204(c: &Clients) -> String {
-    c.ssm.get_parameter().name("/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id").send().await.unwrap().parameter.unwrap().value.unwrap()
+    c.ssm
+        .get_parameter()
+        .name("/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id")
+        .send()
+        .await
+        .unwrap()
+        .parameter
+        .unwrap()
+        .value
+        .unwrap()
 }
 
 /// A launch template as bake's users write them: t3.small, instance profile `profile`, IMDSv2
@@ -103,7 +112,9 @@ async fn profile(c: &Clients, name: &str, ssm_core: bool) {
         .create_role()
         .role_name(name)
         .path("/bake/")
-        .assume_role_policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#)
+        .assume_role_policy_document(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#,
+        )
         .tags(t.clone())
         .send()
         .await
@@ -138,10 +149,7 @@ async fn state(c: &Clients, id: &str) -> String {
 
 async fn online(c: &Clients) -> Vec<(String, String)> {
     let r = c.ssm.describe_instance_information().send().await.unwrap();
-    r.instance_information_list()
-        .iter()
-        .map(|i| (i.instance_id().unwrap().to_string(), i.ping_status().unwrap().as_str().to_string()))
-        .collect()
+    r.instance_information_list().iter().map(|i| (i.instance_id().unwrap().to_string(), i.ping_status().unwrap().as_str().to_string())).collect()
 }
 
 async fn send(c: &Clients, id: &str, script: &str, timeout: &str) -> String {
@@ -170,7 +178,8 @@ async fn finished(c: &Clients, cmd: &str, id: &str) -> aws_sdk_ssm::operation::g
     until(20, "the command to finish", || async {
         let inv = invocation(c, cmd, id).await;
         match inv.status() {
-            Some(ssm_t::CommandInvocationStatus::Pending) | Some(ssm_t::CommandInvocationStatus::InProgress)
+            Some(ssm_t::CommandInvocationStatus::Pending)
+            | Some(ssm_t::CommandInvocationStatus::InProgress)
             | Some(ssm_t::CommandInvocationStatus::Delayed) => None,
             _ => Some(inv),
         }
@@ -348,15 +357,8 @@ async fn commands_reach_only_the_instances_asked_and_run_nothing() {
     assert_eq!(got[1]["script"], "echo second");
     assert!(sb.scripts(&b).is_empty());
     // An instance without a registered agent is refused, as AWS does.
-    let e = c
-        .ssm
-        .send_command()
-        .instance_ids(&none)
-        .document_name("AWS-RunShellScript")
-        .parameters("commands", vec!["true".to_string()])
-        .send()
-        .await
-        .unwrap_err();
+    let e =
+        c.ssm.send_command().instance_ids(&none).document_name("AWS-RunShellScript").parameters("commands", vec!["true".to_string()]).send().await.unwrap_err();
     assert_eq!(e.code(), Some("InvalidInstanceId"));
     assert!(e.message().unwrap().contains(&none));
     // ListCommandInvocations, and AWS's errors for unknown commands.
@@ -391,10 +393,7 @@ async fn commands_move_through_their_states_and_play_programmed_outcomes() {
     // Pending → InProgress → Success
     let cmd = send(&c, &id, "echo step=ok", "60").await;
     assert_eq!(invocation(&c, &cmd, &id).await.status(), Some(&ssm_t::CommandInvocationStatus::Pending));
-    until(5, "InProgress", || async {
-        (invocation(&c, &cmd, &id).await.status() == Some(&ssm_t::CommandInvocationStatus::InProgress)).then_some(())
-    })
-    .await;
+    until(5, "InProgress", || async { (invocation(&c, &cmd, &id).await.status() == Some(&ssm_t::CommandInvocationStatus::InProgress)).then_some(()) }).await;
     let inv = invocation(&c, &cmd, &id).await;
     assert_eq!(inv.standard_output_content(), Some(""), "output comes when the invocation ends, as on AWS");
     let inv = finished(&c, &cmd, &id).await;
@@ -413,10 +412,7 @@ async fn commands_move_through_their_states_and_play_programmed_outcomes() {
     assert_eq!(inv.status_details(), Some("ExecutionTimedOut"));
     // A command that never finishes can be cancelled.
     let cmd = send(&c, &id, "echo step=hangs", "3600").await;
-    until(5, "InProgress", || async {
-        (invocation(&c, &cmd, &id).await.status() == Some(&ssm_t::CommandInvocationStatus::InProgress)).then_some(())
-    })
-    .await;
+    until(5, "InProgress", || async { (invocation(&c, &cmd, &id).await.status() == Some(&ssm_t::CommandInvocationStatus::InProgress)).then_some(()) }).await;
     c.ssm.cancel_command().command_id(&cmd).instance_ids(&id).send().await.unwrap();
     let inv = finished(&c, &cmd, &id).await;
     assert_eq!(inv.status(), Some(&ssm_t::CommandInvocationStatus::Cancelled));
@@ -596,12 +592,8 @@ async fn group_images(c: &Clients, group: &str) -> Vec<(String, String)> {
         return Vec::new();
     }
     let d = c.ec2.describe_instances().set_instance_ids(Some(ids)).send().await.unwrap();
-    let mut out: Vec<(String, String)> = d
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .map(|i| (i.instance_id().unwrap().to_string(), i.image_id().unwrap().to_string()))
-        .collect();
+    let mut out: Vec<(String, String)> =
+        d.reservations().iter().flat_map(|r| r.instances()).map(|i| (i.instance_id().unwrap().to_string(), i.image_id().unwrap().to_string())).collect();
     out.sort();
     out
 }
@@ -852,10 +844,7 @@ async fn refreshes_cancel_and_roll_back_on_request() {
     assert_eq!(r.status(), Some(&asg_t::InstanceRefreshStatus::Cancelled));
     // Let any batch in flight settle, then roll forward again and roll back on request.
     start(false).await.unwrap();
-    until(10, "some progress", || async {
-        (refresh_status(&c, "www_staging").await.percentage_complete().unwrap_or(0) >= 25).then_some(())
-    })
-    .await;
+    until(10, "some progress", || async { (refresh_status(&c, "www_staging").await.percentage_complete().unwrap_or(0) >= 25).then_some(()) }).await;
     c.asg.rollback_instance_refresh().auto_scaling_group_name("www_staging").send().await.unwrap();
     let r = refresh_until_done(&c, "www_staging").await;
     assert_eq!(r.status(), Some(&asg_t::InstanceRefreshStatus::RollbackSuccessful));
@@ -869,11 +858,15 @@ async fn faults_throttle_fail_and_slow_calls_by_seeded_chance() {
     let sb = Sandbox::start();
     let c = clients(&sb).await;
     // Every DescribeImages throttled: the SDK retries, then reports AWS's code.
-    sb.control("POST", "/_sandbox/faults", Some(json!({"faults": [
-        {"service": "ec2", "action": "DescribeImages", "rate": 1.0, "kind": "throttle"},
-        {"service": "ssm", "action": "GetParameter", "rate": 1.0, "kind": "throttle"},
-        {"service": "iam", "action": "ListRoles", "rate": 1.0, "kind": "500"},
-    ]})));
+    sb.control(
+        "POST",
+        "/_sandbox/faults",
+        Some(json!({"faults": [
+            {"service": "ec2", "action": "DescribeImages", "rate": 1.0, "kind": "throttle"},
+            {"service": "ssm", "action": "GetParameter", "rate": 1.0, "kind": "throttle"},
+            {"service": "iam", "action": "ListRoles", "rate": 1.0, "kind": "500"},
+        ]})),
+    );
     let e = c.ec2.describe_images().owners("self").send().await.unwrap_err();
     assert_eq!(e.code(), Some("RequestLimitExceeded"));
     let e = c.ssm.get_parameter().name(UBUNTU_2404).send().await.unwrap_err();
@@ -883,10 +876,14 @@ async fn faults_throttle_fail_and_slow_calls_by_seeded_chance() {
     let calls = sb.calls();
     assert!(calls["by_action"]["ec2:DescribeImages"].as_u64().unwrap() >= 2, "the SDK retried: {}", calls["by_action"]);
     // 20% throttling and 5xx everywhere: the SDK's retries carry every call through.
-    sb.control("POST", "/_sandbox/faults", Some(json!({"faults": [
-        {"service": "*", "action": "*", "rate": 0.1, "kind": "throttle", "seed": 7},
-        {"service": "*", "action": "*", "rate": 0.1, "kind": "503", "seed": 8},
-    ]})));
+    sb.control(
+        "POST",
+        "/_sandbox/faults",
+        Some(json!({"faults": [
+            {"service": "*", "action": "*", "rate": 0.1, "kind": "throttle", "seed": 7},
+            {"service": "*", "action": "*", "rate": 0.1, "kind": "503", "seed": 8},
+        ]})),
+    );
     sb.control("DELETE", "/_sandbox/calls", None);
     for _ in 0..30 {
         c.ec2.describe_images().owners("self").send().await.expect("retried through the faults");
@@ -945,10 +942,7 @@ async fn accounting_lists_every_live_bake_managed_resource() {
         k.sort();
         k
     };
-    assert_eq!(
-        kinds(sb.live()),
-        ["iam-role", "image", "instance", "instance-profile", "security-group", "snapshot", "ssm-parameter", "volume"]
-    );
+    assert_eq!(kinds(sb.live()), ["iam-role", "image", "instance", "instance-profile", "security-group", "snapshot", "ssm-parameter", "volume"]);
     // Gone when deleted (or terminated).
     c.ec2.terminate_instances().instance_ids(&id).send().await.unwrap();
     c.ec2.delete_security_group().group_id(&sg).send().await.unwrap();
@@ -1240,14 +1234,7 @@ async fn standby_instances_are_ignored_waited_for_or_terminated_as_asked() {
     let new_ami = ubuntu_2204(&c).await;
     let v2 = new_version(&c, &lt_id, &new_ami).await;
     let standby = group_instances(&c, "queue_production").await[0].instance_id().unwrap().to_string();
-    c.asg
-        .enter_standby()
-        .auto_scaling_group_name("queue_production")
-        .instance_ids(&standby)
-        .should_decrement_desired_capacity(true)
-        .send()
-        .await
-        .unwrap();
+    c.asg.enter_standby().auto_scaling_group_name("queue_production").instance_ids(&standby).should_decrement_desired_capacity(true).send().await.unwrap();
     let start = |standby_pref: Option<asg_t::StandbyInstances>| {
         c.asg
             .start_instance_refresh()
@@ -1286,11 +1273,7 @@ async fn standby_instances_are_ignored_waited_for_or_terminated_as_asked() {
         .start_instance_refresh()
         .auto_scaling_group_name("queue_production")
         .preferences(
-            asg_t::RefreshPreferences::builder()
-                .min_healthy_percentage(50)
-                .instance_warmup(50)
-                .standby_instances(asg_t::StandbyInstances::Terminate)
-                .build(),
+            asg_t::RefreshPreferences::builder().min_healthy_percentage(50).instance_warmup(50).standby_instances(asg_t::StandbyInstances::Terminate).build(),
         )
         .desired_configuration(desired(&lt_id, &v2))
         .send()
@@ -1492,10 +1475,7 @@ async fn a_builder_lost_mid_step_ends_its_command_as_aws_documents() {
     let (requested, expires) = (cmd.requested_date_time().unwrap().secs(), cmd.expires_after().unwrap().secs());
     assert_eq!(expires - requested, 90, "ExpiresAfter: TimeoutSeconds + executionTimeout");
     let cmd = cmd.command_id().unwrap().to_string();
-    until(5, "InProgress", || async {
-        (invocation(&c, &cmd, &spot).await.status() == Some(&ssm_t::CommandInvocationStatus::InProgress)).then_some(())
-    })
-    .await;
+    until(5, "InProgress", || async { (invocation(&c, &cmd, &spot).await.status() == Some(&ssm_t::CommandInvocationStatus::InProgress)).then_some(()) }).await;
     // EC2 reclaims the Spot builder.
     let v = sb.control("POST", "/_sandbox/interrupt", Some(json!({"instance": spot})));
     assert_eq!(v["state"], "terminated");
@@ -1556,9 +1536,7 @@ async fn send_command_refuses_a_document_over_64_kb_with_its_parameters() {
     let c = clients(&sb).await;
     profile(&c, "bake-big", true).await;
     let id = launch(&c, &ubuntu(&c).await, Some("bake-big")).await;
-    let send = |script: String| {
-        c.ssm.send_command().instance_ids(&id).document_name("AWS-RunShellScript").parameters("commands", vec![script]).send()
-    };
+    let send = |script: String| c.ssm.send_command().instance_ids(&id).document_name("AWS-RunShellScript").parameters("commands", vec![script]).send();
     let e = send(format!("echo {}", "x".repeat(63_000))).await.unwrap_err();
     assert_eq!(e.code(), Some("MaxDocumentSizeExceeded"));
     // JSON escaping counts: 40,000 newlines are 80,000 bytes.
@@ -1592,7 +1570,8 @@ async fn deprecation_dates_are_bounded_and_rounded_to_the_minute() {
     assert_eq!(got.secs(), minute + 60, "40 s rounds up to the next minute ({shown})");
     deprecate(minute + 20).await.unwrap();
     let d = c.ec2.describe_images().image_ids(&image).send().await.unwrap();
-    let got = aws_sdk_ec2::primitives::DateTime::from_str(d.images()[0].deprecation_time().unwrap(), aws_sdk_ec2::primitives::DateTimeFormat::DateTime).unwrap();
+    let got =
+        aws_sdk_ec2::primitives::DateTime::from_str(d.images()[0].deprecation_time().unwrap(), aws_sdk_ec2::primitives::DateTimeFormat::DateTime).unwrap();
     assert_eq!(got.secs(), minute, "20 s rounds down");
 }
 
@@ -1726,7 +1705,8 @@ async fn auto_scaling_and_iam_lists_page_at_aws_sizes() {
     }
     let page = c.asg.describe_instance_refreshes().auto_scaling_group_name("fleet00_production").max_records(2).send().await.unwrap();
     assert_eq!((page.instance_refreshes().len(), page.next_token().is_some()), (2, true));
-    let pages = c.asg.describe_instance_refreshes().auto_scaling_group_name("fleet00_production").max_records(2).into_paginator().send().try_collect().await.unwrap();
+    let pages =
+        c.asg.describe_instance_refreshes().auto_scaling_group_name("fleet00_production").max_records(2).into_paginator().send().try_collect().await.unwrap();
     assert_eq!(pages.iter().map(|p| p.instance_refreshes().len()).sum::<usize>(), 3);
     let e = c.asg.describe_instance_refreshes().auto_scaling_group_name("fleet00_production").max_records(101).send().await.unwrap_err();
     assert_eq!(e.code(), Some("ValidationError"));
@@ -1830,7 +1810,17 @@ async fn a_rollback_restores_the_configuration_the_group_had_at_the_start() {
     profile(&c, "bake-asg", true).await;
     let lc_ami = ubuntu_2204(&c).await;
     let lt_ami = ubuntu(&c).await;
-    let bad = c.ssm.get_parameter().name("/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id").send().await.unwrap().parameter.unwrap().value.unwrap();
+    let bad = c
+        .ssm
+        .get_parameter()
+        .name("/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id")
+        .send()
+        .await
+        .unwrap()
+        .parameter
+        .unwrap()
+        .value
+        .unwrap();
     sb.control("POST", "/_sandbox/unhealthy_amis", Some(json!({"amis": [bad]})));
     c.asg.create_launch_configuration().launch_configuration_name("migrate-lc").image_id(&lc_ami).instance_type("t3.micro").send().await.unwrap();
     let lt_id = imdsv2_template(&c, "migrate-lt", &lt_ami, "bake-asg").await;
@@ -1857,7 +1847,14 @@ async fn a_rollback_restores_the_configuration_the_group_had_at_the_start() {
         .send()
         .await
         .unwrap();
-    c.asg.start_instance_refresh().auto_scaling_group_name("switched_first").preferences(auto.clone()).desired_configuration(desired(&lt_id, &v2)).send().await.unwrap();
+    c.asg
+        .start_instance_refresh()
+        .auto_scaling_group_name("switched_first")
+        .preferences(auto.clone())
+        .desired_configuration(desired(&lt_id, &v2))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(refresh_until_done(&c, "switched_first").await.status(), Some(&asg_t::InstanceRefreshStatus::RollbackSuccessful));
     let g = c.asg.describe_auto_scaling_groups().auto_scaling_group_names("switched_first").send().await.unwrap();
     assert!(g.auto_scaling_groups()[0].launch_template().is_some(), "rolled back to the new template, not the configuration");

@@ -47,10 +47,7 @@ async fn ubuntu(sb: &Sandbox) -> String {
 }
 
 fn tags(rtype: ec2_t::ResourceType, key: &str, value: &str) -> ec2_t::TagSpecification {
-    ec2_t::TagSpecification::builder()
-        .resource_type(rtype)
-        .tags(ec2_t::Tag::builder().key(key).value(value).build())
-        .build()
+    ec2_t::TagSpecification::builder().resource_type(rtype).tags(ec2_t::Tag::builder().key(key).value(value).build()).build()
 }
 
 /// (code, message) of an SDK error.
@@ -87,9 +84,14 @@ async fn a_user_without_policies_is_denied_with_the_services_errors() {
     let e = aws_sdk_ec2::Client::new(&conf).describe_images().owners("self").send().await.unwrap_err();
     let (code, msg) = err(&e);
     assert_eq!(code, "UnauthorizedOperation");
-    assert!(msg.starts_with("You are not authorized to perform this operation. User: arn:aws:iam::123456789012:user/alice \
+    assert!(
+        msg.starts_with(
+            "You are not authorized to perform this operation. User: arn:aws:iam::123456789012:user/alice \
                              is not authorized to perform: ec2:DescribeImages on resource: * because no identity-based \
-                             policy allows the ec2:DescribeImages action. Encoded authorization failure message: "), "{msg}");
+                             policy allows the ec2:DescribeImages action. Encoded authorization failure message: "
+        ),
+        "{msg}"
+    );
 
     let e = aws_sdk_iam::Client::new(&conf).list_roles().send().await.unwrap_err();
     assert_eq!(err(&e).0, "AccessDenied");
@@ -103,15 +105,9 @@ async fn a_user_without_policies_is_denied_with_the_services_errors() {
     let me = aws_sdk_sts::Client::new(&conf).get_caller_identity().send().await.unwrap();
     assert_eq!(me.arn(), Some(alice.arn.as_str()));
 
-    let denied: Vec<(String, String)> = sb
-        .decisions(true)
-        .iter()
-        .map(|d| (d["action"].as_str().unwrap().to_string(), d["resource"].as_str().unwrap().to_string()))
-        .collect();
-    assert_eq!(
-        denied,
-        vec![("ec2:DescribeImages".into(), "*".into()), ("iam:ListRoles".into(), "*".into()), ("ssm:GetParameter".into(), public)]
-    );
+    let denied: Vec<(String, String)> =
+        sb.decisions(true).iter().map(|d| (d["action"].as_str().unwrap().to_string(), d["resource"].as_str().unwrap().to_string())).collect();
+    assert_eq!(denied, vec![("ec2:DescribeImages".into(), "*".into()), ("iam:ListRoles".into(), "*".into()), ("ssm:GetParameter".into(), public)]);
 }
 
 #[tokio::test]
@@ -152,16 +148,24 @@ async fn run_instances_needs_the_request_tag_on_instance_volume_and_network_inte
                 let (code, _) = err(&out.unwrap_err());
                 assert_eq!(code, "UnauthorizedOperation");
                 let denied = sb.decisions(true);
-                assert!(denied.iter().any(|d| d["action"] == "ec2:RunInstances"
-                    && d["resource"] == format!("arn:aws:ec2:us-east-1:{ACCOUNT}:{res}")), "{denied:#?}");
+                assert!(
+                    denied.iter().any(|d| d["action"] == "ec2:RunInstances" && d["resource"] == format!("arn:aws:ec2:us-east-1:{ACCOUNT}:{res}")),
+                    "{denied:#?}"
+                );
             }
             None => {
                 out.unwrap();
                 let all = sb.decisions(false);
                 assert!(all.iter().all(|d| d["decision"] == "allow"), "{all:#?}");
                 let kinds: Vec<_> = all.iter().map(|d| (d["action"].as_str().unwrap(), d["resource_type"].as_str().unwrap())).collect();
-                for want in [("ec2:RunInstances", "image"), ("ec2:RunInstances", "subnet"), ("ec2:RunInstances", "security-group"),
-                             ("ec2:CreateTags", "instance"), ("ec2:CreateTags", "volume"), ("ec2:CreateTags", "network-interface")] {
+                for want in [
+                    ("ec2:RunInstances", "image"),
+                    ("ec2:RunInstances", "subnet"),
+                    ("ec2:RunInstances", "security-group"),
+                    ("ec2:CreateTags", "instance"),
+                    ("ec2:CreateTags", "volume"),
+                    ("ec2:CreateTags", "network-interface"),
+                ] {
                     assert!(kinds.contains(&want), "{want:?} not evaluated: {kinds:?}");
                 }
                 let tagging = all.iter().find(|d| d["action"] == "ec2:CreateTags").unwrap();
@@ -178,21 +182,21 @@ async fn an_explicit_deny_beats_any_allow() {
     let root = root_ec2(&sb).await;
     let image = ubuntu(&sb).await;
     let launch = |value: &'static str| {
-        root.run_instances()
-            .image_id(&image)
-            .min_count(1)
-            .max_count(1)
-            .tag_specifications(tags(ec2_t::ResourceType::Instance, "protected", value))
-            .send()
+        root.run_instances().image_id(&image).min_count(1).max_count(1).tag_specifications(tags(ec2_t::ResourceType::Instance, "protected", value)).send()
     };
     let kept = launch("true").await.unwrap().instances()[0].instance_id().unwrap().to_string();
     let other = launch("false").await.unwrap().instances()[0].instance_id().unwrap().to_string();
     let user = sb
         .create_user(
             "operator",
-            &[("all", policy(vec![allow(&["ec2:*"], &["*"])])),
-              ("guard", policy(vec![json!({"Sid": "KeepProtected", "Effect": "Deny", "Action": "ec2:TerminateInstances",
-                  "Resource": "*", "Condition": {"StringEquals": {"aws:ResourceTag/protected": "true"}}})]))],
+            &[
+                ("all", policy(vec![allow(&["ec2:*"], &["*"])])),
+                (
+                    "guard",
+                    policy(vec![json!({"Sid": "KeepProtected", "Effect": "Deny", "Action": "ec2:TerminateInstances",
+                  "Resource": "*", "Condition": {"StringEquals": {"aws:ResourceTag/protected": "true"}}})]),
+                ),
+            ],
         )
         .await;
     let ec2 = ec2_as(&sb, &user).await;
@@ -216,13 +220,7 @@ async fn a_permissions_boundary_caps_an_admin_policy() {
     let session = sb.assume_role(&role, "s").await;
     let conf = sb.sdk_config_as("us-east-1", &session).await;
     aws_sdk_ec2::Client::new(&conf).describe_images().owners("self").send().await.unwrap();
-    let e = aws_sdk_iam::Client::new(&conf)
-        .create_role()
-        .role_name("escape")
-        .assume_role_policy_document(policy(vec![]).to_string())
-        .send()
-        .await
-        .unwrap_err();
+    let e = aws_sdk_iam::Client::new(&conf).create_role().role_name("escape").assume_role_policy_document(policy(vec![]).to_string()).send().await.unwrap_err();
     let (code, msg) = err(&e);
     assert_eq!(code, "AccessDenied");
     assert!(msg.ends_with("because no permissions boundary allows the iam:CreateRole action"), "{msg}");
@@ -247,11 +245,14 @@ async fn pass_role_is_checked_when_launching_with_an_instance_profile() {
     let user = sb
         .create_user(
             "launcher",
-            &[("launch", policy(vec![
-                allow(&["ec2:RunInstances"], &["*"]),
-                json!({"Effect": "Allow", "Action": "iam:PassRole", "Resource": "arn:aws:iam::123456789012:role/svc/app",
+            &[(
+                "launch",
+                policy(vec![
+                    allow(&["ec2:RunInstances"], &["*"]),
+                    json!({"Effect": "Allow", "Action": "iam:PassRole", "Resource": "arn:aws:iam::123456789012:role/svc/app",
                        "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}}),
-            ]))],
+                ]),
+            )],
         )
         .await;
     let ec2 = ec2_as(&sb, &user).await;
@@ -279,37 +280,30 @@ async fn a_deny_on_add_group_stops_public_snapshots_but_the_sar_gives_images_no_
     let sb = sandbox();
     let root = root_ec2(&sb).await;
     let image = ubuntu(&sb).await;
-    let inst = root.run_instances().image_id(&image).min_count(1).max_count(1).send().await.unwrap().instances()[0]
-        .instance_id()
-        .unwrap()
-        .to_string();
+    let inst = root.run_instances().image_id(&image).min_count(1).max_count(1).send().await.unwrap().instances()[0].instance_id().unwrap().to_string();
     let ami = root.create_image().instance_id(&inst).name("mine").send().await.unwrap().image_id.unwrap();
-    let snap = root.describe_images().image_ids(&ami).send().await.unwrap().images()[0].block_device_mappings()[0]
-        .ebs()
-        .unwrap()
-        .snapshot_id()
-        .unwrap()
-        .to_string();
+    let snap =
+        root.describe_images().image_ids(&ami).send().await.unwrap().images()[0].block_device_mappings()[0].ebs().unwrap().snapshot_id().unwrap().to_string();
     let user = sb
         .create_user(
             "sharer",
-            &[("share", policy(vec![
-                allow(&["ec2:ModifySnapshotAttribute", "ec2:ModifyImageAttribute"], &["*"]),
-                json!({"Sid": "NeverPublic", "Effect": "Deny", "Action": ["ec2:ModifySnapshotAttribute", "ec2:ModifyImageAttribute"],
+            &[(
+                "share",
+                policy(vec![
+                    allow(&["ec2:ModifySnapshotAttribute", "ec2:ModifyImageAttribute"], &["*"]),
+                    json!({"Sid": "NeverPublic", "Effect": "Deny", "Action": ["ec2:ModifySnapshotAttribute", "ec2:ModifyImageAttribute"],
                        "Resource": "*", "Condition": {"StringEquals": {"ec2:Add/group": "all"}}}),
-            ]))],
+                ]),
+            )],
         )
         .await;
     let ec2 = ec2_as(&sb, &user).await;
-    let public = ec2_t::CreateVolumePermissionModifications::builder()
-        .add(ec2_t::CreateVolumePermission::builder().group(ec2_t::PermissionGroup::All).build())
-        .build();
+    let public =
+        ec2_t::CreateVolumePermissionModifications::builder().add(ec2_t::CreateVolumePermission::builder().group(ec2_t::PermissionGroup::All).build()).build();
     let (code, msg) = err(&ec2.modify_snapshot_attribute().snapshot_id(&snap).create_volume_permission(public).send().await.unwrap_err());
     assert_eq!(code, "UnauthorizedOperation");
     assert!(msg.contains("with an explicit deny in an identity-based policy"), "{msg}");
-    let account = ec2_t::CreateVolumePermissionModifications::builder()
-        .add(ec2_t::CreateVolumePermission::builder().user_id("210987654321").build())
-        .build();
+    let account = ec2_t::CreateVolumePermissionModifications::builder().add(ec2_t::CreateVolumePermission::builder().user_id("210987654321").build()).build();
     ec2.modify_snapshot_attribute().snapshot_id(&snap).create_volume_permission(account).send().await.unwrap();
 
     // The Service Authorization Reference lists no ec2:Add/group for ModifyImageAttribute (only
@@ -320,9 +314,7 @@ async fn a_deny_on_add_group_stops_public_snapshots_but_the_sar_gives_images_no_
         .modify_image_attribute()
         .image_id(&ami)
         .launch_permission(
-            ec2_t::LaunchPermissionModifications::builder()
-                .add(ec2_t::LaunchPermission::builder().group(ec2_t::PermissionGroup::All).build())
-                .build(),
+            ec2_t::LaunchPermissionModifications::builder().add(ec2_t::LaunchPermission::builder().group(ec2_t::PermissionGroup::All).build()).build(),
         )
         .send()
         .await;
@@ -403,8 +395,11 @@ async fn the_rust_sdk_signatures_verify_for_query_and_json_protocols_with_awkwar
         .role_name("awkward")
         .path("/a/b/")
         .description("a b+c/d=e ~*'()!")
-        .assume_role_policy_document(json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"},
-            "Action": "sts:AssumeRole", "Condition": {"StringEquals": {"sts:ExternalId": awkward}}}]}).to_string())
+        .assume_role_policy_document(
+            json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"},
+            "Action": "sts:AssumeRole", "Condition": {"StringEquals": {"sts:ExternalId": awkward}}}]})
+            .to_string(),
+        )
         .send()
         .await
         .unwrap();
@@ -417,13 +412,7 @@ async fn the_rust_sdk_signatures_verify_for_query_and_json_protocols_with_awkwar
 
     // JSON protocol: SSM.
     let ssm = aws_sdk_ssm::Client::new(&conf);
-    ssm.put_parameter()
-        .name("/awkward/p")
-        .value(awkward)
-        .r#type(aws_sdk_ssm::types::ParameterType::String)
-        .send()
-        .await
-        .unwrap();
+    ssm.put_parameter().name("/awkward/p").value(awkward).r#type(aws_sdk_ssm::types::ParameterType::String).send().await.unwrap();
     assert_eq!(ssm.get_parameter().name("/awkward/p").send().await.unwrap().parameter.unwrap().value(), Some(awkward));
     let denied = sb.decisions(true);
     assert!(denied.is_empty(), "{denied:#?}");

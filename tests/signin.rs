@@ -142,10 +142,7 @@ async fn a_credential_process_profile_signs_bake_in() {
     let helper = home.join("creds.sh");
     std::fs::write(
         &helper,
-        format!(
-            "#!/bin/sh\nprintf '%s' '{}'\n",
-            json!({"Version": 1, "AccessKeyId": reader.access_key_id, "SecretAccessKey": reader.secret_access_key})
-        ),
+        format!("#!/bin/sh\nprintf '%s' '{}'\n", json!({"Version": 1, "AccessKeyId": reader.access_key_id, "SecretAccessKey": reader.secret_access_key})),
     )
     .unwrap();
     std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

@@ -43,17 +43,79 @@ pub fn parse(kind: &str) -> Option<Check> {
 
 /// Units of a Debian or Ubuntu system (and of the SSM agent and Docker) an app may not replace.
 const SYSTEM_UNITS: &[&str] = &[
-    "apparmor", "apt-daily", "apt-daily-upgrade", "auditd", "chrony", "chronyd", "cloud-config", "cloud-final", "cloud-init",
-    "cloud-init-local", "containerd", "cron", "dbus", "docker", "emergency", "fail2ban", "getty", "networking", "nftables",
-    "polkit", "rescue", "rsyslog", "snapd", "ssh", "sshd", "sudo", "ufw", "unattended-upgrades", "user", "amazon-ssm-agent",
-    "ec2-instance-connect", "multipathd", "iptables", "netfilter-persistent", "atd", "logrotate", "man-db",
+    "apparmor",
+    "apt-daily",
+    "apt-daily-upgrade",
+    "auditd",
+    "chrony",
+    "chronyd",
+    "cloud-config",
+    "cloud-final",
+    "cloud-init",
+    "cloud-init-local",
+    "containerd",
+    "cron",
+    "dbus",
+    "docker",
+    "emergency",
+    "fail2ban",
+    "getty",
+    "networking",
+    "nftables",
+    "polkit",
+    "rescue",
+    "rsyslog",
+    "snapd",
+    "ssh",
+    "sshd",
+    "sudo",
+    "ufw",
+    "unattended-upgrades",
+    "user",
+    "amazon-ssm-agent",
+    "ec2-instance-connect",
+    "multipathd",
+    "iptables",
+    "netfilter-persistent",
+    "atd",
+    "logrotate",
+    "man-db",
 ];
 
 /// Folders of the system a service must not take over (exactly these).
 const SYSTEM_DIRS: &[&str] = &[
-    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt", "/opt", "/proc",
-    "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/var/log", "/var/tmp", "/var/cache",
-    "/var/spool", "/var/run", "/var/mail", "/var/backups", "/var/local", "/var/opt",
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/var/lib",
+    "/var/log",
+    "/var/tmp",
+    "/var/cache",
+    "/var/spool",
+    "/var/run",
+    "/var/mail",
+    "/var/backups",
+    "/var/local",
+    "/var/opt",
 ];
 
 /// Folders nothing below which a service may own.
@@ -122,7 +184,9 @@ pub fn problem(check: Check, v: &Json) -> Option<(String, String)> {
         }
         Check::UnitName => {
             let Some(n) = v.as_str() else { return Some((String::new(), "a unit name is text".into())) };
-            let shape = !n.is_empty() && n.len() <= 63 && (n.as_bytes()[0].is_ascii_lowercase() || n.as_bytes()[0].is_ascii_digit())
+            let shape = !n.is_empty()
+                && n.len() <= 63
+                && (n.as_bytes()[0].is_ascii_lowercase() || n.as_bytes()[0].is_ascii_digit())
                 && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
             if !shape {
                 return Some((String::new(), format!("`{}` is not a unit name: 1-63 of a-z, 0-9, _ . -, starting with a letter or digit", shown(n))));
@@ -165,7 +229,8 @@ pub fn problem(check: Check, v: &Json) -> Option<(String, String)> {
         }
         Check::Volumes => {
             let Json::Array(a) = v else { return Some((String::new(), "volumes are a list of \"SOURCE:TARGET[:OPTIONS]\"".into())) };
-            const OPTIONS: &[&str] = &["ro", "rw", "z", "Z", "shared", "rshared", "slave", "rslave", "private", "rprivate", "nocopy", "consistent", "cached", "delegated"];
+            const OPTIONS: &[&str] =
+                &["ro", "rw", "z", "Z", "shared", "rshared", "slave", "rslave", "private", "rprivate", "nocopy", "consistent", "cached", "delegated"];
             for (i, x) in a.iter().enumerate() {
                 let at = format!("[{i}]");
                 let Some(s) = x.as_str() else { return Some((at, "a volume is text".into())) };

@@ -115,10 +115,7 @@ impl Cookbook {
                         continue;
                     }
                     if let Some(first) = seen.insert(def.name.clone(), i) {
-                        problems.push(file.problem(
-                            &at.key("name"),
-                            format!("two steps are named `{}` (steps[{first}] and steps[{i}])", def.name),
-                        ));
+                        problems.push(file.problem(&at.key("name"), format!("two steps are named `{}` (steps[{first}] and steps[{i}])", def.name)));
                         continue;
                     }
                     let rel = def.template.clone().unwrap_or_else(|| format!("steps/{}.sh.hbs", def.name));
@@ -226,8 +223,7 @@ fn read_files(root: &Path, dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, Prob
     }
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d)
-            .map_err(|e| Problem::new(display_path(root, &d), "", format!("cannot read the folder: {e}")))?;
+        let entries = std::fs::read_dir(&d).map_err(|e| Problem::new(display_path(root, &d), "", format!("cannot read the folder: {e}")))?;
         for entry in entries {
             let entry = entry.map_err(|e| Problem::new(display_path(root, &d), "", format!("cannot read the folder: {e}")))?;
             let path = entry.path();
@@ -239,8 +235,7 @@ fn read_files(root: &Path, dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, Prob
                 stack.push(path);
             } else {
                 let rel = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().replace('\\', "/");
-                let bytes = std::fs::read(&path)
-                    .map_err(|e| Problem::new(display_path(root, &path), "", format!("cannot read the file: {e}")))?;
+                let bytes = std::fs::read(&path).map_err(|e| Problem::new(display_path(root, &path), "", format!("cannot read the file: {e}")))?;
                 out.insert(rel, bytes);
             }
         }

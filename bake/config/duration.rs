@@ -44,10 +44,7 @@ pub fn parse(text: &str) -> Result<u64, String> {
                 return Err(format!("`{text}` is not a duration (a unit needs a number before it)"));
             }
             let n: u64 = num.parse().map_err(|_| format!("`{text}` is too large"))?;
-            total = n
-                .checked_mul(mult)
-                .and_then(|v| total.checked_add(v))
-                .ok_or_else(|| format!("`{text}` is too large"))?;
+            total = n.checked_mul(mult).and_then(|v| total.checked_add(v)).ok_or_else(|| format!("`{text}` is too large"))?;
             num.clear();
             seen_unit = true;
         }

@@ -6,12 +6,52 @@
 /// the `regions` of the partition table the SDK resolves endpoints with (aws-sdk-ec2 1.274's
 /// `endpoint_lib.rs`, from the SDK's partitions.json). A new region needs a new bake release.
 pub const REGIONS: &[&str] = &[
-    "af-south-1", "ap-east-1", "ap-east-2", "ap-northeast-1", "ap-northeast-2", "ap-northeast-3", "ap-south-1", "ap-south-2",
-    "ap-southeast-1", "ap-southeast-2", "ap-southeast-3", "ap-southeast-4", "ap-southeast-5", "ap-southeast-6", "ap-southeast-7",
-    "ca-central-1", "ca-west-1", "cn-north-1", "cn-northwest-1", "eu-central-1", "eu-central-2", "eu-isoe-west-1", "eu-north-1",
-    "eu-south-1", "eu-south-2", "eu-west-1", "eu-west-2", "eu-west-3", "eusc-de-east-1", "il-central-1", "me-central-1",
-    "me-south-1", "mx-central-1", "sa-east-1", "us-east-1", "us-east-2", "us-gov-east-1", "us-gov-west-1", "us-iso-east-1",
-    "us-iso-west-1", "us-isob-east-1", "us-isob-west-1", "us-isof-east-1", "us-isof-south-1", "us-west-1", "us-west-2",
+    "af-south-1",
+    "ap-east-1",
+    "ap-east-2",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-south-1",
+    "ap-south-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ap-southeast-4",
+    "ap-southeast-5",
+    "ap-southeast-6",
+    "ap-southeast-7",
+    "ca-central-1",
+    "ca-west-1",
+    "cn-north-1",
+    "cn-northwest-1",
+    "eu-central-1",
+    "eu-central-2",
+    "eu-isoe-west-1",
+    "eu-north-1",
+    "eu-south-1",
+    "eu-south-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "eusc-de-east-1",
+    "il-central-1",
+    "me-central-1",
+    "me-south-1",
+    "mx-central-1",
+    "sa-east-1",
+    "us-east-1",
+    "us-east-2",
+    "us-gov-east-1",
+    "us-gov-west-1",
+    "us-iso-east-1",
+    "us-iso-west-1",
+    "us-isob-east-1",
+    "us-isob-west-1",
+    "us-isof-east-1",
+    "us-isof-south-1",
+    "us-west-1",
+    "us-west-2",
 ];
 
 pub fn known_region(r: &str) -> bool {
@@ -171,8 +211,7 @@ pub fn valid_instance_type(s: &str) -> bool {
 pub fn valid_kms_key(s: &str) -> bool {
     let uuid = |k: &str| {
         let parts: Vec<&str> = k.split('-').collect();
-        parts.len() == 5
-            && [8, 4, 4, 4, 12].iter().zip(&parts).all(|(n, p)| p.len() == *n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+        parts.len() == 5 && [8, 4, 4, 4, 12].iter().zip(&parts).all(|(n, p)| p.len() == *n && p.bytes().all(|b| b.is_ascii_hexdigit()))
     };
     let mrk = |k: &str| k.strip_prefix("mrk-").map(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit())).unwrap_or(false);
     let alias = |a: &str| {
@@ -214,7 +253,8 @@ pub fn webhook_problem(url: &str) -> Option<String> {
     let Some((scheme, rest)) = url.split_once("://") else { return Some(format!("`{url}` is not an http(s) URL")) };
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host = host.rsplit_once('@').map(|(_, h)| h).unwrap_or(host);
-    let name = if host.starts_with('[') { host.split(']').next().map(|h| h.trim_start_matches('[')).unwrap_or("") } else { host.split(':').next().unwrap_or("") };
+    let name =
+        if host.starts_with('[') { host.split(']').next().map(|h| h.trim_start_matches('[')).unwrap_or("") } else { host.split(':').next().unwrap_or("") };
     if name.is_empty() {
         return Some(format!("`{url}` has no host"));
     }
@@ -262,7 +302,11 @@ mod tests {
         assert!(valid_kms_key("arn:aws:kms:us-west-2:111122223333:alias/golden"));
         assert!(!valid_kms_key("alias/aws/ebs") && !valid_kms_key("key") && !valid_kms_key("arn:aws:kms:us-west-2:1:key/x"));
         assert!(valid_sns_topic_arn("arn:aws:sns:us-east-1:111122223333:bakes") && valid_sns_topic_arn("arn:aws:sns:us-east-1:111122223333:b.fifo"));
-        assert!(!valid_sns_topic_arn("arn::sns:") && !valid_sns_topic_arn("arn:aws:sns:us-east-1:111122223333:") && !valid_sns_topic_arn("arn:aws:sqs:us-east-1:111122223333:q"));
+        assert!(
+            !valid_sns_topic_arn("arn::sns:")
+                && !valid_sns_topic_arn("arn:aws:sns:us-east-1:111122223333:")
+                && !valid_sns_topic_arn("arn:aws:sqs:us-east-1:111122223333:q")
+        );
         assert_eq!(webhook_problem("https://hooks.example.com/bake"), None);
         assert_eq!(webhook_problem("http://127.0.0.1:8080/x"), None);
         for bad in ["https://", "http://hooks.example.com/x", "ftp://x/y", "https:///x", "https://exa mple.com"] {

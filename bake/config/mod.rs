@@ -7,8 +7,8 @@ pub mod duration;
 pub mod limits;
 pub mod policy;
 pub mod problem;
-pub mod role;
 mod resolve;
+pub mod role;
 pub mod tomlfile;
 pub mod vars;
 
@@ -47,9 +47,8 @@ impl Project {
     fn list(&self, folder: &str, want_dir: bool, suffix: &str) -> Result<Vec<String>, Problem> {
         let dir = self.root.join(folder);
         let shown = problem::display_path(&self.root, &dir);
-        let entries = std::fs::read_dir(&dir).map_err(|e| {
-            Problem::new(&shown, "", format!("cannot read the folder (is --root {} a bake project?): {e}", self.root.display()))
-        })?;
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| Problem::new(&shown, "", format!("cannot read the folder (is --root {} a bake project?): {e}", self.root.display())))?;
         let mut names = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| Problem::new(&shown, "", format!("cannot read the folder: {e}")))?;
@@ -100,13 +99,7 @@ impl Project {
     }
 
     /// Builds a plan, loading cookbooks through `cache` (each is read once per cache).
-    pub fn plan_with(
-        &self,
-        rf: &RoleFile,
-        role: &Role,
-        cache: &mut CookbookCache,
-        policies: &Policies,
-    ) -> Result<crate::plan::Plan, Problems> {
+    pub fn plan_with(&self, rf: &RoleFile, role: &Role, cache: &mut CookbookCache, policies: &Policies) -> Result<crate::plan::Plan, Problems> {
         let mut cookbooks = BTreeMap::new();
         let mut problems = Problems::default();
         for name in &role.run_list {
@@ -221,10 +214,7 @@ impl RoleFile {
             }
         }
         if envs.is_empty() && problems.is_empty() {
-            problems.push(file.problem(
-                &KeyPath::root(),
-                "a role needs at least one environment: add an [env.<name>] table (e.g. [env.staging])",
-            ));
+            problems.push(file.problem(&KeyPath::root(), "a role needs at least one environment: add an [env.<name>] table (e.g. [env.staging])"));
         }
         envs.sort();
         problems.into_result(RoleFile { name: name.to_string(), file, envs })
@@ -277,7 +267,6 @@ pub(crate) fn list_or_none(names: &[String]) -> String {
         names.join(", ")
     }
 }
-
 
 impl CookbookCache {
     pub fn len(&self) -> usize {

@@ -57,9 +57,8 @@ impl Policies {
             Problem::new(&shown, "", why).at_line(line)
         })?;
         let text = strip_trailing_commas(&text);
-        let doc: Json = serde_json::from_str(&text).map_err(|e| {
-            Problem::new(&shown, "", format!("renders as invalid JSON: {e} (line {} of the rendered policy)", e.line()))
-        })?;
+        let doc: Json = serde_json::from_str(&text)
+            .map_err(|e| Problem::new(&shown, "", format!("renders as invalid JSON: {e} (line {} of the rendered policy)", e.line())))?;
         let n = check_document(&doc).map_err(|why| Problem::new(&shown, "", format!("not a valid policy document: {why}")))?;
         let size = serde_json::to_string(&doc).map(|s| s.len()).unwrap_or(0);
         let limit = if kind == "builder" { INLINE_POLICY_LIMIT } else { MANAGED_POLICY_LIMIT };
@@ -112,11 +111,7 @@ impl Policies {
         let Ok(text) = self.registry.render(kind, &marked) else { return Vec::new() };
         let Ok(doc) = serde_json::from_str::<Json>(&strip_trailing_commas(&text)) else { return Vec::new() };
         let resources: Vec<String> = allowed_pairs(&doc).into_iter().map(|(_, r)| r).collect();
-        markers
-            .into_iter()
-            .filter(|(m, _, _)| resources.iter().any(|r| r.contains(m.as_str())))
-            .map(|(_, path, value)| (path, value))
-            .collect()
+        markers.into_iter().filter(|(m, _, _)| resources.iter().any(|r| r.contains(m.as_str()))).map(|(_, path, value)| (path, value)).collect()
     }
 }
 
@@ -130,7 +125,11 @@ pub fn too_wide_for_a_resource(value: &str) -> Option<String> {
         return Some(format!("`{value}` holds `${{`, an IAM policy variable; it reaches an IAM policy resource, which must name exactly one thing"));
     }
     if let Some(c) = value.chars().find(|c| c.is_control() || c.is_whitespace()) {
-        return Some(format!("`{}` holds `{}`; it reaches an IAM policy resource, which must name exactly one thing", value.escape_default(), c.escape_default()));
+        return Some(format!(
+            "`{}` holds `{}`; it reaches an IAM policy resource, which must name exactly one thing",
+            value.escape_default(),
+            c.escape_default()
+        ));
     }
     let rest = match value.find("://") {
         Some(i) if value[..i].bytes().all(|b| b.is_ascii_alphanumeric()) => &value[i + 3..],
@@ -451,10 +450,8 @@ pub fn operator_context(
     if launch_configuration_names.iter().any(|n| n == "*-ami-*-b-*") {
         launch_configuration_names.retain(|n| n == "*-ami-*-b-*");
     }
-    let launch_configuration_arns: Vec<String> = launch_configuration_names
-        .iter()
-        .map(|n| arn("autoscaling", &format!("launchConfiguration:*:launchConfigurationName/{n}")))
-        .collect();
+    let launch_configuration_arns: Vec<String> =
+        launch_configuration_names.iter().map(|n| arn("autoscaling", &format!("launchConfiguration:*:launchConfigurationName/{n}"))).collect();
     if launch_places.iter().any(|p| p.ends_with(":subnet/*")) {
         launch_places.retain(|p| !p.contains(":subnet/") || p.ends_with(":subnet/*"));
     }
@@ -509,8 +506,7 @@ pub fn union_of_statements(docs: &[Json]) -> Vec<Json> {
             let key = |s: &Json| (s.get("Effect").cloned(), s.get("Action").cloned(), s.get("Condition").cloned());
             let sid = st.get("Sid").and_then(Json::as_str).unwrap_or("Statement").to_string();
             let same = out.iter_mut().find(|o| {
-                o.get("Sid").and_then(Json::as_str).map(|x| x.trim_end_matches(|c: char| c.is_ascii_digit()) == sid).unwrap_or(false)
-                    && key(o) == key(&st)
+                o.get("Sid").and_then(Json::as_str).map(|x| x.trim_end_matches(|c: char| c.is_ascii_digit()) == sid).unwrap_or(false) && key(o) == key(&st)
             });
             let resources = |s: &Json| -> Vec<Json> {
                 match s.get("Resource") {
@@ -530,7 +526,10 @@ pub fn union_of_statements(docs: &[Json]) -> Vec<Json> {
                     o["Resource"] = if rs.len() == 1 { rs[0].clone() } else { Json::Array(rs) };
                 }
                 None => {
-                    let taken = out.iter().filter(|o| o.get("Sid").and_then(Json::as_str).map(|x| x.trim_end_matches(|c: char| c.is_ascii_digit()) == sid).unwrap_or(false)).count();
+                    let taken = out
+                        .iter()
+                        .filter(|o| o.get("Sid").and_then(Json::as_str).map(|x| x.trim_end_matches(|c: char| c.is_ascii_digit()) == sid).unwrap_or(false))
+                        .count();
                     let mut st = st.clone();
                     if taken > 0 {
                         st["Sid"] = Json::String(format!("{sid}{}", taken + 1));
@@ -602,10 +601,7 @@ pub fn allowed_pairs(doc: &Json) -> Vec<(String, String)> {
 /// The (action, resource) pairs of `wanted` that `boundary` does not allow.
 pub fn beyond_boundary(wanted: &Json, boundary: &Json) -> Vec<(String, String)> {
     let have = allowed_pairs(boundary);
-    allowed_pairs(wanted)
-        .into_iter()
-        .filter(|(a, r)| !have.iter().any(|(ha, hr)| wildcard_match(ha, a) && wildcard_match(hr, r)))
-        .collect()
+    allowed_pairs(wanted).into_iter().filter(|(a, r)| !have.iter().any(|(ha, hr)| wildcard_match(ha, a) && wildcard_match(hr, r))).collect()
 }
 
 /// IAM's wildcard match: `*` any run, `?` one character.

@@ -27,13 +27,7 @@ pub fn merge(base: &mut toml::Table, over: &toml::Table, top: bool) {
 }
 
 /// Renders `{{…}}` in every string of `v` with the plain engine, except the keys in `skip`.
-fn render_strings(
-    v: &mut toml::Value,
-    at: &KeyPath,
-    ctx: &serde_json::Value,
-    skip: &[&str],
-    errs: &mut Vec<(KeyPath, String)>,
-) {
+fn render_strings(v: &mut toml::Value, at: &KeyPath, ctx: &serde_json::Value, skip: &[&str], errs: &mut Vec<(KeyPath, String)>) {
     match v {
         toml::Value::String(s) if s.contains("{{") => match template::render_plain(s, ctx) {
             Ok(r) => *s = r,
@@ -61,9 +55,7 @@ fn var_message(e: &str) -> String {
     // "`vars.tag` is not set (strict mode)" → name the ways to set it.
     if let Some(rest) = e.strip_prefix("`vars.") {
         if let Some(name) = rest.split('`').next() {
-            return format!(
-                "variable `{name}` is not set (give --var {name}=…, --var-file, BAKE_VAR_{name}, or a default in [vars])"
-            );
+            return format!("variable `{name}` is not set (give --var {name}=…, --var-file, BAKE_VAR_{name}, or a default in [vars])");
         }
     }
     e.to_string()
@@ -79,9 +71,7 @@ fn region_problem(r: &str) -> String {
 }
 
 fn is_id(s: &str, prefix: &str) -> bool {
-    s.strip_prefix(prefix)
-        .map(|h| (8..=17).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-        .unwrap_or(false)
+    s.strip_prefix(prefix).map(|h| (8..=17).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())).unwrap_or(false)
 }
 
 /// AMI names: see limits::valid_ami_name.
@@ -116,10 +106,7 @@ const ARCHES: &[&str] = &["x86_64", "arm64", "i386", "x86_64_mac", "arm64_mac"];
 
 pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Problems> {
     let Some(overlay) = rf.overlay(env) else {
-        return Err(rf
-            .file
-            .problem(&KeyPath::root().key("env"), format!("no environment `{env}` in this role (it has: {})", list_or_none(&rf.envs)))
-            .into());
+        return Err(rf.file.problem(&KeyPath::root().key("env"), format!("no environment `{env}` in this role (it has: {})", list_or_none(&rf.envs))).into());
     };
     let mut merged = rf.file.table.clone();
     merged.remove("env");
@@ -130,11 +117,8 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
     let p = |path: &KeyPath, msg: String| -> Problem { rf.problem_at(env, path, msg) };
 
     // Variables, then every string rendered with them (the image name waits for build time).
-    let defaults: BTreeMap<String, String> = merged
-        .get("vars")
-        .and_then(|v| v.as_table())
-        .map(|t| t.iter().filter_map(|(k, v)| scalar(v).map(|s| (k.clone(), s))).collect())
-        .unwrap_or_default();
+    let defaults: BTreeMap<String, String> =
+        merged.get("vars").and_then(|v| v.as_table()).map(|t| t.iter().filter_map(|(k, v)| scalar(v).map(|s| (k.clone(), s))).collect()).unwrap_or_default();
     let vars = inputs.resolve(&defaults);
     let ctx = json!({"role": rf.name, "env": env, "vars": vars});
     let mut rendered = toml::Value::Table(merged);
@@ -201,7 +185,8 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
     let mut source_owners = Vec::new();
     if let Some(owners) = &source.owners {
         if source.ssm_parameter.is_none() {
-            let why = if source.filter.is_some() { "give the owners as source.filter.owners" } else { "only with ssm_parameter (a pinned ami is named by its id)" };
+            let why =
+                if source.filter.is_some() { "give the owners as source.filter.owners" } else { "only with ssm_parameter (a pinned ami is named by its id)" };
             problems.push(p(&sp.key("owners"), why.into()));
         }
         for (i, o) in owners.iter().enumerate() {
@@ -235,7 +220,10 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
                 }
                 for (i, o) in owners.iter().enumerate() {
                     if !valid_owner(o) {
-                        problems.push(p(&fp.key("owners").index(i), format!("`{o}` is not an image owner (a 12-digit account id, amazon, aws-marketplace or self)")));
+                        problems.push(p(
+                            &fp.key("owners").index(i),
+                            format!("`{o}` is not an image owner (a 12-digit account id, amazon, aws-marketplace or self)"),
+                        ));
                     }
                 }
                 source_owners = owners.clone();
@@ -337,7 +325,10 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
     let op = bp.key("output");
     if let Some(b) = &output.s3_bucket {
         if !valid_bucket_name(b) {
-            problems.push(p(&op.key("s3_bucket"), format!("`{b}` is not an S3 bucket name (3-63 of a-z, 0-9, . and -, starting and ending with a letter or digit)")));
+            problems.push(p(
+                &op.key("s3_bucket"),
+                format!("`{b}` is not an S3 bucket name (3-63 of a-z, 0-9, . and -, starting and ending with a letter or digit)"),
+            ));
         }
     }
     let s3_prefix = output.s3_prefix.clone().unwrap_or_else(|| format!("bake/{}/{env}", rf.name));
@@ -379,10 +370,9 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
         template::render_plain(&name, &sample("20261121T232813Z", "b-0123456789ab")),
         template::render_plain(&name, &sample("20991231T235959Z", "b-fedcba987654")),
     ) {
-        (Ok(a), Ok(b)) if a == b => problems.push(p(
-            &ip.key("name"),
-            "must use {{timestamp}} or {{bake_id}}, so that every bake's image has its own name".into(),
-        )),
+        (Ok(a), Ok(b)) if a == b => {
+            problems.push(p(&ip.key("name"), "must use {{timestamp}} or {{bake_id}}, so that every bake's image has its own name".into()))
+        }
         (Ok(a), Ok(b)) => {
             for n in [a, b] {
                 if !valid_ami_name(&n) {
@@ -445,9 +435,7 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
         }
         _ => {}
     }
-    let parameter = image.ssm_parameter.clone().unwrap_or_else(|| {
-        template::render_plain(DEFAULT_PARAMETER, &ctx).unwrap_or_default()
-    });
+    let parameter = image.ssm_parameter.clone().unwrap_or_else(|| template::render_plain(DEFAULT_PARAMETER, &ctx).unwrap_or_default());
     if let Some(why) = limits::parameter_name_problem(&parameter) {
         problems.push(p(&ip.key("ssm_parameter"), format!("`{}` {why}", parameter.chars().take(80).collect::<String>().escape_default())));
     } else if parameter.starts_with("/bake/") && !parameter.starts_with(&format!("/bake/{}/", rf.name)) {
@@ -461,10 +449,7 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
         format!("bake {} {}: {}", rf.name, env, description).chars().take(limits::AMI_DESCRIPTION).collect()
     });
     if image_description.chars().count() > limits::AMI_DESCRIPTION {
-        problems.push(p(
-            &ip.key("description"),
-            format!("is {} characters; AWS allows {}", image_description.chars().count(), limits::AMI_DESCRIPTION),
-        ));
+        problems.push(p(&ip.key("description"), format!("is {} characters; AWS allows {}", image_description.chars().count(), limits::AMI_DESCRIPTION)));
     }
     let image_spec = ImageSpec {
         name,
@@ -499,11 +484,18 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
         seen_groups.clear();
         for (i, g) in names.iter().flatten().enumerate() {
             if !limits::GROUP_NAME.contains(&g.len()) || g.trim() != g {
-                problems.push(p(&rp.key(key).index(i), format!("`{}` is not an Auto Scaling group name (1-255 characters, no white space at either end)", g.escape_default())));
+                problems.push(p(
+                    &rp.key(key).index(i),
+                    format!("`{}` is not an Auto Scaling group name (1-255 characters, no white space at either end)", g.escape_default()),
+                ));
             } else if let Some(c) = g.chars().find(|c| "*?$".contains(*c) || c.is_control()) {
                 problems.push(p(
                     &rp.key(key).index(i),
-                    format!("`{}` holds `{}`: bake names groups exactly (it reaches the roller policy); select groups by tag with rollout.group_tags", g.escape_default(), c.escape_default()),
+                    format!(
+                        "`{}` holds `{}`: bake names groups exactly (it reaches the roller policy); select groups by tag with rollout.group_tags",
+                        g.escape_default(),
+                        c.escape_default()
+                    ),
                 ));
             } else if !seen_groups.insert(g.clone()) {
                 problems.push(p(&rp.key(key).index(i), format!("`{g}` is listed twice")));
@@ -572,13 +564,7 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
     })
 }
 
-fn refresh_spec(
-    l: &RefreshLayer,
-    base: Option<&RefreshSpec>,
-    at: &KeyPath,
-    p: &dyn Fn(&KeyPath, String) -> Problem,
-    problems: &mut Problems,
-) -> RefreshSpec {
+fn refresh_spec(l: &RefreshLayer, base: Option<&RefreshSpec>, at: &KeyPath, p: &dyn Fn(&KeyPath, String) -> Problem, problems: &mut Problems) -> RefreshSpec {
     let d = base.cloned().unwrap_or(RefreshSpec {
         min_healthy_percentage: 90,
         max_healthy_percentage: None,
@@ -618,7 +604,10 @@ fn refresh_spec(
     } else if cps.last().is_some_and(|c| *c != 100) {
         // AWS stops a refresh at its last checkpoint and calls it Successful: part of the group
         // would stay on the old image.
-        problems.push(p(&at.key("checkpoint_percentages"), "must end at 100: AWS stops a refresh at its last checkpoint (and calls it successful), leaving the rest of the group on the old image".into()));
+        problems.push(p(
+            &at.key("checkpoint_percentages"),
+            "must end at 100: AWS stops a refresh at its last checkpoint (and calls it successful), leaving the rest of the group on the old image".into(),
+        ));
     }
     if let Some(d) = spec.checkpoint_delay.filter(|d| d.0 > limits::CHECKPOINT_DELAY_MAX) {
         problems.push(p(&at.key("checkpoint_delay"), format!("{d} is more than the 48h AWS allows")));

@@ -123,18 +123,7 @@ pub struct NotifyLayer {
 
 /// The sections a role file (and each of its env overlays) may have, with their types. Each
 /// section is checked on its own, so one file can report several problems at once.
-pub const SECTIONS: &[&str] = &[
-    "description",
-    "run_list",
-    "source",
-    "builder",
-    "image",
-    "attributes",
-    "rollout",
-    "vars",
-    "notify",
-    "env",
-];
+pub const SECTIONS: &[&str] = &["description", "run_list", "source", "builder", "image", "attributes", "rollout", "vars", "notify", "env"];
 
 // ---------------------------------------------------------------------------------------------
 // What one role looks like in one env, after merging, defaults and checks.
@@ -156,8 +145,12 @@ pub enum SourceSpec {
 pub enum SubnetSpec {
     /// Let EC2 pick a default subnet in the default VPC.
     Default,
-    Id { id: String },
-    Tags { tags: BTreeMap<String, String> },
+    Id {
+        id: String,
+    },
+    Tags {
+        tags: BTreeMap<String, String>,
+    },
 }
 
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]

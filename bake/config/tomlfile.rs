@@ -50,8 +50,7 @@ impl std::fmt::Display for KeyPath {
                     if !first {
                         f.write_str(".")?;
                     }
-                    let bare = !k.is_empty()
-                        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                    let bare = !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
                     if bare {
                         f.write_str(k)?;
                     } else {
@@ -78,8 +77,7 @@ impl TomlFile {
     /// Reads and parses `path`. A read or syntax error is one problem naming file and line.
     pub fn load(root: &Path, path: &Path) -> Result<TomlFile, Problem> {
         let shown = display_path(root, path);
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Problem::new(&shown, "", format!("cannot read the file: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Problem::new(&shown, "", format!("cannot read the file: {e}")))?;
         Self::parse(shown, text)
     }
 
@@ -88,8 +86,7 @@ impl TomlFile {
             Ok(d) => d,
             Err(e) => {
                 let line = e.span().map(|s| line_of(&text, s.start));
-                return Err(Problem::new(&shown, "", format!("not valid TOML: {}", e.message()))
-                    .at_line(line));
+                return Err(Problem::new(&shown, "", format!("not valid TOML: {}", e.message())).at_line(line));
             }
         };
         let table: toml::Table = toml::from_str(&text).map_err(|e| {
@@ -146,14 +143,11 @@ fn line_rec(text: &str, node: Node<'_>, rest: &[Seg], best: Option<usize>) -> Op
     let Some((seg, tail)) = rest.split_first() else { return best };
     let at = |span: Option<std::ops::Range<usize>>| span.map(|s| line_of(text, s.start)).or(best);
     match (seg, node) {
-        (Seg::Key(k), Node::Item(Item::Table(t))) | (Seg::Key(k), Node::Table(t)) => {
-            match t.get_key_value(k) {
-                Some((key, next)) => line_rec(text, Node::Item(next), tail, at(key.span())),
-                None => best,
-            }
-        }
-        (Seg::Key(k), Node::Item(Item::Value(Value::InlineTable(t))))
-        | (Seg::Key(k), Node::Value(Value::InlineTable(t))) => match t.get_key_value(k) {
+        (Seg::Key(k), Node::Item(Item::Table(t))) | (Seg::Key(k), Node::Table(t)) => match t.get_key_value(k) {
+            Some((key, next)) => line_rec(text, Node::Item(next), tail, at(key.span())),
+            None => best,
+        },
+        (Seg::Key(k), Node::Item(Item::Value(Value::InlineTable(t)))) | (Seg::Key(k), Node::Value(Value::InlineTable(t))) => match t.get_key_value(k) {
             Some((key, next)) => line_rec(text, Node::Item(next), tail, at(key.span())),
             None => best,
         },
@@ -161,8 +155,7 @@ fn line_rec(text: &str, node: Node<'_>, rest: &[Seg], best: Option<usize>) -> Op
             Some(t) => line_rec(text, Node::Table(t), tail, at(t.span())),
             None => best,
         },
-        (Seg::Index(i), Node::Item(Item::Value(Value::Array(a))))
-        | (Seg::Index(i), Node::Value(Value::Array(a))) => match a.get(*i) {
+        (Seg::Index(i), Node::Item(Item::Value(Value::Array(a)))) | (Seg::Index(i), Node::Value(Value::Array(a))) => match a.get(*i) {
             Some(v) => line_rec(text, Node::Value(v), tail, at(v.span())),
             None => best,
         },

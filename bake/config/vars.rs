@@ -24,23 +24,18 @@ pub struct VarInputs {
 
 pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl VarInputs {
     /// Collects `BAKE_VAR_*` from an environment listing.
     pub fn from_env<I: IntoIterator<Item = (String, String)>>(vars: I) -> BTreeMap<String, String> {
-        vars.into_iter()
-            .filter_map(|(k, v)| k.strip_prefix("BAKE_VAR_").filter(|n| valid_name(n)).map(|n| (n.to_string(), v)))
-            .collect()
+        vars.into_iter().filter_map(|(k, v)| k.strip_prefix("BAKE_VAR_").filter(|n| valid_name(n)).map(|n| (n.to_string(), v))).collect()
     }
 
     /// Parses one `--var name=value`.
     pub fn parse_flag(text: &str) -> Result<(String, String), String> {
-        let (k, v) = text
-            .split_once('=')
-            .ok_or_else(|| format!("--var {text}: expected name=value"))?;
+        let (k, v) = text.split_once('=').ok_or_else(|| format!("--var {text}: expected name=value"))?;
         if !valid_name(k) {
             return Err(format!("--var {text}: `{k}` is not a variable name (letters, digits, _)"));
         }
@@ -50,8 +45,7 @@ impl VarInputs {
     /// Reads one `--var-file`: a TOML table of strings, numbers and booleans.
     pub fn read_file(root: &Path, path: &Path) -> Result<BTreeMap<String, String>, Problem> {
         let shown = display_path(root, path);
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Problem::new(&shown, "", format!("cannot read the var file: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Problem::new(&shown, "", format!("cannot read the var file: {e}")))?;
         let table: toml::Table = toml::from_str(&text).map_err(|e| {
             let line = e.span().map(|s| super::tomlfile::line_of(&text, s.start));
             Problem::new(&shown, "", format!("not valid TOML: {}", e.message())).at_line(line)
@@ -62,9 +56,7 @@ impl VarInputs {
                 if !valid_name(&k) {
                     return Err(Problem::new(&shown, &k, "not a variable name (letters, digits, _)"));
                 }
-                scalar(&v)
-                    .map(|s| (k.clone(), s))
-                    .ok_or_else(|| Problem::new(&shown, &k, "a variable must be a string, number or boolean"))
+                scalar(&v).map(|s| (k.clone(), s)).ok_or_else(|| Problem::new(&shown, &k, "a variable must be a string, number or boolean"))
             })
             .collect()
     }
@@ -104,10 +96,7 @@ mod tests {
     fn precedence_is_defaults_env_files_flags() {
         let inputs = VarInputs {
             env: m(&[("a", "env"), ("b", "env"), ("c", "env")]),
-            files: vec![
-                (PathBuf::from("one.toml"), m(&[("b", "file1"), ("c", "file1")])),
-                (PathBuf::from("two.toml"), m(&[("c", "file2")])),
-            ],
+            files: vec![(PathBuf::from("one.toml"), m(&[("b", "file1"), ("c", "file1")])), (PathBuf::from("two.toml"), m(&[("c", "file2")]))],
             flags: vec![("d".into(), "flag1".into()), ("d".into(), "flag2".into())],
         };
         let got = inputs.resolve(&m(&[("a", "default"), ("z", "default")]));

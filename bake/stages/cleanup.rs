@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use crate::wait::CONSISTENCY_WINDOW;
 
 use aws_sdk_ec2::types::Filter;
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use backon::{ExponentialBuilder, Retryable};
 
 use crate::aws::Aws;
@@ -35,7 +35,12 @@ fn order(k: Kind) -> u8 {
 
 /// The answer of one deleting (or looking-up) call: `Some` when it succeeded, `None` when the
 /// resource was already gone (AWS's NotFound counts as done), an error otherwise.
-fn unless_gone<T, E>(r: std::result::Result<T, SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>>, action: &str, resource: String, region: &str) -> Result<Option<T>>
+fn unless_gone<T, E>(
+    r: std::result::Result<T, SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>>,
+    action: &str,
+    resource: String,
+    region: &str,
+) -> Result<Option<T>>
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -73,7 +78,8 @@ pub async fn delete(aws: &Aws, r: &Resource, born: Option<SystemTime>) -> Result
     let id = r.id.as_str();
     match r.kind {
         Kind::Instance => {
-            let terminate = || async { unless_gone(c.ec2.terminate_instances().instance_ids(id).send().await, "ec2:TerminateInstances", format!("builder {id}"), &region) };
+            let terminate =
+                || async { unless_gone(c.ec2.terminate_instances().instance_ids(id).send().await, "ec2:TerminateInstances", format!("builder {id}"), &region) };
             if believed(born, terminate).await?.is_none() {
                 return Ok(Vec::new());
             }
@@ -85,9 +91,11 @@ pub async fn delete(aws: &Aws, r: &Resource, born: Option<SystemTime>) -> Result
                 let r = c.ec2.delete_security_group().group_id(id).send().await;
                 unless_gone(r, "ec2:DeleteSecurityGroup", format!("security group {id}"), &region)
             };
-            let retried = || del.retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(2)).with_max_delay(Duration::from_secs(20)).with_max_times(12))
-                .sleep(tokio::time::sleep)
-                .when(|e: &Error| e.code() == Some("DependencyViolation"));
+            let retried = || {
+                del.retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(2)).with_max_delay(Duration::from_secs(20)).with_max_times(12))
+                    .sleep(tokio::time::sleep)
+                    .when(|e: &Error| e.code() == Some("DependencyViolation"))
+            };
             believed(born, retried).await?;
         }
         Kind::InstanceProfile => {
@@ -152,7 +160,8 @@ pub async fn delete(aws: &Aws, r: &Resource, born: Option<SystemTime>) -> Result
                 Ok(r.and_then(|d| d.images().iter().find(|i| i.image_id() == Some(id)).map(crate::stages::image::snapshot_ids)))
             };
             let Some(snapshots) = believed(born, describe).await? else { return Ok(Vec::new()) };
-            let deregister = || async { unless_gone(c.ec2.deregister_image().image_id(id).send().await, "ec2:DeregisterImage", format!("image {id}"), &region) };
+            let deregister =
+                || async { unless_gone(c.ec2.deregister_image().image_id(id).send().await, "ec2:DeregisterImage", format!("image {id}"), &region) };
             believed(born, deregister).await?;
             let mut also = Vec::new();
             for s in snapshots {
@@ -375,7 +384,8 @@ pub async fn find_tagged(aws: &Aws, region: &str, filter: Filter) -> Result<Vec<
         tags.iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect()
     };
     let missing = |call: &str, what: &str| Error::Other(format!("{call} in {region} answered with a {what} without an id"));
-    let live = Filter::builder().name("instance-state-name").values("pending").values("running").values("stopping").values("stopped").values("shutting-down").build();
+    let live =
+        Filter::builder().name("instance-state-name").values("pending").values("running").values("stopping").values("stopped").values("shutting-down").build();
     for i in c.instances("bake-managed instances", vec![filter.clone(), live]).await? {
         let id = i.instance_id().ok_or_else(|| missing("ec2:DescribeInstances", "instance"))?;
         out.push((Resource::new(Kind::Instance, id, region), tagmap(i.tags())));

@@ -4,10 +4,7 @@
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{
-    CreateVolumePermission, CreateVolumePermissionModifications, LaunchPermission, LaunchPermissionModifications,
-    ResourceType,
-};
+use aws_sdk_ec2::types::{CreateVolumePermission, CreateVolumePermissionModifications, LaunchPermission, LaunchPermissionModifications, ResourceType};
 use aws_sdk_ssm::types::{ParameterType, Tag};
 use futures::stream::{self, StreamExt};
 
@@ -52,10 +49,7 @@ async fn copy_one(
         if let Some(k) = kms {
             req = req.kms_key_id(k);
         }
-        let r = req
-            .send()
-            .await
-            .map_err(|e| Error::aws("ec2:CopyImage", format!("copy of {source_image}"), &region, &e))?;
+        let r = req.send().await.map_err(|e| Error::aws("ec2:CopyImage", format!("copy of {source_image}"), &region, &e))?;
         let id = r.image_id().unwrap_or_default().to_string();
         journal.created(crate::journal::Resource::new(Kind::Image, &id, &region))?;
         let mut journaled: Vec<String> = Vec::new();
@@ -118,8 +112,7 @@ async fn share_and_deprecate(ctx: &Ctx, c: &Clients, image: &str, snaps: &[Strin
             .map_err(|e| Error::aws("ec2:ModifyImageAttribute", format!("image {image}"), region, &e))?;
     }
     if !spec.share_accounts.is_empty() {
-        let vol: Vec<CreateVolumePermission> =
-            spec.share_accounts.iter().map(|a| CreateVolumePermission::builder().user_id(a).build()).collect();
+        let vol: Vec<CreateVolumePermission> = spec.share_accounts.iter().map(|a| CreateVolumePermission::builder().user_id(a).build()).collect();
         for s in snaps {
             c.ec2
                 .modify_snapshot_attribute()
@@ -162,14 +155,7 @@ async fn publish(ctx: &Ctx, c: &Clients, image: &str) -> Result<ParameterRecord>
         at: journal::now_rfc3339(),
     })?;
     let description = format!("{}/{}: the newest image bake made (bake {})", ctx.plan.role, ctx.plan.env, ctx.id);
-    let req = c
-        .ssm
-        .put_parameter()
-        .name(&name)
-        .value(image)
-        .r#type(ParameterType::String)
-        .data_type("aws:ec2:image")
-        .description(description);
+    let req = c.ssm.put_parameter().name(&name).value(image).r#type(ParameterType::String).data_type("aws:ec2:image").description(description);
     let r = if previous.is_some() {
         req.overwrite(true).send().await
     } else {

@@ -21,23 +21,13 @@ pub fn name(ctx: &Ctx) -> String {
 }
 
 fn tags(ctx: &Ctx) -> Result<Vec<Tag>> {
-    ctx.base_tags()
-        .into_iter()
-        .map(|(k, v)| Tag::builder().key(k).value(v).build().map_err(|e| Error::Other(e.to_string())))
-        .collect()
+    ctx.base_tags().into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build().map_err(|e| Error::Other(e.to_string()))).collect()
 }
 
 /// The account the caller works in (STS answers this for any caller).
 pub async fn account_id(c: &crate::aws::Clients) -> Result<String> {
-    let r = c
-        .sts
-        .get_caller_identity()
-        .send()
-        .await
-        .map_err(|e| Error::aws("sts:GetCallerIdentity", "the caller", &c.region, &e))?;
-    r.account()
-        .map(str::to_string)
-        .ok_or_else(|| Error::Other(format!("sts:GetCallerIdentity in {} answered without an account", c.region)))
+    let r = c.sts.get_caller_identity().send().await.map_err(|e| Error::aws("sts:GetCallerIdentity", "the caller", &c.region, &e))?;
+    r.account().map(str::to_string).ok_or_else(|| Error::Other(format!("sts:GetCallerIdentity in {} answered without an account", c.region)))
 }
 
 /// The default version of a managed policy, as a JSON document (IAM answers it URL-encoded).
@@ -47,10 +37,8 @@ pub async fn policy_document(c: &crate::aws::Clients, arn: &str) -> Result<Optio
         Err(e) if e.as_service_error().map(|s| s.is_no_such_entity_exception()).unwrap_or(false) => return Ok(None),
         Err(e) => return Err(Error::aws("iam:GetPolicy", format!("policy {arn}"), "global", &e)),
     };
-    let version = p
-        .policy()
-        .and_then(|p| p.default_version_id())
-        .ok_or_else(|| Error::Other(format!("iam:GetPolicy answered without a default version for {arn}")))?;
+    let version =
+        p.policy().and_then(|p| p.default_version_id()).ok_or_else(|| Error::Other(format!("iam:GetPolicy answered without a default version for {arn}")))?;
     let v = c
         .iam
         .get_policy_version()
@@ -59,14 +47,10 @@ pub async fn policy_document(c: &crate::aws::Clients, arn: &str) -> Result<Optio
         .send()
         .await
         .map_err(|e| Error::aws("iam:GetPolicyVersion", format!("policy {arn} {version}"), "global", &e))?;
-    let text = v
-        .policy_version()
-        .and_then(|v| v.document())
-        .ok_or_else(|| Error::Other(format!("iam:GetPolicyVersion answered without a document for {arn}")))?;
+    let text =
+        v.policy_version().and_then(|v| v.document()).ok_or_else(|| Error::Other(format!("iam:GetPolicyVersion answered without a document for {arn}")))?;
     let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy().to_string();
-    serde_json::from_str(&decoded)
-        .map(Some)
-        .map_err(|e| Error::Other(format!("the document of policy {arn} is not JSON: {e}")))
+    serde_json::from_str(&decoded).map(Some).map_err(|e| Error::Other(format!("the document of policy {arn} is not JSON: {e}")))
 }
 
 /// Checks, before anything is created, that the boundary exists and allows all that this role's
@@ -97,10 +81,7 @@ async fn check_boundary(ctx: &Ctx, arn: &str) -> Result<()> {
 async fn precreated(ctx: &Ctx, profile: &str) -> Result<(String, String)> {
     let r = ctx.c.iam.get_instance_profile().instance_profile_name(profile).send().await.map_err(|e| {
         if e.as_service_error().map(|s| s.is_no_such_entity_exception()).unwrap_or(false) {
-            Error::Other(format!(
-                "instance profile {profile} (builder.instance_profile of roles/{}.toml) does not exist; nothing was created",
-                ctx.plan.role
-            ))
+            Error::Other(format!("instance profile {profile} (builder.instance_profile of roles/{}.toml) does not exist; nothing was created", ctx.plan.role))
         } else {
             Error::aws("iam:GetInstanceProfile", format!("instance profile {profile}"), "global", &e)
         }

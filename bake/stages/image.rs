@@ -37,8 +37,7 @@ pub fn image_name(ctx: &Ctx) -> Result<String> {
         "bake_id": ctx.id.to_string(),
         "vars": ctx.plan_vars(),
     });
-    crate::template::render_plain(&ctx.plan.image.name, &data)
-        .map_err(|e| Error::Other(format!("roles/{}.toml: image.name: {e}", ctx.plan.role)))
+    crate::template::render_plain(&ctx.plan.image.name, &data).map_err(|e| Error::Other(format!("roles/{}.toml: image.name: {e}", ctx.plan.role)))
 }
 
 async fn create_image(ctx: &Ctx, instance: &str, name: &str) -> Result<String> {
@@ -82,18 +81,11 @@ pub fn snapshot_ids(img: &aws_sdk_ec2::types::Image) -> Vec<String> {
 
 /// The snapshots behind an image.
 pub async fn snapshots(c: &crate::aws::Clients, image: &str) -> Result<(String, Vec<String>)> {
-    let d = c
-        .ec2
-        .describe_images()
-        .image_ids(image)
-        .send()
-        .await
-        .map_err(|e| Error::aws("ec2:DescribeImages", format!("image {image}"), &c.region, &e))?;
+    let d = c.ec2.describe_images().image_ids(image).send().await.map_err(|e| Error::aws("ec2:DescribeImages", format!("image {image}"), &c.region, &e))?;
     let img = d.images().first();
     let state = img.and_then(|i| i.state()).map(|s| s.as_str().to_string()).unwrap_or_default();
-    let snaps = img
-        .map(|i| i.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string)).collect())
-        .unwrap_or_default();
+    let snaps =
+        img.map(|i| i.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string)).collect()).unwrap_or_default();
     Ok((state, snaps))
 }
 
@@ -126,10 +118,9 @@ pub async fn create(ctx: &mut Ctx) -> Result<()> {
     };
     ctx.created(Kind::Image, &image, &ctx.region)?;
     ctx.images.push((ctx.region.clone(), image.clone()));
-    ctx.manifest.images.insert(
-        ctx.region.clone(),
-        ImageRecord { ami_id: image.clone(), name, state: "pending".into(), snapshot_ids: vec![], copied_from: None },
-    );
+    ctx.manifest
+        .images
+        .insert(ctx.region.clone(), ImageRecord { ami_id: image.clone(), name, state: "pending".into(), snapshot_ids: vec![], copied_from: None });
     ctx.report.stage("image", &format!("{image} pending"));
     let timeout = ctx.plan.builder.spec.image_timeout;
     // A pending image already names its snapshots: journal each as soon as it is seen.

@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
-    InstanceMarketOptionsRequest, InstanceMetadataEndpointState, InstanceStateName, InstanceMetadataOptionsRequest, InstanceType,
-    InstanceNetworkInterfaceSpecification, MarketType, ResourceType, VolumeType,
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
+    InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceStateName, InstanceType, MarketType, ResourceType, VolumeType,
 };
 use aws_sdk_ssm::types::{InstanceInformationStringFilter, PingStatus};
 use backon::{ExponentialBuilder, Retryable};
@@ -45,21 +44,14 @@ async fn network(ctx: &Ctx) -> Result<(String, String)> {
                     format_args!("roles/{}.toml", ctx.plan.role)
                 )));
             };
-            let filters = vec![
-                Filter::builder().name("vpc-id").values(vpc).build(),
-                Filter::builder().name("default-for-az").values("true").build(),
-            ];
+            let filters = vec![Filter::builder().name("vpc-id").values(vpc).build(), Filter::builder().name("default-for-az").values("true").build()];
             ctx.c.subnets("the default VPC's subnets", Vec::new(), filters).await?
         }
     };
     // The subnet with the most free addresses; ties go to the first by id (deterministic).
     let mut subnets: Vec<_> = subnets.iter().filter(|s| s.subnet_id().is_some() && s.vpc_id().is_some()).collect();
-    subnets.sort_by(|a, b| {
-        b.available_ip_address_count()
-            .unwrap_or(0)
-            .cmp(&a.available_ip_address_count().unwrap_or(0))
-            .then(a.subnet_id().cmp(&b.subnet_id()))
-    });
+    subnets
+        .sort_by(|a, b| b.available_ip_address_count().unwrap_or(0).cmp(&a.available_ip_address_count().unwrap_or(0)).then(a.subnet_id().cmp(&b.subnet_id())));
     match subnets.first() {
         Some(s) => Ok((s.subnet_id().unwrap_or_default().to_string(), s.vpc_id().unwrap_or_default().to_string())),
         None => Err(Error::Other(format!(
@@ -99,9 +91,7 @@ async fn security_group(ctx: &Ctx, vpc: &str) -> Result<String> {
 /// instance profile (IAM propagation), or the new security group (EC2's eventual consistency).
 fn not_visible_yet(e: &Error) -> bool {
     match e {
-        Error::Aws { code: Some(c), detail, .. } => {
-            (c == "InvalidParameterValue" && detail.contains("iamInstanceProfile")) || c == "InvalidGroup.NotFound"
-        }
+        Error::Aws { code: Some(c), detail, .. } => (c == "InvalidParameterValue" && detail.contains("iamInstanceProfile")) || c == "InvalidGroup.NotFound",
         _ => false,
     }
 }
@@ -109,16 +99,9 @@ fn not_visible_yet(e: &Error) -> bool {
 pub async fn launch(ctx: &mut Ctx, role: &str, profile: &str) -> Result<()> {
     let (subnet, vpc) = network(ctx).await?;
     let spec = ctx.plan.builder.spec.clone();
-    let groups = if spec.security_group_ids.is_empty() {
-        vec![security_group(ctx, &vpc).await?]
-    } else {
-        spec.security_group_ids.clone()
-    };
+    let groups = if spec.security_group_ids.is_empty() { vec![security_group(ctx, &vpc).await?] } else { spec.security_group_ids.clone() };
     let source = ctx.source.clone().ok_or_else(|| Error::Other("the source image was not resolved".into()))?;
-    let mut ebs = EbsBlockDevice::builder()
-        .volume_type(VolumeType::from(spec.root_volume_type.as_str()))
-        .encrypted(spec.encrypted)
-        .delete_on_termination(true);
+    let mut ebs = EbsBlockDevice::builder().volume_type(VolumeType::from(spec.root_volume_type.as_str())).encrypted(spec.encrypted).delete_on_termination(true);
     if let Some(size) = spec.root_volume_size.map(|s| s as i32).or(source.root_size) {
         ebs = ebs.volume_size(size);
     }
@@ -182,7 +165,13 @@ pub async fn launch(ctx: &mut Ctx, role: &str, profile: &str) -> Result<()> {
         )
         .sleep(tokio::time::sleep)
         .when(not_visible_yet)
-        .notify(|e, d| report.info(&format!("{} not visible to EC2 yet; retrying in {:.1}s", if e.code() == Some("InvalidGroup.NotFound") { "the security group" } else { "the instance profile" }, d.as_secs_f64())))
+        .notify(|e, d| {
+            report.info(&format!(
+                "{} not visible to EC2 yet; retrying in {:.1}s",
+                if e.code() == Some("InvalidGroup.NotFound") { "the security group" } else { "the instance profile" },
+                d.as_secs_f64()
+            ))
+        })
         .await?;
     let instance = out.instances().first().and_then(|i| i.instance_id()).unwrap_or_default().to_string();
     ctx.created(Kind::Instance, &instance, &ctx.region)?;
@@ -215,13 +204,7 @@ pub async fn wait_agent(ctx: &mut Ctx, since: Option<aws_smithy_types::DateTime>
         async move {
             let r = ssm
                 .describe_instance_information()
-                .filters(
-                    InstanceInformationStringFilter::builder()
-                        .key("InstanceIds")
-                        .values(&instance)
-                        .build()
-                        .map_err(|e| Error::Other(e.to_string()))?,
-                )
+                .filters(InstanceInformationStringFilter::builder().key("InstanceIds").values(&instance).build().map_err(|e| Error::Other(e.to_string()))?)
                 .send()
                 .await
                 .map_err(|e| Error::aws("ssm:DescribeInstanceInformation", format!("builder {instance}"), &region, &e))?;
@@ -246,9 +229,7 @@ pub async fn wait_agent(ctx: &mut Ctx, since: Option<aws_smithy_types::DateTime>
             what: "the SSM agent of builder".into(),
             resource: instance,
             region: ctx.region.clone(),
-            why: format!(
-                "did not come online within {timeout} (the builder needs outbound HTTPS to SSM: a NAT, a public IP or VPC endpoints)"
-            ),
+            why: format!("did not come online within {timeout} (the builder needs outbound HTTPS to SSM: a NAT, a public IP or VPC endpoints)"),
         }),
     }
 }

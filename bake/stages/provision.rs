@@ -113,9 +113,7 @@ async fn run_command(ctx: &Ctx, label: &str, lines: Vec<String>, timeout: Durati
                     aws_sdk_ssm::types::CloudWatchOutputConfig::builder().cloud_watch_log_group_name(group).cloud_watch_output_enabled(true).build(),
                 );
             }
-            req.send()
-                .await
-                .map_err(|e| Error::aws("ssm:SendCommand", format!("step {label} on builder {instance}"), &region, &e))
+            req.send().await.map_err(|e| Error::aws("ssm:SendCommand", format!("step {label} on builder {instance}"), &region, &e))
         }
     };
     // Right after it registers, SSM may briefly not accept commands for an instance.
@@ -139,14 +137,10 @@ async fn run_command(ctx: &Ctx, label: &str, lines: Vec<String>, timeout: Durati
             let r = match ssm.get_command_invocation().command_id(&command_id).instance_id(&instance).send().await {
                 Ok(r) => r,
                 // Not visible yet right after SendCommand (eventual consistency).
-                Err(e) if e.as_service_error().map(|s| s.is_invocation_does_not_exist()).unwrap_or(false)
-                    && sent_at.elapsed() < Duration::from_secs(60) =>
-                {
+                Err(e) if e.as_service_error().map(|s| s.is_invocation_does_not_exist()).unwrap_or(false) && sent_at.elapsed() < Duration::from_secs(60) => {
                     return Ok(None)
                 }
-                Err(e) => {
-                    return Err(Error::aws("ssm:GetCommandInvocation", format!("command {command_id} on {instance}"), &region, &e))
-                }
+                Err(e) => return Err(Error::aws("ssm:GetCommandInvocation", format!("command {command_id} on {instance}"), &region, &e)),
             };
             let status = r.status().cloned().unwrap_or(CommandInvocationStatus::Pending);
             let done = !matches!(

@@ -32,12 +32,8 @@ impl SourceImage {
 
 fn from_image(img: &Image) -> SourceImage {
     let root_device_name = img.root_device_name().unwrap_or("/dev/sda1").to_string();
-    let root_size = img
-        .block_device_mappings()
-        .iter()
-        .find(|m| m.device_name() == Some(root_device_name.as_str()))
-        .and_then(|m| m.ebs())
-        .and_then(|e| e.volume_size());
+    let root_size =
+        img.block_device_mappings().iter().find(|m| m.device_name() == Some(root_device_name.as_str())).and_then(|m| m.ebs()).and_then(|e| e.volume_size());
     SourceImage {
         id: img.image_id().unwrap_or_default().to_string(),
         name: img.name().unwrap_or_default().to_string(),

@@ -111,8 +111,7 @@ pub fn bake_on(sb: &sandbox::Sandbox, root: &Path, args: &[&str]) -> Output {
 
 /// stdout as JSON, or a panic showing both streams.
 pub fn json_out(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr)))
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr)))
 }
 
 /// Replaces the first `from` with `to` in a project file (which must contain it).
@@ -128,7 +127,13 @@ pub fn opted_in_group(group: &str, role: &str, env: &str) -> Vec<aws_sdk_autosca
     [("bake:role", role), ("bake:env", env)]
         .iter()
         .map(|(k, v)| {
-            aws_sdk_autoscaling::types::Tag::builder().key(*k).value(*v).resource_id(group).resource_type("auto-scaling-group").propagate_at_launch(false).build()
+            aws_sdk_autoscaling::types::Tag::builder()
+                .key(*k)
+                .value(*v)
+                .resource_id(group)
+                .resource_type("auto-scaling-group")
+                .propagate_at_launch(false)
+                .build()
         })
         .collect()
 }

@@ -39,13 +39,7 @@ pub struct Creds {
 
 impl Creds {
     pub fn provider(&self) -> aws_sdk_ec2::config::Credentials {
-        aws_sdk_ec2::config::Credentials::new(
-            self.access_key_id.clone(),
-            self.secret_access_key.clone(),
-            self.session_token.clone(),
-            None,
-            "sandbox-principal",
-        )
+        aws_sdk_ec2::config::Credentials::new(self.access_key_id.clone(), self.secret_access_key.clone(), self.session_token.clone(), None, "sandbox-principal")
     }
 }
 
@@ -72,11 +66,8 @@ impl Sandbox {
         if enforcing {
             cmd.arg("--enforce-iam");
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start python3 for the sandbox (set BAKE_SANDBOX_PYTHON to another interpreter)");
+        let mut child =
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start python3 for the sandbox (set BAKE_SANDBOX_PYTHON to another interpreter)");
         let pid = child.id();
         let stdout = child.stdout.take().unwrap();
         let mut endpoint = None;
@@ -98,9 +89,7 @@ impl Sandbox {
             }
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "the sandbox did not start. Install its requirements with\n  python3 -m pip install -r tests/sandbox/requirements.txt\nIts stderr:\n{err}"
-            );
+            panic!("the sandbox did not start. Install its requirements with\n  python3 -m pip install -r tests/sandbox/requirements.txt\nIts stderr:\n{err}");
         };
         // Drain stderr so the server never blocks on a full pipe.
         if let Some(mut e) = child.stderr.take() {
@@ -179,28 +168,16 @@ impl Sandbox {
         let iam = aws_sdk_iam::Client::new(&self.sdk_config("us-east-1").await);
         let user = iam.create_user().user_name(name).send().await.expect("create the user").user.unwrap();
         for (policy, doc) in inline {
-            iam.put_user_policy()
-                .user_name(name)
-                .policy_name(*policy)
-                .policy_document(doc.to_string())
-                .send()
-                .await
-                .expect("put the user's policy");
+            iam.put_user_policy().user_name(name).policy_name(*policy).policy_document(doc.to_string()).send().await.expect("put the user's policy");
         }
         let key = iam.create_access_key().user_name(name).send().await.expect("create an access key").access_key.unwrap();
-        Creds {
-            access_key_id: key.access_key_id,
-            secret_access_key: key.secret_access_key,
-            session_token: None,
-            arn: user.arn,
-        }
+        Creds { access_key_id: key.access_key_id, secret_access_key: key.secret_access_key, session_token: None, arn: user.arn }
     }
 
     /// A customer managed policy (for boundaries and attachments); its ARN.
     pub async fn create_policy(&self, name: &str, doc: &Value) -> String {
         let iam = aws_sdk_iam::Client::new(&self.sdk_config("us-east-1").await);
-        iam.create_policy().policy_name(name).policy_document(doc.to_string()).send().await.expect("create the policy")
-            .policy.unwrap().arn.unwrap()
+        iam.create_policy().policy_name(name).policy_document(doc.to_string()).send().await.expect("create the policy").policy.unwrap().arn.unwrap()
     }
 
     /// A role any principal of the account may assume (trust policy: the account root), with these
@@ -215,13 +192,7 @@ impl Sandbox {
         }
         let role = req.send().await.expect("create the role").role.unwrap();
         for (policy, doc) in inline {
-            iam.put_role_policy()
-                .role_name(name)
-                .policy_name(*policy)
-                .policy_document(doc.to_string())
-                .send()
-                .await
-                .expect("put the role's policy");
+            iam.put_role_policy().role_name(name).policy_name(*policy).policy_document(doc.to_string()).send().await.expect("put the role's policy");
         }
         role.arn
     }
