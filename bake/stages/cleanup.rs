@@ -101,7 +101,7 @@ pub async fn delete(aws: &Aws, r: &Resource, born: Option<SystemTime>) -> Result
         Kind::InstanceProfile => {
             // IAM authorizes a call on a profile that does not exist against a path-less ARN, which
             // a policy confined to /bake/ denies: look it up under bake's path first.
-            if !believed(born, || async { Ok(iam_exists(&c, r.kind, id).await?.then_some(())) }).await?.is_some() {
+            if believed(born, || async { Ok(iam_exists(&c, r.kind, id).await?.then_some(())) }).await?.is_none() {
                 return Ok(Vec::new());
             }
             let r = c.iam.get_instance_profile().instance_profile_name(id).send().await;
@@ -114,7 +114,7 @@ pub async fn delete(aws: &Aws, r: &Resource, born: Option<SystemTime>) -> Result
             unless_gone(r, "iam:DeleteInstanceProfile", format!("instance profile {id}"), "global")?;
         }
         Kind::IamRole => {
-            if !believed(born, || async { Ok(iam_exists(&c, r.kind, id).await?.then_some(())) }).await?.is_some() {
+            if believed(born, || async { Ok(iam_exists(&c, r.kind, id).await?.then_some(())) }).await?.is_none() {
                 return Ok(Vec::new());
             }
             let r = c.iam.list_instance_profiles_for_role().role_name(id).into_paginator().items().send().try_collect().await;

@@ -325,7 +325,6 @@ mod tests {
         assert!(parts.len() >= 7, "{}", parts.len());
         let mut b64 = String::new();
         for p in &parts {
-            let joined = p.join("\n");
             assert!(encoded_len(p) < MAX_INLINE, "each part fits in one SendCommand");
             let line = p.iter().find(|l| l.starts_with("printf '%s' '")).unwrap();
             b64.push_str(line.split('\'').nth(3).unwrap());
