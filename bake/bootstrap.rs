@@ -28,8 +28,11 @@ pub async fn run(aws: &Aws, region: &str, doc: &Json) -> Result<Outcome> {
     let text = serde_json::to_string(doc).map_err(|e| Error::Other(format!("cannot encode the boundary: {e}")))?;
     match policy_document(&c, &arn).await? {
         None => {
-            let tag =
-                aws_sdk_iam::types::Tag::builder().key("bake:bootstrap").value("permissions-boundary").build().map_err(|e| Error::Other(e.to_string()))?;
+            let tag = aws_sdk_iam::types::Tag::builder()
+                .key(crate::tags::BOOTSTRAP)
+                .value("permissions-boundary")
+                .build()
+                .map_err(|e| Error::Other(e.to_string()))?;
             c.iam
                 .create_policy()
                 .policy_name(BOUNDARY_NAME)

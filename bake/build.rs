@@ -328,7 +328,8 @@ pub async fn lineage(c: &crate::aws::Clients, image: &str) -> Vec<String> {
     let mut cur = image.to_string();
     while out.len() < 20 {
         let Ok(r) = c.ec2.describe_images().image_ids(&cur).send().await else { break };
-        let parent = r.images().first().and_then(|i| i.tags().iter().find(|t| t.key() == Some("bake:patch-of")).and_then(|t| t.value())).map(str::to_string);
+        let parent =
+            r.images().first().and_then(|i| i.tags().iter().find(|t| t.key() == Some(crate::tags::PATCH_OF)).and_then(|t| t.value())).map(str::to_string);
         match parent {
             Some(p) if !out.contains(&p) => {
                 out.push(p.clone());

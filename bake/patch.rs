@@ -97,16 +97,16 @@ pub fn plan(project: &Project, role: &str, env: &str, vars: &VarInputs, what: &W
         p.fingerprint = plan::fingerprint(&p.source, &p.builder, &p.steps);
     }
     let mut tags: BTreeMap<String, String> = p.image.tags.clone();
-    tags.insert("bake:kind".into(), "patch".into());
-    tags.insert("bake:patch-of".into(), parent.to_string());
+    tags.insert(crate::tags::KIND.into(), "patch".into());
+    tags.insert(crate::tags::PATCH_OF.into(), parent.to_string());
     if !cves.is_empty() {
         let mut v = cves.join(",");
         v.truncate(256);
-        tags.insert("bake:cve".into(), v);
+        tags.insert(crate::tags::CVE.into(), v);
     }
     let mut label = what.label();
     label.truncate(256);
-    tags.insert("bake:patched-packages".into(), label);
+    tags.insert(crate::tags::PATCHED_PACKAGES.into(), label);
     p.image.tags = tags;
     p.rollout.refresh = p.rollout.patch_refresh.clone();
     Ok(p)

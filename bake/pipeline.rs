@@ -83,11 +83,11 @@ impl Ctx {
     /// Tags every bake resource carries.
     pub fn base_tags(&self) -> BTreeMap<String, String> {
         let mut t = BTreeMap::new();
-        t.insert("bake:id".to_string(), self.id.to_string());
-        t.insert("bake:role".to_string(), self.plan.role.clone());
-        t.insert("bake:env".to_string(), self.plan.env.clone());
-        t.insert("bake:managed".to_string(), "true".to_string());
-        t.insert("bake:created".to_string(), self.manifest.started_at.clone());
+        t.insert(crate::tags::ID.to_string(), self.id.to_string());
+        t.insert(crate::tags::ROLE.to_string(), self.plan.role.clone());
+        t.insert(crate::tags::ENV.to_string(), self.plan.env.clone());
+        t.insert(crate::tags::MANAGED.to_string(), "true".to_string());
+        t.insert(crate::tags::CREATED.to_string(), self.manifest.started_at.clone());
         t
     }
 
@@ -97,14 +97,14 @@ impl Ctx {
         t.extend(self.base_tags());
         t.insert("Name".to_string(), name.to_string());
         if let Some(s) = &self.source {
-            t.insert("bake:source-ami".to_string(), s.id.clone());
+            t.insert(crate::tags::SOURCE_AMI.to_string(), s.id.clone());
         }
-        t.insert("bake:fingerprint".to_string(), self.fingerprint.clone());
+        t.insert(crate::tags::FINGERPRINT.to_string(), self.fingerprint.clone());
         let mut cookbooks = self.plan.run_list.join(",");
         cookbooks.truncate(256);
-        t.insert("bake:cookbooks".to_string(), cookbooks);
+        t.insert(crate::tags::COOKBOOKS.to_string(), cookbooks);
         if let Some(sha) = &self.opts.git_sha {
-            t.insert("bake:git-sha".to_string(), sha.clone());
+            t.insert(crate::tags::GIT_SHA.to_string(), sha.clone());
         }
         t
     }

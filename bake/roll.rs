@@ -45,11 +45,11 @@ pub struct Request {
     pub patch: bool,
 }
 
-const TAG_IMAGE: &str = "bake:image";
-const TAG_PREVIOUS_IMAGE: &str = "bake:previous-image";
-const TAG_PREVIOUS_VERSION: &str = "bake:previous-version";
-const TAG_PREVIOUS_LC: &str = "bake:previous-launch-configuration";
-const TAG_ROLL: &str = "bake:roll-id";
+const TAG_IMAGE: &str = crate::tags::IMAGE;
+const TAG_PREVIOUS_IMAGE: &str = crate::tags::PREVIOUS_IMAGE;
+const TAG_PREVIOUS_VERSION: &str = crate::tags::PREVIOUS_VERSION;
+const TAG_PREVIOUS_LC: &str = crate::tags::PREVIOUS_LAUNCH_CONFIGURATION;
+const TAG_ROLL: &str = crate::tags::ROLL_ID;
 
 fn asg_err<E>(
     action: &str,

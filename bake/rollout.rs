@@ -368,7 +368,7 @@ mod tests {
     }
 
     fn owned(role: &str, env: &str) -> BTreeMap<String, String> {
-        BTreeMap::from([("bake:role".to_string(), role.to_string()), ("bake:env".to_string(), env.to_string())])
+        BTreeMap::from([(crate::tags::ROLE.to_string(), role.to_string()), (crate::tags::ENV.to_string(), env.to_string())])
     }
 
     fn lt(name: &str, image: &str) -> GroupState {

@@ -20,7 +20,7 @@ use crate::pipeline::{Ctx, JournalHandle};
 use crate::progress::Reporter;
 
 /// The tag that marks an image (and its snapshots) as a finished bake's product.
-pub const COMPLETE: &str = "bake:complete";
+pub const COMPLETE: &str = crate::tags::COMPLETE;
 
 fn order(k: Kind) -> u8 {
     match k {

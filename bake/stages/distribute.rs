@@ -162,7 +162,7 @@ async fn publish(ctx: &Ctx, c: &Clients, image: &str) -> Result<ParameterRecord>
         let tags: Vec<Tag> = ctx
             .base_tags()
             .into_iter()
-            .filter(|(k, _)| k == "bake:managed" || k == "bake:role" || k == "bake:env")
+            .filter(|(k, _)| k == crate::tags::MANAGED || k == crate::tags::ROLE || k == crate::tags::ENV)
             .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
             .collect();
         req.set_tags(Some(tags)).send().await
@@ -196,7 +196,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     if !regions.is_empty() {
         ctx.report.stage("distribute", &format!("copying {image} to {}", regions.join(", ")));
         let mut tags = ctx.image_tags(&name);
-        tags.insert("bake:copy-of".into(), format!("{build_region}/{image}"));
+        tags.insert(crate::tags::COPY_OF.into(), format!("{build_region}/{image}"));
         let copies = stream::iter(regions.iter().map(|r| {
             copy_one(
                 ctx.aws.clients(r),

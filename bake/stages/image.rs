@@ -69,7 +69,7 @@ async fn image_named(ctx: &Ctx, name: &str) -> Result<Option<(String, String)>> 
         .await
         .map_err(|e| Error::aws("ec2:DescribeImages", format!("image named {name}"), &ctx.region, &e))?;
     Ok(d.images().first().map(|i| {
-        let bake = i.tags().iter().find(|t| t.key() == Some("bake:id")).and_then(|t| t.value()).unwrap_or_default();
+        let bake = i.tags().iter().find(|t| t.key() == Some(crate::tags::ID)).and_then(|t| t.value()).unwrap_or_default();
         (i.image_id().unwrap_or_default().to_string(), bake.to_string())
     }))
 }
