@@ -389,6 +389,28 @@ async fn holding_the_operator_policies_what_an_operator_must_not_do_is_denied() 
         .send()
         .await
         .unwrap();
+    // Another role's builder, running now: its role and profile cannot be re-tagged as this role's.
+    let theirs: Vec<aws_sdk_iam::types::Tag> = [("bake:managed", "true"), ("bake:role", "billing"), ("bake:env", "staging")]
+        .iter()
+        .map(|(k, v)| aws_sdk_iam::types::Tag::builder().key(*k).value(*v).build().unwrap())
+        .collect();
+    r_iam
+        .create_role()
+        .role_name("bake-b-00000000000e")
+        .path("/bake/")
+        .assume_role_policy_document(trust.to_string())
+        .permissions_boundary(&boundary)
+        .set_tags(Some(theirs.clone()))
+        .send()
+        .await
+        .unwrap();
+    r_iam.create_instance_profile().instance_profile_name("bake-b-00000000000e").path("/bake/").set_tags(Some(theirs.clone())).send().await.unwrap();
+    denied("claiming another role's builder role", iam.tag_role().role_name("bake-b-00000000000e").set_tags(Some(mine.clone())).send().await, "AccessDenied");
+    denied(
+        "claiming another role's builder profile",
+        iam.tag_instance_profile().instance_profile_name("bake-b-00000000000e").set_tags(Some(mine.clone())).send().await,
+        "AccessDenied",
+    );
     denied(
         "an admin inline policy on a builder-named role without the boundary",
         iam.put_role_policy().role_name("bake-b-00000000000d").policy_name("admin").policy_document(&admin).send().await,
@@ -556,6 +578,7 @@ async fn holding_the_operator_policies_what_an_operator_must_not_do_is_denied() 
         "ec2:CreateTags",
         "ssm:SendCommand",
         "iam:TagRole",
+        "iam:TagInstanceProfile",
         "ec2:CopyImage",
     ] {
         assert!(actions.contains(a), "no denial recorded for {a}: {actions:?}");
