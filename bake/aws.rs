@@ -173,6 +173,25 @@ impl Clients {
             .map_err(|e| Error::aws("autoscaling:DescribeLaunchConfigurations", "launch configurations", &self.region, &e))
     }
 
+    /// The launch configurations with these names (asked 50 at a time), every page.
+    pub async fn launch_configurations_named(&self, names: &[String]) -> Result<Vec<aws_sdk_autoscaling::types::LaunchConfiguration>> {
+        let mut out = Vec::new();
+        for chunk in names.chunks(50) {
+            let found: Vec<aws_sdk_autoscaling::types::LaunchConfiguration> = self
+                .asg
+                .describe_launch_configurations()
+                .set_launch_configuration_names(Some(chunk.to_vec()))
+                .into_paginator()
+                .items()
+                .send()
+                .try_collect()
+                .await
+                .map_err(|e| Error::aws("autoscaling:DescribeLaunchConfigurations", chunk.join(", "), &self.region, &e))?;
+            out.extend(found);
+        }
+        Ok(out)
+    }
+
     /// Images matching `filters`, owned by `owners` (any owner when empty).
     pub async fn images(&self, what: &str, owners: &[String], filters: Vec<Ec2Filter>) -> Result<Vec<aws_sdk_ec2::types::Image>> {
         self.ec2

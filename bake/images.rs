@@ -92,6 +92,10 @@ async fn usage(c: &Clients, parameters: &BTreeSet<String>) -> Result<BTreeMap<St
     {
         for g in &c.groups("every group", Vec::new()).await? {
             let name = g.auto_scaling_group_name().unwrap_or_default();
+            // What `bake roll --rollback` would put the group back on.
+            if let Some(prev) = g.tags().iter().find(|t| t.key() == Some(crate::tags::PREVIOUS_IMAGE)).and_then(|t| t.value()) {
+                out.entry(prev.to_string()).or_default().push(format!("rollback of group {name}"));
+            }
             if let Some(lt) = g.launch_template() {
                 let id = lt.launch_template_id().unwrap_or_default().to_string();
                 let v = lt.version().unwrap_or("$Default").to_string();

@@ -1194,7 +1194,7 @@ async fn rollback_on_demand(
     }
     let mut gplans = Vec::new();
     for g in &groups {
-        let prev_image = g
+        let recorded = g
             .tags
             .get(TAG_PREVIOUS_IMAGE)
             .cloned()
@@ -1221,6 +1221,23 @@ async fn rollback_on_demand(
             }
             Source::Unsupported { why } => return Err(Error::Other(format!("group {}: {why}", g.name))),
         };
+        // The image the group goes back to is what its previous version or configuration
+        // launches (the tag only says which that is), and it must still exist: every group's is
+        // checked before anything changes.
+        let prev_image = match &change {
+            Change::TemplateVersion { id, from, .. } => template_version(c, id, &from.to_string()).await?.1,
+            Change::LaunchConfiguration { from, .. } | Change::MigrateToTemplate { from, .. } => {
+                c.launch_configurations_named(std::slice::from_ref(from)).await?.first().and_then(|l| l.image_id()).map(str::to_string).unwrap_or_else(|| recorded.clone())
+            }
+            Change::Nothing => recorded.clone(),
+        };
+        if prev_image.is_empty() {
+            return Err(Error::Other(format!("group {}: its previous version names no image; nothing changed", g.name)));
+        }
+        check_image(c, &prev_image).await.map_err(|e| Error::Other(format!("group {} cannot go back: {e}; nothing changed", g.name)))?;
+        if prev_image != recorded {
+            progress.bake(&g.name).info(&format!("goes back to {prev_image}, what its previous configuration launches (its tag {TAG_PREVIOUS_IMAGE} says {recorded})"));
+        }
         gplans.push((
             GroupPlan {
                 name: g.name.clone(),

@@ -567,4 +567,36 @@ async fn the_record_is_a_census_of_what_runs_and_leftovers_exit_1() {
     let left = m["leftovers"].as_array().unwrap();
     assert!(left.len() == 1 && left[0].as_str().unwrap().contains(&format!("launch configuration kaiju_legacy-{new}-b-")), "{left:?}");
     assert!(err.contains("left: autoscaling:DeleteLaunchConfiguration"), "{err}");
+
+    // The image the groups would roll back to is in use: prune keeps it, and --rollback goes there.
+    let out = bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--keep", "1", "--older-than", "0s", "--yes", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let pruned = text(&out.stdout);
+    assert!(!pruned.contains(&format!("\"{new}\"")) || pruned.contains("rollback of group kaiju_staging"), "{pruned}");
+    c.ec2.describe_images().image_ids(&new).send().await.unwrap().images().first().expect("the rollback target is kept");
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--rollback", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for g in json_out(&out)["groups"].as_array().unwrap() {
+        assert_eq!(g["outcome"], "rolled-back", "{g}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_to_an_image_that_is_gone_changes_nothing() {
+    let Rig { sb, c, dir, old } = rig().await;
+    let root = dir.path();
+    lt_group(&c, "kaiju_staging", &old, 2, "1").await;
+    set_rollout(root, r#"{ groups = ["kaiju_staging"], refresh = { min_healthy_percentage = 50 } }"#);
+    let new = baked_image(&c, "kaiju-staging-1").await;
+    assert_eq!(bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &new]).status.code(), Some(0));
+    let newer = baked_image(&c, "kaiju-staging-2").await;
+    assert_eq!(bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &newer]).status.code(), Some(0));
+    c.ec2.deregister_image().image_id(&new).send().await.unwrap();
+    sb.control("DELETE", "/_sandbox/calls", None);
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--rollback"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("group kaiju_staging cannot go back: image {new} does not exist in us-east-1; nothing changed")), "{err}");
+    assert!(sb.calls()["mutating"].as_array().unwrap().is_empty(), "{}", sb.calls()["mutating"]);
+    assert_eq!(images_of(&c, "kaiju_staging").await, BTreeSet::from([newer]));
 }

@@ -125,7 +125,11 @@ def enable_image(self):
 def launchable(region, image_id):
     """None when an instance may launch from `image_id`, else (code, message)."""
     ami = ec2_backends[ACCOUNT][region].amis.get(image_id)
-    if ami is not None and ami.state == "disabled":
+    if ami is None:
+        # Deregistered (or never there): RunInstances answers InvalidAMIID.NotFound, and an Auto
+        # Scaling launch from it fails.
+        return "InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist"
+    if ami.state == "disabled":
         # Not documented which code; the sandbox answers as for an image that can't be used.
         return "InvalidAMIID.Unavailable", f"The image id '[{image_id}]' is disabled and can't be used to launch instances"
     return None
