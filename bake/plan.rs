@@ -151,7 +151,7 @@ pub fn build(rf: &RoleFile, role: &Role, cookbooks: &BTreeMap<String, Cookbook>,
             for seg in path.split('.') {
                 v = v.and_then(|x| x.get(seg));
             }
-            if let Some((at, why)) = v.and_then(|v| crate::config::checks::problem(*check, v)) {
+            if let Some((at, why)) = v.and_then(|v| crate::config::checks::problem(check, v)) {
                 problems.push(value_origin(rf, role, &ordered, &format!("node.{}.{path}{at}", cb.name), format!("{why} (cookbook {})", cb.name)));
             }
         }

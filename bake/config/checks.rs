@@ -7,7 +7,7 @@
 
 use serde_json::Value as Json;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Check {
     /// A package name or a list of them: Debian policy 5.6.1 (lowercase letters, digits, `+ - .`,
     /// at least two, starting with a letter or digit), optionally `:arch`, `=version` or `/release`.
@@ -26,6 +26,24 @@ pub enum Check {
     /// A container command: a list of words passed as they are (newlines included), or one
     /// string split at white space (spaces, tabs, newlines).
     Command,
+    /// One of the listed words (`one-of:web,worker`).
+    OneOf(Vec<String>),
+    /// A whole number of seconds (or a count), 0 or more.
+    Seconds,
+    /// A TCP/UDP port, 1-65535.
+    Port,
+    /// A container image reference without its tag: `[registry[:port]/]name[/name…]`, lowercase.
+    DockerImage,
+    /// A container image tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+    DockerTag,
+    /// A systemd calendar (OnCalendar), or empty: one line of its characters.
+    Calendar,
+    /// A time of day, `HH:MM`.
+    TimeOfDay,
+    /// A short duration as fail2ban and others take it: digits and an optional unit (s m h d w).
+    ShortDuration,
+    /// Published ports: `[IP:]HOST:CONTAINER[/tcp|udp]` or `CONTAINER`.
+    PortMappings,
 }
 
 pub const KINDS: &[(&str, Check)] = &[
@@ -35,10 +53,34 @@ pub const KINDS: &[(&str, Check)] = &[
     ("env-names", Check::EnvNames),
     ("volumes", Check::Volumes),
     ("command", Check::Command),
+    ("seconds", Check::Seconds),
+    ("port", Check::Port),
+    ("docker-image", Check::DockerImage),
+    ("docker-tag", Check::DockerTag),
+    ("calendar", Check::Calendar),
+    ("time-of-day", Check::TimeOfDay),
+    ("short-duration", Check::ShortDuration),
+    ("port-mappings", Check::PortMappings),
 ];
 
 pub fn parse(kind: &str) -> Option<Check> {
-    KINDS.iter().find(|(k, _)| *k == kind).map(|(_, c)| *c)
+    if let Some(words) = kind.strip_prefix("one-of:") {
+        let ws: Vec<String> = words.split(',').map(|w| w.trim().to_string()).collect();
+        return (!ws.iter().any(String::is_empty)).then_some(Check::OneOf(ws));
+    }
+    KINDS.iter().find(|(k, _)| *k == kind).map(|(_, c)| c.clone())
+}
+
+fn whole(v: &Json) -> Option<i64> {
+    match v {
+        Json::Number(n) => n.as_i64(),
+        Json::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn port_number(s: &str) -> bool {
+    s.parse::<u32>().map(|p| (1..=65535).contains(&p)).unwrap_or(false) && !s.starts_with('0')
 }
 
 /// Units of a Debian or Ubuntu system (and of the SSM agent and Docker) an app may not replace.
@@ -163,7 +205,7 @@ fn shown(s: &str) -> String {
 
 /// The first problem with `v` as `check` wants it: (where below the attribute, `[2]` or `.KEY`
 /// or ``, why).
-pub fn problem(check: Check, v: &Json) -> Option<(String, String)> {
+pub fn problem(check: &Check, v: &Json) -> Option<(String, String)> {
     match check {
         Check::DebianPackages => {
             let items: Vec<(String, &Json)> = match v {
@@ -256,6 +298,72 @@ pub fn problem(check: Check, v: &Json) -> Option<(String, String)> {
             }
             None
         }
+        Check::OneOf(words) => match v.as_str() {
+            Some(w) if words.iter().any(|x| x == w) => None,
+            _ => Some((String::new(), format!("`{}` is not one of {}", shown(&text(v).unwrap_or_default()), words.join(", ")))),
+        },
+        Check::Seconds => match whole(v) {
+            Some(n) if n >= 0 => None,
+            _ => Some((String::new(), format!("`{}` is not a whole number, 0 or more", shown(&text(v).unwrap_or_default())))),
+        },
+        Check::Port => match whole(v) {
+            Some(n) if (1..=65535).contains(&n) => None,
+            _ => Some((String::new(), format!("`{}` is not a port (1-65535)", shown(&text(v).unwrap_or_default())))),
+        },
+        Check::DockerImage => {
+            let s = v.as_str().unwrap_or_default();
+            let ok = !s.is_empty()
+                && s.len() <= 255
+                && (s.as_bytes()[0].is_ascii_lowercase() || s.as_bytes()[0].is_ascii_digit())
+                && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._/:-".contains(&b))
+                && !s.ends_with('/')
+                && !s.contains("//");
+            (!ok).then(|| (String::new(), format!("`{}` is not an image name (lowercase [registry[:port]/]name, without the tag)", shown(s))))
+        }
+        Check::DockerTag => {
+            let s = v.as_str().unwrap_or_default();
+            let ok = (1..=128).contains(&s.len())
+                && (s.as_bytes()[0].is_ascii_alphanumeric() || s.as_bytes()[0] == b'_')
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            (!ok).then(|| (String::new(), format!("`{}` is not an image tag ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})", shown(s))))
+        }
+        Check::Calendar => {
+            let s = v.as_str().unwrap_or_default();
+            let ok = s.len() <= 256 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"*:/,.~- ".contains(&b)) && s.trim() == s;
+            (!ok || v.as_str().is_none()).then(|| (String::new(), format!("`{}` is not a systemd calendar (e.g. daily, Mon *-*-* 04:00:00)", shown(s))))
+        }
+        Check::TimeOfDay => {
+            let s = v.as_str().unwrap_or_default();
+            let ok = s.len() == 5
+                && s.as_bytes()[2] == b':'
+                && s[..2].parse::<u32>().map(|h| h < 24).unwrap_or(false)
+                && s[3..].parse::<u32>().map(|m| m < 60).unwrap_or(false);
+            (!ok).then(|| (String::new(), format!("`{}` is not a time of day (HH:MM)", shown(s))))
+        }
+        Check::ShortDuration => {
+            let s = text(v).unwrap_or_default();
+            let digits = s.trim_end_matches(['s', 'm', 'h', 'd', 'w']);
+            let ok = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && s.len() - digits.len() <= 1;
+            (!ok).then(|| (String::new(), format!("`{}` is not a duration such as 10m or 1h", shown(&s))))
+        }
+        Check::PortMappings => {
+            let Json::Array(a) = v else { return Some((String::new(), "published ports are a list".into())) };
+            for (i, x) in a.iter().enumerate() {
+                let s = text(x).unwrap_or_default();
+                let (spec, proto) = s.split_once('/').map(|(a, b)| (a, Some(b))).unwrap_or((&s, None));
+                let parts: Vec<&str> = spec.split(':').collect();
+                let ports_ok = match parts.as_slice() {
+                    [c] => port_number(c),
+                    [h, c] => port_number(h) && port_number(c),
+                    [ip, h, c] => ip.parse::<std::net::IpAddr>().is_ok() && (h.is_empty() || port_number(h)) && port_number(c),
+                    _ => false,
+                };
+                if !ports_ok || !matches!(proto, None | Some("tcp") | Some("udp") | Some("sctp")) {
+                    return Some((format!("[{i}]"), format!("`{}` is not a port mapping ([IP:]HOST:CONTAINER[/tcp|udp])", shown(&s))));
+                }
+            }
+            None
+        }
         Check::Command => {
             let words: Vec<(String, &Json)> = match v {
                 Json::Array(a) => a.iter().enumerate().map(|(i, x)| (format!("[{i}]"), x)).collect(),
@@ -287,7 +395,7 @@ mod tests {
         for bad in ["-oDPkg::Pre-Invoke::=touch /pwned", "a", "Htop", "htop ", "ht op", "htop=", "htop=abc", "x;rm", "", "--", "pkg:AMD64"] {
             assert!(!debian_package(bad), "{bad}");
         }
-        let (at, why) = problem(Check::DebianPackages, &json!(["htop", "-oDPkg::Pre-Invoke::=touch /pwned"])).unwrap();
+        let (at, why) = problem(&Check::DebianPackages, &json!(["htop", "-oDPkg::Pre-Invoke::=touch /pwned"])).unwrap();
         assert_eq!(at, "[1]");
         assert!(why.contains("would reach apt as an option"), "{why}");
     }
@@ -295,24 +403,42 @@ mod tests {
     #[test]
     fn units_folders_env_volumes_and_commands() {
         for bad in ["docker", "ssh", "bake-cleanup", "systemd-journald", "Docker", "a b", "", "sshd.service"] {
-            assert!(problem(Check::UnitName, &json!(bad)).is_some(), "{bad}");
+            assert!(problem(&Check::UnitName, &json!(bad)).is_some(), "{bad}");
         }
-        assert!(problem(Check::UnitName, &json!("boxoffice")).is_none());
+        assert!(problem(&Check::UnitName, &json!("boxoffice")).is_none());
         for bad in ["/etc", "/", "/usr/lib/x", "/var/lib", "relative", "/mnt/../etc", "/var//lib/docker", "/data/"] {
-            assert!(problem(Check::DataDir, &json!(bad)).is_some(), "{bad}");
+            assert!(problem(&Check::DataDir, &json!(bad)).is_some(), "{bad}");
         }
         for ok in ["/var/lib/docker", "/mnt/docker", "/data"] {
-            assert!(problem(Check::DataDir, &json!(ok)).is_none(), "{ok}");
+            assert!(problem(&Check::DataDir, &json!(ok)).is_none(), "{ok}");
         }
-        assert_eq!(problem(Check::EnvNames, &json!({"RAILS_ENV": "x", "FOO=BAR": "y"})).unwrap().0, ".FOO=BAR");
-        assert!(problem(Check::EnvNames, &json!({"PORT": 80, "DEBUG": true})).is_none());
+        assert_eq!(problem(&Check::EnvNames, &json!({"RAILS_ENV": "x", "FOO=BAR": "y"})).unwrap().0, ".FOO=BAR");
+        assert!(problem(&Check::EnvNames, &json!({"PORT": 80, "DEBUG": true})).is_none());
         for bad in ["-m777:/y", "/x", "namedvol", "/a:relative", "/a:/b:rx", "a:/b"] {
-            assert!(problem(Check::Volumes, &json!([bad])).is_some(), "{bad}");
+            assert!(problem(&Check::Volumes, &json!([bad])).is_some(), "{bad}");
         }
         for ok in ["/var/log/containers:/var/log", "namedvol:/data", "/srv/x:/x:ro,z"] {
-            assert!(problem(Check::Volumes, &json!([ok])).is_none(), "{ok}");
+            assert!(problem(&Check::Volumes, &json!([ok])).is_none(), "{ok}");
         }
-        assert!(problem(Check::Command, &json!(["sh", "-c", "a\nb"])).is_none());
-        assert!(problem(Check::Command, &json!({"a": 1})).is_some());
+        assert!(problem(&Check::Command, &json!(["sh", "-c", "a\nb"])).is_none());
+        assert!(problem(&Check::Command, &json!({"a": 1})).is_some());
+    }
+
+    #[test]
+    fn words_numbers_names_and_times() {
+        let oneof = parse("one-of:web,worker").unwrap();
+        assert!(problem(&oneof, &json!("web")).is_none() && problem(&oneof, &json!("wrker")).is_some());
+        assert!(parse("one-of:a,,b").is_none() && parse("nope").is_none());
+        assert!(problem(&Check::Seconds, &json!(30)).is_none() && problem(&Check::Seconds, &json!(-1)).is_some());
+        assert!(problem(&Check::Port, &json!(22)).is_none() && problem(&Check::Port, &json!(70000)).is_some());
+        assert!(problem(&Check::DockerImage, &json!("registry.example.com:5000/team/app")).is_none());
+        assert!(problem(&Check::DockerImage, &json!("Registry.example.com/Kaiju")).is_some());
+        assert!(problem(&Check::DockerTag, &json!("v1.4.2")).is_none() && problem(&Check::DockerTag, &json!("v1 beta")).is_some());
+        assert!(problem(&Check::Calendar, &json!("")).is_none() && problem(&Check::Calendar, &json!("Mon *-*-* 04:00:00")).is_none());
+        assert!(problem(&Check::Calendar, &json!("daily\nhourly")).is_some());
+        assert!(problem(&Check::TimeOfDay, &json!("04:00")).is_none() && problem(&Check::TimeOfDay, &json!("25:00")).is_some());
+        assert!(problem(&Check::ShortDuration, &json!("10m")).is_none() && problem(&Check::ShortDuration, &json!("10 m")).is_some());
+        assert!(problem(&Check::PortMappings, &json!(["80:3000", "127.0.0.1:8080:80/tcp", "9000"])).is_none());
+        assert!(problem(&Check::PortMappings, &json!(["80:3000;rm"])).is_some());
     }
 }
