@@ -1226,9 +1226,13 @@ async fn rollback_on_demand(
         // checked before anything changes.
         let prev_image = match &change {
             Change::TemplateVersion { id, from, .. } => template_version(c, id, &from.to_string()).await?.1,
-            Change::LaunchConfiguration { from, .. } | Change::MigrateToTemplate { from, .. } => {
-                c.launch_configurations_named(std::slice::from_ref(from)).await?.first().and_then(|l| l.image_id()).map(str::to_string).unwrap_or_else(|| recorded.clone())
-            }
+            Change::LaunchConfiguration { from, .. } | Change::MigrateToTemplate { from, .. } => c
+                .launch_configurations_named(std::slice::from_ref(from))
+                .await?
+                .first()
+                .and_then(|l| l.image_id())
+                .map(str::to_string)
+                .unwrap_or_else(|| recorded.clone()),
             Change::Nothing => recorded.clone(),
         };
         if prev_image.is_empty() {
@@ -1236,7 +1240,9 @@ async fn rollback_on_demand(
         }
         check_image(c, &prev_image).await.map_err(|e| Error::Other(format!("group {} cannot go back: {e}; nothing changed", g.name)))?;
         if prev_image != recorded {
-            progress.bake(&g.name).info(&format!("goes back to {prev_image}, what its previous configuration launches (its tag {TAG_PREVIOUS_IMAGE} says {recorded})"));
+            progress
+                .bake(&g.name)
+                .info(&format!("goes back to {prev_image}, what its previous configuration launches (its tag {TAG_PREVIOUS_IMAGE} says {recorded})"));
         }
         gplans.push((
             GroupPlan {

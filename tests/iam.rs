@@ -481,8 +481,8 @@ async fn holding_the_operator_policies_what_an_operator_must_not_do_is_denied() 
         "UnauthorizedOperation",
     );
 
-    // An image shared publicly: kaiju shares with nobody, so its operator may change no launch
-    // permission (and the account's AMI Block Public Access would refuse `all` anyway).
+    // An image shared publicly: IAM has no key for who is added (and the operator may take shares
+    // away, which needs the action), so the account's AMI Block Public Access refuses it.
     let kaiju_image =
         r_ec2.create_image().instance_id(&host).name("kaiju-staging-1").tag_specifications(img_tags("kaiju")).send().await.unwrap().image_id.unwrap();
     denied(
@@ -494,8 +494,40 @@ async fn holding_the_operator_policies_what_an_operator_must_not_do_is_denied() 
             )
             .send()
             .await,
+        "OperationNotPermitted",
+    );
+    // A snapshot shared with an account the role does not list: an explicit Deny.
+    let kaiju_snap = r_ec2.describe_images().image_ids(&kaiju_image).send().await.unwrap().images()[0].block_device_mappings()[0]
+        .ebs()
+        .unwrap()
+        .snapshot_id()
+        .unwrap()
+        .to_string();
+    let mut t = r_ec2.create_tags().resources(&kaiju_snap);
+    for (k, v) in [("bake:managed", "true"), ("bake:role", "kaiju"), ("bake:env", "staging")] {
+        t = t.tags(ec2_t::Tag::builder().key(k).value(v).build());
+    }
+    t.send().await.unwrap();
+    denied(
+        "a snapshot shared with an account the role does not list",
+        ec2.modify_snapshot_attribute()
+            .snapshot_id(&kaiju_snap)
+            .create_volume_permission(
+                ec2_t::CreateVolumePermissionModifications::builder().add(ec2_t::CreateVolumePermission::builder().user_id("999999999999").build()).build(),
+            )
+            .send()
+            .await,
         "UnauthorizedOperation",
     );
+    // Taking a share away is allowed (it is how a removed share is revoked).
+    ec2.modify_snapshot_attribute()
+        .snapshot_id(&kaiju_snap)
+        .create_volume_permission(
+            ec2_t::CreateVolumePermissionModifications::builder().remove(ec2_t::CreateVolumePermission::builder().user_id("999999999999").build()).build(),
+        )
+        .send()
+        .await
+        .expect("a removal");
 
     // Another team's things: its template, its group, its image.
     let billing_lt = r_ec2.describe_launch_templates().launch_template_names("billing-staging").send().await.unwrap().launch_templates()[0]
@@ -562,7 +594,6 @@ async fn holding_the_operator_policies_what_an_operator_must_not_do_is_denied() 
     // Every one of these is in the sandbox's record as a denial naming its action.
     let actions: BTreeSet<String> = sb.decisions(true).iter().map(|d| d["action"].as_str().unwrap().to_string()).collect();
     for a in [
-        "ec2:ModifyImageAttribute",
         "iam:CreateRole",
         "iam:PutRolePolicy",
         "iam:DeleteRolePermissionsBoundary",

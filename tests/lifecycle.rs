@@ -387,4 +387,20 @@ fn a_new_region_share_or_deprecation_redistributes_the_unchanged_image_without_b
     assert_eq!(again["status"], "reused", "{again}");
     assert_eq!(again["images"]["eu-west-1"]["ami_id"], eu.as_str());
     assert!(sb.calls()["mutating"].as_array().unwrap().is_empty(), "{}", sb.calls()["mutating"]);
+    // A share taken out of the role is taken away from every image and snapshot.
+    common::edit(root, "roles/kaiju.toml", "share_accounts = [\"111122223333\"], ", "");
+    let revoked = json_ok(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]));
+    assert_eq!(revoked["status"], "redistributed", "{revoked}");
+    for id in [&home, &west, &eu] {
+        let img = image(&sb, id);
+        assert_eq!(img["launch_permissions"], json!([]), "{img}");
+    }
+    let snaps = aws_sdk_ec2::Client::new(&tokio::runtime::Runtime::new().unwrap().block_on(sb.sdk_config("us-east-1")));
+    let snap = first["images"]["us-east-1"]["snapshot_ids"][0].as_str().unwrap().to_string();
+    let perms = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(snaps.describe_snapshot_attribute().snapshot_id(&snap).attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission).send())
+        .unwrap();
+    assert!(perms.create_volume_permissions().is_empty(), "{perms:?}");
+    assert_eq!(json_ok(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]))["status"], "reused");
 }

@@ -485,7 +485,6 @@ pub fn operator_context(
         "share_accounts": share_accounts,
         "copies": copies,
         "shares": shares,
-        "snapshot_shares": !share_accounts.is_empty(),
         "deprecation": deprecation,
         "set_default_version": set_default_version,
         "iam_write": iam_write,

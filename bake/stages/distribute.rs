@@ -95,29 +95,75 @@ async fn public_access_state(ctx: &Ctx, c: &Clients) {
 }
 
 /// Share the image and its snapshots, and set its deprecation time, in one region.
+/// Who may launch `image` now: account ids, organization and unit ARNs (and `all`).
+pub async fn launch_permissions(c: &Clients, image: &str) -> Result<Vec<LaunchPermission>> {
+    let a = c
+        .ec2
+        .describe_image_attribute()
+        .image_id(image)
+        .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:DescribeImageAttribute", format!("image {image}"), &c.region, &e))?;
+    Ok(a.launch_permissions().to_vec())
+}
+
+fn permission_text(p: &LaunchPermission) -> String {
+    p.user_id()
+        .or(p.organization_arn())
+        .or(p.organizational_unit_arn())
+        .map(str::to_string)
+        .or_else(|| p.group().map(|g| format!("group {}", g.as_str())))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The image's shares made what the role says now: what it lists is added; what it no longer
+/// lists (a share an earlier configuration made, a public one) is taken away, from the image and
+/// from its snapshots.
 async fn share_and_deprecate(ctx: &Ctx, c: &Clients, image: &str, snaps: &[String]) -> Result<()> {
     let spec = &ctx.plan.image;
     let region = c.region.as_str();
-    let mut perms: Vec<LaunchPermission> = spec.share_accounts.iter().map(|a| LaunchPermission::builder().user_id(a).build()).collect();
-    perms.extend(spec.share_organizations.iter().map(|o| LaunchPermission::builder().organization_arn(o).build()));
-    perms.extend(spec.share_ous.iter().map(|o| LaunchPermission::builder().organizational_unit_arn(o).build()));
-    if !perms.is_empty() {
+    let mut want: Vec<LaunchPermission> = spec.share_accounts.iter().map(|a| LaunchPermission::builder().user_id(a).build()).collect();
+    want.extend(spec.share_organizations.iter().map(|o| LaunchPermission::builder().organization_arn(o).build()));
+    want.extend(spec.share_ous.iter().map(|o| LaunchPermission::builder().organizational_unit_arn(o).build()));
+    let have = launch_permissions(c, image).await?;
+    let add: Vec<LaunchPermission> = want.iter().filter(|p| !have.contains(p)).cloned().collect();
+    let remove: Vec<LaunchPermission> = have.iter().filter(|p| !want.contains(p)).cloned().collect();
+    if !add.is_empty() {
         public_access_state(ctx, c).await;
+    }
+    if !remove.is_empty() {
+        let who: Vec<String> = remove.iter().map(permission_text).collect();
+        ctx.report.info(&format!("{image} in {region}: no longer shared with {} (the role does not list it)", who.join(", ")));
+    }
+    if !add.is_empty() || !remove.is_empty() {
         c.ec2
             .modify_image_attribute()
             .image_id(image)
-            .launch_permission(LaunchPermissionModifications::builder().set_add(Some(perms)).build())
+            .launch_permission(
+                LaunchPermissionModifications::builder()
+                    .set_add(Some(add).filter(|a| !a.is_empty()))
+                    .set_remove(Some(remove.clone()).filter(|r| !r.is_empty()))
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| Error::aws("ec2:ModifyImageAttribute", format!("image {image}"), region, &e))?;
     }
-    if !spec.share_accounts.is_empty() {
-        let vol: Vec<CreateVolumePermission> = spec.share_accounts.iter().map(|a| CreateVolumePermission::builder().user_id(a).build()).collect();
+    let vol_add: Vec<CreateVolumePermission> = spec.share_accounts.iter().map(|a| CreateVolumePermission::builder().user_id(a).build()).collect();
+    let vol_remove: Vec<CreateVolumePermission> =
+        remove.iter().filter_map(|p| p.user_id()).map(|a| CreateVolumePermission::builder().user_id(a).build()).collect();
+    if !vol_add.is_empty() || !vol_remove.is_empty() {
         for s in snaps {
             c.ec2
                 .modify_snapshot_attribute()
                 .snapshot_id(s)
-                .create_volume_permission(CreateVolumePermissionModifications::builder().set_add(Some(vol.clone())).build())
+                .create_volume_permission(
+                    CreateVolumePermissionModifications::builder()
+                        .set_add(Some(vol_add.clone()).filter(|a| !a.is_empty()))
+                        .set_remove(Some(vol_remove.clone()).filter(|r| !r.is_empty()))
+                        .build(),
+                )
                 .send()
                 .await
                 .map_err(|e| Error::aws("ec2:ModifySnapshotAttribute", format!("snapshot {s}"), region, &e))?;
@@ -287,24 +333,16 @@ pub async fn present(aws: &crate::aws::Aws, plan: &crate::plan::Plan, home: (&st
     for (region, img) in &found {
         let c = aws.clients(region);
         let id = img.image_id().unwrap_or_default();
-        if !(spec.share_accounts.is_empty() && spec.share_organizations.is_empty() && spec.share_ous.is_empty()) {
-            let a = c
-                .ec2
-                .describe_image_attribute()
-                .image_id(id)
-                .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
-                .send()
-                .await
-                .map_err(|e| Error::aws("ec2:DescribeImageAttribute", format!("image {id}"), region, &e))?;
-            let have: Vec<String> = a
-                .launch_permissions()
-                .iter()
-                .filter_map(|p| p.user_id().or(p.organization_arn()).or(p.organizational_unit_arn()).map(str::to_string))
-                .collect();
-            for want in spec.share_accounts.iter().chain(&spec.share_organizations).chain(&spec.share_ous) {
-                if !have.contains(want) {
-                    gaps.push(format!("{id} in {region} not shared with {want}"));
-                }
+        let have: Vec<String> = launch_permissions(&c, id).await?.iter().map(permission_text).collect();
+        let wanted: Vec<&String> = spec.share_accounts.iter().chain(&spec.share_organizations).chain(&spec.share_ous).collect();
+        for want in &wanted {
+            if !have.contains(want) {
+                gaps.push(format!("{id} in {region} not shared with {want}"));
+            }
+        }
+        for h in &have {
+            if !wanted.contains(&h) {
+                gaps.push(format!("{id} in {region} still shared with {h}, which the role no longer lists"));
             }
         }
         if spec.deprecate_after_days.is_some() && img.deprecation_time().is_none() {
