@@ -73,8 +73,8 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    if let Some(r) = g.region.as_deref().filter(|r| !crate::config::limits::known_region(r)) {
-        eprintln!("error: --region {r}: not a region AWS has (e.g. us-east-1, eu-west-1)");
+    if let Some(why) = g.region.as_deref().and_then(crate::config::limits::region_problem) {
+        eprintln!("error: --region: {why}");
         return ExitCode::from(2);
     }
     let talks_to_aws = matches!(
@@ -88,12 +88,12 @@ pub fn run(cli: Cli) -> ExitCode {
             | Command::Bootstrap
     );
     if g.region.is_none() && talks_to_aws {
-        if let Some(r) = configured_region(&g).filter(|r| !crate::config::limits::known_region(r)) {
+        if let Some((r, why)) = configured_region(&g).and_then(|r| crate::config::limits::region_problem(&r).map(|w| (r, w))) {
             let from = match &g.profile {
                 Some(p) => format!("profile {p}, AWS_REGION or AWS_DEFAULT_REGION"),
                 None => "AWS_REGION, AWS_DEFAULT_REGION or the default profile".to_string(),
             };
-            eprintln!("error: region `{r}` (from {from}) is not a region AWS has (e.g. us-east-1, eu-west-1)");
+            eprintln!("error: region `{r}` (from {from}): {why}");
             return ExitCode::from(2);
         }
     }
@@ -691,8 +691,16 @@ fn scope(g: &Global, role: Option<&str>, env: Option<&str>, default_region: Opti
         let rf = project.role(r)?;
         for e in rf.envs.iter().filter(|e| env.map(|x| x == e.as_str()).unwrap_or(true)) {
             let resolved = rf.resolve(e, &vars)?;
-            if let Some(region) = g.region.clone().or_else(|| resolved.builder.region.clone()).or_else(|| default_region.clone()) {
-                regions.insert(region);
+            match g.region.clone().or_else(|| resolved.builder.region.clone()).or_else(|| default_region.clone()) {
+                Some(region) => {
+                    regions.insert(region);
+                }
+                // Where it builds is where most of its images are: never leave it out silently.
+                None => {
+                    return Err(rf
+                        .problem_at(e, &crate::config::tomlfile::KeyPath::root().key("builder").key("region"), "no region for where it builds: give --region, set builder.region, or configure AWS_REGION")
+                        .into())
+                }
             }
             if g.region.is_none() {
                 regions.extend(resolved.image.regions.iter().cloned());

@@ -95,10 +95,9 @@ pub fn profile_in_use() -> Option<String> {
 
 /// A region bake may use: one the SDK's partitions know.
 pub fn usable_region(region: String, from: &str) -> Result<String> {
-    if crate::config::limits::known_region(&region) {
-        Ok(region)
-    } else {
-        Err(Error::Other(format!("region `{region}` (from {from}) is not a region AWS has, e.g. us-east-1")))
+    match crate::config::limits::region_problem(&region) {
+        None => Ok(region),
+        Some(why) => Err(Error::Other(format!("region (from {from}): {why}"))),
     }
 }
 

@@ -82,10 +82,15 @@ fn what_is_not_an_aws_answer_is_one_sentence_saying_what_to_do() {
     // An unknown region, before any call.
     let out = bake_with(root, &keys(), &["ls", "--region", "us-east-9"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).starts_with("error: --region us-east-9: not a region AWS has"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).starts_with("error: --region: `us-east-9` is not a region AWS has"), "{}", text(&out.stderr));
     // From the configuration: the same, naming where it came from.
     let out = bake_with(root, &[&keys()[..], &[("AWS_REGION", "moon-1".to_string())]].concat(), &["ls"]);
     one_clear_line(&out, 2, "region `moon-1` (from AWS_REGION");
+
+    // No region at all: ls does not quietly list only the copies.
+    let out = bake_with(root, &keys(), &["ls", "kaiju"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("builder.region: no region for where it builds"), "{}", text(&out.stderr));
 
     // No credentials anywhere.
     let out = bake_with(root, &[("AWS_ENDPOINT_URL", closed_port())], &["ls", "--region", "us-east-1"]);

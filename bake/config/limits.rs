@@ -58,6 +58,32 @@ pub fn known_region(r: &str) -> bool {
     REGIONS.contains(&r)
 }
 
+/// The partition a region is in (the SDK's partitions.json, by region name).
+pub fn partition(r: &str) -> &'static str {
+    match r {
+        _ if r.starts_with("cn-") => "aws-cn",
+        _ if r.starts_with("us-gov-") => "aws-us-gov",
+        _ if r.starts_with("us-isob-") => "aws-iso-b",
+        _ if r.starts_with("us-isof-") => "aws-iso-f",
+        _ if r.starts_with("us-iso-") => "aws-iso",
+        _ if r.starts_with("eu-isoe-") => "aws-iso-e",
+        _ if r.starts_with("eusc-") => "aws-eusc",
+        _ => "aws",
+    }
+}
+
+/// What is wrong with `r` as a region bake works in, if anything: a region of the `aws`
+/// partition (bake's policies, managed policy ARNs and copies are written for that partition).
+pub fn region_problem(r: &str) -> Option<String> {
+    if !known_region(r) {
+        return Some(format!("`{r}` is not a region AWS has (e.g. us-east-1, eu-west-1; the SDK's partitions list them)"));
+    }
+    match partition(r) {
+        "aws" => None,
+        p => Some(format!("`{r}` is in the {p} partition; bake works in the aws partition only (its policies and ARNs are written for it)")),
+    }
+}
+
 /// AMI names: 3–128 characters of letters, digits, `( ) [ ] space . / - ' @ _`.
 /// EC2 API reference, CreateImage, `Name`.
 pub const AMI_NAME: std::ops::RangeInclusive<usize> = 3..=128;

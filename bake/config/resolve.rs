@@ -61,13 +61,13 @@ fn var_message(e: &str) -> String {
     e.to_string()
 }
 
-/// A region the SDK knows (limits::REGIONS).
+/// A region bake works in (limits::region_problem).
 fn is_region(s: &str) -> bool {
-    limits::known_region(s)
+    limits::region_problem(s).is_none()
 }
 
 fn region_problem(r: &str) -> String {
-    format!("`{r}` is not a region AWS has (e.g. us-east-1, eu-west-1; the SDK's partitions list them)")
+    limits::region_problem(r).unwrap_or_default()
 }
 
 fn is_id(s: &str, prefix: &str) -> bool {
