@@ -665,7 +665,7 @@ mod tests {
 
     #[test]
     fn names_and_ids() {
-        assert!(is_region("us-east-1") && is_region("us-gov-west-1") && is_region("ap-southeast-4"));
+        assert!(is_region("us-east-1") && !is_region("us-gov-west-1") && !is_region("cn-north-1") && is_region("ap-southeast-4"));
         assert!(!is_region("useast1") && !is_region("us-east") && !is_region("US-east-1") && !is_region("us-east-99"));
         assert!(is_id("ami-0123456789abcdef0", "ami-") && is_id("ami-12345678", "ami-"));
         assert!(!is_id("ami-XYZ", "ami-") && !is_id("ami-0123456789ABCDEF0", "ami-"));
