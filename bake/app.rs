@@ -460,6 +460,14 @@ fn cleanup(g: &Global, bake_id: Option<&str>, orphans: bool, older_than: &str, y
     };
     let extra: Vec<String> = g.region.iter().cloned().collect();
     match rt.block_on(crate::sweep::replay(&aws, &g.root, &id, &extra)) {
+        Ok(o) if !o.journal && o.removed.is_empty() && o.errors.is_empty() => {
+            eprintln!(
+                "error: bake {id}: no journal in {} and nothing tagged with it in {}: nothing to clean up (is this the project folder and the region the bake ran in?)",
+                crate::journal::journal_dir(&g.root).display(),
+                if o.regions.is_empty() { "any region (none known: give --region)".to_string() } else { o.regions.join(", ") }
+            );
+            ExitCode::from(1)
+        }
         Ok(o) => {
             if !g.quiet {
                 let mut text = String::new();
@@ -698,7 +706,11 @@ fn scope(g: &Global, role: Option<&str>, env: Option<&str>, default_region: Opti
                 // Where it builds is where most of its images are: never leave it out silently.
                 None => {
                     return Err(rf
-                        .problem_at(e, &crate::config::tomlfile::KeyPath::root().key("builder").key("region"), "no region for where it builds: give --region, set builder.region, or configure AWS_REGION")
+                        .problem_at(
+                            e,
+                            &crate::config::tomlfile::KeyPath::root().key("builder").key("region"),
+                            "no region for where it builds: give --region, set builder.region, or configure AWS_REGION",
+                        )
                         .into())
                 }
             }

@@ -16,6 +16,10 @@ use crate::stages::cleanup;
 pub struct Outcome {
     pub removed: Vec<Resource>,
     pub errors: Vec<Error>,
+    /// This project folder holds the bake's journal.
+    pub journal: bool,
+    /// Where the bake's tag was looked for.
+    pub regions: Vec<String>,
 }
 
 /// Replays `id`'s journal (restoring parameters, removing what is live), then removes whatever
@@ -53,6 +57,7 @@ pub async fn replay(aws: &Aws, root: &Path, id: &BakeId, extra_regions: &[String
         }
     }
     let removed = live.clone();
+    let journal = handle.is_some();
     let errors = cleanup::remove(aws, handle.as_ref(), live, published, &born, None).await;
     if errors.is_empty() {
         if let Some(h) = &handle {
@@ -60,7 +65,7 @@ pub async fn replay(aws: &Aws, root: &Path, id: &BakeId, extra_regions: &[String
             h.append(journal::Entry::Finished { status: status.into(), at: journal::now_rfc3339() })?;
         }
     }
-    Ok(Outcome { removed, errors })
+    Ok(Outcome { removed, errors, journal, regions: regions.into_iter().collect() })
 }
 
 /// A resource left by a bake that is not running.

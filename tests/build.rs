@@ -704,13 +704,20 @@ fn what_cleanup_leaves_after_a_good_bake_is_named_and_exits_1() {
     assert_eq!(m["status"], "leftovers");
     let left = m["leftovers"].as_array().unwrap();
     assert!(left.len() == 1 && left[0].as_str().unwrap().contains(&format!("role bake-{id}")), "{left:?}");
-    assert!(err.contains(&format!("bake cleanup {id}")) && err.contains(&format!("left: iam:DeleteRole on role bake-{id}")), "{err}");
+    assert!(
+        err.contains(&format!("bake cleanup {id}")) && err.contains(&format!("left: IAM role bake-{id} (global): iam:DeleteRole on role bake-{id}")),
+        "{err}"
+    );
     // The image is good; `bake cleanup ID` finishes the rest, and leaves the image.
     for _ in 0..2 {
         let out = bake(&sb, root, &["cleanup", id]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         assert_only_products_added(&sb, &before, &m);
     }
+    // An id this project never saw, with nothing tagged with it: said so, exit 1.
+    let out = bake(&sb, root, &["cleanup", "b-000000000000"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("bake b-000000000000: no journal in"), "{}", text(&out.stderr));
 }
 
 #[test]

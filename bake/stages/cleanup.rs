@@ -284,7 +284,7 @@ pub async fn remove(
         if gone.contains(&r) {
             continue;
         }
-        match delete(aws, &r, born.get(&r).copied()).await {
+        match delete(aws, &r, born.get(&r).copied()).await.map_err(|e| Error::Other(format!("{r}: {e}"))) {
             Ok(also) => {
                 for d in std::iter::once(r).chain(also) {
                     if let Some(j) = journal {
