@@ -24,6 +24,8 @@ pub const PART: usize = 40 * 1024;
 pub fn encoded_len(lines: &[String]) -> usize {
     serde_json::to_string(lines).map(|s| s.len()).unwrap_or(usize::MAX)
 }
+/// How often a running step looks at its builder's state (stopped or terminated by EC2).
+const LOST_CHECK: Duration = Duration::from_secs(5);
 /// What AWS keeps of a command's output in GetCommandInvocation.
 pub const STDOUT_LIMIT: usize = 24_000;
 pub const STDERR_LIMIT: usize = 8_000;
@@ -127,9 +129,12 @@ async fn run_command(ctx: &Ctx, label: &str, lines: Vec<String>, timeout: Durati
     // Output appears when the command ends; poll at most every 2 s (first after 0.5 s).
     let p = Poll::new(Duration::from_millis(500), Duration::from_secs(2), timeout + Duration::from_secs(600)).after_first_interval();
     let ec2 = ctx.c.ec2.clone();
+    // The builder's state is looked at every few seconds, not at every poll.
+    let checked = std::sync::Arc::new(std::sync::Mutex::new(Instant::now()));
     let outcome = poll(p, || {
         let ssm = ssm.clone();
         let ec2 = ec2.clone();
+        let checked = checked.clone();
         let command_id = command_id.clone();
         let instance = instance.clone();
         let region = region.clone();
@@ -150,6 +155,16 @@ async fn run_command(ctx: &Ctx, label: &str, lines: Vec<String>, timeout: Durati
             if !done {
                 // A builder EC2 stopped or terminated (a Spot interruption, someone else) never
                 // reports again: its command would sit InProgress until its timeout.
+                let due = checked.lock().map(|mut t| {
+                    let due = t.elapsed() >= LOST_CHECK;
+                    if due {
+                        *t = Instant::now();
+                    }
+                    due
+                });
+                if !due.unwrap_or(true) {
+                    return Ok(None);
+                }
                 if let Some(why) = lost(&ec2, &instance, &region).await? {
                     let _ = ssm.cancel_command().command_id(&command_id).send().await;
                     return Err(Error::Other(format!("builder {instance} in {region} {why} during step {label}; the step did not finish")));
