@@ -532,7 +532,7 @@ fn roll(
     let progress = crate::progress::Progress::new(g.quiet, g.output == Output::Json);
     let m = runtime().block_on(async {
         let aws = crate::aws::Aws::load(&connection(g)).await;
-        let cancel = crate::build::watch_signals(std::sync::Arc::default());
+        let cancel = crate::signals::watch(std::sync::Arc::default());
         crate::roll::run(&aws, &plan, &req, progress, cancel).await
     });
     finish_roll(g, &m, manifest_file)

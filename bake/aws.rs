@@ -78,19 +78,15 @@ pub struct Connection {
     pub endpoint_url: Option<String>,
 }
 
-/// The endpoint every call goes to when one is set (--endpoint-url, AWS_ENDPOINT_URL), for
-/// messages about not reaching it.
-static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-pub fn endpoint_override() -> Option<String> {
-    ENDPOINT.get().cloned().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+/// A value an AWS answer must hold (an id, a state): its absence is an error naming the call,
+/// never an empty string that would reach the journal.
+pub fn required(v: Option<&str>, call: &str, what: &str, region: &str) -> Result<String> {
+    v.map(str::to_string).ok_or_else(|| Error::Other(format!("{call} in {region} answered without {what}")))
 }
 
-/// The shared-config profile in use (--profile, AWS_PROFILE), for messages about signing in.
-static PROFILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-pub fn profile_in_use() -> Option<String> {
-    PROFILE.get().cloned().or_else(|| std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()))
+/// The snapshots behind an image, as described.
+pub fn snapshot_ids(img: &aws_sdk_ec2::types::Image) -> Vec<String> {
+    img.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string)).collect()
 }
 
 /// A region bake may use: one the SDK's partitions know.
@@ -114,14 +110,14 @@ impl Aws {
         }
         if let Some(p) = &conn.profile {
             loader = loader.profile_name(p);
-            let _ = PROFILE.set(p.clone());
+            let _ = crate::error::PROFILE.set(p.clone());
         }
         if let Some(r) = &conn.region {
             loader = loader.region(Region::new(r.clone()));
         }
         if let Some(e) = &conn.endpoint_url {
             loader = loader.endpoint_url(e);
-            let _ = ENDPOINT.set(e.clone());
+            let _ = crate::error::ENDPOINT.set(e.clone());
         }
         Aws { base: loader.load().await, calls: CallCounter::default() }
     }

@@ -3,21 +3,21 @@
 //! leaks the others.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::stream::{self, StreamExt};
-use tokio::sync::watch;
 
 use crate::aws::{Aws, Connection};
 use crate::config::{CookbookCache, Problems, Project, VarInputs};
-use crate::error::{Error, Result};
-use crate::journal::{self, BakeId, Entry, Journal};
+use crate::error::Error;
+use crate::journal::{self};
 use crate::manifest::Manifest;
-use crate::pipeline::{self, Cancel, Ctx, JournalHandle, Options};
-use crate::plan::{bake_fingerprint, Plan};
+use crate::pipeline;
+use crate::plan::Plan;
 use crate::progress::Progress;
-use crate::stages;
+use crate::signals::{Active, Cancel};
+use crate::stages::Options;
 
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -84,10 +84,6 @@ pub fn git_sha(root: &Path) -> Option<String> {
     Some(if dirty { format!("{sha}+dirty") } else { sha })
 }
 
-/// An available, finished image of this role and env with this fingerprint, if any.
-/// The bake ids running in this process (for the second Ctrl-C's message).
-pub type Active = Arc<Mutex<Vec<BakeId>>>;
-
 #[allow(clippy::too_many_arguments)]
 async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: Progress, cancel: Cancel, active: Active, git: Option<String>) -> Manifest {
     let started = Instant::now();
@@ -123,91 +119,19 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
             return manifest;
         }
     };
-    let result: Result<()> = async {
-        let region = crate::aws::usable_region(region.clone(), "--region, builder.region or the AWS configuration")?;
-        let c = aws.clients(&region);
-        report.stage("source", "resolving the source image");
-        let t = Instant::now();
-        let source = stages::source::resolve(&c, &plan.source).await?;
-        manifest.source = Some(source.record(&plan.source));
-        manifest.stages.insert("source".into(), t.elapsed().as_secs_f64());
-        if req.patch.is_some() {
-            manifest.lineage = lineage(&c, &source.id).await;
-        }
-        let fingerprint = bake_fingerprint(&plan.fingerprint, &source.id);
-        manifest.fingerprint = fingerprint.clone();
-        report.stage("source", &format!("{} ({})", source.id, source.name));
-        // An unchanged role reuses its image; when only its distribution changed (regions,
-        // shares, deprecation, parameter), that is brought up to date without baking.
-        let mut redistribute = None;
-        if !req.force {
-            if let Some(img) = stages::source::finished_image(&c, &plan, &fingerprint).await? {
-                let present = stages::distribute::present(&aws, &plan, (&region, &img), &fingerprint).await?;
-                let id = img.image_id().unwrap_or_default().to_string();
-                if present.gaps.is_empty() {
-                    manifest.status = "reused".into();
-                    manifest.images = present.images.into_iter().collect();
-                    report.info(&format!("unchanged: {id} already has fingerprint {fingerprint}; nothing launched (use --force to bake again)"));
-                    return Ok(());
-                }
-                report.info(&format!("unchanged: {id} already has fingerprint {fingerprint}; redistributing it ({})", present.gaps.join("; ")));
-                redistribute = Some(present);
-            }
-        }
-        if *cancel.borrow() {
-            return Err(Error::Interrupted);
-        }
-        let id = BakeId::new();
-        manifest.bake_id = id.to_string();
-        let mut j = Journal::create(&root, &id)?;
-        manifest.journal = j.path.display().to_string();
-        j.append(&Entry::Started {
-            bake_id: id.clone(),
-            role: plan.role.clone(),
-            env: plan.env.clone(),
-            region: region.clone(),
-            pid: std::process::id(),
-            host: journal::hostname(),
-            at: journal::now_rfc3339(),
-            regions: std::iter::once(region.clone()).chain(plan.image.regions.iter().cloned()).collect(),
-        })?;
-        if let Ok(mut a) = active.lock() {
-            a.push(id.clone());
-        }
-        report.info(&format!("bake {id} started (journal {})", j.path.display()));
-        let mut ctx = Ctx {
-            id: id.clone(),
-            plan: plan.clone(),
-            region: region.clone(),
-            aws: aws.clone(),
-            c,
-            journal: JournalHandle::new(j),
-            report: report.clone(),
-            manifest: std::mem::take(&mut manifest),
-            opts: Options { keep_on_error: req.keep_on_error, git_sha: git.clone() },
-            source: Some(source),
-            fingerprint,
-            instance: None,
-            images: Vec::new(),
-            stage_started: Instant::now(),
-            public_access: Default::default(),
-        };
-        let r = match redistribute {
-            Some(present) => {
-                ctx.images = present.images.iter().map(|(r, i)| (r.clone(), i.ami_id.clone())).collect();
-                ctx.manifest.images = present.images.into_iter().collect();
-                ctx.manifest.status = "redistributed".into();
-                pipeline::redistribute(&mut ctx, cancel.clone()).await
-            }
-            None => pipeline::run(&mut ctx, cancel.clone()).await,
-        };
-        manifest = ctx.manifest;
-        if let Ok(mut a) = active.lock() {
-            a.retain(|x| *x != id);
-        }
-        r
-    }
-    .await;
+    let bake = pipeline::Bake {
+        root: &root,
+        aws: &aws,
+        region: region.clone(),
+        plan: &plan,
+        opts: Options { keep_on_error: req.keep_on_error, force: req.force, patch: req.patch.is_some(), git_sha: git.clone() },
+        report: report.clone(),
+        active,
+    };
+    let result = match crate::aws::usable_region(region.clone(), "--region, builder.region or the AWS configuration") {
+        Ok(_) => pipeline::bake(bake, &mut manifest, cancel.clone()).await,
+        Err(e) => Err(e),
+    };
     match result {
         Ok(()) => {
             let images: Vec<String> = manifest.images.iter().map(|(r, i)| format!("{} ({r})", i.ami_id)).collect();
@@ -279,39 +203,10 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
     manifest
 }
 
-/// Watches for Ctrl-C / SIGTERM: the first asks every bake to stop and clean up, the second exits
-/// at once, printing how to finish the cleanup.
-pub fn watch_signals(active: Active) -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else { return };
-        let mut count = 0;
-        loop {
-            tokio::select! {
-                _ = int.recv() => {},
-                _ = term.recv() => {},
-            }
-            count += 1;
-            if count == 1 {
-                let _ = tx.send(true);
-                eprintln!("bake: interrupted; cleaning up (interrupt again to exit at once)");
-            } else {
-                let ids = active.lock().map(|a| a.clone()).unwrap_or_default();
-                for id in ids {
-                    eprintln!("bake: left behind; finish with: bake cleanup {id}");
-                }
-                std::process::exit(130);
-            }
-        }
-    });
-    rx
-}
-
 pub async fn run(root: &Path, conn: &Connection, req: Request, plans: Vec<Plan>, progress: Progress) -> Vec<Manifest> {
     let base = Aws::load(conn).await;
     let active: Active = Arc::default();
-    let cancel = watch_signals(active.clone());
+    let cancel = crate::signals::watch(active.clone());
     let git = git_sha(root);
     let jobs = req.jobs.max(1);
     stream::iter(
@@ -320,23 +215,4 @@ pub async fn run(root: &Path, conn: &Connection, req: Request, plans: Vec<Plan>,
     .buffer_unordered(jobs)
     .collect()
     .await
-}
-
-/// An image's ancestry through `bake:patch-of`: itself, its parent, … (at most 20).
-pub async fn lineage(c: &crate::aws::Clients, image: &str) -> Vec<String> {
-    let mut out = vec![image.to_string()];
-    let mut cur = image.to_string();
-    while out.len() < 20 {
-        let Ok(r) = c.ec2.describe_images().image_ids(&cur).send().await else { break };
-        let parent =
-            r.images().first().and_then(|i| i.tags().iter().find(|t| t.key() == Some(crate::tags::PATCH_OF)).and_then(|t| t.value())).map(str::to_string);
-        match parent {
-            Some(p) if !out.contains(&p) => {
-                out.push(p.clone());
-                cur = p;
-            }
-            _ => break,
-        }
-    }
-    out
 }

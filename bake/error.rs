@@ -102,7 +102,7 @@ impl Error {
 
 /// What went wrong when AWS did not answer with an error of its own.
 fn not_an_aws_answer<E: std::error::Error + 'static>(e: &SdkError<E, HttpResponse>) -> String {
-    let endpoint = crate::aws::endpoint_override();
+    let endpoint = endpoint_override();
     let to = endpoint.as_deref().map(|u| format!(" {u}")).unwrap_or_else(|| " AWS".into());
     match e {
         SdkError::DispatchFailure(d) => {
@@ -111,7 +111,7 @@ fn not_an_aws_answer<E: std::error::Error + 'static>(e: &SdkError<E, HttpRespons
                 if why.contains("no credentials found in chain") {
                     why = "none in the environment, the shared config, web identity, the container or instance metadata".into();
                 }
-                return match crate::aws::profile_in_use() {
+                return match profile_in_use() {
                     Some(p) => format!("no AWS credentials for profile {p} ({why}): sign in (aws sso login --profile {p}, or what the profile's credential_process needs) and run bake again"),
                     None => format!(
                         "no AWS credentials ({why}): sign in (aws sso login --profile P, then --profile P), or set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
@@ -182,4 +182,19 @@ pub fn is_not_found(code: Option<&str>) -> bool {
             || c == "InvalidAMIID.Unavailable"
             || c == "InvalidInstanceID.Malformed"
     )
+}
+
+/// The endpoint every call goes to when one is set (--endpoint-url, AWS_ENDPOINT_URL), for
+/// messages about not reaching it.
+pub(crate) static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn endpoint_override() -> Option<String> {
+    ENDPOINT.get().cloned().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+}
+
+/// The shared-config profile in use (--profile, AWS_PROFILE), for messages about signing in.
+pub(crate) static PROFILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn profile_in_use() -> Option<String> {
+    PROFILE.get().cloned().or_else(|| std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()))
 }

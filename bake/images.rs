@@ -198,11 +198,11 @@ pub fn decide(images: Vec<ImageInfo>, keep: &dyn Fn(&str, &str) -> usize, older_
 /// only this image.
 pub async fn remove(aws: &Aws, i: &ImageInfo) -> Result<()> {
     use crate::journal::{Kind, Resource};
-    let gone = crate::stages::cleanup::delete(aws, &Resource::new(Kind::Image, &i.id, &i.region), None).await?;
+    let gone = crate::stages::teardown::delete(aws, &Resource::new(Kind::Image, &i.id, &i.region), None).await?;
     for s in &i.snapshots {
         let r = Resource::new(Kind::Snapshot, s, &i.region);
         if !gone.contains(&r) {
-            crate::stages::cleanup::delete(aws, &r, None).await?;
+            crate::stages::teardown::delete(aws, &r, None).await?;
         }
     }
     Ok(())

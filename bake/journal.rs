@@ -176,6 +176,26 @@ impl Journal {
     }
 }
 
+/// A journal shared by the stages (copies run in parallel and journal as they go).
+#[derive(Clone)]
+pub struct JournalHandle(std::sync::Arc<std::sync::Mutex<Journal>>);
+
+impl JournalHandle {
+    pub fn new(j: Journal) -> Self {
+        JournalHandle(std::sync::Arc::new(std::sync::Mutex::new(j)))
+    }
+    pub fn append(&self, e: Entry) -> Result<()> {
+        let mut j = self.0.lock().map_err(|_| Error::Other("the journal lock was poisoned".into()))?;
+        j.append(&e)
+    }
+    pub fn path(&self) -> String {
+        self.0.lock().map(|j| j.path.display().to_string()).unwrap_or_default()
+    }
+    pub fn created(&self, r: Resource) -> Result<()> {
+        self.append(Entry::Created { resource: r, at: now_rfc3339() })
+    }
+}
+
 /// Every entry of a journal; a torn last line (a crash mid-write) is ignored.
 pub fn read(path: &Path) -> Result<Vec<Entry>> {
     let f = File::open(path).map_err(|e| Error::local("cannot read the journal", path, e))?;

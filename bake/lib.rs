@@ -18,7 +18,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod roll;
-pub mod rollout;
+pub mod signals;
 pub mod stages;
 pub mod sweep;
 pub mod tags;

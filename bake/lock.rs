@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::pipeline::{cancelled, Cancel};
 use crate::progress::Reporter;
+use crate::signals::{cancelled, Cancel};
 
 /// Held while it lives.
 pub struct Held {

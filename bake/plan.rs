@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::role::{BuilderSpec, ImageSpec, NotifySpec, RolloutSpec, SourceSpec};
 use crate::config::tomlfile::KeyPath;
-use crate::config::{Cookbook, Policies, Problem, Problems, Role, RoleFile, Secs};
+use crate::config::{Cookbook, CookbookCache, Policies, Problem, Problems, Project, Role, RoleFile, Secs, VarInputs};
 use crate::template::{self, Flavor};
 
 /// Bumped when bake changes how it turns the same inputs into an image (the prelude, the
@@ -109,6 +109,39 @@ pub fn node_attributes(role: &Role, cookbooks: &[&Cookbook]) -> Json {
         node.insert(cb.name.clone(), attrs);
     }
     Json::Object(node)
+}
+
+/// Plans come from a project: its role, its cookbooks, its policies.
+impl Project {
+    /// Loads what one role needs and builds its plan for `env`.
+    pub fn plan(&self, role: &str, env: &str, vars: &VarInputs) -> Result<Plan, Problems> {
+        let rf = self.role(role)?;
+        let resolved = rf.resolve(env, vars)?;
+        let policies = self.policies()?;
+        self.plan_with(&rf, &resolved, &mut CookbookCache::default(), &policies)
+    }
+
+    /// Builds a plan, loading cookbooks through `cache` (each is read once per cache).
+    pub fn plan_with(&self, rf: &RoleFile, role: &Role, cache: &mut CookbookCache, policies: &Policies) -> Result<Plan, Problems> {
+        let mut cookbooks = BTreeMap::new();
+        let mut problems = Problems::default();
+        for name in &role.run_list {
+            if !crate::config::cookbook::valid_name(name) || !self.root.join("cookbooks").join(name).is_dir() {
+                continue; // reported by the plan, against the role file
+            }
+            match cache.get(self, name) {
+                Ok(c) => {
+                    cookbooks.insert(name.clone(), c.clone());
+                }
+                Err(p) => problems.extend(p.clone()),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let known = self.cookbook_names().unwrap_or_default();
+        build(rf, role, &cookbooks, &known, policies)
+    }
 }
 
 /// Builds the plan for one role in one env. `known` lists the project's cookbooks (for

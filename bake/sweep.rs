@@ -9,9 +9,9 @@ use aws_sdk_ec2::types::Filter;
 
 use crate::aws::Aws;
 use crate::error::{Error, Result};
+use crate::journal::JournalHandle;
 use crate::journal::{self, BakeId, Kind, Resource};
-use crate::pipeline::JournalHandle;
-use crate::stages::cleanup;
+use crate::stages::teardown;
 
 pub struct Outcome {
     pub removed: Vec<Resource>,
@@ -51,14 +51,14 @@ pub async fn replay(aws: &Aws, root: &Path, id: &BakeId, extra_regions: &[String
         }
         (Vec::new(), Vec::new(), None)
     };
-    for r in cleanup::find_by_id(aws, id, &regions).await? {
+    for r in teardown::find_by_id(aws, id, &regions).await? {
         if !live.contains(&r) {
             live.push(r);
         }
     }
     let removed = live.clone();
     let journal = handle.is_some();
-    let errors = cleanup::remove(aws, handle.as_ref(), live, published, &born, None).await;
+    let errors = teardown::remove(aws, handle.as_ref(), live, published, &born, None).await;
     if errors.is_empty() {
         if let Some(h) = &handle {
             let status = if succeeded { "succeeded" } else { "cleaned" };
@@ -145,20 +145,20 @@ pub async fn find_orphans(aws: &Aws, root: &Path, regions: &[String], older_than
         }
     };
     for region in regions {
-        for (r, tags) in cleanup::find_tagged(aws, region, Filter::builder().name("tag-key").values(crate::tags::MANAGED).build()).await? {
+        for (r, tags) in teardown::find_tagged(aws, region, Filter::builder().name("tag-key").values(crate::tags::MANAGED).build()).await? {
             let age = age_of(tags.get(crate::tags::CREATED).map(String::as_str));
             consider(r, &tags, age, &mut sweep);
         }
     }
     let region = aws.default_region().or_else(|| regions.first().cloned()).unwrap_or_else(|| "us-east-1".into());
     let c = aws.clients(&region);
-    for name in cleanup::iam_names(&c, Kind::IamRole).await? {
+    for name in teardown::iam_names(&c, Kind::IamRole).await? {
         let r = c.iam.get_role().role_name(&name).send().await.map_err(|e| Error::aws("iam:GetRole", format!("role {name}"), "global", &e))?;
         let Some(role) = r.role() else { continue };
         let age = SystemTime::try_from(*role.create_date()).ok().and_then(|t| SystemTime::now().duration_since(t).ok());
         consider(Resource::new(Kind::IamRole, &name, "global"), &iam_tags(role.tags()), age, &mut sweep);
     }
-    for name in cleanup::iam_names(&c, Kind::InstanceProfile).await? {
+    for name in teardown::iam_names(&c, Kind::InstanceProfile).await? {
         let r = c
             .iam
             .get_instance_profile()
@@ -186,7 +186,7 @@ pub async fn remove_orphans(aws: &Aws, root: &Path, orphans: Vec<Orphan>) -> Vec
             .filter(|p| p.exists())
             .and_then(|p| journal::Journal::open(&p).ok())
             .map(JournalHandle::new);
-        errors.extend(cleanup::remove(aws, handle.as_ref(), rs, Vec::new(), &BTreeMap::new(), None).await);
+        errors.extend(teardown::remove(aws, handle.as_ref(), rs, Vec::new(), &BTreeMap::new(), None).await);
     }
     errors
 }

@@ -89,36 +89,6 @@ impl Project {
     pub fn policies(&self) -> Result<Policies, Problems> {
         Policies::load(&self.root)
     }
-
-    /// Loads what one role needs and builds its plan for `env`.
-    pub fn plan(&self, role: &str, env: &str, vars: &VarInputs) -> Result<crate::plan::Plan, Problems> {
-        let rf = self.role(role)?;
-        let resolved = rf.resolve(env, vars)?;
-        let policies = self.policies()?;
-        self.plan_with(&rf, &resolved, &mut CookbookCache::default(), &policies)
-    }
-
-    /// Builds a plan, loading cookbooks through `cache` (each is read once per cache).
-    pub fn plan_with(&self, rf: &RoleFile, role: &Role, cache: &mut CookbookCache, policies: &Policies) -> Result<crate::plan::Plan, Problems> {
-        let mut cookbooks = BTreeMap::new();
-        let mut problems = Problems::default();
-        for name in &role.run_list {
-            if !cookbook::valid_name(name) || !self.root.join("cookbooks").join(name).is_dir() {
-                continue; // reported by the plan, against the role file
-            }
-            match cache.get(self, name) {
-                Ok(c) => {
-                    cookbooks.insert(name.clone(), c.clone());
-                }
-                Err(p) => problems.extend(p.clone()),
-            }
-        }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        let known = self.cookbook_names().unwrap_or_default();
-        crate::plan::build(rf, role, &cookbooks, &known, policies)
-    }
 }
 
 /// Cookbooks loaded so far, with their problems.

@@ -8,13 +8,14 @@ use aws_sdk_ec2::types::{CreateVolumePermission, CreateVolumePermissionModificat
 use aws_sdk_ssm::types::{ParameterType, Tag};
 use futures::stream::{self, StreamExt};
 
+use crate::aws::snapshot_ids;
 use crate::aws::Clients;
 use crate::error::{Error, Result};
+use crate::journal::JournalHandle;
 use crate::journal::{self, Entry, Kind};
 use crate::manifest::{ImageRecord, ParameterRecord};
-use crate::pipeline::{Ctx, JournalHandle};
-use crate::stages::image::snapshot_ids;
 use crate::stages::tag_spec;
+use crate::stages::Baking;
 
 struct Copy {
     region: String,
@@ -71,7 +72,7 @@ async fn copy_one(
 
 /// AMI Block Public Access in the image's region, read before sharing: recorded in the manifest,
 /// and a warning when it is off (bake never shares publicly, but the account could).
-async fn public_access_state(ctx: &Ctx, c: &Clients) {
+async fn public_access_state(ctx: &Baking, c: &Clients) {
     let state = match c.ec2.get_image_block_public_access_state().send().await {
         Ok(r) => match r.image_block_public_access_state() {
             Some(s) => s.to_string(),
@@ -120,7 +121,7 @@ fn permission_text(p: &LaunchPermission) -> String {
 /// The image's shares made what the role says now: what it lists is added; what it no longer
 /// lists (a share an earlier configuration made, a public one) is taken away, from the image and
 /// from its snapshots.
-async fn share_and_deprecate(ctx: &Ctx, c: &Clients, image: &str, snaps: &[String]) -> Result<()> {
+async fn share_and_deprecate(ctx: &Baking, c: &Clients, image: &str, snaps: &[String]) -> Result<()> {
     let spec = &ctx.plan.image;
     let region = c.region.as_str();
     let mut want: Vec<LaunchPermission> = spec.share_accounts.iter().map(|a| LaunchPermission::builder().user_id(a).build()).collect();
@@ -185,7 +186,7 @@ async fn share_and_deprecate(ctx: &Ctx, c: &Clients, image: &str, snaps: &[Strin
 }
 
 /// Points the role's SSM parameter at the image in one region, journaling what it held before.
-async fn publish(ctx: &Ctx, c: &Clients, image: &str) -> Result<ParameterRecord> {
+async fn publish(ctx: &Baking, c: &Clients, image: &str) -> Result<ParameterRecord> {
     let name = ctx.plan.image.ssm_parameter.clone();
     let region = c.region.as_str();
     let previous = match c.ssm.get_parameter().name(&name).send().await {
@@ -234,11 +235,12 @@ async fn publish(ctx: &Ctx, c: &Clients, image: &str) -> Result<ParameterRecord>
 
 /// Copies the image to every region of the role that has none yet (a redistribution starts with
 /// the copies that exist), then shares, deprecates and publishes every one.
-pub async fn run(ctx: &mut Ctx) -> Result<()> {
-    let (build_region, image) = ctx.images.first().cloned().ok_or_else(|| Error::Other("no image to distribute".into()))?;
+pub async fn run(ctx: &mut Baking) -> Result<()> {
+    let build_region = ctx.region.clone();
+    let image =
+        ctx.manifest.images.get(&build_region).map(|i| i.ami_id.clone()).ok_or_else(|| Error::Other(format!("no image in {build_region} to distribute")))?;
     let name = ctx.manifest.images.get(&build_region).map(|i| i.name.clone()).unwrap_or_default();
-    let regions: Vec<String> =
-        ctx.plan.image.regions.iter().filter(|r| **r != build_region && !ctx.images.iter().any(|(have, _)| have == *r)).cloned().collect();
+    let regions: Vec<String> = ctx.plan.image.regions.iter().filter(|r| **r != build_region && !ctx.manifest.images.contains_key(*r)).cloned().collect();
     if !regions.is_empty() {
         ctx.report.stage("distribute", &format!("copying {image} to {}", regions.join(", ")));
         let mut tags = ctx.image_tags(&name);
@@ -265,7 +267,6 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
             match cp.result {
                 Ok((id, snaps)) => {
                     succeeded.push(cp.region.clone());
-                    ctx.images.push((cp.region.clone(), id.clone()));
                     ctx.manifest.images.insert(
                         cp.region,
                         ImageRecord { ami_id: id, name: name.clone(), state: "available".into(), snapshot_ids: snaps, copied_from: Some(image.clone()) },
@@ -281,7 +282,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
         }
     }
     ctx.report.stage("distribute", "sharing and publishing");
-    let images = ctx.images.clone();
+    let images = ctx.images();
     for (region, id) in &images {
         let c = ctx.aws.clients(region);
         let snaps = ctx.manifest.images.get(region).map(|i| i.snapshot_ids.clone()).unwrap_or_default();
@@ -291,7 +292,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
         ctx.manifest.public_access = m.clone();
     }
     // Mark the product before publishing it: an image named by a parameter is never swept.
-    crate::stages::cleanup::keep_products(ctx).await?;
+    crate::stages::teardown::keep_products(ctx).await?;
     for (region, id) in &images {
         let c = ctx.aws.clients(region);
         let p = publish(ctx, &c, id).await?;

@@ -8,19 +8,19 @@ use aws_sdk_iam::types::Tag;
 use crate::config::policy::{beyond_boundary, boundary_arn, BAKE_PATH};
 use crate::error::{Error, Result};
 use crate::journal::Kind;
-use crate::pipeline::Ctx;
 use crate::plan::SSM_CORE_POLICY;
+use crate::stages::{Baking, Identity};
 
 pub const PATH: &str = BAKE_PATH;
 pub const INLINE_POLICY: &str = "bake-builder";
 const TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
 
 /// The builder role's and profile's name, one of [`crate::config::policy::BUILDER_NAMES`].
-pub fn name(ctx: &Ctx) -> String {
+pub fn name(ctx: &Baking) -> String {
     format!("bake-{}", ctx.id)
 }
 
-fn tags(ctx: &Ctx) -> Result<Vec<Tag>> {
+fn tags(ctx: &Baking) -> Result<Vec<Tag>> {
     ctx.base_tags().into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build().map_err(|e| Error::Other(e.to_string()))).collect()
 }
 
@@ -55,7 +55,7 @@ pub async fn policy_document(c: &crate::aws::Clients, arn: &str) -> Result<Optio
 
 /// Checks, before anything is created, that the boundary exists and allows all that this role's
 /// builder policy grants.
-async fn check_boundary(ctx: &Ctx, arn: &str) -> Result<()> {
+async fn check_boundary(ctx: &Baking, arn: &str) -> Result<()> {
     let Some(doc) = policy_document(&ctx.c, arn).await? else {
         return Err(Error::Other(format!(
             "the permissions boundary {arn} does not exist: an administrator creates it once with `bake bootstrap` (README, IAM); nothing was created"
@@ -78,7 +78,7 @@ async fn check_boundary(ctx: &Ctx, arn: &str) -> Result<()> {
 }
 
 /// A profile made beforehand: it must exist and hold a role.
-async fn precreated(ctx: &Ctx, profile: &str) -> Result<(String, String)> {
+async fn precreated(ctx: &Baking, profile: &str) -> Result<Identity> {
     let r = ctx.c.iam.get_instance_profile().instance_profile_name(profile).send().await.map_err(|e| {
         if e.as_service_error().map(|s| s.is_no_such_entity_exception()).unwrap_or(false) {
             Error::Other(format!("instance profile {profile} (builder.instance_profile of roles/{}.toml) does not exist; nothing was created", ctx.plan.role))
@@ -91,11 +91,11 @@ async fn precreated(ctx: &Ctx, profile: &str) -> Result<(String, String)> {
         .and_then(|p| p.roles().first())
         .map(|r| r.role_name().to_string())
         .ok_or_else(|| Error::Other(format!("instance profile {profile} holds no role: add the builder's role to it; nothing was created")))?;
-    Ok((role, profile.to_string()))
+    Ok(Identity { role, profile: profile.to_string() })
 }
 
 /// Creates role and profile (or checks the pre-created profile); returns their names.
-pub async fn create(ctx: &mut Ctx) -> Result<(String, String)> {
+pub async fn create(ctx: &mut Baking) -> Result<Identity> {
     if let Some(p) = ctx.plan.builder.spec.instance_profile.clone() {
         return precreated(ctx, &p).await;
     }
@@ -146,5 +146,5 @@ pub async fn create(ctx: &mut Ctx) -> Result<(String, String)> {
         .send()
         .await
         .map_err(|e| Error::aws("iam:AddRoleToInstanceProfile", format!("instance profile {name}"), "global", &e))?;
-    Ok((name.clone(), name))
+    Ok(Identity { role: name.clone(), profile: name })
 }

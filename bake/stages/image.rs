@@ -3,11 +3,12 @@
 
 use aws_sdk_ec2::types::ResourceType;
 
+use crate::aws::snapshot_ids;
 use crate::error::{Error, Result};
 use crate::journal::Kind;
 use crate::manifest::ImageRecord;
-use crate::pipeline::Ctx;
 use crate::stages::tag_spec;
+use crate::stages::{Baking, Builder};
 
 /// `20261121T232813Z`
 pub fn timestamp() -> String {
@@ -29,18 +30,18 @@ pub fn unique_name(name: &str, bake_id: &str) -> String {
     keep + &suffix
 }
 
-pub fn image_name(ctx: &Ctx) -> Result<String> {
+pub fn image_name(ctx: &Baking) -> Result<String> {
     let data = serde_json::json!({
         "role": ctx.plan.role,
         "env": ctx.plan.env,
         "timestamp": timestamp(),
         "bake_id": ctx.id.to_string(),
-        "vars": ctx.plan_vars(),
+        "vars": &ctx.plan.vars,
     });
     crate::template::render_plain(&ctx.plan.image.name, &data).map_err(|e| Error::Other(format!("roles/{}.toml: image.name: {e}", ctx.plan.role)))
 }
 
-async fn create_image(ctx: &Ctx, instance: &str, name: &str) -> Result<String> {
+async fn create_image(ctx: &Baking, instance: &str, name: &str) -> Result<String> {
     let tags = ctx.image_tags(name);
     let r = ctx
         .c
@@ -58,7 +59,7 @@ async fn create_image(ctx: &Ctx, instance: &str, name: &str) -> Result<String> {
 }
 
 /// The image of this account called `name`, with its `bake:id` tag (empty when it has none).
-async fn image_named(ctx: &Ctx, name: &str) -> Result<Option<(String, String)>> {
+async fn image_named(ctx: &Baking, name: &str) -> Result<Option<(String, String)>> {
     let d = ctx
         .c
         .ec2
@@ -74,23 +75,8 @@ async fn image_named(ctx: &Ctx, name: &str) -> Result<Option<(String, String)>> 
     }))
 }
 
-/// The snapshots behind an image, as described.
-pub fn snapshot_ids(img: &aws_sdk_ec2::types::Image) -> Vec<String> {
-    img.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string)).collect()
-}
-
-/// The snapshots behind an image.
-pub async fn snapshots(c: &crate::aws::Clients, image: &str) -> Result<(String, Vec<String>)> {
-    let d = c.ec2.describe_images().image_ids(image).send().await.map_err(|e| Error::aws("ec2:DescribeImages", format!("image {image}"), &c.region, &e))?;
-    let img = d.images().first();
-    let state = img.and_then(|i| i.state()).map(|s| s.as_str().to_string()).unwrap_or_default();
-    let snaps =
-        img.map(|i| i.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string)).collect()).unwrap_or_default();
-    Ok((state, snaps))
-}
-
-pub async fn create(ctx: &mut Ctx) -> Result<()> {
-    let instance = ctx.instance.clone().unwrap_or_default();
+pub async fn create(ctx: &mut Baking, builder: &Builder) -> Result<()> {
+    let instance = builder.instance.clone();
     let ready = ctx.plan.builder.spec.ready_timeout;
     ctx.c
         .ec2
@@ -117,7 +103,6 @@ pub async fn create(ctx: &mut Ctx) -> Result<()> {
         Err(e) => return Err(e),
     };
     ctx.created(Kind::Image, &image, &ctx.region)?;
-    ctx.images.push((ctx.region.clone(), image.clone()));
     ctx.manifest
         .images
         .insert(ctx.region.clone(), ImageRecord { ami_id: image.clone(), name, state: "pending".into(), snapshot_ids: vec![], copied_from: None });

@@ -14,15 +14,15 @@ use crate::config::role::SubnetSpec;
 use crate::error::{Error, Result};
 use crate::journal::Kind;
 use crate::manifest::BuilderRecord;
-use crate::pipeline::Ctx;
 use crate::stages::tag_spec;
+use crate::stages::{Baking, Builder, Identity};
 use crate::wait::{poll, Poll};
 
 /// How long bake waits for a new instance profile to become usable by EC2 (IAM propagation).
 pub const IAM_PROPAGATION: Duration = Duration::from_secs(180);
 
 /// The subnet and VPC the builder goes into.
-async fn network(ctx: &Ctx) -> Result<(String, String)> {
+async fn network(ctx: &Baking) -> Result<(String, String)> {
     let ec2 = &ctx.c.ec2;
     let region = ctx.region.as_str();
     let subnets = match &ctx.plan.builder.spec.subnet {
@@ -67,7 +67,7 @@ async fn network(ctx: &Ctx) -> Result<(String, String)> {
 }
 
 /// A temporary security group with no inbound rule (outbound open, for SSM and packages).
-async fn security_group(ctx: &Ctx, vpc: &str) -> Result<String> {
+async fn security_group(ctx: &Baking, vpc: &str) -> Result<String> {
     let name = format!("bake-{}", ctx.id);
     let mut tags = ctx.base_tags();
     tags.insert("Name".into(), name.clone());
@@ -96,11 +96,11 @@ fn not_visible_yet(e: &Error) -> bool {
     }
 }
 
-pub async fn launch(ctx: &mut Ctx, role: &str, profile: &str) -> Result<()> {
+pub async fn launch(ctx: &mut Baking, identity: &Identity) -> Result<Builder> {
     let (subnet, vpc) = network(ctx).await?;
     let spec = ctx.plan.builder.spec.clone();
     let groups = if spec.security_group_ids.is_empty() { vec![security_group(ctx, &vpc).await?] } else { spec.security_group_ids.clone() };
-    let source = ctx.source.clone().ok_or_else(|| Error::Other("the source image was not resolved".into()))?;
+    let source = ctx.source.clone();
     let mut ebs = EbsBlockDevice::builder().volume_type(VolumeType::from(spec.root_volume_type.as_str())).encrypted(spec.encrypted).delete_on_termination(true);
     if let Some(size) = spec.root_volume_size.map(|s| s as i32).or(source.root_size) {
         ebs = ebs.volume_size(size);
@@ -118,7 +118,7 @@ pub async fn launch(ctx: &mut Ctx, role: &str, profile: &str) -> Result<()> {
         .instance_type(InstanceType::from(spec.instance_type.as_str()))
         .min_count(1)
         .max_count(1)
-        .iam_instance_profile(IamInstanceProfileSpecification::builder().name(profile).build())
+        .iam_instance_profile(IamInstanceProfileSpecification::builder().name(&identity.profile).build())
         .metadata_options(
             InstanceMetadataOptionsRequest::builder()
                 .http_tokens(HttpTokensState::Required)
@@ -173,27 +173,27 @@ pub async fn launch(ctx: &mut Ctx, role: &str, profile: &str) -> Result<()> {
             ))
         })
         .await?;
-    let instance = out.instances().first().and_then(|i| i.instance_id()).unwrap_or_default().to_string();
+    let instance =
+        crate::aws::required(out.instances().first().and_then(|i| i.instance_id()), "ec2:RunInstances", "the instance id of the builder", &ctx.region)?;
     ctx.created(Kind::Instance, &instance, &ctx.region)?;
-    ctx.instance = Some(instance.clone());
     ctx.manifest.builder = Some(BuilderRecord {
         instance_id: instance.clone(),
         instance_type: spec.instance_type.clone(),
         subnet_id: Some(subnet),
         security_groups: groups,
-        iam_role: role.to_string(),
-        instance_profile: profile.to_string(),
+        iam_role: identity.role.clone(),
+        instance_profile: identity.profile.clone(),
     });
     ctx.report.stage("launch", &format!("{instance} pending"));
     crate::wait::instance(&ctx.c, "builder", &instance, InstanceStateName::Running, spec.ready_timeout.as_duration()).await?;
     ctx.report.stage("launch", &format!("{instance} running"));
-    Ok(())
+    Ok(Builder { instance })
 }
 
 /// Waits until the builder's SSM agent is Online (after `since`, for a reboot: its last ping is
 /// later than the reboot request).
-pub async fn wait_agent(ctx: &mut Ctx, since: Option<aws_smithy_types::DateTime>) -> Result<()> {
-    let instance = ctx.instance.clone().unwrap_or_default();
+pub async fn wait_agent(ctx: &mut Baking, builder: &Builder, since: Option<aws_smithy_types::DateTime>) -> Result<()> {
+    let instance = builder.instance.clone();
     let timeout = ctx.plan.builder.spec.ready_timeout;
     let ssm = ctx.c.ssm.clone();
     let region = ctx.region.clone();

@@ -1,13 +1,17 @@
 //! The stages of a bake. Each owns its I/O and records what it creates in the journal before
-//! anything depends on it.
+//! anything depends on it; each hands the next what it made (an [`Identity`], a [`Builder`]).
+//! `teardown` removes what a bake made (after it, or from its journal or tags later).
 
-pub mod cleanup;
+mod context;
 pub mod distribute;
 pub mod iam;
 pub mod image;
 pub mod launch;
 pub mod provision;
 pub mod source;
+pub mod teardown;
+
+pub use context::{Baking, Builder, Identity, Options};
 
 use std::collections::BTreeMap;
 

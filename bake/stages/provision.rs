@@ -10,8 +10,8 @@ use backon::{ExponentialBuilder, Retryable};
 use base64::Engine as _;
 
 use crate::error::{Error, Result};
-use crate::pipeline::Ctx;
 use crate::plan::PlannedStep;
+use crate::stages::{Baking, Builder};
 use crate::wait::{poll, Poll};
 
 /// Scripts whose lines take more than this, JSON-encoded as SendCommand sends them (quotes,
@@ -80,15 +80,15 @@ pub fn delivery_parts(step_id: &str, script: &str, sha256: &str) -> (Vec<Vec<Str
     (parts, run)
 }
 
-fn comment(ctx: &Ctx, what: &str) -> String {
+fn comment(ctx: &Baking, what: &str) -> String {
     let mut c = format!("bake {} {what}", ctx.id);
     c.truncate(100);
     c
 }
 
 /// Sends one command and waits for it to end.
-async fn run_command(ctx: &Ctx, label: &str, lines: Vec<String>, timeout: Duration) -> Result<Outcome> {
-    let instance = ctx.instance.clone().unwrap_or_default();
+async fn run_command(ctx: &Baking, builder: &Builder, label: &str, lines: Vec<String>, timeout: Duration) -> Result<Outcome> {
+    let instance = builder.instance.clone();
     let region = ctx.region.clone();
     let ssm = ctx.c.ssm.clone();
     let send = || {
@@ -234,13 +234,13 @@ fn tail(text: &str, n: usize) -> Vec<String> {
 }
 
 /// Runs one step (in parts when large); the outcome of the command that ran it.
-async fn run_step(ctx: &mut Ctx, step: &PlannedStep) -> Result<(Outcome, Vec<String>)> {
+async fn run_step(ctx: &mut Baking, builder: &Builder, step: &PlannedStep) -> Result<(Outcome, Vec<String>)> {
     let id = step.id();
     let timeout = step.timeout.as_duration();
     let mut ids = Vec::new();
     let lines: Vec<String> = step.script.lines().map(str::to_string).collect();
     if encoded_len(&lines) <= MAX_INLINE {
-        let o = run_command(ctx, &id, lines, timeout).await?;
+        let o = run_command(ctx, builder, &id, lines, timeout).await?;
         ids.push(o.command_id.clone());
         return Ok((o, ids));
     }
@@ -248,25 +248,25 @@ async fn run_step(ctx: &mut Ctx, step: &PlannedStep) -> Result<(Outcome, Vec<Str
     let n = parts.len();
     for (i, part) in parts.into_iter().enumerate() {
         ctx.report.stage("provision", &format!("{id}: delivering part {}/{n}", i + 1));
-        let o = run_command(ctx, &format!("{id} part {}/{n}", i + 1), part, Duration::from_secs(120)).await?;
+        let o = run_command(ctx, builder, &format!("{id} part {}/{n}", i + 1), part, Duration::from_secs(120)).await?;
         ids.push(o.command_id.clone());
         if o.status != "Success" {
             return Ok((o, ids));
         }
     }
-    let o = run_command(ctx, &id, run, timeout).await?;
+    let o = run_command(ctx, builder, &id, run, timeout).await?;
     ids.push(o.command_id.clone());
     Ok((o, ids))
 }
 
-pub async fn run_all(ctx: &mut Ctx) -> Result<()> {
+pub async fn run_all(ctx: &mut Baking, builder: &Builder) -> Result<()> {
     let steps = ctx.plan.steps.clone();
     let total = steps.len();
     for (i, step) in steps.iter().enumerate() {
         let id = step.id();
         ctx.stage("provision", &format!("{id} ({}/{total})", i + 1));
         let started = Instant::now();
-        let (o, ids) = run_step(ctx, step).await?;
+        let (o, ids) = run_step(ctx, builder, step).await?;
         let secs = started.elapsed().as_secs_f64();
         ctx.report.output(&id, "stdout", &o.stdout);
         ctx.report.output(&id, "stderr", &o.stderr);
@@ -294,14 +294,7 @@ pub async fn run_all(ctx: &mut Ctx) -> Result<()> {
                 ("Failed", d) if d == "Undeliverable" || d == "Terminated" => format!("failed ({d})"),
                 (s, _) => s.to_lowercase(),
             };
-            return Err(Error::StepFailed {
-                step: id,
-                instance: ctx.instance.clone().unwrap_or_default(),
-                region: ctx.region.clone(),
-                status,
-                exit_code: o.code,
-                stderr_tail,
-            });
+            return Err(Error::StepFailed { step: id, instance: builder.instance.clone(), region: ctx.region.clone(), status, exit_code: o.code, stderr_tail });
         }
         ctx.report.info(&format!("{id} done in {secs:.1}s"));
         // A step may ask for a reboot (the security patch does when the kernel or libc changed).
@@ -310,7 +303,7 @@ pub async fn run_all(ctx: &mut Ctx) -> Result<()> {
             ctx.stage("provision", &format!("{id}: rebooting the builder"));
             let since = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
             let since = aws_smithy_types::DateTime::from_secs(since.secs());
-            let instance = ctx.instance.clone().unwrap_or_default();
+            let instance = builder.instance.clone();
             ctx.c
                 .ec2
                 .reboot_instances()
@@ -320,7 +313,7 @@ pub async fn run_all(ctx: &mut Ctx) -> Result<()> {
                 .map_err(|e| Error::aws("ec2:RebootInstances", format!("builder {instance}"), &ctx.region, &e))?;
             // Give the reboot a moment to take the agent down before watching for it.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            crate::stages::launch::wait_agent(ctx, Some(since)).await?;
+            crate::stages::launch::wait_agent(ctx, builder, Some(since)).await?;
             ctx.manifest.steps[i].rebooted = true;
             ctx.stage_done("provision");
         }

@@ -118,3 +118,22 @@ pub async fn finished_image(c: &Clients, plan: &crate::plan::Plan, fingerprint: 
         .await?;
     Ok(found.into_iter().filter(|i| i.state() == Some(&ImageState::Available)).max_by(|a, b| a.creation_date().cmp(&b.creation_date())))
 }
+
+/// An image's ancestry through `bake:patch-of`: itself, its parent, … (at most 20).
+pub async fn lineage(c: &Clients, image: &str) -> Vec<String> {
+    let mut out = vec![image.to_string()];
+    let mut cur = image.to_string();
+    while out.len() < 20 {
+        let Ok(r) = c.ec2.describe_images().image_ids(&cur).send().await else { break };
+        let parent =
+            r.images().first().and_then(|i| i.tags().iter().find(|t| t.key() == Some(crate::tags::PATCH_OF)).and_then(|t| t.value())).map(str::to_string);
+        match parent {
+            Some(p) if !out.contains(&p) => {
+                out.push(p.clone());
+                cur = p;
+            }
+            _ => break,
+        }
+    }
+    out
+}

@@ -15,9 +15,10 @@ use backon::{ExponentialBuilder, Retryable};
 
 use crate::aws::Aws;
 use crate::error::{is_not_found, Error, Result};
+use crate::journal::JournalHandle;
 use crate::journal::{self, BakeId, Entry, Kind, Resource};
-use crate::pipeline::{Ctx, JournalHandle};
 use crate::progress::Reporter;
+use crate::stages::Baking;
 
 /// The tag that marks an image (and its snapshots) as a finished bake's product.
 pub const COMPLETE: &str = crate::tags::COMPLETE;
@@ -157,7 +158,7 @@ pub async fn delete(aws: &Aws, r: &Resource, born: Option<SystemTime>) -> Result
         Kind::Image => {
             let describe = || async {
                 let r = unless_gone(c.ec2.describe_images().image_ids(id).send().await, "ec2:DescribeImages", format!("image {id}"), &region)?;
-                Ok(r.and_then(|d| d.images().iter().find(|i| i.image_id() == Some(id)).map(crate::stages::image::snapshot_ids)))
+                Ok(r.and_then(|d| d.images().iter().find(|i| i.image_id() == Some(id)).map(crate::aws::snapshot_ids)))
             };
             let Some(snapshots) = believed(born, describe).await? else { return Ok(Vec::new()) };
             let deregister =
@@ -302,13 +303,13 @@ pub async fn remove(
     errors
 }
 
-fn journal_state(ctx: &Ctx) -> journal::State {
+fn journal_state(ctx: &Baking) -> journal::State {
     let path = std::path::PathBuf::from(ctx.journal.path());
     journal::read(&path).map(|e| journal::state(&e)).unwrap_or_default()
 }
 
 /// After a successful bake: only the temporaries go.
-pub async fn after_success(ctx: &mut Ctx) -> Vec<Error> {
+pub async fn after_success(ctx: &mut Baking) -> Vec<Error> {
     let s = journal_state(ctx);
     let temporaries: Vec<Resource> = s.live.into_iter().filter(|r| !matches!(r.kind, Kind::Image | Kind::Snapshot)).collect();
     remove(&ctx.aws, Some(&ctx.journal), temporaries, Vec::new(), &s.born, Some(&ctx.report)).await
@@ -317,7 +318,7 @@ pub async fn after_success(ctx: &mut Ctx) -> Vec<Error> {
 /// After a failure or interruption: everything this bake made — what the journal lists, then
 /// whatever still carries the bake's tag (an interruption can fall between a create call's answer
 /// and its journal line).
-pub async fn after_failure(ctx: &mut Ctx) -> Vec<Error> {
+pub async fn after_failure(ctx: &mut Baking) -> Vec<Error> {
     let s = journal_state(ctx);
     // Images marked as the product before a later stage failed are not a product after all.
     let mut all = s.live;
@@ -333,7 +334,7 @@ pub async fn after_failure(ctx: &mut Ctx) -> Vec<Error> {
 }
 
 /// Marks images and snapshots as the bake's product: tagged `bake:complete`, journaled as kept.
-pub async fn keep_products(ctx: &Ctx) -> Result<()> {
+pub async fn keep_products(ctx: &Baking) -> Result<()> {
     let s = journal_state(ctx);
     let mut by_region: BTreeMap<String, Vec<Resource>> = BTreeMap::new();
     for r in s.live.iter().filter(|r| matches!(r.kind, Kind::Image | Kind::Snapshot)) {

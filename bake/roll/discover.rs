@@ -1,0 +1,249 @@
+//! Discovery: the groups a role's rollout targets, as AWS describes them (launch source, the
+//! image it launches, refreshes, protected and Standby instances), and what their instances run.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_autoscaling::types::{Filter as AsgFilter, InstanceRefreshStatus, LifecycleState};
+use aws_sdk_ec2::types::{Filter, ImageState, RequestLaunchTemplateData};
+use futures::stream::{self, StreamExt};
+
+use super::plan::{GroupState, Source};
+use crate::aws::Clients;
+use crate::error::{Error, Result};
+use crate::plan::Plan;
+use crate::tags;
+
+/// The newest finished image bake made for this role and env.
+pub async fn newest_image(c: &Clients, role: &str, env: &str) -> Result<String> {
+    let images = c
+        .images(
+            &format!("images of {role}/{env}"),
+            &["self".to_string()],
+            vec![
+                Filter::builder().name(format!("tag:{}", tags::ROLE)).values(role).build(),
+                Filter::builder().name(format!("tag:{}", tags::ENV)).values(env).build(),
+                Filter::builder().name(format!("tag:{}", tags::COMPLETE)).values("true").build(),
+            ],
+        )
+        .await?;
+    images
+        .iter()
+        .filter(|i| i.state() == Some(&ImageState::Available))
+        .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
+        .and_then(|i| i.image_id().map(str::to_string))
+        .ok_or_else(|| Error::Other(format!("no image of {role}/{env} in {}: bake one first, or give --ami", c.region)))
+}
+
+pub(super) async fn check_image(c: &Clients, ami: &str) -> Result<()> {
+    let r = c.ec2.describe_images().image_ids(ami).send().await.map_err(|e| Error::aws("ec2:DescribeImages", format!("image {ami}"), &c.region, &e))?;
+    match r.images().first().and_then(|i| i.state()) {
+        Some(ImageState::Available) => Ok(()),
+        Some(s) => Err(Error::Other(format!("image {ami} in {} is {}, not available", c.region, s.as_str()))),
+        None => Err(Error::Other(format!("image {ami} does not exist in {}", c.region))),
+    }
+}
+
+/// The image a launch template version launches, and its number.
+pub(super) async fn template_version(c: &Clients, id: &str, version: &str) -> Result<(i64, String, RequestLaunchTemplateData)> {
+    let r = c
+        .ec2
+        .describe_launch_template_versions()
+        .launch_template_id(id)
+        .versions(version)
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:DescribeLaunchTemplateVersions", format!("launch template {id}"), &c.region, &e))?;
+    let v = r.launch_template_versions().first().ok_or_else(|| Error::Other(format!("launch template {id} has no version {version}")))?;
+    let data = v.launch_template_data();
+    let image = data.and_then(|d| d.image_id()).unwrap_or_default().to_string();
+    Ok((v.version_number().unwrap_or(0), image, RequestLaunchTemplateData::builder().build()))
+}
+
+/// Describes the groups a role's rollout targets: names, tag filters, or `<role>_<env>`.
+pub async fn discover(c: &Clients, plan: &Plan) -> Result<Vec<GroupState>> {
+    let spec = &plan.rollout;
+    let region = c.region.as_str();
+    let mut groups: Vec<aws_sdk_autoscaling::types::AutoScalingGroup> = Vec::new();
+    let mut names: Vec<String> = spec.groups.clone();
+    if names.is_empty() && spec.group_tags.is_empty() {
+        names.push(format!("{}_{}", plan.role, plan.env));
+    }
+    if !names.is_empty() {
+        let named = c.groups_named(&names).await?;
+        let found: Vec<String> = named.iter().filter_map(|g| g.auto_scaling_group_name().map(str::to_string)).collect();
+        let missing: Vec<&String> = names.iter().filter(|n| !found.contains(n)).collect();
+        if !missing.is_empty() {
+            let missing: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+            return Err(Error::Other(format!(
+                "no Auto Scaling group named {} in {region} (roles/{}.toml rollout.groups, or the convention {}_{}); nothing changed",
+                missing.join(", "),
+                plan.role,
+                plan.role,
+                plan.env
+            )));
+        }
+        groups.extend(named);
+    }
+    if !spec.group_tags.is_empty() {
+        let filters: Vec<AsgFilter> = spec.group_tags.iter().map(|(k, v)| AsgFilter::builder().name(format!("tag:{k}")).values(v).build()).collect();
+        let matched = c.groups("groups by tag", filters).await?;
+        if matched.is_empty() && groups.is_empty() {
+            let tags: Vec<String> = spec.group_tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            return Err(Error::Other(format!("no Auto Scaling group tagged {} in {region}; nothing changed", tags.join(", "))));
+        }
+        for g in matched {
+            if !groups.iter().any(|x| x.auto_scaling_group_name() == g.auto_scaling_group_name()) {
+                groups.push(g);
+            }
+        }
+    }
+    // One group's launch source and refreshes at a time is slow with many groups: describe them
+    // concurrently (a few at once, well under the APIs' rate limits).
+    let versions = VersionCache::default();
+    let described: Vec<Result<GroupState>> = stream::iter(groups.into_iter().map(|g| describe_group(c, g, &versions))).buffered(8).collect().await;
+    let mut states: Vec<GroupState> = described.into_iter().collect::<Result<_>>()?;
+    // The launch templates' own tags (their owners opt them in to bake).
+    let mut ids: Vec<String> = states
+        .iter()
+        .filter_map(|g| match &g.source {
+            Source::LaunchTemplate { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    if !ids.is_empty() {
+        let templates: Vec<aws_sdk_ec2::types::LaunchTemplate> = c
+            .ec2
+            .describe_launch_templates()
+            .set_launch_template_ids(Some(ids))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| Error::aws("ec2:DescribeLaunchTemplates", "the groups' launch templates", region, &e))?;
+        for g in &mut states {
+            if let Source::LaunchTemplate { id, .. } = &g.source {
+                if let Some(t) = templates.iter().find(|t| t.launch_template_id() == Some(id.as_str())) {
+                    g.template_tags = t.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect();
+                }
+            }
+        }
+    }
+    Ok(states)
+}
+
+/// Launch template versions already described (groups often share a template).
+#[derive(Default)]
+pub(super) struct VersionCache(tokio::sync::Mutex<BTreeMap<(String, String), (i64, String)>>);
+
+impl VersionCache {
+    async fn get(&self, c: &Clients, id: &str, version: &str) -> Result<(i64, String)> {
+        let key = (id.to_string(), version.to_string());
+        let mut map = self.0.lock().await;
+        if let Some(v) = map.get(&key) {
+            return Ok(v.clone());
+        }
+        let (n, image, _) = template_version(c, id, version).await?;
+        map.insert(key, (n, image.clone()));
+        Ok((n, image))
+    }
+}
+
+pub(super) async fn describe_group(c: &Clients, g: aws_sdk_autoscaling::types::AutoScalingGroup, versions: &VersionCache) -> Result<GroupState> {
+    let region = c.region.as_str();
+    let name = g.auto_scaling_group_name().unwrap_or_default().to_string();
+    let tags: BTreeMap<String, String> = g.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect();
+    let source = if let Some(lt) = g.launch_template() {
+        let id = match lt.launch_template_id() {
+            Some(id) => id.to_string(),
+            None => {
+                let n = lt.launch_template_name().unwrap_or_default();
+                let r = c
+                    .ec2
+                    .describe_launch_templates()
+                    .launch_template_names(n)
+                    .send()
+                    .await
+                    .map_err(|e| Error::aws("ec2:DescribeLaunchTemplates", format!("launch template {n}"), region, &e))?;
+                r.launch_templates().first().and_then(|t| t.launch_template_id()).unwrap_or_default().to_string()
+            }
+        };
+        let configured = lt.version().unwrap_or("$Default").to_string();
+        let (version, image) = versions.get(c, &id, &configured).await?;
+        let lt_name = lt.launch_template_name().unwrap_or_default().to_string();
+        Source::LaunchTemplate { id, name: lt_name, version, configured, image }
+    } else if let Some(lc) = g.launch_configuration_name() {
+        let r = c
+            .asg
+            .describe_launch_configurations()
+            .launch_configuration_names(lc)
+            .send()
+            .await
+            .map_err(|e| Error::aws("autoscaling:DescribeLaunchConfigurations", format!("launch configuration {lc}"), region, &e))?;
+        let image = r.launch_configurations().first().and_then(|l| l.image_id()).unwrap_or_default().to_string();
+        Source::LaunchConfiguration { name: lc.to_string(), image }
+    } else {
+        Source::Unsupported { why: "it uses a mixed instances policy, which bake does not roll yet".into() }
+    };
+    let refreshes = c.instance_refreshes(&name).await?;
+    let active = refreshes.iter().find(|r| is_active(r.status())).and_then(|r| r.instance_refresh_id().map(str::to_string));
+    let protected = g.instances().iter().filter(|i| i.protected_from_scale_in() == Some(true)).count();
+    let standby = g.instances().iter().filter(|i| matches!(i.lifecycle_state(), Some(LifecycleState::Standby | LifecycleState::EnteringStandby))).count();
+    Ok(GroupState { name, source, tags, template_tags: BTreeMap::new(), protected, standby, instances: g.instances().len(), refresh_in_progress: active })
+}
+
+pub(super) fn is_active(s: Option<&InstanceRefreshStatus>) -> bool {
+    matches!(
+        s,
+        Some(InstanceRefreshStatus::Pending)
+            | Some(InstanceRefreshStatus::InProgress)
+            | Some(InstanceRefreshStatus::Cancelling)
+            | Some(InstanceRefreshStatus::RollbackInProgress)
+            | Some(InstanceRefreshStatus::Baking)
+    )
+}
+
+/// What the instances of each group run: image → instances, for every instance that is not
+/// terminating (an instance EC2 does not list yet counts as `unknown`).
+pub(super) async fn census(c: &Clients, names: &[String]) -> Result<BTreeMap<String, BTreeMap<String, u32>>> {
+    let groups = c.groups_named(names).await?;
+    let mut members: Vec<(String, String)> = Vec::new();
+    for g in &groups {
+        let name = g.auto_scaling_group_name().unwrap_or_default();
+        for i in g.instances() {
+            let state = i.lifecycle_state().map(|s| s.as_str()).unwrap_or_default();
+            if let (Some(id), false) = (i.instance_id(), state.starts_with("Terminat")) {
+                members.push((name.to_string(), id.to_string()));
+            }
+        }
+    }
+    let mut image_of: BTreeMap<String, String> = BTreeMap::new();
+    let ids: Vec<String> = members.iter().map(|(_, i)| i.clone()).collect();
+    for chunk in ids.chunks(200) {
+        let filter = aws_sdk_ec2::types::Filter::builder().name("instance-id").set_values(Some(chunk.to_vec())).build();
+        for i in c.instances("the groups' instances", vec![filter]).await? {
+            if let (Some(id), Some(image)) = (i.instance_id(), i.image_id()) {
+                image_of.insert(id.to_string(), image.to_string());
+            }
+        }
+    }
+    let mut out: BTreeMap<String, BTreeMap<String, u32>> = names.iter().map(|n| (n.clone(), BTreeMap::new())).collect();
+    for (group, id) in members {
+        let image = image_of.get(&id).cloned().unwrap_or_else(|| "unknown".into());
+        *out.entry(group).or_default().entry(image).or_default() += 1;
+    }
+    Ok(out)
+}
+
+/// The image each group is configured with now.
+pub(super) async fn configured_images(c: &Clients, plan: &Plan, names: Vec<String>) -> BTreeMap<String, String> {
+    let mut p = plan.clone();
+    p.rollout.groups = names;
+    p.rollout.group_tags.clear();
+    match discover(c, &p).await {
+        Ok(gs) => gs.into_iter().filter_map(|g| g.source.image().map(|i| (g.name.clone(), i.to_string()))).collect(),
+        Err(_) => BTreeMap::new(),
+    }
+}
