@@ -12,7 +12,7 @@ use crate::aws::{Aws, Connection};
 use crate::config::{CookbookCache, Problems, Project, VarInputs};
 use crate::error::Error;
 use crate::journal::{self};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, RollStatus, Status};
 use crate::pipeline;
 use crate::plan::Plan;
 use crate::progress::Progress;
@@ -102,7 +102,7 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
     };
     let region = req.region.clone().or_else(|| plan.builder.spec.region.clone()).or_else(|| aws.default_region());
     let Some(region) = region else {
-        manifest.status = "failed".into();
+        manifest.status = Status::Failed;
         manifest.error = Some("no region: give --region, set builder.region in the role, or configure AWS_REGION".into());
         report.finish(&format!("failed: {}", manifest.error.clone().unwrap_or_default()));
         return manifest;
@@ -113,7 +113,7 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
     let _lock = match crate::lock::acquire(&root, &plan.role, &plan.env, &what, req.wait_for_lock, &report, cancel.clone()).await {
         Ok(l) => l,
         Err(e) => {
-            manifest.status = if matches!(e, Error::Interrupted) { "interrupted".into() } else { "failed".into() };
+            manifest.status = if matches!(e, Error::Interrupted) { Status::Interrupted } else { Status::Failed };
             manifest.error = Some(e.to_string());
             report.finish(&format!("{}: {e}", manifest.status));
             return manifest;
@@ -135,8 +135,8 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
     match result {
         Ok(()) => {
             let images: Vec<String> = manifest.images.iter().map(|(r, i)| format!("{} ({r})", i.ami_id)).collect();
-            if manifest.status.is_empty() && !manifest.leftovers.is_empty() {
-                manifest.status = "leftovers".into();
+            if manifest.status == Status::Running && !manifest.leftovers.is_empty() {
+                manifest.status = Status::Leftovers;
                 let e = format!(
                     "baked {}, but cleanup left {} resource(s) behind; remove them with: bake cleanup {}",
                     images.join(", "),
@@ -145,35 +145,35 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
                 );
                 report.finish(&e);
                 manifest.error = Some(e);
-            } else if manifest.status.is_empty() {
-                manifest.status = "succeeded".into();
+            } else if manifest.status == Status::Running {
+                manifest.status = Status::Succeeded;
                 report.finish(&format!("baked {} in {:.0}s", images.join(", "), started.elapsed().as_secs_f64()));
-            } else if manifest.status == "redistributed" && !manifest.leftovers.is_empty() {
-                manifest.status = "leftovers".into();
+            } else if manifest.status == Status::Redistributed && !manifest.leftovers.is_empty() {
+                manifest.status = Status::Leftovers;
                 manifest.error =
                     Some(format!("redistributed {}, but cleanup left something behind; finish with: bake cleanup {}", images.join(", "), manifest.bake_id));
                 report.finish(manifest.error.as_deref().unwrap_or_default());
-            } else if manifest.status == "redistributed" {
+            } else if manifest.status == Status::Redistributed {
                 report.finish(&format!("unchanged, redistributed: {}", images.join(", ")));
             } else {
                 report.finish("unchanged");
             }
         }
         Err(Error::Interrupted) => {
-            manifest.status = "interrupted".into();
+            manifest.status = Status::Interrupted;
             manifest.error = Some("interrupted".into());
             report.finish("interrupted; cleaned up");
         }
         Err(e) => {
-            manifest.status = "failed".into();
+            manifest.status = Status::Failed;
             manifest.error = Some(e.to_string());
             report.finish(&format!("failed: {e}"));
         }
     }
-    if req.roll && ["succeeded", "reused", "redistributed", "leftovers"].contains(&manifest.status.as_str()) && !*cancel.borrow() {
+    if req.roll && manifest.status.has_image() && !*cancel.borrow() {
         // A reused image may have been patched since: roll the newest image of the role then.
-        let ami = if manifest.status == "reused" { None } else { manifest.images.get(&manifest.region).map(|i| i.ami_id.clone()) };
-        let leftovers_before = manifest.status == "leftovers";
+        let ami = if manifest.status == Status::Reused { None } else { manifest.images.get(&manifest.region).map(|i| i.ami_id.clone()) };
+        let leftovers_before = manifest.status == Status::Leftovers;
         let rreq = crate::roll::Request {
             ami,
             plan_only: false,
@@ -185,11 +185,11 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
             patch: false,
         };
         let r = crate::roll::run(&base, &plan, &rreq, progress.clone(), cancel.clone()).await;
-        if r.status == "failed" || r.status == "interrupted" {
-            manifest.status = if r.status == "interrupted" { "interrupted".into() } else { "failed".into() };
+        if r.status == RollStatus::Failed || r.status == RollStatus::Interrupted {
+            manifest.status = if r.status == RollStatus::Interrupted { Status::Interrupted } else { Status::Failed };
             manifest.error = Some(format!("the image was baked, but rolling it out failed: {}", r.error.clone().unwrap_or_default()));
-        } else if r.status == "leftovers" && !leftovers_before {
-            manifest.status = "leftovers".into();
+        } else if r.status == RollStatus::Leftovers && !leftovers_before {
+            manifest.status = Status::Leftovers;
             manifest.error = r.error.clone();
         }
         manifest.roll = Some(r);

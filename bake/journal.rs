@@ -133,7 +133,7 @@ pub enum Entry {
         at: String,
     },
     Finished {
-        status: String,
+        status: crate::status::Finish,
         at: String,
     },
 }
@@ -234,7 +234,7 @@ pub struct State {
     pub kept: Vec<Resource>,
     /// Published parameters not reverted: (region, name, previous).
     pub published: Vec<(String, String, Option<String>)>,
-    pub finished: Option<String>,
+    pub finished: Option<crate::status::Finish>,
     /// When each resource was created (the journal line's time).
     pub born: std::collections::BTreeMap<Resource, std::time::SystemTime>,
 }
@@ -275,7 +275,7 @@ pub fn state(entries: &[Entry]) -> State {
                 s.published.push((region.clone(), name.clone(), previous.clone()));
             }
             Entry::Reverted { region, name, .. } => s.published.retain(|(r, n, _)| !(r == region && n == name)),
-            Entry::Finished { status, .. } => s.finished = Some(status.clone()),
+            Entry::Finished { status, .. } => s.finished = Some(*status),
         }
     }
     s
@@ -287,7 +287,7 @@ pub fn hostname() -> String {
 
 /// True when the bake made its image and published it (whatever cleanup left).
 pub fn succeeded(s: &State) -> bool {
-    matches!(s.finished.as_deref(), Some("succeeded") | Some("leftovers"))
+    s.finished.map(|f| f.succeeded()).unwrap_or(false)
 }
 
 /// True when a bake that wrote this journal may still be running here.

@@ -1,14 +1,13 @@
 //! bake: turns a role (an ordered run list of cookbooks plus attributes, per environment) into a
 //! golden AMI, and rolls Auto Scaling groups onto it.
 
-pub mod app;
 pub mod aws;
 pub mod bootstrap;
 pub mod build;
-pub mod cli;
+pub mod catalog;
+pub mod commands;
 pub mod config;
 pub mod error;
-pub mod images;
 pub mod journal;
 pub mod lock;
 pub mod manifest;
@@ -17,10 +16,11 @@ pub mod patch;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod recovery;
 pub mod roll;
 pub mod signals;
 pub mod stages;
-pub mod sweep;
+pub mod status;
 pub mod tags;
 pub mod template;
 pub mod validate;

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = bake::cli::Cli::parse();
-    bake::app::init_tracing(&cli.global);
-    bake::app::run(cli)
+    let cli = bake::commands::Cli::parse();
+    bake::commands::init_tracing(&cli.global);
+    bake::commands::run(cli)
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::config::role::SourceSpec;
+pub use crate::status::{GroupOutcome, RollStatus, Status};
 
 #[derive(Serialize, Clone, Debug, Default)]
 pub struct Manifest {
@@ -12,11 +13,7 @@ pub struct Manifest {
     pub role: String,
     pub env: String,
     pub region: String,
-    /// succeeded, reused (an image with this fingerprint exists, distributed as configured),
-    /// redistributed (it exists; its copies, shares, deprecation or parameters were brought up
-    /// to date without baking), leftovers (the image is ready
-    /// but cleanup left resources: `leftovers` names them; exit 1), failed, interrupted
-    pub status: String,
+    pub status: Status,
     pub error: Option<String>,
     /// What cleanup could not remove after a successful bake, one sentence each (`bake cleanup ID`
     /// finishes it).
@@ -120,9 +117,7 @@ pub struct RollManifest {
     pub env: String,
     pub region: String,
     pub ami: String,
-    /// succeeded, unchanged, planned, leftovers (every group rolled, but something bake made
-    /// for the roll could not be removed: `leftovers`; exit 1), failed, interrupted
-    pub status: String,
+    pub status: RollStatus,
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub leftovers: Vec<String>,
@@ -143,8 +138,7 @@ pub struct GroupRecord {
     pub previous: String,
     pub new: String,
     pub refresh_ids: Vec<String>,
-    /// rolled, unchanged, failed, rolled-back, rolled-back-by-aws, not-started, rollback-failed
-    pub outcome: String,
+    pub outcome: GroupOutcome,
     /// What the group's instances run when the roll ends: the one image they all run, `mixed`
     /// (see `running`), or with no instance the image the group is configured with.
     pub final_image: String,

@@ -9,14 +9,14 @@ use serde_json::{json, Value};
 
 use crate::aws::Aws;
 use crate::config::role::NotifySpec;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, Status};
 
 /// The summary sent: what a scheduler or a chat channel needs, and the manifest itself.
 pub fn summary(m: &Manifest) -> Value {
     let images: serde_json::Map<String, Value> = m.images.iter().map(|(r, i)| (r.clone(), Value::String(i.ami_id.clone()))).collect();
-    let text = match m.status.as_str() {
-        "succeeded" => format!("bake {}/{}: baked {}", m.role, m.env, images.values().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")),
-        "reused" => format!("bake {}/{}: unchanged", m.role, m.env),
+    let text = match m.status {
+        Status::Succeeded => format!("bake {}/{}: baked {}", m.role, m.env, images.values().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")),
+        Status::Reused => format!("bake {}/{}: unchanged", m.role, m.env),
         s => format!("bake {}/{}: {s}: {}", m.role, m.env, m.error.clone().unwrap_or_default()),
     };
     json!({
@@ -34,8 +34,8 @@ pub fn summary(m: &Manifest) -> Value {
     })
 }
 
-fn wanted(spec: &NotifySpec, status: &str) -> bool {
-    let outcome = if status == "succeeded" || status == "reused" { "success" } else { "failure" };
+fn wanted(spec: &NotifySpec, status: Status) -> bool {
+    let outcome = if matches!(status, Status::Succeeded | Status::Reused) { "success" } else { "failure" };
     (spec.sns_topic_arn.is_some() || spec.webhook_url.is_some()) && spec.on.iter().any(|o| o == outcome)
 }
 
@@ -64,7 +64,7 @@ async fn webhook(url: &str, body: Vec<u8>) -> Result<u16, String> {
 
 /// Sends what the role asks for; returns one line per notification that failed.
 pub async fn send(aws: &Aws, spec: &NotifySpec, m: &Manifest) -> Vec<String> {
-    if !wanted(spec, &m.status) {
+    if !wanted(spec, m.status) {
         return Vec::new();
     }
     let s = summary(m);

@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use crate::aws::Aws;
 use crate::error::{Error, Result};
 use crate::journal::{self, BakeId, Entry, Journal, JournalHandle};
@@ -14,6 +16,7 @@ use crate::plan::{bake_fingerprint, Plan};
 use crate::progress::Reporter;
 use crate::signals::{cancelled, Active, Cancel};
 use crate::stages::{self, Baking, Options};
+use crate::status::{Finish, Status};
 
 /// Where and how one bake runs.
 pub struct Bake<'a> {
@@ -32,11 +35,16 @@ pub struct Bake<'a> {
 /// `manifest`; its status is left empty for a bake that ran its stages (the caller decides
 /// `succeeded` or `leftovers`).
 pub async fn bake(b: Bake<'_>, manifest: &mut Manifest, cancel: Cancel) -> Result<()> {
+    let span = tracing::debug_span!("bake", role = %b.plan.role, env = %b.plan.env, region = %b.region);
+    bake_in(b, manifest, cancel).instrument(span).await
+}
+
+async fn bake_in(b: Bake<'_>, manifest: &mut Manifest, cancel: Cancel) -> Result<()> {
     let Bake { root, aws, region, plan, opts, report, active } = b;
     let c = aws.clients(&region);
     report.stage("source", "resolving the source image");
     let t = Instant::now();
-    let source = stages::source::resolve(&c, &plan.source).await?;
+    let source = stages::source::resolve(&c, &plan.source).instrument(tracing::debug_span!("stage", name = "source")).await?;
     manifest.source = Some(source.record(&plan.source));
     manifest.stages.insert("source".into(), t.elapsed().as_secs_f64());
     if opts.patch {
@@ -53,7 +61,7 @@ pub async fn bake(b: Bake<'_>, manifest: &mut Manifest, cancel: Cancel) -> Resul
             let present = stages::distribute::present(aws, plan, (&region, &img), &fingerprint).await?;
             let id = crate::aws::required(img.image_id(), "ec2:DescribeImages", "the image id of the unchanged image", &region)?;
             if present.gaps.is_empty() {
-                manifest.status = "reused".into();
+                manifest.status = Status::Reused;
                 manifest.images = present.images.into_iter().collect();
                 report.info(&format!("unchanged: {id} already has fingerprint {fingerprint}; nothing launched (use --force to bake again)"));
                 return Ok(());
@@ -101,7 +109,7 @@ pub async fn bake(b: Bake<'_>, manifest: &mut Manifest, cancel: Cancel) -> Resul
     let r = match redistribute {
         Some(present) => {
             ctx.manifest.images = present.images.into_iter().collect();
-            ctx.manifest.status = "redistributed".into();
+            ctx.manifest.status = Status::Redistributed;
             run(&mut ctx, cancel, Work::Redistribute).await
         }
         None => run(&mut ctx, cancel, Work::Bake).await,
@@ -160,7 +168,7 @@ async fn finish(ctx: &mut Baking, result: Result<()>) -> Result<()> {
     match &result {
         Ok(()) => {
             ctx.stage("cleanup", "removing the builder and its temporary role");
-            let errs = stages::teardown::after_success(ctx).await;
+            let errs = stages::teardown::after_success(ctx).instrument(tracing::debug_span!("stage", name = "cleanup")).await;
             ctx.stage_done("cleanup");
             // The image exists; what cleanup could not remove is named, the bake ends with exit
             // 1, and `bake cleanup ID` finishes it (keeping the image and its parameters: the
@@ -169,8 +177,8 @@ async fn finish(ctx: &mut Baking, result: Result<()>) -> Result<()> {
                 ctx.report.info(&format!("cleanup left {e}"));
             }
             ctx.manifest.leftovers = errs.iter().map(|e| e.to_string()).collect();
-            let status = if errs.is_empty() { "succeeded" } else { "leftovers" };
-            ctx.journal.append(Entry::Finished { status: status.into(), at: journal::now_rfc3339() })?;
+            let status = if errs.is_empty() { Finish::Succeeded } else { Finish::Leftovers };
+            ctx.journal.append(Entry::Finished { status, at: journal::now_rfc3339() })?;
         }
         Err(e) => {
             if ctx.opts.keep_on_error && !interrupted {
@@ -179,18 +187,18 @@ async fn finish(ctx: &mut Baking, result: Result<()>) -> Result<()> {
                     ctx.manifest.builder.as_ref().map(|b| b.instance_id.as_str()).unwrap_or("-"),
                     ctx.id
                 ));
-                ctx.journal.append(Entry::Finished { status: "failed-kept".into(), at: journal::now_rfc3339() })?;
+                ctx.journal.append(Entry::Finished { status: Finish::FailedKept, at: journal::now_rfc3339() })?;
                 return result;
             }
             ctx.stage("cleanup", "removing everything this bake made");
-            let errs = stages::teardown::after_failure(ctx).await;
+            let errs = stages::teardown::after_failure(ctx).instrument(tracing::debug_span!("stage", name = "cleanup")).await;
             ctx.stage_done("cleanup");
             for e in &errs {
                 ctx.report.info(&format!("cleanup: {e}"));
             }
-            let status = if interrupted { "interrupted" } else { "failed" };
+            let status = if interrupted { Finish::Interrupted } else { Finish::Failed };
             if errs.is_empty() {
-                ctx.journal.append(Entry::Finished { status: status.into(), at: journal::now_rfc3339() })?;
+                ctx.journal.append(Entry::Finished { status, at: journal::now_rfc3339() })?;
             } else {
                 ctx.report.info(&format!("some resources remain; finish with: bake cleanup {}", ctx.id));
             }
@@ -201,25 +209,30 @@ async fn finish(ctx: &mut Baking, result: Result<()>) -> Result<()> {
 
 async fn stages(ctx: &mut Baking) -> Result<()> {
     ctx.stage("iam", "creating the builder's temporary role and instance profile");
-    let identity = stages::iam::create(ctx).await?;
+    let identity = stages::iam::create(ctx).instrument(stage("iam")).await?;
     ctx.stage_done("iam");
 
     ctx.stage("launch", "launching the builder");
-    let builder = stages::launch::launch(ctx, &identity).await?;
+    let builder = stages::launch::launch(ctx, &identity).instrument(stage("launch")).await?;
     ctx.stage_done("launch");
 
     ctx.stage("agent", "waiting for the SSM agent");
-    stages::launch::wait_agent(ctx, &builder, None).await?;
+    stages::launch::wait_agent(ctx, &builder, None).instrument(stage("agent")).await?;
     ctx.stage_done("agent");
 
-    stages::provision::run_all(ctx, &builder).await?;
+    stages::provision::run_all(ctx, &builder).instrument(stage("provision")).await?;
 
     ctx.stage("image", "stopping the builder");
-    stages::image::create(ctx, &builder).await?;
+    stages::image::create(ctx, &builder).instrument(stage("image")).await?;
     ctx.stage_done("image");
 
     ctx.stage("distribute", "copying, sharing, publishing");
-    stages::distribute::run(ctx).await?;
+    stages::distribute::run(ctx).instrument(stage("distribute")).await?;
     ctx.stage_done("distribute");
     Ok(())
+}
+
+/// A stage's span: with `-v`, where the bake's time goes (closed spans print their busy and idle time).
+fn stage(name: &'static str) -> tracing::Span {
+    tracing::debug_span!("stage", name)
 }

@@ -132,17 +132,43 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
+    retry(Backoff::within(Duration::from_millis(200), Duration::from_secs(5), CONSISTENCY_WINDOW), not_yet, |_, _| {}, op).await
+}
+
+/// How [`retry`] backs off: exponentially (with jitter) from `first` to `max`, at most `times`
+/// retries or `total` time slept in all.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+    pub times: Option<usize>,
+    pub total: Option<Duration>,
+}
+
+impl Backoff {
+    /// At most `times` retries.
+    pub fn times(first: Duration, max: Duration, times: usize) -> Backoff {
+        Backoff { first, max, times: Some(times), total: None }
+    }
+    /// As many retries as fit in `total`.
+    pub fn within(first: Duration, max: Duration, total: Duration) -> Backoff {
+        Backoff { first, max, times: None, total: Some(total) }
+    }
+}
+
+/// The one retry of bake's own (the SDK retries throttling and 5xx itself): runs `op` again
+/// while its error is one `when` accepts (AWS's eventual consistency: NotFound right after a
+/// create, DependencyViolation until an interface is gone), backing off as `b` says; `notify`
+/// hears each retry.
+pub async fn retry<T, F, Fut>(b: Backoff, when: impl FnMut(&Error) -> bool, notify: impl FnMut(&Error, Duration), op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
     use backon::{ExponentialBuilder, Retryable};
-    op.retry(
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(5))
-            .with_max_times(usize::MAX)
-            .with_total_delay(Some(CONSISTENCY_WINDOW)),
-    )
-    .sleep(tokio::time::sleep)
-    .when(not_yet)
-    .await
+    let builder =
+        ExponentialBuilder::default().with_min_delay(b.first).with_max_delay(b.max).with_max_times(b.times.unwrap_or(usize::MAX)).with_total_delay(b.total);
+    op.retry(builder).sleep(tokio::time::sleep).when(when).notify(notify).await
 }
 
 /// How to poll: first interval, growth factor, largest interval, overall timeout, and whether to
@@ -181,15 +207,19 @@ where
     let deadline = now.checked_add(p.timeout).unwrap_or_else(|| now + Duration::from_secs(crate::config::limits::WAIT_MAX));
     let mut interval = p.first;
     let mut probe_now = p.probe_at_once;
+    let mut probes = 0u32;
     loop {
         if probe_now {
+            probes += 1;
             if let Some(v) = probe().await? {
+                tracing::trace!(probes, waited = ?now.elapsed(), "the wait is over");
                 return Ok(Some(v));
             }
         }
         probe_now = true;
         let now = Instant::now();
         if now >= deadline {
+            tracing::debug!(probes, "gave up waiting at the deadline");
             return Ok(None);
         }
         tokio::time::sleep(interval.min(deadline - now)).await;

@@ -2,6 +2,7 @@
 //! image it launches, refreshes, protected and Standby instances), and what their instances run.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use aws_sdk_autoscaling::types::{Filter as AsgFilter, InstanceRefreshStatus, LifecycleState};
 use aws_sdk_ec2::types::{Filter, ImageState, RequestLaunchTemplateData};
@@ -136,24 +137,32 @@ pub async fn discover(c: &Clients, plan: &Plan) -> Result<Vec<GroupState>> {
 
 /// Launch template versions already described (groups often share a template).
 #[derive(Default)]
-pub(super) struct VersionCache(tokio::sync::Mutex<BTreeMap<(String, String), (i64, String)>>);
+pub(super) struct VersionCache(std::sync::Mutex<BTreeMap<(String, String), Described>>);
+
+/// A version's number and the image it launches, once described.
+type Described = Arc<tokio::sync::OnceCell<(i64, String)>>;
 
 impl VersionCache {
+    /// Each version is described once; different versions are described concurrently (the map's
+    /// lock is never held across a call).
     async fn get(&self, c: &Clients, id: &str, version: &str) -> Result<(i64, String)> {
-        let key = (id.to_string(), version.to_string());
-        let mut map = self.0.lock().await;
-        if let Some(v) = map.get(&key) {
-            return Ok(v.clone());
-        }
-        let (n, image, _) = template_version(c, id, version).await?;
-        map.insert(key, (n, image.clone()));
-        Ok((n, image))
+        let cell = {
+            let mut map = self.0.lock().map_err(|_| Error::Other("the launch template version cache lock was poisoned".into()))?;
+            map.entry((id.to_string(), version.to_string())).or_default().clone()
+        };
+        let v = cell
+            .get_or_try_init(|| async {
+                let (n, image, _) = template_version(c, id, version).await?;
+                Ok::<_, Error>((n, image))
+            })
+            .await?;
+        Ok(v.clone())
     }
 }
 
 pub(super) async fn describe_group(c: &Clients, g: aws_sdk_autoscaling::types::AutoScalingGroup, versions: &VersionCache) -> Result<GroupState> {
     let region = c.region.as_str();
-    let name = g.auto_scaling_group_name().unwrap_or_default().to_string();
+    let name = crate::aws::required(g.auto_scaling_group_name(), "autoscaling:DescribeAutoScalingGroups", "a group name", region)?;
     let tags: BTreeMap<String, String> = g.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect();
     let source = if let Some(lt) = g.launch_template() {
         let id = match lt.launch_template_id() {
@@ -167,7 +176,12 @@ pub(super) async fn describe_group(c: &Clients, g: aws_sdk_autoscaling::types::A
                     .send()
                     .await
                     .map_err(|e| Error::aws("ec2:DescribeLaunchTemplates", format!("launch template {n}"), region, &e))?;
-                r.launch_templates().first().and_then(|t| t.launch_template_id()).unwrap_or_default().to_string()
+                crate::aws::required(
+                    r.launch_templates().first().and_then(|t| t.launch_template_id()),
+                    "ec2:DescribeLaunchTemplates",
+                    &format!("the id of launch template {n}"),
+                    region,
+                )?
             }
         };
         let configured = lt.version().unwrap_or("$Default").to_string();

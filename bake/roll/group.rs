@@ -15,7 +15,7 @@ use super::plan::{self as rollout, Change, GroupPlan, RolloutPlan};
 use super::{asg_err, InProgress, Request, TAG_IMAGE, TAG_PREVIOUS_IMAGE, TAG_PREVIOUS_LC, TAG_PREVIOUS_VERSION, TAG_ROLL};
 use crate::aws::Clients;
 use crate::error::{Error, Result};
-use crate::manifest::GroupRecord;
+use crate::manifest::{GroupOutcome, GroupRecord};
 use crate::plan::Plan;
 use crate::progress::{Progress, Reporter};
 use crate::signals::{cancelled, Cancel};
@@ -352,12 +352,12 @@ pub(super) async fn roll_group(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, 
     rec.previous_image = g.current_image.clone();
     rec.new_image = g.new_image.clone();
     if g.change == Change::Nothing {
-        rec.outcome = "unchanged".into();
+        rec.outcome = GroupOutcome::Unchanged;
         rep.finish("already on this image");
         return Ok(false);
     }
     if cx.has_failed() || *cx.cancel.borrow() {
-        rec.outcome = "not-started".into();
+        rec.outcome = GroupOutcome::NotStarted;
         rep.finish("not started: the rollout is stopping");
         return Ok(false);
     }
@@ -441,7 +441,7 @@ pub(super) async fn roll_group(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, 
     rep.stage("refresh", &format!("{id} started"));
     match cx.wait_refresh(&g.name, &id, &rep, rec, true).await? {
         Ended::Successful => {
-            rec.outcome = "rolled".into();
+            rec.outcome = GroupOutcome::Rolled;
             if let Change::LaunchConfiguration { to, .. } = &g.change {
                 cx.prune_launch_configurations(&g.name, to).await;
             }
@@ -449,21 +449,21 @@ pub(super) async fn roll_group(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, 
             Ok(true)
         }
         Ended::RolledBackByAws(reason) => {
-            rec.outcome = "rolled-back-by-aws".into();
+            rec.outcome = GroupOutcome::RolledBackByAws;
             rec.error = Some(reason.clone());
             cx.fail();
             rep.finish(&format!("failed and rolled back by AWS: {reason}"));
             Err(Error::Other(format!("group {}: instance refresh {id} failed and AWS rolled it back: {reason}", g.name)))
         }
         Ended::Failed(why) => {
-            rec.outcome = "failed".into();
+            rec.outcome = GroupOutcome::Failed;
             rec.error = Some(why.clone());
             cx.fail();
             rep.finish(&format!("failed: {why}"));
             Err(Error::Other(format!("group {}: {why}", g.name)))
         }
         Ended::Stopped => {
-            rec.outcome = "cancelled".into();
+            rec.outcome = GroupOutcome::Cancelled;
             Ok(true)
         }
     }
@@ -472,7 +472,7 @@ pub(super) async fn roll_group(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, 
 /// Puts a group back on its previous image.
 pub(super) async fn restore(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupRecord) -> Result<()> {
     let rep = cx.reporter(&format!("{} {}", plan.role, g.name));
-    if rec.outcome == "rolled-back-by-aws" {
+    if rec.outcome == GroupOutcome::RolledBackByAws {
         if let Change::MigrateToTemplate { template, .. } = &g.change {
             cx.delete_migrated_template(template).await;
         }
@@ -524,7 +524,7 @@ pub(super) async fn restore(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, rec
     rec.refresh_ids.push(id.clone());
     match cx.wait_refresh(&g.name, &id, &rep, rec, false).await? {
         Ended::Successful => {
-            rec.outcome = "rolled-back".into();
+            rec.outcome = GroupOutcome::RolledBack;
             cx.tag(&g.name, &[(TAG_IMAGE, g.current_image.clone())]).await?;
             cx.delete_tags(&g.name, &[TAG_PREVIOUS_IMAGE, TAG_PREVIOUS_VERSION, TAG_PREVIOUS_LC]).await?;
             match &g.change {
@@ -536,7 +536,7 @@ pub(super) async fn restore(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, rec
             Ok(())
         }
         Ended::RolledBackByAws(r) | Ended::Failed(r) => {
-            rec.outcome = "rollback-failed".into();
+            rec.outcome = GroupOutcome::RollbackFailed;
             rec.error = Some(r.clone());
             Err(Error::Other(format!("group {}: rolling back failed: {r}", g.name)))
         }

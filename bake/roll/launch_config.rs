@@ -152,7 +152,12 @@ impl Rolling {
             .send()
             .await
             .map_err(|e| Error::aws("ec2:CreateLaunchTemplate", format!("launch template {name}"), region, &e))?;
-        Ok(out.launch_template().and_then(|t| t.launch_template_id()).unwrap_or_default().to_string())
+        crate::aws::required(
+            out.launch_template().and_then(|t| t.launch_template_id()),
+            "ec2:CreateLaunchTemplate",
+            &format!("the id of launch template {name}"),
+            region,
+        )
     }
 
     /// Keeps the newest `keep_lcs` launch configurations bake made for `group`; deletes the rest

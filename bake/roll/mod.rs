@@ -7,11 +7,12 @@
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
+use tracing::Instrument;
 
 use crate::aws::{Aws, Clients};
 use crate::error::{Error, Result};
 use crate::journal::BakeId;
-use crate::manifest::{GroupRecord, RollManifest};
+use crate::manifest::{GroupOutcome, GroupRecord, RollManifest, RollStatus};
 use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::signals::{cancelled, Cancel};
@@ -68,14 +69,14 @@ async fn execute(cx: &Rolling, plan: &RolloutPlan) -> (Vec<GroupRecord>, Result<
     let run = |gs: Vec<GroupPlan>| async move {
         stream::iter(gs.into_iter().map(|g| async move {
             let mut rec = GroupRecord::default();
-            let r = roll_group(cx, plan, &g, &mut rec).await;
+            let r = roll_group(cx, plan, &g, &mut rec).instrument(tracing::debug_span!("group", name = %g.name)).await;
             if let Err(e) = &r {
                 cx.fail();
                 if rec.error.is_none() {
                     rec.error = Some(e.to_string());
                 }
-                if rec.outcome.is_empty() {
-                    rec.outcome = "failed".into();
+                if rec.outcome == GroupOutcome::Pending {
+                    rec.outcome = GroupOutcome::Failed;
                 }
             }
             (g, rec, r)
@@ -102,7 +103,7 @@ async fn execute(cx: &Rolling, plan: &RolloutPlan) -> (Vec<GroupRecord>, Result<
                 GroupRecord {
                     name: g.name.clone(),
                     canary: false,
-                    outcome: "not-started".into(),
+                    outcome: GroupOutcome::NotStarted,
                     previous_image: g.current_image.clone(),
                     new_image: g.new_image.clone(),
                     ..Default::default()
@@ -124,12 +125,12 @@ async fn execute(cx: &Rolling, plan: &RolloutPlan) -> (Vec<GroupRecord>, Result<
             Err(_) => rec.moved,
         };
         if moved {
-            if let Err(e) = restore(cx, plan, &g, &mut rec).await {
-                rec.outcome = "rollback-failed".into();
+            if let Err(e) = restore(cx, plan, &g, &mut rec).instrument(tracing::debug_span!("rollback", group = %g.name)).await {
+                rec.outcome = GroupOutcome::RollbackFailed;
                 rec.error = Some(e.to_string());
             }
-        } else if rec.outcome.is_empty() {
-            rec.outcome = "not-started".into();
+        } else if rec.outcome == GroupOutcome::Pending {
+            rec.outcome = GroupOutcome::NotStarted;
         }
         rec
     }))
@@ -148,7 +149,7 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
     let mut m = RollManifest { roll_id: roll_id.to_string(), role: plan.role.clone(), env: plan.env.clone(), ..Default::default() };
     let region = req.region.clone().or_else(|| plan.builder.spec.region.clone()).or_else(|| aws.default_region());
     let Some(region) = region else {
-        m.status = "failed".into();
+        m.status = RollStatus::Failed;
         m.error = Some("no region: give --region, set builder.region in the role, or configure AWS_REGION".into());
         return m;
     };
@@ -178,14 +179,14 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
         )
         .map_err(Error::Other)?;
         if req.plan_only {
-            m.status = "planned".into();
+            m.status = RollStatus::Planned;
             for g in rp.groups() {
                 m.groups.push(GroupRecord {
                     name: g.name.clone(),
                     canary: g.canary,
                     previous_image: g.current_image.clone(),
                     new_image: g.new_image.clone(),
-                    outcome: if g.change == Change::Nothing { "unchanged".into() } else { "planned".into() },
+                    outcome: if g.change == Change::Nothing { GroupOutcome::Unchanged } else { GroupOutcome::Planned },
                     final_image: g.current_image.clone(),
                     ..Default::default()
                 });
@@ -201,7 +202,7 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
     }
     .await;
     // What each group runs when the roll ends: a census of its instances, not what was meant.
-    if m.status != "planned" && !m.groups.is_empty() {
+    if m.status != RollStatus::Planned && !m.groups.is_empty() {
         let names: Vec<String> = m.groups.iter().map(|g| g.name.clone()).collect();
         match census(&c, &names).await {
             Ok(running) => {
@@ -225,20 +226,20 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
     }
     m.groups.sort_by(|a, b| b.canary.cmp(&a.canary).then(a.name.cmp(&b.name)));
     match result {
-        Ok(()) if m.status.is_empty() && !m.leftovers.is_empty() => {
-            m.status = "leftovers".into();
+        Ok(()) if m.status == RollStatus::Running && !m.leftovers.is_empty() => {
+            m.status = RollStatus::Leftovers;
             m.error = Some(format!("every group rolled, but {} thing(s) the roll made could not be removed (listed as leftovers)", m.leftovers.len()));
         }
-        Ok(()) if m.status.is_empty() => {
-            m.status = if m.groups.iter().all(|g| g.outcome == "unchanged") { "unchanged".into() } else { "succeeded".into() };
+        Ok(()) if m.status == RollStatus::Running => {
+            m.status = if m.groups.iter().all(|g| g.outcome == GroupOutcome::Unchanged) { RollStatus::Unchanged } else { RollStatus::Succeeded };
         }
         Ok(()) => {}
         Err(Error::Interrupted) => {
-            m.status = "interrupted".into();
+            m.status = RollStatus::Interrupted;
             m.error = Some("interrupted; every group that moved was put back".into());
         }
         Err(e) => {
-            m.status = "failed".into();
+            m.status = RollStatus::Failed;
             m.error = Some(e.to_string());
         }
     }

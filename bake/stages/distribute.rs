@@ -51,7 +51,7 @@ async fn copy_one(
             req = req.kms_key_id(k);
         }
         let r = req.send().await.map_err(|e| Error::aws("ec2:CopyImage", format!("copy of {source_image}"), &region, &e))?;
-        let id = r.image_id().unwrap_or_default().to_string();
+        let id = crate::aws::required(r.image_id(), "ec2:CopyImage", &format!("the id of the copy of {source_image}"), &region)?;
         journal.created(crate::journal::Resource::new(Kind::Image, &id, &region))?;
         let mut journaled: Vec<String> = Vec::new();
         let img = crate::wait::image(&c, "copy", &id, timeout.as_duration(), |img| {
@@ -311,20 +311,22 @@ pub struct Present {
 }
 
 pub async fn present(aws: &crate::aws::Aws, plan: &crate::plan::Plan, home: (&str, &aws_sdk_ec2::types::Image), fingerprint: &str) -> Result<Present> {
-    let record = |img: &aws_sdk_ec2::types::Image| ImageRecord {
-        ami_id: img.image_id().unwrap_or_default().to_string(),
-        name: img.name().unwrap_or_default().to_string(),
-        state: "available".into(),
-        snapshot_ids: snapshot_ids(img),
-        copied_from: None,
+    let record = |img: &aws_sdk_ec2::types::Image, region: &str| -> Result<ImageRecord> {
+        Ok(ImageRecord {
+            ami_id: crate::aws::required(img.image_id(), "ec2:DescribeImages", "the id of the unchanged image", region)?,
+            name: img.name().unwrap_or_default().to_string(),
+            state: "available".into(),
+            snapshot_ids: snapshot_ids(img),
+            copied_from: None,
+        })
     };
-    let mut images = vec![(home.0.to_string(), record(home.1))];
+    let mut images = vec![(home.0.to_string(), record(home.1, home.0)?)];
     let mut found = vec![(home.0.to_string(), home.1.clone())];
     let mut gaps = Vec::new();
     for r in plan.image.regions.iter().filter(|r| r.as_str() != home.0) {
         match crate::stages::source::finished_image(&aws.clients(r), plan, fingerprint).await? {
             Some(img) => {
-                images.push((r.clone(), record(&img)));
+                images.push((r.clone(), record(&img, r)?));
                 found.push((r.clone(), img));
             }
             None => gaps.push(format!("no copy in {r}")),
@@ -333,7 +335,8 @@ pub async fn present(aws: &crate::aws::Aws, plan: &crate::plan::Plan, home: (&st
     let spec = &plan.image;
     for (region, img) in &found {
         let c = aws.clients(region);
-        let id = img.image_id().unwrap_or_default();
+        let id = crate::aws::required(img.image_id(), "ec2:DescribeImages", "the id of the unchanged image", region)?;
+        let id = id.as_str();
         let have: Vec<String> = launch_permissions(&c, id).await?.iter().map(permission_text).collect();
         let wanted: Vec<&String> = spec.share_accounts.iter().chain(&spec.share_organizations).chain(&spec.share_ous).collect();
         for want in &wanted {

@@ -55,7 +55,7 @@ async fn create_image(ctx: &Baking, instance: &str, name: &str) -> Result<String
         .send()
         .await
         .map_err(|e| Error::aws("ec2:CreateImage", format!("image {name} from builder {instance}"), &ctx.region, &e))?;
-    Ok(r.image_id().unwrap_or_default().to_string())
+    crate::aws::required(r.image_id(), "ec2:CreateImage", &format!("the id of image {name}"), &ctx.region)
 }
 
 /// The image of this account called `name`, with its `bake:id` tag (empty when it has none).
@@ -69,10 +69,9 @@ async fn image_named(ctx: &Baking, name: &str) -> Result<Option<(String, String)
         .send()
         .await
         .map_err(|e| Error::aws("ec2:DescribeImages", format!("image named {name}"), &ctx.region, &e))?;
-    Ok(d.images().first().map(|i| {
-        let bake = i.tags().iter().find(|t| t.key() == Some(crate::tags::ID)).and_then(|t| t.value()).unwrap_or_default();
-        (i.image_id().unwrap_or_default().to_string(), bake.to_string())
-    }))
+    let Some(i) = d.images().first() else { return Ok(None) };
+    let bake = i.tags().iter().find(|t| t.key() == Some(crate::tags::ID)).and_then(|t| t.value()).unwrap_or_default();
+    Ok(Some((crate::aws::required(i.image_id(), "ec2:DescribeImages", &format!("the id of image {name}"), &ctx.region)?, bake.to_string())))
 }
 
 pub async fn create(ctx: &mut Baking, builder: &Builder) -> Result<()> {

@@ -8,7 +8,6 @@ use aws_sdk_ec2::types::{
     InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceStateName, InstanceType, MarketType, ResourceType, VolumeType,
 };
 use aws_sdk_ssm::types::{InstanceInformationStringFilter, PingStatus};
-use backon::{ExponentialBuilder, Retryable};
 
 use crate::config::role::SubnetSpec;
 use crate::error::{Error, Result};
@@ -53,7 +52,10 @@ async fn network(ctx: &Baking) -> Result<(String, String)> {
     subnets
         .sort_by(|a, b| b.available_ip_address_count().unwrap_or(0).cmp(&a.available_ip_address_count().unwrap_or(0)).then(a.subnet_id().cmp(&b.subnet_id())));
     match subnets.first() {
-        Some(s) => Ok((s.subnet_id().unwrap_or_default().to_string(), s.vpc_id().unwrap_or_default().to_string())),
+        Some(s) => Ok((
+            crate::aws::required(s.subnet_id(), "ec2:DescribeSubnets", "a subnet id", region)?,
+            crate::aws::required(s.vpc_id(), "ec2:DescribeSubnets", "a VPC id", region)?,
+        )),
         None => Err(Error::Other(format!(
             "no subnet in {region} matches builder.{} of roles/{}.toml",
             match &ctx.plan.builder.spec.subnet {
@@ -82,7 +84,7 @@ async fn security_group(ctx: &Baking, vpc: &str) -> Result<String> {
         .send()
         .await
         .map_err(|e| Error::aws("ec2:CreateSecurityGroup", format!("security group {name}"), &ctx.region, &e))?;
-    let id = r.group_id().unwrap_or_default().to_string();
+    let id = crate::aws::required(r.group_id(), "ec2:CreateSecurityGroup", &format!("the id of security group {name}"), &ctx.region)?;
     ctx.created(Kind::SecurityGroup, &id, &ctx.region)?;
     Ok(id)
 }
@@ -155,24 +157,20 @@ pub async fn launch(ctx: &mut Baking, identity: &Identity) -> Result<Builder> {
         let region = region.clone();
         async move { req.send().await.map_err(|e| Error::aws("ec2:RunInstances", "the builder", &region, &e)) }
     };
-    let out = run
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(500))
-                .with_max_delay(Duration::from_secs(15))
-                .with_max_times(usize::MAX)
-                .with_total_delay(Some(IAM_PROPAGATION)),
-        )
-        .sleep(tokio::time::sleep)
-        .when(not_visible_yet)
-        .notify(|e, d| {
+    let b = crate::wait::Backoff::within(Duration::from_millis(500), Duration::from_secs(15), IAM_PROPAGATION);
+    let out = crate::wait::retry(
+        b,
+        not_visible_yet,
+        |e, d| {
             report.info(&format!(
                 "{} not visible to EC2 yet; retrying in {:.1}s",
                 if e.code() == Some("InvalidGroup.NotFound") { "the security group" } else { "the instance profile" },
                 d.as_secs_f64()
             ))
-        })
-        .await?;
+        },
+        run,
+    )
+    .await?;
     let instance =
         crate::aws::required(out.instances().first().and_then(|i| i.instance_id()), "ec2:RunInstances", "the instance id of the builder", &ctx.region)?;
     ctx.created(Kind::Instance, &instance, &ctx.region)?;

@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use aws_sdk_ssm::types::CommandInvocationStatus;
-use backon::{ExponentialBuilder, Retryable};
 use base64::Engine as _;
 
 use crate::error::{Error, Result};
@@ -119,12 +118,9 @@ async fn run_command(ctx: &Baking, builder: &Builder, label: &str, lines: Vec<St
         }
     };
     // Right after it registers, SSM may briefly not accept commands for an instance.
-    let sent = send
-        .retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(1)).with_max_delay(Duration::from_secs(5)).with_max_times(6))
-        .sleep(tokio::time::sleep)
-        .when(|e| e.code() == Some("InvalidInstanceId"))
-        .await?;
-    let command_id = sent.command().and_then(|c| c.command_id()).unwrap_or_default().to_string();
+    let b = crate::wait::Backoff::times(Duration::from_secs(1), Duration::from_secs(5), 6);
+    let sent = crate::wait::retry(b, |e| e.code() == Some("InvalidInstanceId"), |_, _| {}, send).await?;
+    let command_id = crate::aws::required(sent.command().and_then(|c| c.command_id()), "ssm:SendCommand", &format!("a command id for {label}"), &ctx.region)?;
     let sent_at = Instant::now();
     // Output appears when the command ends; poll at most every 2 s (first after 0.5 s).
     let p = Poll::new(Duration::from_millis(500), Duration::from_secs(2), timeout + Duration::from_secs(600)).after_first_interval();

@@ -30,19 +30,19 @@ impl SourceImage {
     }
 }
 
-fn from_image(img: &Image) -> SourceImage {
+fn from_image(img: &Image, region: &str) -> Result<SourceImage> {
     let root_device_name = img.root_device_name().unwrap_or("/dev/sda1").to_string();
     let root_size =
         img.block_device_mappings().iter().find(|m| m.device_name() == Some(root_device_name.as_str())).and_then(|m| m.ebs()).and_then(|e| e.volume_size());
-    SourceImage {
-        id: img.image_id().unwrap_or_default().to_string(),
+    Ok(SourceImage {
+        id: crate::aws::required(img.image_id(), "ec2:DescribeImages", "the source image's id", region)?,
         name: img.name().unwrap_or_default().to_string(),
         creation_date: img.creation_date().unwrap_or_default().to_string(),
         owner_id: img.owner_id().unwrap_or_default().to_string(),
         root_device_name,
         root_size,
         architecture: img.architecture().map(|a| a.as_str().to_string()).unwrap_or_default(),
-    }
+    })
 }
 
 /// Finds the source image. Nothing is created; a missing or unusable image is a clear error.
@@ -58,7 +58,7 @@ pub async fn resolve(c: &Clients, spec: &SourceSpec) -> Result<SourceImage> {
                     Error::aws("ssm:GetParameter", format!("source parameter {name}"), region, &e)
                 }
             })?;
-            r.parameter().and_then(|p| p.value()).unwrap_or_default().to_string()
+            crate::aws::required(r.parameter().and_then(|p| p.value()), "ssm:GetParameter", &format!("the value of source parameter {name}"), region)?
         }
         SourceSpec::Filter { owners, name, architecture } => {
             let found = c
@@ -74,7 +74,7 @@ pub async fn resolve(c: &Clients, spec: &SourceSpec) -> Result<SourceImage> {
                 .await?;
             let newest = found.iter().max_by(|a, b| a.creation_date().cmp(&b.creation_date()));
             return match newest {
-                Some(img) => Ok(from_image(img)),
+                Some(img) => from_image(img, region),
                 None => Err(Error::Source {
                     what: format!("named {name} ({architecture}, owners {})", owners.join(", ")),
                     region: region.into(),
@@ -97,7 +97,7 @@ pub async fn resolve(c: &Clients, spec: &SourceSpec) -> Result<SourceImage> {
         let state = img.state().map(|s| s.as_str().to_string()).unwrap_or_else(|| "unknown".into());
         return Err(Error::Source { what: id, region: region.into(), why: format!("the image is {state}, not available") });
     }
-    Ok(from_image(img))
+    from_image(img, region)
 }
 
 /// The newest finished image (`bake:complete`) of the plan's role and env in `c`'s region that

@@ -6,12 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
-use crate::wait::CONSISTENCY_WINDOW;
+use crate::wait::{retry, Backoff, CONSISTENCY_WINDOW};
 
 use aws_sdk_ec2::types::Filter;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-use backon::{ExponentialBuilder, Retryable};
 
 use crate::aws::Aws;
 use crate::error::{is_not_found, Error, Result};
@@ -93,9 +92,8 @@ pub async fn delete(aws: &Aws, r: &Resource, born: Option<SystemTime>) -> Result
                 unless_gone(r, "ec2:DeleteSecurityGroup", format!("security group {id}"), &region)
             };
             let retried = || {
-                del.retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(2)).with_max_delay(Duration::from_secs(20)).with_max_times(12))
-                    .sleep(tokio::time::sleep)
-                    .when(|e: &Error| e.code() == Some("DependencyViolation"))
+                let b = Backoff::times(Duration::from_secs(2), Duration::from_secs(20), 12);
+                retry(b, |e: &Error| e.code() == Some("DependencyViolation"), |_, _| {}, del)
             };
             believed(born, retried).await?;
         }
@@ -183,9 +181,8 @@ async fn delete_snapshot(c: &crate::aws::Clients, id: &str, born: Option<SystemT
         unless_gone(r, "ec2:DeleteSnapshot", format!("snapshot {id}"), &c.region)
     };
     let retried = || {
-        del.retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(1)).with_max_delay(Duration::from_secs(10)).with_max_times(6))
-            .sleep(tokio::time::sleep)
-            .when(|e: &Error| e.code() == Some("InvalidSnapshot.InUse"))
+        let b = Backoff::times(Duration::from_secs(1), Duration::from_secs(10), 6);
+        retry(b, |e: &Error| e.code() == Some("InvalidSnapshot.InUse"), |_, _| {}, del)
     };
     believed(born, retried).await?;
     Ok(())

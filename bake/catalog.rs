@@ -52,12 +52,13 @@ async fn images(c: &Clients, role: Option<&str>, env: Option<&str>) -> Result<Ve
         filters.push(Filter::builder().name(format!("tag:{}", tags::ENV)).values(e).build());
     }
     let found = c.images("bake's images", &["self".to_string()], filters).await?;
-    Ok(found
+    found
         .iter()
         .map(|i| {
+            let id = crate::aws::required(i.image_id(), "ec2:DescribeImages", "an image id", &c.region)?;
             let created = i.creation_date().unwrap_or_default().to_string();
-            ImageInfo {
-                id: i.image_id().unwrap_or_default().to_string(),
+            Ok(ImageInfo {
+                id,
                 region: c.region.clone(),
                 name: i.name().unwrap_or_default().to_string(),
                 role: tag(i, crate::tags::ROLE).unwrap_or_default().to_string(),
@@ -71,9 +72,9 @@ async fn images(c: &Clients, role: Option<&str>, env: Option<&str>) -> Result<Ve
                 deprecation_time: i.deprecation_time().map(str::to_string),
                 snapshots: i.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string)).collect(),
                 used_by: Vec::new(),
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// What uses which image in one region: groups (the launch template version or configuration

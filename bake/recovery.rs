@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::journal::JournalHandle;
 use crate::journal::{self, BakeId, Kind, Resource};
 use crate::stages::teardown;
+use crate::status::Finish;
 
 pub struct Outcome {
     pub removed: Vec<Resource>,
@@ -61,8 +62,8 @@ pub async fn replay(aws: &Aws, root: &Path, id: &BakeId, extra_regions: &[String
     let errors = teardown::remove(aws, handle.as_ref(), live, published, &born, None).await;
     if errors.is_empty() {
         if let Some(h) = &handle {
-            let status = if succeeded { "succeeded" } else { "cleaned" };
-            h.append(journal::Entry::Finished { status: status.into(), at: journal::now_rfc3339() })?;
+            let status = if succeeded { Finish::Succeeded } else { Finish::Cleaned };
+            h.append(journal::Entry::Finished { status, at: journal::now_rfc3339() })?;
         }
     }
     Ok(Outcome { removed, errors, journal, regions: regions.into_iter().collect() })

@@ -1,0 +1,223 @@
+//! `bake build` and `bake patch`: plan, bake (each role under its lock), roll when asked, report.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use super::{failed, json, out, problems, runtime, var_inputs, write_manifest, ExitStatus, Global, Output, RoleEnv};
+use crate::config::{Problem, Project};
+use crate::manifest::{Manifest, Status};
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnError {
+    /// Remove everything the failed bake made (default)
+    Cleanup,
+    /// Keep the builder and everything else for debugging; `bake cleanup ID` removes it later
+    Abort,
+}
+
+/// What build and patch share.
+#[derive(Args, Debug)]
+pub struct BakeOptions {
+    /// What to do with a failed bake's resources
+    #[arg(long, value_enum, default_value_t = OnError::Cleanup)]
+    pub on_error: OnError,
+    /// Bake even when an image made from the same inputs exists
+    #[arg(long)]
+    pub force: bool,
+    /// Also write the manifest (JSON) to this file
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// Then roll the role's Auto Scaling groups onto the new image (see `bake roll`; a patch with the role's patch preferences)
+    #[arg(long)]
+    pub roll: bool,
+    /// When this role and env is being baked here already, stop (exit 1) instead of waiting for it
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Roles to bake
+    pub roles: Vec<String>,
+    #[arg(long)]
+    pub env: String,
+    /// Every role that has ENV
+    #[arg(long, conflicts_with = "roles")]
+    pub all: bool,
+    /// How many roles bake at once
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    #[command(flatten)]
+    pub bake: BakeOptions,
+}
+
+#[derive(Args, Debug)]
+pub struct PatchArgs {
+    #[command(flatten)]
+    pub target: RoleEnv,
+    /// Upgrade exactly these packages (comma-separated)
+    #[arg(long, value_name = "PKG,PKG")]
+    pub packages: Option<String>,
+    /// Upgrade every package
+    #[arg(long)]
+    pub upgrade_all: bool,
+    /// Run this script instead of the security-patch cookbook
+    #[arg(long, value_name = "FILE")]
+    pub script: Option<PathBuf>,
+    /// The CVEs this patch fixes (repeatable); tagged on the image
+    #[arg(long = "cve", value_name = "CVE-YYYY-NNNN")]
+    pub cves: Vec<String>,
+    /// Start from this image (default: the newest one bake made for the role and env)
+    #[arg(long, value_name = "AMI_ID")]
+    pub from: Option<String>,
+    #[command(flatten)]
+    pub bake: BakeOptions,
+}
+
+fn request(g: &Global, o: &BakeOptions, roles: Vec<String>, all: bool, env: &str, jobs: usize) -> crate::build::Request {
+    crate::build::Request {
+        roles,
+        all,
+        env: env.to_string(),
+        force: o.force,
+        keep_on_error: o.on_error == OnError::Abort,
+        jobs,
+        region: g.region.clone(),
+        roll: o.roll,
+        patch: None,
+        wait_for_lock: !o.no_wait,
+    }
+}
+
+pub fn build(g: &Global, a: &BuildArgs) -> ExitStatus {
+    if a.roles.is_empty() && !a.all {
+        problems(&Problem::new("(command line)", "", "name the roles to bake, or --all").into());
+        return ExitStatus::Usage;
+    }
+    let req = request(g, &a.bake, a.roles.clone(), a.all, &a.env, a.jobs);
+    let vars = match var_inputs(g) {
+        Ok(v) => v,
+        Err(p) => return problems(&p),
+    };
+    let project = Project::new(&g.root);
+    let (plans, skipped) = match crate::build::plans(&project, &req, &vars) {
+        Ok(p) => p,
+        Err(p) => return problems(&p),
+    };
+    let progress = crate::progress::Progress::new(g.quiet, g.output == Output::Json);
+    for s in skipped {
+        if !g.quiet {
+            eprintln!("note: role {s} has no environment {}: skipped", req.env);
+        }
+    }
+    let manifests = runtime().block_on(crate::build::run(&g.root, &super::connection(g), req, plans, progress));
+    report(g, &manifests, a.bake.manifest.as_deref())
+}
+
+pub fn patch(g: &Global, a: &PatchArgs) -> ExitStatus {
+    let RoleEnv { role, env } = &a.target;
+    let what = if let Some(p) = &a.packages {
+        match crate::patch::packages(p) {
+            Ok(v) => crate::patch::What::Packages(v),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitStatus::Usage;
+            }
+        }
+    } else if a.upgrade_all {
+        crate::patch::What::All
+    } else if let Some(f) = &a.script {
+        match std::fs::read_to_string(f) {
+            Ok(c) => crate::patch::What::Script(f.display().to_string(), c),
+            Err(e) => return failed(format!("{}: cannot read the patch script: {e}", f.display())),
+        }
+    } else {
+        eprintln!("error: give --packages, --upgrade-all or --script");
+        return ExitStatus::Usage;
+    };
+    if let Err(p) = crate::patch::check(&a.cves) {
+        problems(&p.into());
+        return ExitStatus::Usage;
+    }
+    let project = Project::new(&g.root);
+    let vars = match var_inputs(g) {
+        Ok(v) => v,
+        Err(p) => return problems(&p),
+    };
+    // Bad configuration is reported before anything reaches AWS.
+    let base = match project.plan(role, env, &vars) {
+        Ok(p) => p,
+        Err(p) => return problems(&p),
+    };
+    let progress = crate::progress::Progress::new(g.quiet, g.output == Output::Json);
+    let rt = runtime();
+    let conn = super::connection(g);
+    let parent = match &a.from {
+        Some(a) => a.clone(),
+        None => {
+            let r = rt.block_on(async {
+                let aws = crate::aws::Aws::load(&conn).await;
+                let region = g.region.clone().or_else(|| base.builder.spec.region.clone()).or_else(|| aws.default_region());
+                match region {
+                    Some(region) => crate::roll::newest_image(&aws.clients(&region), role, env).await,
+                    None => Err(crate::error::Error::Other("no region: give --region, set builder.region in the role, or configure AWS_REGION".into())),
+                }
+            });
+            match r {
+                Ok(a) => a,
+                Err(e) => return failed(e),
+            }
+        }
+    };
+    let plan = match crate::patch::plan(&project, role, env, &vars, &what, &parent, &a.cves) {
+        Ok(p) => p,
+        Err(p) => return problems(&p),
+    };
+    let mut req = request(g, &a.bake, vec![role.clone()], false, env, 1);
+    req.patch = Some(crate::manifest::PatchRecord { parent, cves: a.cves.clone(), packages: what.label().split(',').map(str::to_string).collect() });
+    let manifests = rt.block_on(crate::build::run(&g.root, &conn, req, vec![plan], progress));
+    report(g, &manifests, a.bake.manifest.as_deref())
+}
+
+fn report(g: &Global, manifests: &[Manifest], manifest_file: Option<&std::path::Path>) -> ExitStatus {
+    let text = if manifests.len() == 1 { json(&manifests[0]) } else { json(&manifests) };
+    write_manifest(&text, manifest_file);
+    match g.output {
+        Output::Json => out(&text),
+        Output::Text => {
+            let mut text = String::new();
+            for m in manifests {
+                let images: Vec<String> = m.images.iter().map(|(r, i)| format!("{} in {r}", i.ami_id)).collect();
+                match m.status {
+                    Status::Succeeded => {
+                        text.push_str(&format!("{}/{}: baked {} (bake {}, {:.0}s)\n", m.role, m.env, images.join(", "), m.bake_id, m.duration_secs))
+                    }
+                    Status::Reused => text.push_str(&format!("{}/{}: unchanged, {}\n", m.role, m.env, images.join(", "))),
+                    Status::Redistributed => {
+                        text.push_str(&format!("{}/{}: unchanged, redistributed {} (bake {})\n", m.role, m.env, images.join(", "), m.bake_id))
+                    }
+                    _ => {}
+                }
+            }
+            if !text.is_empty() {
+                out(&text);
+            }
+        }
+    }
+    for m in manifests {
+        if m.status.is_failure() {
+            eprintln!("error: {}/{}: {}", m.role, m.env, m.error.clone().unwrap_or_else(|| m.status.to_string()));
+        }
+        for l in &m.leftovers {
+            eprintln!("  left: {l}");
+        }
+    }
+    if manifests.iter().any(|m| m.status == Status::Interrupted) {
+        ExitStatus::Interrupted
+    } else if manifests.iter().any(|m| m.status.is_failure()) {
+        ExitStatus::Failure
+    } else {
+        ExitStatus::Success
+    }
+}

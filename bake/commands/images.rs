@@ -1,0 +1,195 @@
+//! `bake ls` and `bake prune`: the images bake made, what uses each, and removing the old ones.
+
+use clap::Args;
+use serde_json::json;
+
+use super::{duration, failed, json, out, problems, runtime, var_inputs, ExitStatus, Global, Output};
+use crate::catalog::{Decision, ImageInfo};
+use crate::config::{Problems, Project, Secs};
+
+/// Which roles and envs a listing covers (every one by default).
+#[derive(Args, Debug)]
+pub struct Scope {
+    pub role: Option<String>,
+    #[arg(long)]
+    pub env: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub scope: Scope,
+    /// Keep the newest N per role, env and region
+    #[arg(long)]
+    pub keep: Option<usize>,
+    /// Only images older than this
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub older_than: Option<Secs>,
+    /// Remove without asking
+    #[arg(long)]
+    pub yes: bool,
+    /// Only show what would be removed
+    #[arg(long)]
+    pub plan: bool,
+}
+
+/// Where a listing looks: regions, the parameters bake publishes, each role's `image.keep`.
+struct Where {
+    regions: Vec<String>,
+    parameters: std::collections::BTreeSet<String>,
+    keep: std::collections::BTreeMap<(String, String), usize>,
+}
+
+fn scope(g: &Global, s: &Scope, default_region: Option<String>) -> Result<Where, Problems> {
+    let project = Project::new(&g.root);
+    let vars = var_inputs(g)?;
+    let roles = match &s.role {
+        Some(r) => vec![r.to_string()],
+        None => project.role_names().map_err(Problems::from)?,
+    };
+    let mut regions = std::collections::BTreeSet::new();
+    let mut parameters = std::collections::BTreeSet::new();
+    let mut keep = std::collections::BTreeMap::new();
+    for r in &roles {
+        let rf = project.role(r)?;
+        for e in rf.envs.iter().filter(|e| s.env.as_ref().map(|x| x == *e).unwrap_or(true)) {
+            let resolved = rf.resolve(e, &vars)?;
+            match g.region.clone().or_else(|| resolved.builder.region.clone()).or_else(|| default_region.clone()) {
+                Some(region) => {
+                    regions.insert(region);
+                }
+                // Where it builds is where most of its images are: never leave it out silently.
+                None => {
+                    return Err(rf
+                        .problem_at(
+                            e,
+                            &crate::config::tomlfile::KeyPath::root().key("builder").key("region"),
+                            "no region for where it builds: give --region, set builder.region, or configure AWS_REGION",
+                        )
+                        .into())
+                }
+            }
+            if g.region.is_none() {
+                regions.extend(resolved.image.regions.iter().cloned());
+            }
+            parameters.insert(resolved.image.ssm_parameter.clone());
+            if let Some(k) = resolved.image.keep {
+                keep.insert((r.clone(), e.clone()), k as usize);
+            }
+        }
+    }
+    if let Some(r) = &g.region {
+        regions = [r.clone()].into();
+    }
+    Ok(Where { regions: regions.into_iter().collect(), parameters, keep })
+}
+
+/// The images bake made in the scope, with what uses each.
+fn listed(g: &Global, s: &Scope) -> Result<(tokio::runtime::Runtime, crate::aws::Aws, Where, Vec<ImageInfo>), ExitStatus> {
+    let rt = runtime();
+    let aws = rt.block_on(crate::aws::Aws::load(&super::connection(g)));
+    let w = scope(g, s, aws.default_region()).map_err(|p| problems(&p))?;
+    let images = rt.block_on(crate::catalog::list(&aws, &w.regions, s.role.as_deref(), s.env.as_deref(), &w.parameters)).map_err(failed)?;
+    Ok((rt, aws, w, images))
+}
+
+pub fn ls(g: &Global, s: &Scope) -> ExitStatus {
+    let images = match listed(g, s) {
+        Ok((_, _, _, i)) => i,
+        Err(code) => return code,
+    };
+    match g.output {
+        Output::Json => out(&json(&images)),
+        Output::Text => {
+            if images.is_empty() {
+                out("no image made by bake");
+                return ExitStatus::Success;
+            }
+            let mut text = format!(
+                "{:<22} {:<12} {:<22} {:>6}  {:<6} {:<22} {:<18} {:<25} {}\n",
+                "ROLE/ENV", "REGION", "IMAGE", "AGE", "KIND", "PARENT", "CVE", "DEPRECATED", "USED BY"
+            );
+            for i in &images {
+                text.push_str(&format!(
+                    "{:<22} {:<12} {:<22} {:>5.1}d  {:<6} {:<22} {:<18} {:<25} {}\n",
+                    format!("{}/{}", i.role, i.env),
+                    i.region,
+                    i.id,
+                    i.age_days,
+                    i.kind,
+                    i.parent.clone().unwrap_or_else(|| "-".into()),
+                    if i.cves.is_empty() { "-".to_string() } else { i.cves.join(",") },
+                    i.deprecation_time.clone().unwrap_or_else(|| "-".into()),
+                    if i.used_by.is_empty() { "-".to_string() } else { i.used_by.join(", ") },
+                ));
+            }
+            out(&text);
+        }
+    }
+    ExitStatus::Success
+}
+
+pub fn prune(g: &Global, a: &PruneArgs) -> ExitStatus {
+    let older = a.older_than.map(|s| s.0 as f64 / 86_400.0);
+    let (rt, aws, w, images) = match listed(g, &a.scope) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let keep_of = |r: &str, e: &str| a.keep.or_else(|| w.keep.get(&(r.to_string(), e.to_string())).copied()).unwrap_or(3);
+    let decisions = crate::catalog::decide(images, &keep_of, older);
+    let doomed: Vec<&Decision> = decisions.iter().filter(|d| d.delete).collect();
+    if g.output == Output::Json {
+        out(&json(&json!({"decisions": decisions, "removing": !a.plan && a.yes})));
+    } else {
+        let mut text = String::new();
+        for d in &decisions {
+            text.push_str(&format!(
+                "{} {} {} ({}/{}, {:.1} days): {}\n",
+                if d.delete { "remove" } else { "keep  " },
+                d.image.id,
+                d.image.region,
+                d.image.role,
+                d.image.env,
+                d.image.age_days,
+                d.why
+            ));
+        }
+        text.push_str(&format!("{} image(s) to remove, {} kept", doomed.len(), decisions.len() - doomed.len()));
+        out(&text);
+    }
+    if a.plan || doomed.is_empty() {
+        return ExitStatus::Success;
+    }
+    if !a.yes && !confirmed(doomed.len()) {
+        return ExitStatus::Success;
+    }
+    let mut status = ExitStatus::Success;
+    for d in doomed {
+        match rt.block_on(crate::catalog::remove(&aws, &d.image)) {
+            Ok(()) => {
+                if !g.quiet && g.output == Output::Text {
+                    out(&format!("removed {} in {} and {} snapshot(s)", d.image.id, d.image.region, d.image.snapshots.len()));
+                }
+            }
+            Err(e) => status = failed(e),
+        }
+    }
+    status
+}
+
+/// Asks on a terminal; elsewhere (CI, a pipe) removes nothing without --yes.
+fn confirmed(n: usize) -> bool {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        eprintln!("nothing removed: run again with --yes to remove them");
+        return false;
+    }
+    eprint!("remove {n} image(s) and their snapshots? [y/N] ");
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        eprintln!("nothing removed");
+        return false;
+    }
+    true
+}

@@ -1,0 +1,107 @@
+//! `bake roll`: move a role's groups onto an image, or back (`--rollback`), or show how (`--plan`).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{json, out, problems, runtime, var_inputs, wait_limit, write_manifest, ExitStatus, Global, Output, RoleEnv};
+use crate::config::{Project, Secs};
+use crate::manifest::{RollManifest, RollStatus};
+use crate::roll::InProgress;
+
+#[derive(Args, Debug)]
+pub struct RollArgs {
+    #[command(flatten)]
+    pub target: RoleEnv,
+    /// The image (default: the newest one bake made for this role and env)
+    #[arg(long, value_name = "AMI_ID")]
+    pub ami: Option<String>,
+    /// Show what would change, per group, and change nothing
+    #[arg(long)]
+    pub plan: bool,
+    /// Put every group back on the previous image bake recorded on it
+    #[arg(long, conflicts_with_all = ["ami", "plan", "migrate_to_launch_template"])]
+    pub rollback: bool,
+    /// Move launch-configuration groups to a new launch template with the same settings
+    #[arg(long)]
+    pub migrate_to_launch_template: bool,
+    /// When a group has a refresh in progress, wait for it to end
+    #[arg(long, conflicts_with = "replace_in_progress")]
+    pub wait_in_progress: bool,
+    /// When a group has a refresh in progress, cancel it
+    #[arg(long)]
+    pub replace_in_progress: bool,
+    /// Give up on a group's refresh after this long
+    #[arg(long, default_value = "3h", value_name = "DURATION", value_parser = wait_limit)]
+    pub timeout: Secs,
+    /// Also write the roll's manifest (JSON) to this file
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+}
+
+pub fn roll(g: &Global, a: &RollArgs) -> ExitStatus {
+    let plan = match var_inputs(g).and_then(|v| Project::new(&g.root).plan(&a.target.role, &a.target.env, &v)) {
+        Ok(p) => p,
+        Err(p) => return problems(&p),
+    };
+    let in_progress = if a.wait_in_progress {
+        InProgress::Wait
+    } else if a.replace_in_progress {
+        InProgress::Replace
+    } else {
+        InProgress::Fail
+    };
+    let req = crate::roll::Request {
+        ami: a.ami.clone(),
+        plan_only: a.plan,
+        rollback: a.rollback,
+        migrate: a.migrate_to_launch_template,
+        in_progress,
+        timeout: a.timeout.as_duration(),
+        region: g.region.clone(),
+        patch: false,
+    };
+    let progress = crate::progress::Progress::new(g.quiet, g.output == Output::Json);
+    let m = runtime().block_on(async {
+        let aws = crate::aws::Aws::load(&super::connection(g)).await;
+        let cancel = crate::signals::watch(std::sync::Arc::default());
+        crate::roll::run(&aws, &plan, &req, progress, cancel).await
+    });
+    report(g, &m, a.manifest.as_deref())
+}
+
+fn report(g: &Global, m: &RollManifest, manifest_file: Option<&std::path::Path>) -> ExitStatus {
+    let text = json(m);
+    write_manifest(&text, manifest_file);
+    match g.output {
+        Output::Json => out(&text),
+        Output::Text => {
+            if m.status != RollStatus::Planned {
+                let mut text = String::new();
+                for gr in &m.groups {
+                    let now = match gr.running.len() {
+                        0 if gr.final_image.is_empty() || gr.final_image == "unknown" => "now unknown".to_string(),
+                        0 => format!("no instances; configured with {}", gr.final_image),
+                        1 => format!("now on {}", gr.final_image),
+                        _ => format!("now mixed: {}", gr.running.iter().map(|(i, n)| format!("{i} ×{n}")).collect::<Vec<_>>().join(", ")),
+                    };
+                    text.push_str(&format!("{}{}: {} ({now})\n", gr.name, if gr.canary { " [canary]" } else { "" }, gr.outcome));
+                }
+                if !text.is_empty() {
+                    out(&text);
+                }
+            }
+        }
+    }
+    if let Some(e) = &m.error {
+        eprintln!("error: roll of {}/{}: {e}", m.role, m.env);
+    }
+    for l in &m.leftovers {
+        eprintln!("  left: {l}");
+    }
+    match m.status {
+        RollStatus::Interrupted => ExitStatus::Interrupted,
+        RollStatus::Failed | RollStatus::Leftovers => ExitStatus::Failure,
+        _ => ExitStatus::Success,
+    }
+}
