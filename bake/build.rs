@@ -88,7 +88,7 @@ pub fn git_sha(root: &Path) -> Option<String> {
 async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: Progress, cancel: Cancel, active: Active, git: Option<String>) -> Manifest {
     let started = Instant::now();
     let label = format!("{}/{}", plan.role, plan.env);
-    let report = progress.bake(&label);
+    let report = progress.task(&label);
     let aws = base.counted();
     let mut manifest = Manifest {
         kind: if req.patch.is_some() { "patch".into() } else { "bake".into() },

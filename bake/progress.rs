@@ -42,8 +42,9 @@ impl Progress {
         self.mode
     }
 
-    /// A reporter for one bake, its lines prefixed with `label` (e.g. `boxoffice/staging`).
-    pub fn bake(&self, label: &str) -> Reporter {
+    /// A reporter for one task (a bake, a roll's group), its lines prefixed with `label` (e.g.
+    /// `boxoffice/staging`, `kaiju kaiju_staging`).
+    pub fn task(&self, label: &str) -> Reporter {
         let bar = self.multi.as_ref().map(|m| {
             let b = m.add(ProgressBar::new_spinner());
             b.set_style(ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg} {elapsed:>5}").unwrap_or_else(|_| ProgressStyle::default_spinner()));

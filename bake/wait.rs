@@ -18,6 +18,11 @@ use crate::error::{Error, Result};
 /// "gone" (EC2's eventual consistency: seconds as a rule; this bounds the rare long tail).
 pub const CONSISTENCY_WINDOW: Duration = Duration::from_secs(60);
 
+/// The end of a wait that did not get what it waited for: `what resource in region why`.
+pub fn gave_up(what: impl Into<String>, resource: impl Into<String>, region: &str, why: impl Into<String>) -> Error {
+    Error::Wait { what: what.into(), resource: resource.into(), region: region.to_string(), why: why.into() }
+}
+
 /// Polls of something that changes within seconds (instances, images): at once, then after half
 /// a second, then every second; never more than twice a second.
 fn quick(timeout: Duration) -> Poll {
@@ -53,22 +58,12 @@ pub async fn instance(c: &Clients, what: &str, id: &str, goal: InstanceStateName
             r.reservations().iter().flat_map(|r| r.instances()).find(|i| i.instance_id() == Some(id)).and_then(|i| i.state()).and_then(|s| s.name()).cloned();
         match state {
             Some(s) if s == goal => Ok(Some(())),
-            Some(s) if failing.contains(&s) => Err(Error::Wait {
-                what: what.into(),
-                resource: id.into(),
-                region: c.region.clone(),
-                why: format!("is {} and cannot become {}", s.as_str(), goal.as_str()),
-            }),
+            Some(s) if failing.contains(&s) => Err(gave_up(what, id, &c.region, format!("is {} and cannot become {}", s.as_str(), goal.as_str()))),
             _ => Ok(None),
         }
     })
     .await?;
-    found.ok_or_else(|| Error::Wait {
-        what: what.into(),
-        resource: id.into(),
-        region: c.region.clone(),
-        why: format!("did not become {} within {}", goal.as_str(), crate::config::Secs(timeout.as_secs())),
-    })
+    found.ok_or_else(|| gave_up(what, id, &c.region, format!("did not become {} within {}", goal.as_str(), crate::config::Secs(timeout.as_secs()))))
 }
 
 /// Waits until image `id` is available and returns it; `failed` (or deregistered) ends the wait
@@ -93,7 +88,7 @@ pub async fn image(
             if started.elapsed() < CONSISTENCY_WINDOW {
                 return Ok(None);
             }
-            return Err(Error::Wait { what: what.into(), resource: id.into(), region: c.region.clone(), why: "no longer exists".into() });
+            return Err(gave_up(what, id, &c.region, "no longer exists"));
         };
         if let Ok(mut f) = seen.lock() {
             (*f)(img)?;
@@ -102,18 +97,13 @@ pub async fn image(
             Some(ImageState::Available) => Ok(Some(img.clone())),
             Some(s @ (ImageState::Failed | ImageState::Error | ImageState::Invalid | ImageState::Deregistered)) => {
                 let reason = img.state_reason().and_then(|r| r.message()).unwrap_or("no reason given");
-                Err(Error::Wait { what: what.into(), resource: id.into(), region: c.region.clone(), why: format!("is {}: {reason}", s.as_str()) })
+                Err(gave_up(what, id, &c.region, format!("is {}: {reason}", s.as_str())))
             }
             _ => Ok(None),
         }
     })
     .await?;
-    found.ok_or_else(|| Error::Wait {
-        what: what.into(),
-        resource: id.into(),
-        region: c.region.clone(),
-        why: format!("did not become available within {}", crate::config::Secs(timeout.as_secs())),
-    })
+    found.ok_or_else(|| gave_up(what, id, &c.region, format!("did not become available within {}", crate::config::Secs(timeout.as_secs()))))
 }
 
 /// Retries `op` while AWS answers NotFound for something bake just created, within

@@ -143,29 +143,10 @@ async fn a_patch_rolls_with_the_roles_patch_preferences() {
     assert_eq!(prefs.min_healthy_percentage(), Some(40), "the role's patch preferences");
 }
 
-/// An image that looks like one bake made (in `region`), with its snapshot tagged the same.
+/// An image that looks like one bake made (in `ec2`'s region), one second after the last.
 async fn made(ec2: &aws_sdk_ec2::Client, name: &str) -> String {
     let imgs = ec2.describe_images().owners("099720109477").send().await.unwrap();
-    let src = imgs.images()[0].image_id().unwrap().to_string();
-    let r = ec2.run_instances().image_id(&src).min_count(1).max_count(1).send().await.unwrap();
-    let id = r.instances()[0].instance_id().unwrap().to_string();
-    let tags = ec2_t::TagSpecification::builder()
-        .tags(ec2_t::Tag::builder().key("bake:role").value("kaiju").build())
-        .tags(ec2_t::Tag::builder().key("bake:env").value("staging").build())
-        .tags(ec2_t::Tag::builder().key("bake:complete").value("true").build())
-        .tags(ec2_t::Tag::builder().key("bake:managed").value("true").build());
-    let img = ec2
-        .create_image()
-        .instance_id(&id)
-        .name(name)
-        .tag_specifications(tags.clone().resource_type(ec2_t::ResourceType::Image).build())
-        .tag_specifications(tags.resource_type(ec2_t::ResourceType::Snapshot).build())
-        .send()
-        .await
-        .unwrap()
-        .image_id
-        .unwrap();
-    ec2.terminate_instances().instance_ids(&id).send().await.unwrap();
+    let img = common::baked_image(ec2, imgs.images()[0].image_id().unwrap(), name).await;
     // One second apart, so "newest" is well defined.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     img

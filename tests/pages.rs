@@ -27,18 +27,6 @@ async fn account() -> (Sandbox, aws_sdk_ec2::Client, aws_sdk_autoscaling::Client
     (sb, aws_sdk_ec2::Client::new(&conf), aws_sdk_autoscaling::Client::new(&conf), aws_sdk_iam::Client::new(&conf), ubuntu)
 }
 
-/// A finished image of kaiju/staging, as bake tags one.
-async fn kaiju_image(ec2: &aws_sdk_ec2::Client, source: &str, name: &str) -> String {
-    let id = ec2.run_instances().image_id(source).min_count(1).max_count(1).send().await.unwrap().instances()[0].instance_id().unwrap().to_string();
-    let mut spec = ec2_t::TagSpecification::builder().resource_type(ec2_t::ResourceType::Image);
-    for (k, v) in [("bake:role", "kaiju"), ("bake:env", "staging"), ("bake:complete", "true"), ("bake:managed", "true")] {
-        spec = spec.tags(ec2_t::Tag::builder().key(k).value(v).build());
-    }
-    let img = ec2.create_image().instance_id(&id).name(name).tag_specifications(spec.build()).send().await.unwrap().image_id.unwrap();
-    ec2.terminate_instances().instance_ids(&id).send().await.unwrap();
-    img
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_groups_by_tag_and_by_name_are_all_planned_and_rolled() {
     let (sb, ec2, asg, _, ubuntu) = account().await;
@@ -57,19 +45,9 @@ async fn sixty_groups_by_tag_and_by_name_are_all_planned_and_rolled() {
     for n in &names {
         let mut tags = common::opted_in_group(n, "kaiju", "staging");
         tags.push(asg_t::Tag::builder().key("fleet").value("kaiju").resource_id(n).resource_type("auto-scaling-group").propagate_at_launch(false).build());
-        asg.create_auto_scaling_group()
-            .auto_scaling_group_name(n)
-            .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(&lt_id).version("1").build())
-            .min_size(0)
-            .max_size(1)
-            .desired_capacity(0)
-            .availability_zones("us-east-1a")
-            .set_tags(Some(tags))
-            .send()
-            .await
-            .unwrap();
+        common::template_group(&asg, n, &lt_id, "1", 0, 1, tags).await;
     }
-    let new = kaiju_image(&ec2, &ubuntu, "kaiju-staging-1").await;
+    let new = common::baked_image(&ec2, &ubuntu, "kaiju-staging-1").await;
     // By tag: the plan lists, and the roll moves, all sixty.
     edit(root, "roles/kaiju.toml", "[rollout]\n", "[rollout]\ngroup_tags = { fleet = \"kaiju\" }\n");
     let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--plan", "--output", "json"]);
@@ -154,7 +132,7 @@ async fn ls_finds_the_launch_configuration_that_uses_an_image_on_the_third_page(
     let (sb, ec2, asg, _, ubuntu) = account().await;
     let dir = project_copy();
     let root = dir.path();
-    let image = kaiju_image(&ec2, &ubuntu, "kaiju-staging-1").await;
+    let image = common::baked_image(&ec2, &ubuntu, "kaiju-staging-1").await;
     for i in 0..120 {
         let using = if i == 117 { image.as_str() } else { ubuntu.as_str() };
         asg.create_launch_configuration().launch_configuration_name(format!("lc-{i:03}")).image_id(using).instance_type("t3.micro").send().await.unwrap();

@@ -18,15 +18,10 @@ use serde_json::{json, Value};
 
 const UBUNTU_2204: &str = "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id";
 
-struct Cloud {
-    ec2: aws_sdk_ec2::Client,
-    ssm: aws_sdk_ssm::Client,
-    asg: aws_sdk_autoscaling::Client,
-}
+type Cloud = common::Clients;
 
 async fn cloud(sb: &Sandbox) -> Cloud {
-    let conf = sb.sdk_config("us-east-1").await;
-    Cloud { ec2: aws_sdk_ec2::Client::new(&conf), ssm: aws_sdk_ssm::Client::new(&conf), asg: aws_sdk_autoscaling::Client::new(&conf) }
+    common::Clients::new(&sb.sdk_config("us-east-1").await)
 }
 
 async fn param(c: &Cloud, name: &str) -> String {
@@ -35,30 +30,7 @@ async fn param(c: &Cloud, name: &str) -> String {
 
 /// An image that looks like one bake made for kaiju/staging (tags included).
 async fn baked_image(c: &Cloud, name: &str) -> String {
-    let src = param(c, UBUNTU_2204).await;
-    let r = c.ec2.run_instances().image_id(&src).min_count(1).max_count(1).send().await.unwrap();
-    let id = r.instances()[0].instance_id().unwrap().to_string();
-    let tag = |k: &str, v: &str| ec2_t::Tag::builder().key(k).value(v).build();
-    let img = c
-        .ec2
-        .create_image()
-        .instance_id(&id)
-        .name(name)
-        .tag_specifications(
-            ec2_t::TagSpecification::builder()
-                .resource_type(ec2_t::ResourceType::Image)
-                .tags(tag("bake:role", "kaiju"))
-                .tags(tag("bake:env", "staging"))
-                .tags(tag("bake:complete", "true"))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .image_id
-        .unwrap();
-    c.ec2.terminate_instances().instance_ids(&id).send().await.unwrap();
-    img
+    common::baked_image(&c.ec2, &param(c, UBUNTU_2204).await, name).await
 }
 
 async fn lt_group(c: &Cloud, name: &str, ami: &str, size: i32, version: &str) -> String {
@@ -80,20 +52,10 @@ async fn lt_group(c: &Cloud, name: &str, ami: &str, size: i32, version: &str) ->
         .await
         .unwrap();
     let id = lt.launch_template().unwrap().launch_template_id().unwrap().to_string();
-    c.asg
-        .create_auto_scaling_group()
-        .auto_scaling_group_name(name)
-        .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(&id).version(version).build())
-        .min_size(0)
-        .max_size(size * 2)
-        .desired_capacity(size)
-        .availability_zones("us-east-1a")
-        .tags(asg_t::Tag::builder().key("app").value("kaiju").resource_id(name).resource_type("auto-scaling-group").propagate_at_launch(true).build())
-        .tags(common::opted_in_group(name, "kaiju", "staging")[0].clone())
-        .tags(common::opted_in_group(name, "kaiju", "staging")[1].clone())
-        .send()
-        .await
-        .unwrap();
+    let mut tags =
+        vec![asg_t::Tag::builder().key("app").value("kaiju").resource_id(name).resource_type("auto-scaling-group").propagate_at_launch(true).build()];
+    tags.extend(common::opted_in_group(name, "kaiju", "staging"));
+    common::template_group(&c.asg, name, &id, version, size, size * 2, tags).await;
     id
 }
 

@@ -17,24 +17,13 @@ use serde_json::json;
 const SSM_CORE: &str = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore";
 const UBUNTU_2404: &str = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id";
 
-struct Clients {
-    ec2: aws_sdk_ec2::Client,
-    ssm: aws_sdk_ssm::Client,
-    iam: aws_sdk_iam::Client,
-    asg: aws_sdk_autoscaling::Client,
-}
+use common::Clients;
 
 async fn clients(sb: &Sandbox) -> Clients {
     // Eventual consistency is on by default (as on AWS); these tests are about other behaviours,
     // so they switch it off. The consistency tests switch it back on (`consistency_on`).
     sb.control("POST", "/_sandbox/delays", Some(json!({"visibility_lag": 0, "iam_propagation": 0, "block_public_access": 0})));
-    let conf = sb.sdk_config("us-east-1").await;
-    Clients {
-        ec2: aws_sdk_ec2::Client::new(&conf),
-        ssm: aws_sdk_ssm::Client::new(&conf),
-        iam: aws_sdk_iam::Client::new(&conf),
-        asg: aws_sdk_autoscaling::Client::new(&conf),
-    }
+    Clients::new(&sb.sdk_config("us-east-1").await)
 }
 
 /// Polls `f` every 50 ms until it returns Some, or panics after `secs`.
@@ -540,17 +529,7 @@ async fn launch_template_versions_copy_their_source() {
 async fn group_with_template(c: &Clients, name: &str, size: i32) -> (String, String) {
     let ami = ubuntu(c).await;
     let lt_id = imdsv2_template(c, &format!("{name}-lt"), &ami, "bake-asg").await;
-    c.asg
-        .create_auto_scaling_group()
-        .auto_scaling_group_name(name)
-        .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(&lt_id).version("1").build())
-        .min_size(0)
-        .max_size(size * 2)
-        .desired_capacity(size)
-        .availability_zones("us-east-1a")
-        .send()
-        .await
-        .unwrap();
+    common::template_group(&c.asg, name, &lt_id, "1", size, size * 2, vec![]).await;
     (lt_id, ami)
 }
 
@@ -977,6 +956,17 @@ async fn control_api_rejects_bad_input_and_resets() {
         assert!(status == 400 || status == 404, "{path}: {status}");
         assert!(v["error"].as_str().unwrap().contains(want), "{path}: {v}");
     }
+    // Every endpoint answers a method it does not take the same way (one routing table).
+    for (method, path, allowed) in [
+        ("PUT", "/_sandbox/unhealthy_amis", "use DELETE, GET or POST"),
+        ("PUT", "/_sandbox/failing_image_regions", "use DELETE, GET or POST"),
+        ("POST", "/_sandbox/calls", "use DELETE or GET"),
+        ("POST", "/_sandbox/health", "use GET"),
+    ] {
+        let (status, v) = sb.call(method, path, None);
+        assert_eq!(status, 405, "{method} {path}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(allowed), "{method} {path}: {v}");
+    }
     sb.control("POST", "/_sandbox/delays", Some(json!({"image_pending": 3})));
     sb.control("POST", "/_sandbox/reset", None);
     let d = sb.control("GET", "/_sandbox/delays", None);
@@ -1003,17 +993,7 @@ fn desired(lt_id: &str, version: &str) -> asg_t::DesiredConfiguration {
 
 /// A group on launch template `lt_id` at `version` (numbered, `$Latest` or `$Default`).
 async fn group_on(c: &Clients, name: &str, lt_id: &str, version: &str, size: i32) {
-    c.asg
-        .create_auto_scaling_group()
-        .auto_scaling_group_name(name)
-        .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(lt_id).version(version).build())
-        .min_size(0)
-        .max_size(size * 2 + 1)
-        .desired_capacity(size)
-        .availability_zones("us-east-1a")
-        .send()
-        .await
-        .unwrap();
+    common::template_group(&c.asg, name, lt_id, version, size, size * 2 + 1, vec![]).await;
 }
 
 async fn group_instances(c: &Clients, group: &str) -> Vec<asg_t::Instance> {

@@ -72,7 +72,7 @@ impl Rolling {
 
     /// Records something the roll made and could not remove.
     pub(super) fn left(&self, what: String) {
-        self.report.bake(&self.c.region).info(&format!("left behind: {what}"));
+        self.report.task(&self.c.region).info(&format!("left behind: {what}"));
         if let Ok(mut l) = self.leftovers.lock() {
             l.push(what);
         }
@@ -162,7 +162,7 @@ impl Rolling {
     }
 
     pub(super) fn reporter(&self, group: &str) -> Reporter {
-        self.report.bake(group)
+        self.report.task(group)
     }
 
     pub(super) fn fail(&self) {

@@ -89,7 +89,7 @@ async fn execute(cx: &Rolling, plan: &RolloutPlan) -> (Vec<GroupRecord>, Result<
     let canaries_ok = done.iter().all(|(_, _, r)| r.is_ok());
     if canaries_ok && !*cx.cancel.borrow() && !plan.rest.is_empty() {
         if plan.canary_bake_time.0 > 0 && !plan.canaries.is_empty() {
-            cx.report.bake(&plan.role).info(&format!("canaries healthy; waiting {} before the rest", plan.canary_bake_time));
+            cx.report.task(&plan.role).info(&format!("canaries healthy; waiting {} before the rest", plan.canary_bake_time));
             tokio::select! {
                 _ = tokio::time::sleep(plan.canary_bake_time.as_duration()) => {},
                 _ = cancelled(cx.cancel.clone()) => {},
@@ -191,7 +191,7 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
                     ..Default::default()
                 });
             }
-            progress.bake(&plan.role).info(&rp.to_string());
+            progress.task(&plan.role).info(&rp.to_string());
             return Ok(());
         }
         let cx = Rolling::new(&c, plan, req, &progress, cancel.clone());
@@ -220,7 +220,7 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
                 for g in &mut m.groups {
                     g.final_image = "unknown".into();
                 }
-                progress.bake(&plan.role).info(&format!("could not tell what the groups run now: {e}"));
+                progress.task(&plan.role).info(&format!("could not tell what the groups run now: {e}"));
             }
         }
     }
@@ -316,7 +316,7 @@ async fn rollback_on_demand(
         check_image(c, &prev_image).await.map_err(|e| Error::Other(format!("group {} cannot go back: {e}; nothing changed", g.name)))?;
         if prev_image != recorded {
             progress
-                .bake(&g.name)
+                .task(&g.name)
                 .info(&format!("goes back to {prev_image}, what its previous configuration launches (its tag {TAG_PREVIOUS_IMAGE} says {recorded})"));
         }
         gplans.push((

@@ -223,11 +223,11 @@ pub async fn wait_agent(ctx: &mut Baking, builder: &Builder, since: Option<aws_s
             ctx.report.stage("agent", &format!("{instance} online"));
             Ok(())
         }
-        None => Err(Error::Wait {
-            what: "the SSM agent of builder".into(),
-            resource: instance,
-            region: ctx.region.clone(),
-            why: format!("did not come online within {timeout} (the builder needs outbound HTTPS to SSM: a NAT, a public IP or VPC endpoints)"),
-        }),
+        None => Err(crate::wait::gave_up(
+            "the SSM agent of builder",
+            instance,
+            &ctx.region,
+            format!("did not come online within {timeout} (the builder needs outbound HTTPS to SSM: a NAT, a public IP or VPC endpoints)"),
+        )),
     }
 }

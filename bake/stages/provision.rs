@@ -192,12 +192,12 @@ async fn run_command(ctx: &Baking, builder: &Builder, label: &str, lines: Vec<St
         Some(o) => Ok(o),
         None => {
             let _ = ctx.c.ssm.cancel_command().command_id(&command_id).send().await;
-            Err(Error::Wait {
-                what: format!("step {label}, command"),
-                resource: command_id,
-                region: ctx.region.clone(),
-                why: format!("did not end within {}s of its timeout", timeout.as_secs() + 600),
-            })
+            Err(crate::wait::gave_up(
+                format!("step {label}, command"),
+                command_id,
+                &ctx.region,
+                format!("did not end within {}s of its timeout", timeout.as_secs() + 600),
+            ))
         }
     }
 }

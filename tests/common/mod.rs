@@ -146,3 +146,71 @@ pub fn opted_in_template(role: &str, env: &str) -> aws_sdk_ec2::types::TagSpecif
         .tags(aws_sdk_ec2::types::Tag::builder().key("bake:env").value(env).build())
         .build()
 }
+
+/// The SDK clients a test talks to the sandbox with (one set for every test file).
+pub struct Clients {
+    pub ec2: aws_sdk_ec2::Client,
+    pub ssm: aws_sdk_ssm::Client,
+    pub iam: aws_sdk_iam::Client,
+    pub asg: aws_sdk_autoscaling::Client,
+}
+
+impl Clients {
+    pub fn new(conf: &aws_config::SdkConfig) -> Clients {
+        Clients {
+            ec2: aws_sdk_ec2::Client::new(conf),
+            ssm: aws_sdk_ssm::Client::new(conf),
+            iam: aws_sdk_iam::Client::new(conf),
+            asg: aws_sdk_autoscaling::Client::new(conf),
+        }
+    }
+}
+
+/// An image that looks like one bake made for kaiju/staging: role, env, complete and managed
+/// tags on the image and its snapshot (made from `source` through a short-lived instance).
+pub async fn baked_image(ec2: &aws_sdk_ec2::Client, source: &str, name: &str) -> String {
+    use aws_sdk_ec2::types as ec2_t;
+    let r = ec2.run_instances().image_id(source).min_count(1).max_count(1).send().await.unwrap();
+    let id = r.instances()[0].instance_id().unwrap().to_string();
+    let mut tags = ec2_t::TagSpecification::builder();
+    for (k, v) in [("bake:role", "kaiju"), ("bake:env", "staging"), ("bake:complete", "true"), ("bake:managed", "true")] {
+        tags = tags.tags(ec2_t::Tag::builder().key(k).value(v).build());
+    }
+    let img = ec2
+        .create_image()
+        .instance_id(&id)
+        .name(name)
+        .tag_specifications(tags.clone().resource_type(ec2_t::ResourceType::Image).build())
+        .tag_specifications(tags.resource_type(ec2_t::ResourceType::Snapshot).build())
+        .send()
+        .await
+        .unwrap()
+        .image_id
+        .unwrap();
+    ec2.terminate_instances().instance_ids(&id).send().await.unwrap();
+    img
+}
+
+/// An Auto Scaling group in us-east-1a on launch template `lt_id` at `version` (a number,
+/// `$Latest` or `$Default`): `size` instances, room for `max`, with `tags`.
+pub async fn template_group(
+    asg: &aws_sdk_autoscaling::Client,
+    name: &str,
+    lt_id: &str,
+    version: &str,
+    size: i32,
+    max: i32,
+    tags: Vec<aws_sdk_autoscaling::types::Tag>,
+) {
+    asg.create_auto_scaling_group()
+        .auto_scaling_group_name(name)
+        .launch_template(aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder().launch_template_id(lt_id).version(version).build())
+        .min_size(0)
+        .max_size(max)
+        .desired_capacity(size)
+        .availability_zones("us-east-1a")
+        .set_tags(Some(tags).filter(|t| !t.is_empty()))
+        .send()
+        .await
+        .unwrap();
+}
