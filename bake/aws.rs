@@ -26,6 +26,12 @@ impl CallCounter {
     pub fn total(&self) -> u64 {
         self.snapshot().values().sum()
     }
+    /// Counts `n` calls of `op` made on this counter's behalf (by a shared watcher).
+    pub fn add(&self, op: &str, n: u64) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(op.to_string()).or_default() += n;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -56,6 +62,10 @@ impl Intercept for Counting {
 #[derive(Clone, Debug)]
 pub struct Clients {
     pub region: String,
+    /// The configuration the clients came from (the shared watchers make their own, uncounted).
+    pub base: SdkConfig,
+    /// The counter of whoever these clients serve (a watcher's calls on their behalf count here).
+    pub calls: CallCounter,
     pub ec2: aws_sdk_ec2::Client,
     pub iam: aws_sdk_iam::Client,
     pub ssm: aws_sdk_ssm::Client,
@@ -142,6 +152,8 @@ impl Aws {
         let counting = || Counting(self.calls.clone());
         Clients {
             region: region.to_string(),
+            base: self.base.clone(),
+            calls: self.calls.clone(),
             ec2: aws_sdk_ec2::Client::from_conf(aws_sdk_ec2::config::Builder::from(&self.base).region(region_v.clone()).interceptor(counting()).build()),
             iam: aws_sdk_iam::Client::from_conf(aws_sdk_iam::config::Builder::from(&self.base).region(region_v.clone()).interceptor(counting()).build()),
             ssm: aws_sdk_ssm::Client::from_conf(aws_sdk_ssm::config::Builder::from(&self.base).region(region_v.clone()).interceptor(counting()).build()),

@@ -346,6 +346,35 @@ fn all_roles_bake_concurrently_and_one_failing_leaks_nothing() {
     assert_eq!(live(&sb), expected);
 }
 
+/// Issue 14: one watcher per service and region in a process. Two bakes at once are described
+/// together: DescribeInstances calls name both builders, and nobody polls faster than a tick.
+#[test]
+fn two_concurrent_bakes_are_watched_in_the_same_describe_calls() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    sb.control("POST", "/_sandbox/delays", Some(json!({"instance_pending": 2, "agent_registration": 1, "command_duration": 0.5, "instance_stopping": 1})));
+    sb.control("DELETE", "/_sandbox/calls", None);
+    let out = bake(&sb, root, &["build", "kaiju", "www", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let builders: Vec<String> = json_out(&out).as_array().unwrap().iter().map(|m| m["builder"]["instance_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(builders.len(), 2);
+    let calls = sb.calls();
+    let describes: Vec<&Value> = calls["calls"].as_array().unwrap().iter().filter(|c| c["action"] == "DescribeInstances").collect();
+    let naming_both = describes
+        .iter()
+        .filter(|c| {
+            let ids: Vec<&str> = c["ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();
+            builders.iter().all(|b| ids.contains(&b.as_str()))
+        })
+        .count();
+    assert!(naming_both >= 2, "DescribeInstances calls naming both builders: {naming_both} of {}", describes.len());
+    // Within the process's budget for EC2 (10 describe calls a second by default).
+    let times: Vec<f64> = describes.iter().map(|c| c["t"].as_f64().unwrap()).collect();
+    let busiest = times.iter().map(|t| times.iter().filter(|u| **u >= *t && **u < t + 1.0).count()).max().unwrap_or(0);
+    assert!(busiest <= 10, "{busiest} DescribeInstances calls in one second");
+}
+
 #[test]
 fn a_200_kb_step_is_delivered_in_parts_and_checked() {
     let sb = Sandbox::start();

@@ -1848,3 +1848,60 @@ async fn a_rollback_restores_the_configuration_the_group_had_at_the_start() {
     assert_eq!(g.auto_scaling_groups()[0].launch_configuration_name(), Some("migrate-lc"));
     assert!(group_images(&c, "desired_only").await.iter().all(|(_, a)| *a == lc_ami));
 }
+
+/// Issue 14's watchers list every invocation since their earliest command (SSM cannot list
+/// several command ids in one call). SSM API reference, ListCommandInvocations and CommandFilter:
+/// InvokedAfter / InvokedBefore take ISO 8601 times, at most 5 filters, ExecutionStage only for
+/// ListCommands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_invocations_filter_by_time_status_and_document() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    profile(&c, "bake-list", true).await;
+    let ami = ubuntu(&c).await;
+    let a = launch(&c, &ami, Some("bake-list")).await;
+    until(20, "the agent", || async { online(&c).await.iter().any(|(i, p)| *i == a && p == "Online").then_some(()) }).await;
+    let first = send(&c, &a, "echo first", "60").await;
+    finished(&c, &first, &a).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let between = aws_smithy_types::DateTime::from(std::time::SystemTime::now()).fmt(aws_smithy_types::date_time::Format::DateTime).unwrap();
+    let second = send(&c, &a, "echo second", "60").await;
+    let listed = |filters: Vec<ssm_t::CommandFilter>| {
+        let c = &c;
+        async move {
+            let r = c.ssm.list_command_invocations().set_filters(Some(filters)).send().await?;
+            Ok::<Vec<String>, aws_sdk_ssm::error::SdkError<_>>(r.command_invocations().iter().map(|i| i.command_id().unwrap().to_string()).collect())
+        }
+    };
+    let f = |k: ssm_t::CommandFilterKey, v: &str| ssm_t::CommandFilter::builder().key(k).value(v).build().unwrap();
+    assert_eq!(listed(vec![f(ssm_t::CommandFilterKey::InvokedAfter, &between)]).await.unwrap(), vec![second.clone()]);
+    assert_eq!(listed(vec![f(ssm_t::CommandFilterKey::InvokedBefore, &between)]).await.unwrap(), vec![first.clone()]);
+    assert_eq!(listed(vec![f(ssm_t::CommandFilterKey::DocumentName, "AWS-RunPatchBaseline")]).await.unwrap(), Vec::<String>::new());
+    finished(&c, &second, &a).await;
+    assert_eq!(listed(vec![f(ssm_t::CommandFilterKey::Status, "Success")]).await.unwrap().len(), 2);
+    let e = listed(vec![f(ssm_t::CommandFilterKey::ExecutionStage, "Executing")]).await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidFilterKey"));
+    let e = listed(vec![f(ssm_t::CommandFilterKey::InvokedAfter, "yesterday")]).await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidFilterValue"));
+    let e = listed((0..6).map(|_| f(ssm_t::CommandFilterKey::DocumentName, "AWS-RunShellScript")).collect()).await.unwrap_err();
+    assert_eq!(e.code(), Some("ValidationException"));
+}
+
+/// EC2 refuses more than 200 filter values in one call (`FilterLimitExceeded`); the call log
+/// names the instances each call asked about (the watchers' batching is checked through it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ec2_refuses_more_than_200_filter_values_and_the_log_names_ids() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    let ids: Vec<String> = (0..201).map(|i| format!("i-{i:017x}")).collect();
+    let filter = |n: usize| ec2_t::Filter::builder().name("instance-id").set_values(Some(ids[..n].to_vec())).build();
+    let e = c.ec2.describe_instances().filters(filter(201)).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("FilterLimitExceeded"));
+    sb.control("DELETE", "/_sandbox/calls", None);
+    let r = c.ec2.describe_instances().filters(filter(200)).send().await.unwrap();
+    assert!(r.reservations().is_empty());
+    let calls = sb.calls();
+    let logged = &calls["calls"][0];
+    assert_eq!(logged["action"], "DescribeInstances");
+    assert_eq!(logged["ids"].as_array().unwrap().len(), 200);
+}

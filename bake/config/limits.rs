@@ -205,6 +205,16 @@ pub const STEP_TIMEOUT_MAX: u64 = 172_800;
 pub const SEND_COMMAND_DOCUMENT: usize = 64_000;
 pub const SEND_COMMAND_PARAMETERS: usize = 56_000;
 
+/// Values in the filters of one EC2 Describe call: AWS answers `FilterLimitExceeded` ("The
+/// maximum number of filter values specified on a single call is 200"), undocumented in the API
+/// reference but seen by every tool that describes big fleets by id (gossm #31, convox #2205).
+/// The watchers and the roll's census ask for at most this many ids a call.
+pub const EC2_FILTER_VALUES: usize = 200;
+
+/// Values of DescribeInstanceInformation's `InstanceIds` filter: 1 to 100 (SSM API reference,
+/// InstanceInformationStringFilter, `Values`).
+pub const SSM_INSTANCE_ID_FILTER_VALUES: usize = 100;
+
 /// How long bake may be told to wait for anything (an instance, an image, a refresh, a bake
 /// time): AWS sets no limit; bake refuses more than a week, which is a typo, not a plan.
 pub const WAIT_MAX: u64 = 7 * 86_400;

@@ -235,7 +235,7 @@ pub(super) async fn census(c: &Clients, names: &[String]) -> Result<BTreeMap<Str
     }
     let mut image_of: BTreeMap<String, String> = BTreeMap::new();
     let ids: Vec<String> = members.iter().map(|(_, i)| i.clone()).collect();
-    for chunk in ids.chunks(200) {
+    for chunk in ids.chunks(crate::config::limits::EC2_FILTER_VALUES) {
         let filter = aws_sdk_ec2::types::Filter::builder().name("instance-id").set_values(Some(chunk.to_vec())).build();
         for i in c.instances("the groups' instances", vec![filter]).await? {
             if let (Some(id), Some(image)) = (i.instance_id(), i.image_id()) {

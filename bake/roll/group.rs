@@ -19,7 +19,6 @@ use crate::manifest::{GroupOutcome, GroupRecord};
 use crate::plan::Plan;
 use crate::progress::{Progress, Reporter};
 use crate::signals::{cancelled, Cancel};
-use crate::wait::{poll, Poll};
 
 /// Auto Scaling's answer while a launch template bake just made is not visible to it yet.
 fn template_not_visible_yet(e: &Error) -> bool {
@@ -177,8 +176,6 @@ impl Rolling {
     /// when the rollout is stopping (another group failed, or Ctrl-C); the way back after a
     /// failure or a Ctrl-C is not interruptible (a second Ctrl-C exits at once).
     pub(super) async fn wait_refresh(&self, group: &str, id: &str, rep: &Reporter, rec: &mut GroupRecord, interruptible: bool) -> Result<Ended> {
-        let asg = self.c.asg.clone();
-        let region = self.c.region.clone();
         let stop = {
             let mut failed = self.failed.subscribe();
             let cancel = self.cancel.clone();
@@ -192,36 +189,22 @@ impl Rolling {
                 }
             }
         };
-        let last = Arc::new(std::sync::Mutex::new((String::new(), -1, -1)));
-        let watch = poll(Poll::new(Duration::from_secs(1), Duration::from_secs(10), self.timeout).after_first_interval(), || {
-            let asg = asg.clone();
-            let region = region.clone();
-            let rep = rep.clone();
-            let last = last.clone();
-            async move {
-                let r = asg
-                    .describe_instance_refreshes()
-                    .auto_scaling_group_name(group)
-                    .instance_refresh_ids(id)
-                    .send()
-                    .await
-                    .map_err(|e| asg_err("autoscaling:DescribeInstanceRefreshes", group, &region, &e))?;
-                let Some(rf) = r.instance_refreshes().first() else { return Ok(None) };
-                let status = rf.status().cloned().unwrap_or(InstanceRefreshStatus::Pending);
-                let pct = rf.percentage_complete().unwrap_or(0);
-                let left = rf.instances_to_update().unwrap_or(0);
-                let now = (status.as_str().to_string(), pct, left);
-                if let Ok(mut l) = last.lock() {
-                    if *l != now {
-                        rep.stage("refresh", &format!("{} {pct}% complete, {left} instance(s) left", status.as_str()));
-                        *l = now;
-                    }
-                }
-                if is_active(Some(&status)) {
-                    return Ok(None);
-                }
-                Ok(Some((status, pct, rf.status_reason().unwrap_or_default().to_string())))
+        let mut last = (String::new(), -1, -1);
+        let refreshes = crate::wait::watcher::of(&self.c).refreshes.clone();
+        let watch = crate::wait::follow(&refreshes, &self.c.calls, group, self.timeout, |all| {
+            let Some(rf) = all.and_then(|all| all.iter().find(|r| r.instance_refresh_id() == Some(id))) else { return Ok(None) };
+            let status = rf.status().cloned().unwrap_or(InstanceRefreshStatus::Pending);
+            let pct = rf.percentage_complete().unwrap_or(0);
+            let left = rf.instances_to_update().unwrap_or(0);
+            let now = (status.as_str().to_string(), pct, left);
+            if last != now {
+                rep.stage("refresh", &format!("{} {pct}% complete, {left} instance(s) left", status.as_str()));
+                last = now;
             }
+            if is_active(Some(&status)) {
+                return Ok(None);
+            }
+            Ok(Some((status, pct, rf.status_reason().unwrap_or_default().to_string())))
         });
         let outcome = tokio::select! {
             r = watch => r?,
@@ -246,20 +229,9 @@ impl Rolling {
 
     /// Waits until no refresh of `group` is active (after a cancel).
     pub(super) async fn settle(&self, group: &str) -> Result<()> {
-        let asg = self.c.asg.clone();
-        let region = self.c.region.clone();
-        poll(Poll::new(Duration::from_secs(1), Duration::from_secs(10), self.timeout), || {
-            let asg = asg.clone();
-            let region = region.clone();
-            async move {
-                let r = asg
-                    .describe_instance_refreshes()
-                    .auto_scaling_group_name(group)
-                    .send()
-                    .await
-                    .map_err(|e| asg_err("autoscaling:DescribeInstanceRefreshes", group, &region, &e))?;
-                Ok((!r.instance_refreshes().iter().any(|x| is_active(x.status()))).then_some(()))
-            }
+        let refreshes = crate::wait::watcher::of(&self.c).refreshes.clone();
+        crate::wait::follow(&refreshes, &self.c.calls, group, self.timeout, |all| {
+            Ok((!all.is_some_and(|all| all.iter().any(|x| is_active(x.status())))).then_some(()))
         })
         .await?
         .ok_or_else(|| Error::Other(format!("group {group} still has an instance refresh running after {}s", self.timeout.as_secs())))

@@ -7,7 +7,7 @@ use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
     InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceStateName, InstanceType, MarketType, ResourceType, VolumeType,
 };
-use aws_sdk_ssm::types::{InstanceInformationStringFilter, PingStatus};
+use aws_sdk_ssm::types::PingStatus;
 
 use crate::config::role::SubnetSpec;
 use crate::error::{Error, Result};
@@ -15,7 +15,6 @@ use crate::journal::Kind;
 use crate::manifest::BuilderRecord;
 use crate::stages::tag_spec;
 use crate::stages::{Baking, Builder, Identity};
-use crate::wait::{poll, Poll};
 
 /// How long bake waits for a new instance profile to become usable by EC2 (IAM propagation).
 pub const IAM_PROPAGATION: Duration = Duration::from_secs(180);
@@ -193,29 +192,17 @@ pub async fn launch(ctx: &mut Baking, identity: &Identity) -> Result<Builder> {
 pub async fn wait_agent(ctx: &mut Baking, builder: &Builder, since: Option<aws_smithy_types::DateTime>) -> Result<()> {
     let instance = builder.instance.clone();
     let timeout = ctx.plan.builder.spec.ready_timeout;
-    let ssm = ctx.c.ssm.clone();
-    let region = ctx.region.clone();
-    let found = poll(Poll::new(Duration::from_secs(1), Duration::from_secs(5), timeout.as_duration()), || {
-        let ssm = ssm.clone();
-        let instance = instance.clone();
-        let region = region.clone();
-        async move {
-            let r = ssm
-                .describe_instance_information()
-                .filters(InstanceInformationStringFilter::builder().key("InstanceIds").values(&instance).build().map_err(|e| Error::Other(e.to_string()))?)
-                .send()
-                .await
-                .map_err(|e| Error::aws("ssm:DescribeInstanceInformation", format!("builder {instance}"), &region, &e))?;
-            let online = r.instance_information_list().iter().any(|i| {
-                i.ping_status() == Some(&PingStatus::Online)
-                    && match (since, i.last_ping_date_time()) {
-                        (Some(t), Some(p)) => p.secs() >= t.secs(),
-                        (Some(_), None) => false,
-                        (None, _) => true,
-                    }
-            });
-            Ok(online.then_some(()))
-        }
+    let agents = crate::wait::watcher::of(&ctx.c).agents.clone();
+    let found = crate::wait::follow(&agents, &ctx.c.calls, &instance, timeout.as_duration(), |info| {
+        let online = info.is_some_and(|i| {
+            i.ping_status() == Some(&PingStatus::Online)
+                && match (since, i.last_ping_date_time()) {
+                    (Some(t), Some(p)) => p.secs() >= t.secs(),
+                    (Some(_), None) => false,
+                    (None, _) => true,
+                }
+        });
+        Ok(online.then_some(()))
     })
     .await?;
     match found {

@@ -11,7 +11,6 @@ use base64::Engine as _;
 use crate::error::{Error, Result};
 use crate::plan::PlannedStep;
 use crate::stages::{Baking, Builder};
-use crate::wait::{poll, Poll};
 
 /// Scripts whose lines take more than this, JSON-encoded as SendCommand sends them (quotes,
 /// backslashes and control characters grow), go in parts.
@@ -23,7 +22,8 @@ pub const PART: usize = 40 * 1024;
 pub fn encoded_len(lines: &[String]) -> usize {
     serde_json::to_string(lines).map(|s| s.len()).unwrap_or(usize::MAX)
 }
-/// How often a running step looks at its builder's state (stopped or terminated by EC2).
+/// How often a running step hears of its builder's state (stopped or terminated by EC2): the
+/// command's own status comes every tick.
 const LOST_CHECK: Duration = Duration::from_secs(5);
 /// What AWS keeps of a command's output in GetCommandInvocation.
 pub const STDOUT_LIMIT: usize = 24_000;
@@ -122,72 +122,42 @@ async fn run_command(ctx: &Baking, builder: &Builder, label: &str, lines: Vec<St
     let sent = crate::wait::retry(b, |e| e.code() == Some("InvalidInstanceId"), |_, _| {}, send).await?;
     let command_id = crate::aws::required(sent.command().and_then(|c| c.command_id()), "ssm:SendCommand", &format!("a command id for {label}"), &ctx.region)?;
     let sent_at = Instant::now();
-    // Output appears when the command ends; poll at most every 2 s (first after 0.5 s).
-    let p = Poll::new(Duration::from_millis(500), Duration::from_secs(2), timeout + Duration::from_secs(600)).after_first_interval();
-    let ec2 = ctx.c.ec2.clone();
-    // The builder's state is looked at every few seconds, not at every poll.
-    let checked = std::sync::Arc::new(std::sync::Mutex::new(Instant::now()));
-    let outcome = poll(p, || {
-        let ssm = ssm.clone();
-        let ec2 = ec2.clone();
-        let checked = checked.clone();
-        let command_id = command_id.clone();
-        let instance = instance.clone();
-        let region = region.clone();
-        async move {
-            let r = match ssm.get_command_invocation().command_id(&command_id).instance_id(&instance).send().await {
-                Ok(r) => r,
-                // Not visible yet right after SendCommand (eventual consistency).
-                Err(e) if e.as_service_error().map(|s| s.is_invocation_does_not_exist()).unwrap_or(false) && sent_at.elapsed() < Duration::from_secs(60) => {
-                    return Ok(None)
+    let watchers = crate::wait::watcher::of(&ctx.c);
+    // The command's status, and the builder's state: one that EC2 stopped or terminated (a Spot
+    // interruption, someone else) never reports again, its command would sit InProgress.
+    let mut command = watchers.commands.watch(&command_id, &ctx.c.calls);
+    let mut builder_state = watchers.instances.watch_every(&instance, &ctx.c.calls, LOST_CHECK);
+    let deadline = sent_at + timeout + Duration::from_secs(600);
+    let ended = loop {
+        tokio::select! {
+            r = command.next() => {
+                if let Some(e) = r.error {
+                    return Err(Error::Other(e));
                 }
-                Err(e) => return Err(Error::aws("ssm:GetCommandInvocation", format!("command {command_id} on {instance}"), &region, &e)),
-            };
-            let status = r.status().cloned().unwrap_or(CommandInvocationStatus::Pending);
-            let done = !matches!(
-                status,
-                CommandInvocationStatus::Pending | CommandInvocationStatus::InProgress | CommandInvocationStatus::Delayed | CommandInvocationStatus::Cancelling
-            );
-            if !done {
-                // A builder EC2 stopped or terminated (a Spot interruption, someone else) never
-                // reports again: its command would sit InProgress until its timeout.
-                let due = checked.lock().map(|mut t| {
-                    let due = t.elapsed() >= LOST_CHECK;
-                    if due {
-                        *t = Instant::now();
-                    }
-                    due
-                });
-                if !due.unwrap_or(true) {
-                    return Ok(None);
+                match r.seen.as_ref().and_then(|i| i.status()) {
+                    // Not listed yet right after SendCommand (eventual consistency).
+                    None if sent_at.elapsed() < crate::wait::CONSISTENCY_WINDOW => {}
+                    None => return Err(Error::Other(format!("command {command_id} for step {label} on {instance} in {region} is not listed by SSM"))),
+                    Some(
+                        CommandInvocationStatus::Pending
+                        | CommandInvocationStatus::InProgress
+                        | CommandInvocationStatus::Delayed
+                        | CommandInvocationStatus::Cancelling,
+                    ) => {}
+                    Some(_) => break true,
                 }
-                if let Some(why) = lost(&ec2, &instance, &region).await? {
-                    let _ = ssm.cancel_command().command_id(&command_id).send().await;
+            }
+            r = builder_state.next() => {
+                if let Some(why) = r.seen.as_ref().and_then(lost) {
+                    let _ = ctx.c.ssm.cancel_command().command_id(&command_id).send().await;
                     return Err(Error::Other(format!("builder {instance} in {region} {why} during step {label}; the step did not finish")));
                 }
-                return Ok(None);
             }
-            let mut full_output: Vec<String> =
-                [r.standard_output_url(), r.standard_error_url()].into_iter().flatten().filter(|u| !u.is_empty()).map(str::to_string).collect();
-            if let Some(cw) = r.cloud_watch_output_config().filter(|c| c.cloud_watch_output_enabled()) {
-                // SSM names the streams <command>/<instance>/<plugin>/stdout|stderr.
-                let group = cw.cloud_watch_log_group_name().unwrap_or_default();
-                for stream in ["stdout", "stderr"] {
-                    full_output.push(format!("cloudwatch-logs://{group}/{command_id}/{instance}/aws-runShellScript/{stream}"));
-                }
-            }
-            Ok(Some(Outcome {
-                full_output,
-                command_id: command_id.clone(),
-                status: status.as_str().to_string(),
-                details: r.status_details().unwrap_or_default().to_string(),
-                code: r.response_code(),
-                stdout: r.standard_output_content().unwrap_or_default().to_string(),
-                stderr: r.standard_error_content().unwrap_or_default().to_string(),
-            }))
+            _ = tokio::time::sleep_until(deadline.into()) => break false,
         }
-    })
-    .await?;
+    };
+    drop((command, builder_state));
+    let outcome = if ended { Some(invocation(ctx, &command_id, &instance).await?) } else { None };
     match outcome {
         Some(o) => Ok(o),
         None => {
@@ -203,17 +173,10 @@ async fn run_command(ctx: &Baking, builder: &Builder, label: &str, lines: Vec<St
 }
 
 /// How the builder is gone, when EC2 stopped or terminated it: `was terminated (reason)`.
-async fn lost(ec2: &aws_sdk_ec2::Client, instance: &str, region: &str) -> Result<Option<String>> {
-    let d = ec2
-        .describe_instances()
-        .instance_ids(instance)
-        .send()
-        .await
-        .map_err(|e| Error::aws("ec2:DescribeInstances", format!("builder {instance}"), region, &e))?;
-    let Some(i) = d.reservations().iter().flat_map(|r| r.instances()).next() else { return Ok(None) };
+fn lost(i: &aws_sdk_ec2::types::Instance) -> Option<String> {
     let state = i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default();
     if !matches!(state.as_str(), "shutting-down" | "terminated" | "stopping" | "stopped") {
-        return Ok(None);
+        return None;
     }
     let reason = i
         .state_reason()
@@ -221,7 +184,39 @@ async fn lost(ec2: &aws_sdk_ec2::Client, instance: &str, region: &str) -> Result
         .or_else(|| i.state_transition_reason().map(str::to_string))
         .unwrap_or_default();
     let verb = if state.starts_with("stop") { "was stopped" } else { "was terminated" };
-    Ok(Some(if reason.is_empty() { verb.to_string() } else { format!("{verb} ({reason})") }))
+    Some(if reason.is_empty() { verb.to_string() } else { format!("{verb} ({reason})") })
+}
+
+/// The whole invocation of an ended command: status, exit code, output (as much as the API keeps).
+async fn invocation(ctx: &Baking, command_id: &str, instance: &str) -> Result<Outcome> {
+    let r = ctx
+        .c
+        .ssm
+        .get_command_invocation()
+        .command_id(command_id)
+        .instance_id(instance)
+        .send()
+        .await
+        .map_err(|e| Error::aws("ssm:GetCommandInvocation", format!("command {command_id} on {instance}"), &ctx.region, &e))?;
+    let status = r.status().cloned().unwrap_or(CommandInvocationStatus::Pending);
+    let mut full_output: Vec<String> =
+        [r.standard_output_url(), r.standard_error_url()].into_iter().flatten().filter(|u| !u.is_empty()).map(str::to_string).collect();
+    if let Some(cw) = r.cloud_watch_output_config().filter(|c| c.cloud_watch_output_enabled()) {
+        // SSM names the streams <command>/<instance>/<plugin>/stdout|stderr.
+        let group = cw.cloud_watch_log_group_name().unwrap_or_default();
+        for stream in ["stdout", "stderr"] {
+            full_output.push(format!("cloudwatch-logs://{group}/{command_id}/{instance}/aws-runShellScript/{stream}"));
+        }
+    }
+    Ok(Outcome {
+        full_output,
+        command_id: command_id.to_string(),
+        status: status.as_str().to_string(),
+        details: r.status_details().unwrap_or_default().to_string(),
+        code: r.response_code(),
+        stdout: r.standard_output_content().unwrap_or_default().to_string(),
+        stderr: r.standard_error_content().unwrap_or_default().to_string(),
+    })
 }
 
 fn tail(text: &str, n: usize) -> Vec<String> {

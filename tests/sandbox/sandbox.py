@@ -51,7 +51,7 @@ def warm_up(base, region):
                          "SignedHeaders=host, Signature=0",
     })
     urllib.request.urlopen(req, timeout=60).read()
-    urllib.request.urlopen(base + "/_sandbox/calls", data=b"", timeout=10)
+    urllib.request.urlopen(base + "/_sandbox/calls", timeout=10)
 
 
 def main():

@@ -154,15 +154,15 @@ def _calls(query):
     since = float(query.get("since", ["0"])[0] or 0)
     calls = [c for c in STATE.calls if c[0] >= since]
     by_action = {}
-    for _, service, action, _ in calls:
+    for _, service, action, _, _ in calls:
         key = f"{service}:{action}"
         by_action[key] = by_action.get(key, 0) + 1
     return {
         "now": STATE.now(),
         "count": len(calls),
         "by_action": dict(sorted(by_action.items())),
-        "mutating": sorted({f"{s}:{a}" for _, s, a, _ in calls if MUTATING.match(a)}),
-        "calls": [{"t": t, "service": s, "action": a, "region": r} for t, s, a, r in calls],
+        "mutating": sorted({f"{s}:{a}" for _, s, a, _, _ in calls if MUTATING.match(a)}),
+        "calls": [{"t": t, "service": s, "action": a, "region": r, "ids": ids} for t, s, a, r, ids in calls],
     }
 
 
@@ -191,141 +191,176 @@ def _rules(environ, method, name, parse):
             getattr(STATE, name).extend(parsed)
     elif method == "DELETE":
         setattr(STATE, name, [])
-    elif method != "GET":
-        return _json(405, {"error": "use GET, POST or DELETE"})
     return _json(200, {name: [_public(r) for r in getattr(STATE, name)]})
+
+
+def _set(name, key, what, valid):
+    """An endpoint holding a set of strings (AMI ids, regions): GET it, POST adds, DELETE empties."""
+    def get(environ, query):
+        return _json(200, {key: sorted(getattr(STATE, name))})
+
+    def post(environ, query):
+        data = _body(environ)
+        _only(data, {key}, "body")
+        items = data.get(key)
+        if not isinstance(items, list) or not all(isinstance(i, str) and valid(i) for i in items):
+            raise BadRequest(f"give `{key}`, a list of {what}")
+        getattr(STATE, name).update(items)
+        return get(environ, query)
+
+    def delete(environ, query):
+        setattr(STATE, name, set())
+        return get(environ, query)
+
+    return {"GET": get, "POST": post, "DELETE": delete}
+
+
+def _health(environ, query):
+    return _json(200, {"ok": True, "now": STATE.now()})
+
+
+def _reset(environ, query):
+    seed.reset_all()
+    return _json(200, {"ok": True})
+
+
+def _delays_get(environ, query):
+    return _json(200, {"delays": STATE.delays, "time_scale": STATE.time_scale})
+
+
+def _delays_post(environ, query):
+    data = _body(environ)
+    _only(data, DEFAULT_DELAYS, "delay")
+    for k, v in data.items():
+        STATE.delays[k] = _num(v, k)
+    return _delays_get(environ, query)
+
+
+def _time_scale(environ, query):
+    data = _body(environ)
+    _only(data, {"time_scale"}, "time_scale")
+    STATE.time_scale = _num(data.get("time_scale"), "time_scale", 0)
+    return _json(200, {"time_scale": STATE.time_scale})
+
+
+def _scripts(environ, query):
+    inst = query.get("instance", [None])[0]
+    return _json(200, {"scripts": {k: v for k, v in STATE.scripts.items() if inst in (None, k)}})
+
+
+def _clock_get(environ, query):
+    return _json(200, {"now": STATE.now(), "skew": State.skew})
+
+
+def _clock_post(environ, query):
+    data = _body(environ)
+    _only(data, {"advance"}, "body")
+    State.skew += _num(data.get("advance"), "advance", 0)
+    STATE.advance()
+    return _clock_get(environ, query)
+
+
+def _interrupt(environ, query):
+    data = _body(environ)
+    _only(data, {"instance", "region", "action"}, "body")
+    instance, region = data.get("instance"), data.get("region", "us-east-1")
+    action = data.get("action", "terminate")
+    if not isinstance(instance, str) or not instance.startswith("i-"):
+        raise BadRequest("give `instance`, an instance id")
+    if action not in ec2.SPOT_REASONS:
+        raise BadRequest(f"action must be one of {', '.join(ec2.SPOT_REASONS)}")
+    STATE.advance()
+    try:
+        state = ec2.interrupt(region, instance, action)
+    except Exception as e:  # noqa: BLE001 - unknown instance, already gone
+        raise BadRequest(f"can't interrupt {instance} in {region}: {e}")
+    return _json(200, {"instance": instance, "state": state})
+
+
+def _calls_delete(environ, query):
+    STATE.calls = []
+    return _json(200, {"ok": True})
+
+
+def _resources(environ, query):
+    STATE.advance()
+    res = accounting.live_resources()
+    return _json(200, {"count": len(res), "resources": res})
+
+
+def _refreshes(environ, query):
+    group = query.get("group", [None])[0]
+    out = []
+    for (region, name), rs in STATE.refreshes.items():
+        if group in (None, name):
+            out += [{"id": r.id, "group": name, "region": region, "status": r.status, "history": r.history,
+                     "started": r.t_start, "ended": r.t_end}
+                    for r in rs]
+    return _json(200, {"refreshes": out})
+
+
+def _canonical_publish(environ, query):
+    data = _body(environ)
+    _only(data, {"region", "release", "build"}, "body")
+    release = data.get("release", "24.04")
+    if release not in seed.RELEASES:
+        raise BadRequest(f"release must be one of {', '.join(seed.RELEASES)}")
+    build = data.get("build")
+    if not isinstance(build, str) or not re.fullmatch(r"\d{8}", build):
+        raise BadRequest("build must be a date such as 20261121")
+    region = data.get("region", "us-east-1")
+    if region not in seed.REGIONS:
+        raise BadRequest(f"region must be one of {', '.join(seed.REGIONS)}")
+    ami = seed.publish(region, release, build)
+    return _json(200, {"ami": ami, "parameter": seed.parameter_name(release)})
+
+
+def _rule_list(name, parse):
+    handler = lambda environ, query, method: _rules(environ, method, name, parse)  # noqa: E731
+    return {m: (lambda environ, query, m=m: handler(environ, query, m)) for m in ("GET", "POST", "DELETE")}
+
+
+def _is_ami(a):
+    return a.startswith("ami-")
+
+
+# Every control endpoint: path (under /_sandbox) -> method -> handler(environ, query). A known path
+# asked with another method answers 405 naming the methods it takes; an unknown path 404. The
+# endpoints are documented in tests/sandbox/README.md.
+ROUTES = {
+    "/health": {"GET": _health},
+    "/reset": {"POST": _reset},
+    "/delays": {"GET": _delays_get, "POST": _delays_post},
+    "/time_scale": {"POST": _time_scale},
+    "/ssm/outcomes": _rule_list("outcomes", _outcome),
+    "/ssm/outputs": {"GET": lambda environ, query: _json(200, {"outputs": STATE.outputs})},
+    "/ssm/scripts": {"GET": _scripts},
+    "/unhealthy_amis": _set("unhealthy_amis", "amis", "AMI ids", _is_ami),
+    # Instances from these pass EC2 status checks and fail load balancer (ELB) checks: a group
+    # whose HealthCheckType is EC2 (the default) keeps them, as AWS does.
+    "/elb_unhealthy_amis": _set("elb_unhealthy_amis", "amis", "AMI ids", _is_ami),
+    "/failing_image_regions": _set("failing_image_regions", "regions", "region names", lambda r: True),
+    "/clock": {"GET": _clock_get, "POST": _clock_post},
+    "/interrupt": {"POST": _interrupt},
+    "/launch_failures": {"GET": lambda environ, query: _json(200, {"failures": STATE.launch_failures})},
+    "/faults": _rule_list("faults", _fault),
+    "/calls": {"GET": lambda environ, query: _json(200, _calls(query)), "DELETE": _calls_delete},
+    "/resources": {"GET": _resources},
+    "/refreshes": {"GET": _refreshes},
+    "/sns/messages": {"GET": lambda environ, query: _json(200, {"messages": STATE.published})},
+    "/canonical/publish": {"POST": _canonical_publish},
+    "/images": {"GET": lambda environ, query: _json(200, {"images": accounting.images(query.get("region", [None])[0])})},
+}
 
 
 def _route(method, path, query, environ):
     p = path[len("/_sandbox"):] or "/"
-    if p == "/health" and method == "GET":
-        return _json(200, {"ok": True, "now": STATE.now()})
-    if p == "/reset" and method == "POST":
-        seed.reset_all()
-        return _json(200, {"ok": True})
-    if p == "/delays":
-        if method == "POST":
-            data = _body(environ)
-            _only(data, DEFAULT_DELAYS, "delay")
-            for k, v in data.items():
-                STATE.delays[k] = _num(v, k)
-        elif method != "GET":
-            return _json(405, {"error": "use GET or POST"})
-        return _json(200, {"delays": STATE.delays, "time_scale": STATE.time_scale})
-    if p == "/time_scale" and method == "POST":
-        data = _body(environ)
-        _only(data, {"time_scale"}, "time_scale")
-        STATE.time_scale = _num(data.get("time_scale"), "time_scale", 0)
-        return _json(200, {"time_scale": STATE.time_scale})
-    if p == "/ssm/outcomes":
-        return _rules(environ, method, "outcomes", _outcome)
-    if p == "/ssm/outputs" and method == "GET":
-        return _json(200, {"outputs": STATE.outputs})
-    if p == "/ssm/scripts" and method == "GET":
-        inst = query.get("instance", [None])[0]
-        data = {k: v for k, v in STATE.scripts.items() if inst in (None, k)}
-        return _json(200, {"scripts": data})
-    if p == "/unhealthy_amis":
-        if method == "POST":
-            data = _body(environ)
-            _only(data, {"amis"}, "body")
-            amis = data.get("amis")
-            if not isinstance(amis, list) or not all(isinstance(a, str) and a.startswith("ami-") for a in amis):
-                raise BadRequest("give `amis`, a list of AMI ids")
-            STATE.unhealthy_amis |= set(amis)
-        elif method == "DELETE":
-            STATE.unhealthy_amis = set()
-        elif method != "GET":
-            return _json(405, {"error": "use GET, POST or DELETE"})
-        return _json(200, {"amis": sorted(STATE.unhealthy_amis)})
-    if p == "/elb_unhealthy_amis":
-        # Instances from these pass EC2 status checks and fail load balancer (ELB) checks: a group
-        # whose HealthCheckType is EC2 (the default) keeps them, as AWS does.
-        if method == "POST":
-            data = _body(environ)
-            _only(data, {"amis"}, "body")
-            amis = data.get("amis")
-            if not isinstance(amis, list) or not all(isinstance(a, str) and a.startswith("ami-") for a in amis):
-                raise BadRequest("give `amis`, a list of AMI ids")
-            STATE.elb_unhealthy_amis |= set(amis)
-        elif method == "DELETE":
-            STATE.elb_unhealthy_amis = set()
-        elif method != "GET":
-            return _json(405, {"error": "use GET, POST or DELETE"})
-        return _json(200, {"amis": sorted(STATE.elb_unhealthy_amis)})
-    if p == "/clock":
-        if method == "POST":
-            data = _body(environ)
-            _only(data, {"advance"}, "body")
-            State.skew += _num(data.get("advance"), "advance", 0)
-            STATE.advance()
-        elif method != "GET":
-            return _json(405, {"error": "use GET or POST"})
-        return _json(200, {"now": STATE.now(), "skew": State.skew})
-    if p == "/interrupt" and method == "POST":
-        data = _body(environ)
-        _only(data, {"instance", "region", "action"}, "body")
-        instance, region = data.get("instance"), data.get("region", "us-east-1")
-        action = data.get("action", "terminate")
-        if not isinstance(instance, str) or not instance.startswith("i-"):
-            raise BadRequest("give `instance`, an instance id")
-        if action not in ec2.SPOT_REASONS:
-            raise BadRequest(f"action must be one of {', '.join(ec2.SPOT_REASONS)}")
-        STATE.advance()
-        try:
-            state = ec2.interrupt(region, instance, action)
-        except Exception as e:  # noqa: BLE001 - unknown instance, already gone
-            raise BadRequest(f"can't interrupt {instance} in {region}: {e}")
-        return _json(200, {"instance": instance, "state": state})
-    if p == "/launch_failures" and method == "GET":
-        return _json(200, {"failures": STATE.launch_failures})
-    if p == "/failing_image_regions":
-        if method == "POST":
-            data = _body(environ)
-            _only(data, {"regions"}, "body")
-            regions = data.get("regions")
-            if not isinstance(regions, list) or not all(isinstance(r, str) for r in regions):
-                raise BadRequest("give `regions`, a list of region names")
-            STATE.failing_image_regions = set(regions)
-        elif method == "DELETE":
-            STATE.failing_image_regions = set()
-        return _json(200, {"regions": sorted(STATE.failing_image_regions)})
-    if p == "/faults":
-        return _rules(environ, method, "faults", _fault)
-    if p == "/calls":
-        if method == "DELETE":
-            STATE.calls = []
-            return _json(200, {"ok": True})
-        return _json(200, _calls(query))
-    if p == "/resources" and method == "GET":
-        STATE.advance()
-        res = accounting.live_resources()
-        return _json(200, {"count": len(res), "resources": res})
-    if p == "/refreshes" and method == "GET":
-        group = query.get("group", [None])[0]
-        out = []
-        for (region, name), rs in STATE.refreshes.items():
-            if group in (None, name):
-                out += [{"id": r.id, "group": name, "region": region, "status": r.status, "history": r.history,
-                         "started": r.t_start, "ended": r.t_end}
-                        for r in rs]
-        return _json(200, {"refreshes": out})
-    if p == "/sns/messages" and method == "GET":
-        return _json(200, {"messages": STATE.published})
-    if p == "/canonical/publish" and method == "POST":
-        data = _body(environ)
-        _only(data, {"region", "release", "build"}, "body")
-        release = data.get("release", "24.04")
-        if release not in seed.RELEASES:
-            raise BadRequest(f"release must be one of {', '.join(seed.RELEASES)}")
-        build = data.get("build")
-        if not isinstance(build, str) or not re.fullmatch(r"\d{8}", build):
-            raise BadRequest("build must be a date such as 20261121")
-        region = data.get("region", "us-east-1")
-        if region not in seed.REGIONS:
-            raise BadRequest(f"region must be one of {', '.join(seed.REGIONS)}")
-        ami = seed.publish(region, release, build)
-        return _json(200, {"ami": ami, "parameter": seed.parameter_name(release)})
-    if p == "/images" and method == "GET":
-        return _json(200, {"images": accounting.images(query.get("region", [None])[0])})
-    return _json(404, {"error": f"no control endpoint {method} {path} (see tests/sandbox/README.md)"})
+    methods = ROUTES.get(p)
+    if methods is None:
+        return _json(404, {"error": f"no control endpoint {method} {path} (see tests/sandbox/README.md)"})
+    handler = methods.get(method)
+    if handler is None:
+        allowed = sorted(methods)
+        said = allowed[0] if len(allowed) == 1 else ", ".join(allowed[:-1]) + " or " + allowed[-1]
+        return _json(405, {"error": f"{path}: use {said}"})
+    return handler(environ, query)

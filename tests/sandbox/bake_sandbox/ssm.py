@@ -537,10 +537,48 @@ def get_command_invocation(self):
     return ActionResult(result)
 
 
+# ListCommandInvocations' filters (SSM API reference, CommandFilter): at most 5; ExecutionStage
+# only for ListCommands; the times are ISO 8601 such as 2024-07-07T00:00:00Z.
+INVOCATION_STATUSES = {"Pending", "InProgress", "Delayed", "Success", "Cancelled", "Failed", "TimedOut", "Cancelling"}
+
+
+def _command_filters(self):
+    filters = self._get_param("Filters") or []
+    if len(filters) > 5:
+        raise err("ValidationException", "1 validation error detected: Value at 'filters' failed to satisfy constraint: "
+                                         "Member must have length less than or equal to 5")
+    tests = []
+    for f in filters:
+        key, value = f.get("key"), f.get("value")
+        if key not in ("InvokedAfter", "InvokedBefore", "Status", "DocumentName"):
+            raise err("InvalidFilterKey", f"{key} is not a filter key ListCommandInvocations takes.")
+        if not isinstance(value, str) or not value:
+            raise err("InvalidFilterValue", f"The filter {key} needs a value.")
+        if key in ("InvokedAfter", "InvokedBefore"):
+            try:
+                t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                raise err("InvalidFilterValue", f"{value} is not a timestamp such as 2024-07-07T00:00:00Z.")
+            if t.tzinfo is None:
+                t = t.replace(tzinfo=timezone.utc)
+            if key == "InvokedAfter":
+                tests.append(lambda cmd, inv, t=t: cmd["requested"] >= t)
+            else:
+                tests.append(lambda cmd, inv, t=t: cmd["requested"] < t)
+        elif key == "Status":
+            if value not in INVOCATION_STATUSES:
+                raise err("InvalidFilterValue", f"{value} is not a command invocation status.")
+            tests.append(lambda cmd, inv, v=value: inv.state()[0] == v)
+        else:
+            tests.append(lambda cmd, inv, v=value: cmd["document"] == v)
+    return tests
+
+
 def list_command_invocations(self):
     command_id = self._get_param("CommandId")
     instance_id = self._get_param("InstanceId")
     details = bool(self._get_param("Details"))
+    tests = _command_filters(self)
     out = []
     for cid, cmd in STATE.commands.items():
         if command_id and cid != command_id:
@@ -549,6 +587,8 @@ def list_command_invocations(self):
             continue
         for iid, inv in cmd["invocations"].items():
             if instance_id and iid != instance_id:
+                continue
+            if not all(t(cmd, inv) for t in tests):
                 continue
             status, sd, code, stdout, stderr, start, end = inv.state()
             item = {
@@ -645,6 +685,10 @@ def describe_instance_information(self):
             wanted_ping |= set(values)
         else:
             raise err("InvalidFilterKey", f"The sandbox filters by InstanceIds and PingStatus, not {key}.")
+    for f in (self._get_param("Filters") or []):
+        if len(f.get("Values") or []) > 100:
+            raise err("ValidationException", "1 validation error detected: Value at 'filters.member.values' failed to satisfy "
+                                             "constraint: Member must have length less than or equal to 100")
     for iid in wanted_ids:
         if not re.fullmatch(r"(i|mi)-[0-9a-f]{8,17}", iid):
             raise err("InvalidInstanceId", f"Instance id {iid} is not valid.")

@@ -136,8 +136,8 @@ class State:
         autoscaling.tick(self, now)
 
     # -- records -------------------------------------------------------------------------------
-    def record_call(self, service, action, region):
-        self.calls.append((self.now(), service, action, region))
+    def record_call(self, service, action, region, ids=()):
+        self.calls.append((self.now(), service, action, region, list(ids)))
 
 
 STATE = State()
