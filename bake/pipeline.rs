@@ -191,16 +191,19 @@ async fn finish(ctx: &mut Baking, result: Result<()>) -> Result<()> {
                 return result;
             }
             ctx.stage("cleanup", "removing everything this bake made");
-            let errs = stages::teardown::after_failure(ctx).instrument(tracing::debug_span!("stage", name = "cleanup")).await;
+            let left = stages::teardown::after_failure(ctx).instrument(tracing::debug_span!("stage", name = "cleanup")).await;
             ctx.stage_done("cleanup");
-            for e in &errs {
+            for e in &left.errors {
                 ctx.report.info(&format!("cleanup: {e}"));
             }
             let status = if interrupted { Finish::Interrupted } else { Finish::Failed };
-            if errs.is_empty() {
-                ctx.journal.append(Entry::Finished { status, at: journal::now_rfc3339() })?;
-            } else {
+            if !left.errors.is_empty() {
                 ctx.report.info(&format!("some resources remain; finish with: bake cleanup {}", ctx.id));
+            } else if let Some(e) = &left.unchecked {
+                // The journal stays open: `bake cleanup ID` looks again.
+                ctx.report.info(&format!("cleanup could not look for anything else tagged with this bake ({e}); check with: bake cleanup {}", ctx.id));
+            } else {
+                ctx.journal.append(Entry::Finished { status, at: journal::now_rfc3339() })?;
             }
         }
     }

@@ -375,6 +375,42 @@ fn two_concurrent_bakes_are_watched_in_the_same_describe_calls() {
     assert!(busiest <= 10, "{busiest} DescribeInstances calls in one second");
 }
 
+/// Issue 14: a throttled describe slows the watcher down (every attempt within the budget, the
+/// interval doubling) and fails nobody; once AWS answers again the bake goes on.
+#[test]
+fn throttled_describes_slow_the_watcher_and_fail_nobody() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    sb.control("POST", "/_sandbox/delays", Some(json!({"instance_pending": 1})));
+    let before = live(&sb);
+    sb.control("DELETE", "/_sandbox/calls", None);
+    let (mut child, _) = spawn_until(&sb, root, &["build", "kaiju", "--env", "staging"], "launch: i-");
+    // Every DescribeInstances refused for six seconds.
+    sb.control("POST", "/_sandbox/faults", Some(json!({"faults": [{"service": "ec2", "action": "DescribeInstances", "rate": 1.0, "kind": "throttle"}]})));
+    let from = sb.calls()["now"].as_f64().unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let to = sb.calls()["now"].as_f64().unwrap();
+    sb.control("DELETE", "/_sandbox/faults", None);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let calls = sb.calls();
+    let times: Vec<f64> = calls["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["action"] == "DescribeInstances" && c["t"].as_f64().unwrap() >= from && c["t"].as_f64().unwrap() <= to)
+        .map(|c| c["t"].as_f64().unwrap())
+        .collect();
+    // Slowing down: 1, 2, 4 s apart, not the SDK's eight attempts within seconds.
+    assert!(!times.is_empty() && times.len() <= 4, "{} DescribeInstances in 6 s of throttling: {times:?}", times.len());
+    for w in times.windows(2) {
+        assert!(w[1] - w[0] >= 0.9, "{times:?}");
+    }
+    let after = live(&sb);
+    assert!(after.len() > before.len(), "the bake left its products");
+}
+
 #[test]
 fn a_200_kb_step_is_delivered_in_parts_and_checked() {
     let sb = Sandbox::start();

@@ -87,6 +87,12 @@ fn what_is_not_an_aws_answer_is_one_sentence_saying_what_to_do() {
     let out = bake_with(root, &[&keys()[..], &[("AWS_REGION", "moon-1".to_string())]].concat(), &["ls"]);
     one_clear_line(&out, 2, "region `moon-1` (from AWS_REGION");
 
+    // A describe budget that is no number of calls a second bake can keep to (issue 14).
+    for rate in ["abc", "0", "1e-30", "21", "NaN"] {
+        let out = bake_with(root, &[&keys()[..], &[("BAKE_DESCRIBE_RATE", rate.to_string())]].concat(), &["ls", "--region", "us-east-1"]);
+        one_clear_line(&out, 2, &format!("BAKE_DESCRIBE_RATE: `{rate}` is not a number of describe calls a second"));
+    }
+
     // No region at all: ls does not quietly list only the copies.
     let out = bake_with(root, &keys(), &["ls", "kaiju"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));

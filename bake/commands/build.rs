@@ -45,9 +45,9 @@ pub struct BuildArgs {
     /// Every role that has ENV
     #[arg(long, conflicts_with = "roles")]
     pub all: bool,
-    /// How many roles bake at once
-    #[arg(long, default_value_t = 4)]
-    pub jobs: usize,
+    /// How many roles bake at once (1 to 256)
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
     #[command(flatten)]
     pub bake: BakeOptions,
 }
@@ -95,7 +95,7 @@ pub fn build(g: &Global, a: &BuildArgs) -> ExitStatus {
         problems(&Problem::new("(command line)", "", "name the roles to bake, or --all").into());
         return ExitStatus::Usage;
     }
-    let req = request(g, &a.bake, a.roles.clone(), a.all, &a.env, a.jobs);
+    let req = request(g, &a.bake, a.roles.clone(), a.all, &a.env, a.jobs as usize);
     let vars = match var_inputs(g) {
         Ok(v) => v,
         Err(p) => return problems(&p),

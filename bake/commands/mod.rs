@@ -275,6 +275,9 @@ fn preflight(g: &Global, command: &Command) -> Option<String> {
     if let Some(why) = g.region.as_deref().and_then(crate::config::limits::region_problem) {
         return Some(format!("--region: {why}"));
     }
+    if let Err(why) = crate::wait::watcher::rate() {
+        return Some(why);
+    }
     let talks_to_aws = matches!(
         command,
         Command::Ls(_) | Command::Prune(_) | Command::Patch(_) | Command::Roll(_) | Command::Build(_) | Command::Cleanup(_) | Command::Bootstrap

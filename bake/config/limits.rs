@@ -211,6 +211,12 @@ pub const SEND_COMMAND_PARAMETERS: usize = 56_000;
 /// The watchers and the roll's census ask for at most this many ids a call.
 pub const EC2_FILTER_VALUES: usize = 200;
 
+/// Describe calls a second per service and region that `BAKE_DESCRIBE_RATE` may ask for: at
+/// least one every two seconds (slower, no wait could end in time), at most EC2's refill rate
+/// for non-mutating calls (EC2 API reference, "Request throttling for the Amazon EC2 API": a
+/// bucket of 100, refilled at 20 a second).
+pub const DESCRIBE_RATE: std::ops::RangeInclusive<f64> = 0.5..=20.0;
+
 /// Values of DescribeInstanceInformation's `InstanceIds` filter: 1 to 100 (SSM API reference,
 /// InstanceInformationStringFilter, `Values`).
 pub const SSM_INSTANCE_ID_FILTER_VALUES: usize = 100;

@@ -180,7 +180,11 @@ fn lost(i: &aws_sdk_ec2::types::Instance) -> Option<String> {
     }
     let reason = i
         .state_reason()
-        .map(|r| format!("{}: {}", r.code().unwrap_or_default(), r.message().unwrap_or_default()))
+        // EC2's message usually starts with the code already ("Server.SpotInstanceTermination: …").
+        .map(|r| match (r.code().unwrap_or_default(), r.message().unwrap_or_default()) {
+            (c, m) if m.starts_with(c) => m.to_string(),
+            (c, m) => format!("{c}: {m}"),
+        })
         .or_else(|| i.state_transition_reason().map(str::to_string))
         .unwrap_or_default();
     let verb = if state.starts_with("stop") { "was stopped" } else { "was terminated" };

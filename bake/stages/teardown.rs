@@ -312,22 +312,31 @@ pub async fn after_success(ctx: &mut Baking) -> Vec<Error> {
     remove(&ctx.aws, Some(&ctx.journal), temporaries, Vec::new(), &s.born, Some(&ctx.report)).await
 }
 
+/// What a teardown after a failure could not do: resources it could not remove, and whether it
+/// could not look for more (the sweep by tag failed: nothing is known to remain, nothing is known
+/// not to).
+#[derive(Default)]
+pub struct Left {
+    pub errors: Vec<Error>,
+    pub unchecked: Option<Error>,
+}
+
 /// After a failure or interruption: everything this bake made — what the journal lists, then
 /// whatever still carries the bake's tag (an interruption can fall between a create call's answer
 /// and its journal line).
-pub async fn after_failure(ctx: &mut Baking) -> Vec<Error> {
+pub async fn after_failure(ctx: &mut Baking) -> Left {
     let s = journal_state(ctx);
     // Images marked as the product before a later stage failed are not a product after all.
     let mut all = s.live;
     all.extend(s.kept);
-    let mut errors = remove(&ctx.aws, Some(&ctx.journal), all, s.published, &s.born, Some(&ctx.report)).await;
+    let mut left = Left { errors: remove(&ctx.aws, Some(&ctx.journal), all, s.published, &s.born, Some(&ctx.report)).await, unchecked: None };
     let regions: BTreeSet<String> = std::iter::once(ctx.region.clone()).chain(ctx.plan.image.regions.iter().cloned()).collect();
     match find_by_id(&ctx.aws, &ctx.id, &regions).await {
-        Ok(left) if !left.is_empty() => errors.extend(remove(&ctx.aws, Some(&ctx.journal), left, Vec::new(), &s.born, Some(&ctx.report)).await),
+        Ok(found) if !found.is_empty() => left.errors.extend(remove(&ctx.aws, Some(&ctx.journal), found, Vec::new(), &s.born, Some(&ctx.report)).await),
         Ok(_) => {}
-        Err(e) => errors.push(e),
+        Err(e) => left.unchecked = Some(e),
     }
-    errors
+    left
 }
 
 /// Marks images and snapshots as the bake's product: tagged `bake:complete`, journaled as kept.
@@ -359,7 +368,7 @@ pub async fn keep_products(ctx: &Baking) -> Result<()> {
 pub async fn find_by_id(aws: &Aws, id: &BakeId, regions: &BTreeSet<String>) -> Result<Vec<Resource>> {
     let mut out = Vec::new();
     for region in regions {
-        let mut found = find_tagged(aws, region, Filter::builder().name("tag:bake:id").values(id.as_str()).build()).await?;
+        let mut found = find_tagged(aws, region, Filter::builder().name(format!("tag:{}", crate::tags::ID)).values(id.as_str()).build()).await?;
         out.append(&mut found.iter_mut().map(|(r, _)| r.clone()).collect());
     }
     let region = aws.default_region().unwrap_or_else(|| "us-east-1".into());

@@ -30,6 +30,10 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// The longest a throttled watcher waits between ticks.
 const SLOWEST: Duration = Duration::from_secs(16);
 
+/// Ticks in a row that may fail for a passing reason (throttling, a 5xx, a timeout) before their
+/// callers hear the error (with the slowdown, about two minutes).
+const PATIENCE: u32 = 10;
+
 /// Describe calls per second per service and region, for the whole process, unless
 /// `BAKE_DESCRIBE_RATE` says otherwise: half of EC2's refill rate for non-mutating calls (20 a
 /// second; EC2 API reference, "Request throttling for the Amazon EC2 API"), leaving room for
@@ -65,8 +69,10 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// A budget of `rate` calls a second, held within [`limits::DESCRIBE_RATE`].
     pub fn new(rate: f64) -> Budget {
-        let rate = if rate.is_finite() && rate > 0.0 { rate } else { DEFAULT_RATE };
+        let (lo, hi) = (*limits::DESCRIBE_RATE.start(), *limits::DESCRIBE_RATE.end());
+        let rate = if rate.is_finite() { rate.clamp(lo, hi) } else { DEFAULT_RATE };
         Budget { gap: Duration::from_secs_f64(1.0 / rate), next: tokio::sync::Mutex::new(Instant::now()) }
     }
 
@@ -186,6 +192,7 @@ impl<S: Source> Watcher<S> {
 
     async fn run(self: Arc<Self>) {
         let mut interval = TICK;
+        let mut failures = 0u32;
         loop {
             let Some((keys, since, ticked)) = self.keys() else { return };
             if keys.is_empty() {
@@ -199,12 +206,14 @@ impl<S: Source> Watcher<S> {
             let mut throttled = false;
             let mut calls = 0u64;
             for chunk in keys.chunks(self.source.batch().max(1)) {
+                // Every attempt is a call against the budget: the watchers' clients do not retry.
                 self.budget.take().await;
                 calls += 1;
                 match self.source.describe(chunk, since).await {
                     Ok(found) => seen.extend(found),
-                    Err(e) if is_throttling(e.code()) => {
+                    Err(e) if passing(&e) && failures < PATIENCE => {
                         throttled = true;
+                        error = Some(e.to_string());
                         break;
                     }
                     Err(e) => {
@@ -213,9 +222,14 @@ impl<S: Source> Watcher<S> {
                     }
                 }
             }
-            interval = if throttled { (interval * 2).min(SLOWEST) } else { TICK };
             if throttled {
-                tracing::debug!(call = S::CALL, region = %self.region, ?interval, "throttled: the watcher slows down");
+                failures += 1;
+                interval = (interval * 2).min(SLOWEST);
+                tracing::debug!(call = S::CALL, region = %self.region, ?interval, error = error.as_deref().unwrap_or(""), "slowing down");
+                error = None;
+            } else {
+                failures = 0;
+                interval = TICK;
             }
             if let Ok(mut inner) = self.inner.lock() {
                 let now = Instant::now();
@@ -234,14 +248,17 @@ impl<S: Source> Watcher<S> {
         }
     }
 
-    /// Until the next caller is due (at least `interval` after a throttled tick), or a
-    /// registration asks for a tick at once.
+    /// Until the next caller is due, or a registration asks for a tick at once; after a
+    /// throttled tick, `interval` whatever happens (new callers wait for it too).
     async fn sleep(&self, interval: Duration) {
         let now = Instant::now();
         let first = self.inner.lock().ok().and_then(|i| i.callers.values().map(|c| c.due).min()).unwrap_or(now + interval);
-        let until = if interval > TICK { first.max(now + interval) } else { first };
+        if interval > TICK {
+            tokio::time::sleep_until(first.max(now + interval)).await;
+            return;
+        }
         tokio::select! {
-            _ = tokio::time::sleep_until(until) => {}
+            _ = tokio::time::sleep_until(first) => {}
             _ = self.wake.notified() => {}
         }
     }
@@ -265,8 +282,30 @@ impl<S: Source> Watcher<S> {
     }
 }
 
-fn is_throttling(code: Option<&str>) -> bool {
-    matches!(code, Some("Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequestsException" | "RequestThrottled"))
+/// A failure that passes: throttling, a server error, no answer at all (a timeout, a connection
+/// refused). The watcher slows down and tries again; its callers hear of it only after
+/// [`PATIENCE`] ticks in a row.
+fn passing(e: &Error) -> bool {
+    match e {
+        Error::Aws { code: None, .. } => true,
+        Error::Aws { code: Some(c), .. } => matches!(
+            c.as_str(),
+            "Throttling"
+                | "ThrottlingException"
+                | "RequestLimitExceeded"
+                | "TooManyRequestsException"
+                | "RequestThrottled"
+                | "RequestThrottledException"
+                | "InternalError"
+                | "InternalFailure"
+                | "InternalServerError"
+                | "ServiceUnavailable"
+                | "Unavailable"
+                | "RequestTimeout"
+                | "RequestTimeoutException"
+        ),
+        _ => false,
+    }
 }
 
 /// EC2 instances, by `instance-id` filter (an id not visible yet is simply not answered).
@@ -431,9 +470,20 @@ pub struct Region {
 
 static REGIONS: OnceLock<Mutex<BTreeMap<String, Arc<Region>>>> = OnceLock::new();
 
-/// The describe rate per region: `BAKE_DESCRIBE_RATE`, else [`DEFAULT_RATE`].
-pub fn rate() -> f64 {
-    std::env::var("BAKE_DESCRIBE_RATE").ok().and_then(|v| v.parse::<f64>().ok()).filter(|r| r.is_finite() && *r > 0.0).unwrap_or(DEFAULT_RATE)
+/// The describe rate per service and region: `BAKE_DESCRIBE_RATE`, else [`DEFAULT_RATE`]; a
+/// value that is not a number within [`limits::DESCRIBE_RATE`] is refused with why (the command
+/// line checks it before anything runs).
+pub fn rate() -> std::result::Result<f64, String> {
+    parse_rate(std::env::var("BAKE_DESCRIBE_RATE").ok().as_deref())
+}
+
+fn parse_rate(v: Option<&str>) -> std::result::Result<f64, String> {
+    let Some(v) = v else { return Ok(DEFAULT_RATE) };
+    let (lo, hi) = (*limits::DESCRIBE_RATE.start(), *limits::DESCRIBE_RATE.end());
+    match v.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && (lo..=hi).contains(&r) => Ok(r),
+        _ => Err(format!("BAKE_DESCRIBE_RATE: `{v}` is not a number of describe calls a second from {lo} to {hi} (EC2 refills {hi} a second)")),
+    }
 }
 
 /// The watchers of `c`'s region, made on first use (from `c`'s configuration, uncounted: each
@@ -447,10 +497,13 @@ pub fn of(c: &Clients) -> Arc<Region> {
     map.entry(c.region.clone())
         .or_insert_with(|| {
             let region = aws_config::Region::new(c.region.clone());
-            let ec2 = aws_sdk_ec2::Client::from_conf(aws_sdk_ec2::config::Builder::from(&c.base).region(region.clone()).build());
-            let ssm = aws_sdk_ssm::Client::from_conf(aws_sdk_ssm::config::Builder::from(&c.base).region(region.clone()).build());
-            let asg = aws_sdk_autoscaling::Client::from_conf(aws_sdk_autoscaling::config::Builder::from(&c.base).region(region).build());
-            let (ec2_budget, ssm_budget, asg_budget) = (Arc::new(Budget::new(rate())), Arc::new(Budget::new(rate())), Arc::new(Budget::new(rate())));
+            // One attempt a call: the watcher retries at its own pace, within its budget.
+            let once = aws_config::retry::RetryConfig::disabled();
+            let ec2 = aws_sdk_ec2::Client::from_conf(aws_sdk_ec2::config::Builder::from(&c.base).region(region.clone()).retry_config(once.clone()).build());
+            let ssm = aws_sdk_ssm::Client::from_conf(aws_sdk_ssm::config::Builder::from(&c.base).region(region.clone()).retry_config(once.clone()).build());
+            let asg = aws_sdk_autoscaling::Client::from_conf(aws_sdk_autoscaling::config::Builder::from(&c.base).region(region).retry_config(once).build());
+            let rate = rate().unwrap_or(DEFAULT_RATE);
+            let (ec2_budget, ssm_budget, asg_budget) = (Arc::new(Budget::new(rate)), Arc::new(Budget::new(rate)), Arc::new(Budget::new(rate)));
             let r = &c.region;
             Arc::new(Region {
                 instances: Watcher::new(Instances(ec2.clone(), r.clone()), r, ec2_budget.clone()),
@@ -466,6 +519,20 @@ pub fn of(c: &Clients) -> Arc<Region> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rate_is_a_number_within_what_ec2_refills() {
+        assert_eq!(parse_rate(None), Ok(DEFAULT_RATE));
+        assert_eq!(parse_rate(Some(" 2.5 ")), Ok(2.5));
+        for bad in ["", "abc", "0", "-5", "NaN", "inf", "1e-30", "1e309", "21", "0.1"] {
+            let e = parse_rate(Some(bad)).unwrap_err();
+            assert!(e.starts_with("BAKE_DESCRIBE_RATE: `"), "{bad}: {e}");
+        }
+        // A budget never panics, whatever it is given.
+        for r in [0.0, -1.0, 1e-300, f64::NAN, f64::INFINITY, 1e300] {
+            let _ = Budget::new(r);
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_budget_spaces_calls_at_its_rate() {
