@@ -114,7 +114,7 @@ impl Aws {
     /// for high call rates; a bake makes a few calls a second at most. `AWS_MAX_ATTEMPTS`, as
     /// everywhere in AWS's tools, sets the number instead.
     pub async fn load(conn: &Connection) -> Aws {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(crate::pace::http_client());
         if std::env::var_os("AWS_MAX_ATTEMPTS").is_none() {
             loader = loader.retry_config(RetryConfig::standard().with_max_attempts(8));
         }

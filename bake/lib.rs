@@ -12,6 +12,7 @@ pub mod journal;
 pub mod lock;
 pub mod manifest;
 pub mod notify;
+pub mod pace;
 pub mod patch;
 pub mod pipeline;
 pub mod plan;

@@ -58,6 +58,7 @@ TOML
 }
 role solo
 "$bake" --root "$proj" validate >/dev/null
+"$bake" --root "$proj" bootstrap >/dev/null  # the builders' permissions boundary, once per account
 
 delays() {  # $1: factor
   ctl POST delays "{\"instance_pending\": $((3*$1)), \"agent_registration\": $((2*$1)), \"command_duration\": $((1*$1)), \"instance_stopping\": $((3*$1)), \"image_pending\": $((5*$1)), \"instance_shutting_down\": $((3*$1)), \"visibility_lag\": 0, \"iam_propagation\": 0, \"block_public_access\": 0}" >/dev/null
@@ -78,7 +79,7 @@ PY
 }
 median() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print(f'{statistics.median(v):.2f} (min {min(v):.2f}, max {max(v):.2f})')" "$@"; }
 
-"$bake" --root "$proj" build solo --env staging >/dev/null 2>&1  # warm: the source, the account
+"$bake" --root "$proj" build solo --env staging >/dev/null 2>"$work/warm.err" || { tail -3 "$work/warm.err"; exit 1; }  # warm
 for factor in 1 3; do
   delays "$factor"
   injected=$((17 * factor))

@@ -275,7 +275,7 @@ fn preflight(g: &Global, command: &Command) -> Option<String> {
     if let Some(why) = g.region.as_deref().and_then(crate::config::limits::region_problem) {
         return Some(format!("--region: {why}"));
     }
-    if let Err(why) = crate::wait::watcher::rate() {
+    if let Err(why) = crate::pace::rate() {
         return Some(why);
     }
     let talks_to_aws = matches!(

@@ -168,10 +168,9 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::watcher::{Budget, Source, Watcher};
+    use super::watcher::{Source, Watcher};
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Arc;
 
     #[tokio::test(start_paused = true)]
     async fn retry_runs_again_only_for_the_answers_it_accepts() {
@@ -225,7 +224,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn follow_gives_up_at_the_deadline_and_passes_errors_on() {
         let calls = crate::aws::CallCounter::default();
-        let w = Watcher::new(Never(false), "us-east-1", Arc::new(Budget::new(10.0)));
+        let w = Watcher::new(Never(false), "us-east-1");
         let start = Instant::now();
         let got: Option<()> = follow(&w, &calls, "i-1", Duration::from_secs(5), |s| {
             assert_eq!(s.map(String::as_str), Some("pending"));
@@ -236,7 +235,7 @@ mod tests {
         assert!(got.is_none());
         assert_eq!(start.elapsed(), Duration::from_secs(5));
         assert!(calls.snapshot()["test:Describe"] >= 5, "{:?}", calls.snapshot());
-        let w = Watcher::new(Never(true), "us-east-1", Arc::new(Budget::new(10.0)));
+        let w = Watcher::new(Never(true), "us-east-1");
         let e = follow(&w, &calls, "i-1", Duration::from_secs(5), |_| Ok(Some(()))).await.unwrap_err();
         assert!(e.to_string().contains("boom"), "{e}");
     }

@@ -2,9 +2,9 @@
 //! roll running in it. A caller registers what it waits for (an instance, an image, an agent, a
 //! command, a group's refreshes) and reads each report; the watcher describes everything
 //! registered in one batched call per tick (a few where AWS caps a call's ids), right after a
-//! registration and then every [`TICK`], and hands each caller what AWS said of its key. The
-//! watchers of a service in a region draw from one [`Budget`] (AWS throttles each service per
-//! account and region): at most so many describe calls a second, however many bakes run. A throttled tick slows its
+//! registration and then every [`TICK`], and hands each caller what AWS said of its key. Their
+//! calls, like every other describe of the process, keep to the budget of their service and
+//! region ([`crate::pace`]): at most so many a second, however many bakes run. A throttled tick slows its
 //! watcher down instead of failing anyone; any other error reaches the callers of that tick.
 
 use std::collections::BTreeMap;
@@ -34,12 +34,6 @@ const SLOWEST: Duration = Duration::from_secs(16);
 /// callers hear the error (with the slowdown, about two minutes).
 const PATIENCE: u32 = 10;
 
-/// Describe calls per second per service and region, for the whole process, unless
-/// `BAKE_DESCRIBE_RATE` says otherwise: half of EC2's refill rate for non-mutating calls (20 a
-/// second; EC2 API reference, "Request throttling for the Amazon EC2 API"), leaving room for
-/// everything else in the account. Systems Manager and Auto Scaling get the same.
-pub const DEFAULT_RATE: f64 = 10.0;
-
 /// What one tick told a caller about its key.
 #[derive(Clone, Debug)]
 pub struct Report<S> {
@@ -62,33 +56,6 @@ pub trait Source: Send + Sync + 'static {
     fn describe<'a>(&'a self, keys: &'a [String], since: aws_smithy_types::DateTime) -> Describe<'a, Self::State>;
 }
 
-/// Spaces the describe calls of every watcher in a region: at most `rate` a second.
-pub struct Budget {
-    gap: Duration,
-    next: tokio::sync::Mutex<Instant>,
-}
-
-impl Budget {
-    /// A budget of `rate` calls a second, held within [`limits::DESCRIBE_RATE`].
-    pub fn new(rate: f64) -> Budget {
-        let (lo, hi) = (*limits::DESCRIBE_RATE.start(), *limits::DESCRIBE_RATE.end());
-        let rate = if rate.is_finite() { rate.clamp(lo, hi) } else { DEFAULT_RATE };
-        Budget { gap: Duration::from_secs_f64(1.0 / rate), next: tokio::sync::Mutex::new(Instant::now()) }
-    }
-
-    /// Waits for the next slot (at once when the budget is unused).
-    pub async fn take(&self) {
-        let slot = {
-            let mut next = self.next.lock().await;
-            let now = Instant::now();
-            let slot = (*next).max(now);
-            *next = slot + self.gap;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
-    }
-}
-
 struct Caller<S> {
     key: String,
     calls: CallCounter,
@@ -109,7 +76,6 @@ struct Inner<S> {
 pub struct Watcher<S: Source> {
     source: S,
     region: String,
-    budget: Arc<Budget>,
     inner: Mutex<Inner<S::State>>,
     wake: Notify,
 }
@@ -145,11 +111,10 @@ impl<S: Source> Drop for Watch<S> {
 }
 
 impl<S: Source> Watcher<S> {
-    pub fn new(source: S, region: &str, budget: Arc<Budget>) -> Arc<Watcher<S>> {
+    pub fn new(source: S, region: &str) -> Arc<Watcher<S>> {
         Arc::new(Watcher {
             source,
             region: region.to_string(),
-            budget,
             inner: Mutex::new(Inner { callers: BTreeMap::new(), next_id: 0, running: false }),
             wake: Notify::new(),
         })
@@ -206,8 +171,8 @@ impl<S: Source> Watcher<S> {
             let mut throttled = false;
             let mut calls = 0u64;
             for chunk in keys.chunks(self.source.batch().max(1)) {
-                // Every attempt is a call against the budget: the watchers' clients do not retry.
-                self.budget.take().await;
+                // One attempt (the watchers' clients do not retry), paced by the process's budget
+                // for the service (crate::pace).
                 calls += 1;
                 match self.source.describe(chunk, since).await {
                     Ok(found) => seen.extend(found),
@@ -459,7 +424,7 @@ impl Source for Refreshes {
     }
 }
 
-/// The watchers of one region (EC2's two share a budget, SSM's two another).
+/// The watchers of one region.
 pub struct Region {
     pub instances: Arc<Watcher<Instances>>,
     pub images: Arc<Watcher<Images>>,
@@ -469,22 +434,6 @@ pub struct Region {
 }
 
 static REGIONS: OnceLock<Mutex<BTreeMap<String, Arc<Region>>>> = OnceLock::new();
-
-/// The describe rate per service and region: `BAKE_DESCRIBE_RATE`, else [`DEFAULT_RATE`]; a
-/// value that is not a number within [`limits::DESCRIBE_RATE`] is refused with why (the command
-/// line checks it before anything runs).
-pub fn rate() -> std::result::Result<f64, String> {
-    parse_rate(std::env::var("BAKE_DESCRIBE_RATE").ok().as_deref())
-}
-
-fn parse_rate(v: Option<&str>) -> std::result::Result<f64, String> {
-    let Some(v) = v else { return Ok(DEFAULT_RATE) };
-    let (lo, hi) = (*limits::DESCRIBE_RATE.start(), *limits::DESCRIBE_RATE.end());
-    match v.trim().parse::<f64>() {
-        Ok(r) if r.is_finite() && (lo..=hi).contains(&r) => Ok(r),
-        _ => Err(format!("BAKE_DESCRIBE_RATE: `{v}` is not a number of describe calls a second from {lo} to {hi} (EC2 refills {hi} a second)")),
-    }
-}
 
 /// The watchers of `c`'s region, made on first use (from `c`'s configuration, uncounted: each
 /// caller counts the calls made for it).
@@ -502,15 +451,13 @@ pub fn of(c: &Clients) -> Arc<Region> {
             let ec2 = aws_sdk_ec2::Client::from_conf(aws_sdk_ec2::config::Builder::from(&c.base).region(region.clone()).retry_config(once.clone()).build());
             let ssm = aws_sdk_ssm::Client::from_conf(aws_sdk_ssm::config::Builder::from(&c.base).region(region.clone()).retry_config(once.clone()).build());
             let asg = aws_sdk_autoscaling::Client::from_conf(aws_sdk_autoscaling::config::Builder::from(&c.base).region(region).retry_config(once).build());
-            let rate = rate().unwrap_or(DEFAULT_RATE);
-            let (ec2_budget, ssm_budget, asg_budget) = (Arc::new(Budget::new(rate)), Arc::new(Budget::new(rate)), Arc::new(Budget::new(rate)));
             let r = &c.region;
             Arc::new(Region {
-                instances: Watcher::new(Instances(ec2.clone(), r.clone()), r, ec2_budget.clone()),
-                images: Watcher::new(Images(ec2, r.clone()), r, ec2_budget),
-                agents: Watcher::new(Agents(ssm.clone(), r.clone()), r, ssm_budget.clone()),
-                commands: Watcher::new(Commands(ssm, r.clone()), r, ssm_budget),
-                refreshes: Watcher::new(Refreshes(asg, r.clone()), r, asg_budget),
+                instances: Watcher::new(Instances(ec2.clone(), r.clone()), r),
+                images: Watcher::new(Images(ec2, r.clone()), r),
+                agents: Watcher::new(Agents(ssm.clone(), r.clone()), r),
+                commands: Watcher::new(Commands(ssm, r.clone()), r),
+                refreshes: Watcher::new(Refreshes(asg, r.clone()), r),
             })
         })
         .clone()
@@ -519,31 +466,6 @@ pub fn of(c: &Clients) -> Arc<Region> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_rate_is_a_number_within_what_ec2_refills() {
-        assert_eq!(parse_rate(None), Ok(DEFAULT_RATE));
-        assert_eq!(parse_rate(Some(" 2.5 ")), Ok(2.5));
-        for bad in ["", "abc", "0", "-5", "NaN", "inf", "1e-30", "1e309", "21", "0.1"] {
-            let e = parse_rate(Some(bad)).unwrap_err();
-            assert!(e.starts_with("BAKE_DESCRIBE_RATE: `"), "{bad}: {e}");
-        }
-        // A budget never panics, whatever it is given.
-        for r in [0.0, -1.0, 1e-300, f64::NAN, f64::INFINITY, 1e300] {
-            let _ = Budget::new(r);
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_budget_spaces_calls_at_its_rate() {
-        let b = Budget::new(4.0);
-        let t = Instant::now();
-        for _ in 0..9 {
-            b.take().await;
-        }
-        // The first at once, then one every quarter second.
-        assert_eq!(t.elapsed(), Duration::from_secs(2));
-    }
 
     struct Counting(Arc<Mutex<Vec<Vec<String>>>>);
 
@@ -566,7 +488,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn callers_share_batched_ticks_and_leave_cleanly() {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let w = Watcher::new(Counting(log.clone()), "us-east-1", Arc::new(Budget::new(100.0)));
+        let w = Watcher::new(Counting(log.clone()), "us-east-1");
         let calls = CallCounter::default();
         let mut a = w.watch("a", &calls);
         let mut b = w.watch("b", &calls);
