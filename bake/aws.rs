@@ -94,6 +94,26 @@ pub fn required(v: Option<&str>, call: &str, what: &str, region: &str) -> Result
     v.map(str::to_string).ok_or_else(|| Error::Other(format!("{call} in {region} answered without {what}")))
 }
 
+/// Process-wide, single-flight memo of lookups whose answer does not change during a run (a
+/// source image, a subnet, the account, a policy document): the first caller of `key` asks AWS,
+/// the others — fifty concurrent bakes of roles built alike — wait for and share its answer. A
+/// failure is not kept: the next caller asks again.
+pub async fn memo<T, F>(key: String, f: F) -> Result<T>
+where
+    T: Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<T>>,
+{
+    type Cell = Arc<tokio::sync::OnceCell<Arc<dyn std::any::Any + Send + Sync>>>;
+    static MEMO: std::sync::OnceLock<Mutex<BTreeMap<String, Cell>>> = std::sync::OnceLock::new();
+    let key = format!("{}\u{0}{key}", std::any::type_name::<T>());
+    let cell = {
+        let mut m = MEMO.get_or_init(Default::default).lock().map_err(|_| Error::Other("the lookup memo's lock was poisoned".into()))?;
+        m.entry(key).or_default().clone()
+    };
+    let v = cell.get_or_try_init(|| async { f.await.map(|v| Arc::new(v) as Arc<dyn std::any::Any + Send + Sync>) }).await?;
+    v.downcast_ref::<T>().cloned().ok_or_else(|| Error::Other("the lookup memo held another type".into()))
+}
+
 /// The snapshots behind an image, as described.
 pub fn snapshot_ids(img: &aws_sdk_ec2::types::Image) -> Vec<String> {
     img.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string)).collect()

@@ -1,6 +1,8 @@
 //! One budget per service and region for the whole process: every non-mutating call (Describe*,
-//! Get*, List*) of every bake, roll and watcher waits for its slot before it goes out, so fifty
-//! concurrent bakes ask EC2 for no more than its budget allows. It sits in the HTTP client the
+//! Get*, List*) to the services bake polls (EC2, Systems Manager, Auto Scaling) of every bake,
+//! roll and watcher waits for its token before it goes out, so fifty concurrent bakes ask EC2 for
+//! no more than its budget allows. (IAM and STS, read a few times a bake and memoised across
+//! bakes, are left to the SDK's retry of throttling.) It sits in the HTTP client the
 //! SDK uses (after signing, before sending), so it sees every attempt, retries included; mutating
 //! calls are never held back.
 
@@ -20,33 +22,48 @@ use crate::config::limits;
 /// Describe calls per second per service and region, for the whole process, unless
 /// `BAKE_DESCRIBE_RATE` says otherwise: half of EC2's refill rate for non-mutating calls (20 a
 /// second; EC2 API reference, "Request throttling for the Amazon EC2 API"), leaving room for
-/// everything else in the account. Systems Manager, Auto Scaling and IAM get the same.
+/// everything else in the account. Auto Scaling gets the same; Systems Manager twice as much.
 pub const DEFAULT_RATE: f64 = 10.0;
 
-/// Spaces calls: at most `rate` a second.
+/// A token bucket, as EC2 meters its API: up to one second's worth of calls at once (a bake's
+/// burst of lookups passes without waiting), then `rate` a second; so never more than twice the
+/// rate in any second, and the rate over any longer while.
 pub struct Budget {
-    gap: Duration,
-    next: tokio::sync::Mutex<Instant>,
+    rate: f64,
+    bucket: tokio::sync::Mutex<(f64, Instant)>,
 }
 
 impl Budget {
     /// A budget of `rate` calls a second, held within [`limits::DESCRIBE_RATE`].
     pub fn new(rate: f64) -> Budget {
-        let (lo, hi) = (*limits::DESCRIBE_RATE.start(), *limits::DESCRIBE_RATE.end());
-        let rate = if rate.is_finite() { rate.clamp(lo, hi) } else { DEFAULT_RATE };
-        Budget { gap: Duration::from_secs_f64(1.0 / rate), next: tokio::sync::Mutex::new(Instant::now()) }
+        Budget::new_within(rate, *limits::DESCRIBE_RATE.end())
     }
 
-    /// Waits for the next slot (at once when the budget is unused).
+    /// A budget of `rate` calls a second, at most `hi`.
+    fn new_within(rate: f64, hi: f64) -> Budget {
+        let lo = *limits::DESCRIBE_RATE.start();
+        let rate = if rate.is_finite() { rate.clamp(lo, hi.max(lo)) } else { DEFAULT_RATE };
+        Budget { rate, bucket: tokio::sync::Mutex::new((rate, Instant::now())) }
+    }
+
+    /// Waits for a token (at once while the bucket holds one). Tokens below zero are calls
+    /// already promised a later moment.
     pub async fn take(&self) {
-        let slot = {
-            let mut next = self.next.lock().await;
+        let wait = {
+            let mut b = self.bucket.lock().await;
             let now = Instant::now();
-            let slot = (*next).max(now);
-            *next = slot + self.gap;
-            slot
+            let (tokens, at) = *b;
+            let tokens = (tokens + now.saturating_duration_since(at).as_secs_f64() * self.rate).min(self.rate) - 1.0;
+            *b = (tokens, now);
+            if tokens >= 0.0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(-tokens / self.rate)
+            }
         };
-        tokio::time::sleep_until(slot).await;
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 
@@ -77,7 +94,10 @@ pub fn budget(service: &str, region: &str) -> Arc<Budget> {
         Ok(m) => m,
         Err(p) => p.into_inner(),
     };
-    map.entry((service.to_string(), region.to_string())).or_insert_with(|| Arc::new(Budget::new(rate().unwrap_or(DEFAULT_RATE)))).clone()
+    let rate = rate().unwrap_or(DEFAULT_RATE);
+    // Systems Manager gets twice EC2's rate, still half of what Parameter Store serves.
+    let rate = if service == "ssm" { rate * 2.0 } else { rate };
+    map.entry((service.to_string(), region.to_string())).or_insert_with(|| Arc::new(Budget::new_within(rate, limits::SSM_READS))).clone()
 }
 
 /// The SDK's default HTTPS client (rustls with aws-lc, proxies from `HTTPS_PROXY` and friends),
@@ -133,7 +153,8 @@ fn paced(request: &HttpRequest) -> Option<(String, String)> {
             body.split('&').find_map(|kv| kv.strip_prefix("Action="))?.to_string()
         }
     };
-    ["Describe", "Get", "List"].iter().any(|p| action.starts_with(p)).then_some((service, region))
+    let polled = matches!(service.as_str(), "ec2" | "ssm" | "autoscaling");
+    (polled && ["Describe", "Get", "List"].iter().any(|p| action.starts_with(p))).then_some((service, region))
 }
 
 #[cfg(test)]
@@ -155,14 +176,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_budget_spaces_calls_at_its_rate() {
+    async fn the_budget_lets_a_burst_through_then_keeps_its_rate() {
         let b = Budget::new(4.0);
         let t = Instant::now();
-        for _ in 0..9 {
+        for _ in 0..4 {
             b.take().await;
         }
-        // The first at once, then one every quarter second.
+        assert_eq!(t.elapsed(), Duration::ZERO, "a second's worth at once");
+        for _ in 0..8 {
+            b.take().await;
+        }
+        // Then one every quarter second.
         assert_eq!(t.elapsed(), Duration::from_secs(2));
+        // Idle, the bucket fills again, to one second's worth and no more.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let t = Instant::now();
+        for _ in 0..5 {
+            b.take().await;
+        }
+        assert_eq!(t.elapsed(), Duration::from_millis(250));
     }
 
     fn request(auth: &str, target: Option<&str>, body: &str) -> HttpRequest {
@@ -183,5 +215,7 @@ mod tests {
         assert_eq!(paced(&request(&ssm, Some("AmazonSSM.ListCommandInvocations"), "{}")), Some(("ssm".into(), "eu-west-1".into())));
         assert_eq!(paced(&request(&ssm, Some("AmazonSSM.SendCommand"), "{}")), None);
         assert_eq!(paced(&request("", None, "Action=DescribeInstances")), None, "unsigned: not an AWS call bake makes");
+        let iam = auth.replace("/eu-west-1/ec2/", "/us-east-1/iam/");
+        assert_eq!(paced(&request(&iam, None, "Action=ListRoles")), None, "IAM is left to the SDK's retry");
     }
 }

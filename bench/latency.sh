@@ -94,6 +94,7 @@ done
 no_delays
 walls=()
 for _ in $(seq 1 "$runs"); do walls+=("$(one_bake)"); done
+sleep 1.1  # a new second: the image name ({{timestamp}}) is free, as in a real weekly bake
 ctl DELETE calls >/dev/null
 one_bake >/dev/null
 calls=$(ctl GET calls | python3 -c "import json,sys; c=json.load(sys.stdin); print(c['count'], ', '.join(f'{k} {v}' for k, v in sorted(c['by_action'].items(), key=lambda kv: -kv[1])))")

@@ -217,6 +217,11 @@ pub const EC2_FILTER_VALUES: usize = 200;
 /// bucket of 100, refilled at 20 a second).
 pub const DESCRIBE_RATE: std::ops::RangeInclusive<f64> = 0.5..=20.0;
 
+/// Parameter Store's default throughput: 40 GetParameter calls a second (AWS General Reference,
+/// "AWS Systems Manager endpoints and quotas", "Max throughput (transactions per second)").
+/// Systems Manager's budget stays within it.
+pub const SSM_READS: f64 = 40.0;
+
 /// Values of DescribeInstanceInformation's `InstanceIds` filter: 1 to 100 (SSM API reference,
 /// InstanceInformationStringFilter, `Values`).
 pub const SSM_INSTANCE_ID_FILTER_VALUES: usize = 100;

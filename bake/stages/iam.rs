@@ -26,6 +26,10 @@ fn tags(ctx: &Baking) -> Result<Vec<Tag>> {
 
 /// The account the caller works in (STS answers this for any caller).
 pub async fn account_id(c: &crate::aws::Clients) -> Result<String> {
+    crate::aws::memo("account".into(), account_id_now(c)).await
+}
+
+async fn account_id_now(c: &crate::aws::Clients) -> Result<String> {
     let r = c.sts.get_caller_identity().send().await.map_err(|e| Error::aws("sts:GetCallerIdentity", "the caller", &c.region, &e))?;
     r.account().map(str::to_string).ok_or_else(|| Error::Other(format!("sts:GetCallerIdentity in {} answered without an account", c.region)))
 }
@@ -56,7 +60,8 @@ pub async fn policy_document(c: &crate::aws::Clients, arn: &str) -> Result<Optio
 /// Checks, before anything is created, that the boundary exists and allows all that this role's
 /// builder policy grants.
 async fn check_boundary(ctx: &Baking, arn: &str) -> Result<()> {
-    let Some(doc) = policy_document(&ctx.c, arn).await? else {
+    // Every bake of the process checks the same boundary: one read.
+    let Some(doc) = crate::aws::memo(arn.to_string(), policy_document(&ctx.c, arn)).await? else {
         return Err(Error::Other(format!(
             "the permissions boundary {arn} does not exist: an administrator creates it once with `bake bootstrap` (README, IAM); nothing was created"
         )));

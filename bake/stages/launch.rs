@@ -21,6 +21,11 @@ pub const IAM_PROPAGATION: Duration = Duration::from_secs(180);
 
 /// The subnet and VPC the builder goes into.
 async fn network(ctx: &Baking) -> Result<(String, String)> {
+    // One lookup per subnet setting and region for every bake of the process.
+    crate::aws::memo(format!("{} {:?}", ctx.region, ctx.plan.builder.spec.subnet), network_now(ctx)).await
+}
+
+async fn network_now(ctx: &Baking) -> Result<(String, String)> {
     let ec2 = &ctx.c.ec2;
     let region = ctx.region.as_str();
     let subnets = match &ctx.plan.builder.spec.subnet {

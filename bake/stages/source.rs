@@ -47,6 +47,11 @@ fn from_image(img: &Image, region: &str) -> Result<SourceImage> {
 
 /// Finds the source image. Nothing is created; a missing or unusable image is a clear error.
 pub async fn resolve(c: &Clients, spec: &SourceSpec) -> Result<SourceImage> {
+    // One lookup per source and region for every bake of the process.
+    crate::aws::memo(format!("{} {spec:?}", c.region), resolve_now(c, spec)).await
+}
+
+async fn resolve_now(c: &Clients, spec: &SourceSpec) -> Result<SourceImage> {
     let region = c.region.as_str();
     let id = match spec {
         SourceSpec::Ami { id } => id.clone(),
