@@ -22,7 +22,7 @@ use crate::config::limits;
 /// Describe calls per second per service and region, for the whole process, unless
 /// `BAKE_DESCRIBE_RATE` says otherwise: half of EC2's refill rate for non-mutating calls (20 a
 /// second; EC2 API reference, "Request throttling for the Amazon EC2 API"), leaving room for
-/// everything else in the account. Auto Scaling gets the same; Systems Manager twice as much.
+/// everything else in the account. Systems Manager and Auto Scaling get twice as much.
 pub const DEFAULT_RATE: f64 = 10.0;
 
 /// A token bucket, as EC2 meters its API: up to one second's worth of calls at once (a bake's
@@ -95,8 +95,9 @@ pub fn budget(service: &str, region: &str) -> Arc<Budget> {
         Err(p) => p.into_inner(),
     };
     let rate = rate().unwrap_or(DEFAULT_RATE);
-    // Systems Manager gets twice EC2's rate, still half of what Parameter Store serves.
-    let rate = if service == "ssm" { rate * 2.0 } else { rate };
+    // Systems Manager and Auto Scaling get twice EC2's rate (their reads are per command and per
+    // group; SSM's stays within half of what Parameter Store serves).
+    let rate = if service == "ssm" || service == "autoscaling" { rate * 2.0 } else { rate };
     map.entry((service.to_string(), region.to_string())).or_insert_with(|| Arc::new(Budget::new_within(rate, limits::SSM_READS))).clone()
 }
 

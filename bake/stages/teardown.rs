@@ -331,13 +331,26 @@ pub async fn after_failure(ctx: &mut Baking) -> Left {
     all.extend(s.kept);
     let mut left = Left { errors: remove(&ctx.aws, Some(&ctx.journal), all, s.published, &s.born, Some(&ctx.report)).await, unchecked: None };
     let regions: BTreeSet<String> = std::iter::once(ctx.region.clone()).chain(ctx.plan.image.regions.iter().cloned()).collect();
-    match find_by_id(&ctx.aws, &ctx.id, &regions).await {
-        Ok(found) if !found.is_empty() => left.errors.extend(remove(&ctx.aws, Some(&ctx.journal), found, Vec::new(), &s.born, Some(&ctx.report)).await),
-        Ok(_) => {}
-        Err(e) => left.unchecked = Some(e),
+    // Twice: something whose create call was in flight when the bake stopped may become visible
+    // to a describe only a moment later (eventual consistency).
+    for pass in 0..2 {
+        if pass == 1 {
+            tokio::time::sleep(SECOND_SWEEP).await;
+        }
+        match find_by_id(&ctx.aws, &ctx.id, &regions).await {
+            Ok(found) if !found.is_empty() => left.errors.extend(remove(&ctx.aws, Some(&ctx.journal), found, Vec::new(), &s.born, Some(&ctx.report)).await),
+            Ok(_) => {}
+            Err(e) => {
+                left.unchecked = Some(e);
+                break;
+            }
+        }
     }
     left
 }
+
+/// How long after the first sweep by tag the second one looks.
+const SECOND_SWEEP: Duration = Duration::from_secs(2);
 
 /// Marks images and snapshots as the bake's product: tagged `bake:complete`, journaled as kept.
 pub async fn keep_products(ctx: &Baking) -> Result<()> {

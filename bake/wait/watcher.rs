@@ -202,7 +202,8 @@ impl<S: Source> Watcher<S> {
                     if !ticked.contains(id) {
                         continue;
                     }
-                    c.calls.add(S::CALL, calls);
+                    // The call that covered this caller's key (one, however many keys it named).
+                    c.calls.add(S::CALL, calls.min(1));
                     c.due = now + if throttled { interval } else { c.every };
                     if !throttled {
                         c.tx.send_replace(Some(Report { seen: seen.get(&c.key).cloned(), error: error.clone() }));
