@@ -227,8 +227,14 @@ fn json(v: &impl serde::Serialize) -> String {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime")
-    // ok: no runtime, no bake
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        // No runtime (no threads, no file descriptors left): nothing has been asked of AWS yet.
+        Err(e) => {
+            eprintln!("error: cannot start bake's async runtime: {e}; nothing was done");
+            std::process::exit(1)
+        }
+    }
 }
 
 fn connection(g: &Global) -> crate::aws::Connection {

@@ -284,6 +284,12 @@ impl Rolling {
         Ok(())
     }
 
+    /// Tags the group with what the roll did, for `--rollback`: the roll, the new image, the
+    /// previous image and `previous` (its template version or launch configuration).
+    pub(super) async fn record_move(&self, plan: &RolloutPlan, g: &GroupPlan, previous: (&str, String)) -> Result<()> {
+        self.tag(&g.name, &[(TAG_ROLL, plan.roll_id.clone()), (TAG_IMAGE, g.new_image.clone()), (TAG_PREVIOUS_IMAGE, g.current_image.clone()), previous]).await
+    }
+
     pub(super) async fn delete_tags(&self, group: &str, keys: &[&str]) -> Result<()> {
         let t: Vec<AsgTag> = keys.iter().map(|k| AsgTag::builder().resource_id(group).resource_type("auto-scaling-group").key(*k).build()).collect();
         self.c.asg.delete_tags().set_tags(Some(t)).send().await.map_err(|e| asg_err("autoscaling:DeleteTags", group, &self.c.region, &e))?;
@@ -345,16 +351,7 @@ pub(super) async fn roll_group(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, 
                 Some(a) => format!("{a} (v{n})"),
                 None => format!("v{n}"),
             };
-            cx.tag(
-                &g.name,
-                &[
-                    (TAG_ROLL, plan.roll_id.clone()),
-                    (TAG_IMAGE, g.new_image.clone()),
-                    (TAG_PREVIOUS_IMAGE, g.current_image.clone()),
-                    (TAG_PREVIOUS_VERSION, from.to_string()),
-                ],
-            )
-            .await?;
+            cx.record_move(plan, g, (TAG_PREVIOUS_VERSION, from.to_string())).await?;
             // A group that keeps its alias follows it: the refresh names no configuration.
             let desired = if alias.is_some() { None } else { Some((id.clone(), n)) };
             (desired, g.refresh.auto_rollback)
@@ -373,16 +370,7 @@ pub(super) async fn roll_group(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, 
                 .await
                 .map_err(|e| asg_err("autoscaling:UpdateAutoScalingGroup", &g.name, region, &e))?;
             rec.moved = true;
-            cx.tag(
-                &g.name,
-                &[
-                    (TAG_ROLL, plan.roll_id.clone()),
-                    (TAG_IMAGE, g.new_image.clone()),
-                    (TAG_PREVIOUS_IMAGE, g.current_image.clone()),
-                    (TAG_PREVIOUS_LC, from.clone()),
-                ],
-            )
-            .await?;
+            cx.record_move(plan, g, (TAG_PREVIOUS_LC, from.clone())).await?;
             (None, false)
         }
         Change::MigrateToTemplate { from, template } => {
@@ -393,16 +381,7 @@ pub(super) async fn roll_group(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, 
             rec.new = format!("{template} v1");
             // The group moves to the template only when the refresh succeeds (its desired
             // configuration), so AWS's rollback returns it to the launch configuration.
-            cx.tag(
-                &g.name,
-                &[
-                    (TAG_ROLL, plan.roll_id.clone()),
-                    (TAG_IMAGE, g.new_image.clone()),
-                    (TAG_PREVIOUS_IMAGE, g.current_image.clone()),
-                    (TAG_PREVIOUS_LC, from.clone()),
-                ],
-            )
-            .await?;
+            cx.record_move(plan, g, (TAG_PREVIOUS_LC, from.clone())).await?;
             (Some((id, 1)), g.refresh.auto_rollback)
         }
         Change::Nothing => unreachable!("handled above"),
