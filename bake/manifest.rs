@@ -105,7 +105,8 @@ pub struct ImageRecord {
 pub struct ParameterRecord {
     pub region: String,
     pub name: String,
-    /// What the parameter holds, read back after writing it (another bake may have written since).
+    /// What bake wrote to the parameter (a write that was not the version after the one bake read
+    /// is reported: another writer came in between).
     pub value: String,
 }
 

@@ -105,6 +105,7 @@ async fn bake_in(b: Bake<'_>, manifest: &mut Manifest, cancel: Cancel) -> Result
         fingerprint,
         stage_started: Instant::now(),
         public_access: Default::default(),
+        fresh: Default::default(),
     };
     let r = match redistribute {
         Some(present) => {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 14's benchmarks (not tests): how late bake notices AWS's transitions, and what fifty
 # bakes cost EC2's request budget. Needs a release build and the sandbox's requirements; run from
-# the repository:  bench/latency.sh [runs]   (default 5 runs per figure)
+# the repository:  bench/latency.sh [runs] [only]   (default 5 runs per figure; only = latency,
+# nodelay or fifty runs that figure alone)
 #
 #   1. detection latency: a one-step bake with the sandbox's delays (instance pending 3 s, agent
 #      registration 2 s, command 1 s, stopping 3 s, image pending 5 s, shutting down 3 s: 17 s),
@@ -12,12 +13,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
+only=${2:-}
+want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 cargo build --release --quiet
 bake="$PWD/$CARGO_TARGET_DIR/release/bake"
 work=$(mktemp -d)
 pid=""
-stop() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
+stop() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; [ -n "${BENCH_KEEP:-}" ] && echo "kept $work" || rm -rf "$work"; }
 trap stop EXIT
 
 python3 tests/sandbox/sandbox.py --pid-file "$work/pid" --env-file "$work/env" >"$work/out" 2>"$work/log" &
@@ -66,12 +69,12 @@ delays() {  # $1: factor
 no_delays() {
   ctl POST delays '{"instance_pending": 0, "agent_registration": 0, "command_duration": 0, "instance_stopping": 0, "image_pending": 0, "instance_shutting_down": 0, "visibility_lag": 0, "iam_propagation": 0, "block_public_access": 0}' >/dev/null
 }
-# Runs one bake of `solo`; prints its wall seconds.
+# Runs one bake of role $1 (default `solo`); prints its wall seconds.
 one_bake() {
-  python3 - "$bake" "$proj" <<'PY'
+  python3 - "$bake" "$proj" "${1:-solo}" <<'PY'
 import subprocess, sys, time
 t = time.monotonic()
-p = subprocess.run([sys.argv[1], "--root", sys.argv[2], "build", "solo", "--env", "staging", "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+p = subprocess.run([sys.argv[1], "--root", sys.argv[2], "build", sys.argv[3], "--env", "staging", "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 if p.returncode != 0:
     sys.exit(f"bake failed: {p.stderr.decode()[-500:]}")
 print(f"{time.monotonic() - t:.3f}")
@@ -80,7 +83,7 @@ PY
 median() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print(f'{statistics.median(v):.2f} (min {min(v):.2f}, max {max(v):.2f})')" "$@"; }
 
 "$bake" --root "$proj" build solo --env staging >/dev/null 2>"$work/warm.err" || { tail -3 "$work/warm.err"; exit 1; }  # warm
-for factor in 1 3; do
+want latency && for factor in 1 3; do
   delays "$factor"
   injected=$((17 * factor))
   over=()
@@ -91,6 +94,7 @@ for factor in 1 3; do
   echo "## detection latency, delays x$factor (${injected} s injected): wall - injected = $(median "${over[@]}") s over $runs runs"
 done
 
+if want nodelay; then
 no_delays
 walls=()
 for _ in $(seq 1 "$runs"); do walls+=("$(one_bake)"); done
@@ -99,13 +103,14 @@ ctl DELETE calls >/dev/null
 one_bake >/dev/null
 calls=$(ctl GET calls | python3 -c "import json,sys; c=json.load(sys.stdin); print(c['count'], ', '.join(f'{k} {v}' for k, v in sorted(c['by_action'].items(), key=lambda kv: -kv[1])))")
 echo "## no-delay one-step bake: wall $(median "${walls[@]}") s over $runs runs; API calls: $calls"
+fi
+want fifty || exit 0
 
-# Fifty one-step roles in one process, delays on.
+# Fifty one-step roles in one process, delays on (`solo` set aside: fifty roles, not 51).
 for i in $(seq -w 1 50); do role "r$i"; done
 rm -f "$proj/roles/solo.toml"
-role solo
 delays 1
-solo=$(one_bake)
+solo=$(one_bake r01)
 ctl DELETE calls >/dev/null
 t0=$(python3 -c 'import time; print(time.monotonic())')
 "$bake" --root "$proj" build --all --env staging --jobs 50 --force >/dev/null 2>"$work/fifty.err" || { tail -5 "$work/fifty.err"; exit 1; }
@@ -122,4 +127,9 @@ by = collections.Counter(x["action"] for x in ec2)
 print(f"## fifty one-step bakes at once (delays on): {all_:.2f}s = {all_ / solo:.2f}x one bake ({solo:.2f}s); "
       f"EC2 Describe* peak {peak}/s in one region, {len(ec2)} in all ({', '.join(f'{k} {v}' for k, v in by.most_common())}); "
       f"{c['count']} calls in all")
+busy = collections.Counter()
+for x in c["calls"]:
+    busy[f"{x['service']}:{x['action']}"] += x["busy"]
+print(f"   the sandbox (one lock around moto) was busy {c['busy']:.1f} s of {all_:.1f} s; most: "
+      + ", ".join(f"{k} {v:.1f} s" for k, v in busy.most_common(6)))
 PY

@@ -1421,6 +1421,19 @@ async fn iam_changes_reach_instances_late() {
     assert!(!online(&c).await.iter().any(|(i, _)| *i == late), "the new policy has not reached the instance yet");
     until(5, "the agent", || async { online(&c).await.iter().any(|(i, s)| *i == late && s == "Online").then_some(()) }).await;
     assert!(t.elapsed() >= Duration::from_millis(700), "{:?}", t.elapsed());
+    // Deleting what still holds on to something is DeleteConflict; taking out what is not there,
+    // NoSuchEntity (moto crashed on a role the profile does not hold).
+    let e = c.iam.delete_instance_profile().instance_profile_name("bake-late-role").send().await.unwrap_err();
+    assert_eq!(e.code(), Some("DeleteConflict"));
+    let e = c.iam.remove_role_from_instance_profile().instance_profile_name("bake-late-role").role_name("bake-late-policy").send().await.unwrap_err();
+    assert_eq!(e.code(), Some("NoSuchEntity"), "{e:?}");
+    let e = c.iam.remove_role_from_instance_profile().instance_profile_name("no-such-profile").role_name("bake-late-role").send().await.unwrap_err();
+    assert_eq!(e.code(), Some("NoSuchEntity"), "{e:?}");
+    c.iam.remove_role_from_instance_profile().instance_profile_name("bake-late-role").role_name("bake-late-role").send().await.unwrap();
+    let e = c.iam.delete_role().role_name("bake-late-role").send().await.unwrap_err();
+    assert_eq!(e.code(), Some("DeleteConflict"), "a policy is still attached");
+    let e = c.iam.detach_role_policy().role_name("bake-late-role").policy_arn("arn:aws:iam::aws:policy/ReadOnlyAccess").send().await.unwrap_err();
+    assert_eq!(e.code(), Some("NoSuchEntity"), "{e:?}");
 }
 
 /// A builder lost mid-step, as "Understanding command statuses" describes

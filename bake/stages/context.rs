@@ -1,6 +1,6 @@
 //! What a running bake holds, shared by its stages, and what each stage hands to the next.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -54,6 +54,9 @@ pub struct Baking {
     pub stage_started: Instant,
     /// AMI Block Public Access per region, read before sharing there.
     pub public_access: Mutex<BTreeMap<String, String>>,
+    /// The images this run created (the build region's and its copies): nobody may launch them
+    /// yet, so sharing them needs no look at their launch permissions first.
+    pub fresh: BTreeSet<String>,
 }
 
 impl Baking {

@@ -127,7 +127,8 @@ async fn share_and_deprecate(ctx: &Baking, c: &Clients, image: &str, snaps: &[St
     let mut want: Vec<LaunchPermission> = spec.share_accounts.iter().map(|a| LaunchPermission::builder().user_id(a).build()).collect();
     want.extend(spec.share_organizations.iter().map(|o| LaunchPermission::builder().organization_arn(o).build()));
     want.extend(spec.share_ous.iter().map(|o| LaunchPermission::builder().organizational_unit_arn(o).build()));
-    let have = launch_permissions(c, image).await?;
+    // An image this run made has no launch permission yet; any other may have some to revoke.
+    let have = if ctx.fresh.contains(image) { Vec::new() } else { launch_permissions(c, image).await? };
     let add: Vec<LaunchPermission> = want.iter().filter(|p| !have.contains(p)).cloned().collect();
     let remove: Vec<LaunchPermission> = have.iter().filter(|p| !want.contains(p)).cloned().collect();
     if !add.is_empty() {
@@ -189,9 +190,11 @@ async fn share_and_deprecate(ctx: &Baking, c: &Clients, image: &str, snaps: &[St
 async fn publish(ctx: &Baking, c: &Clients, image: &str) -> Result<ParameterRecord> {
     let name = ctx.plan.image.ssm_parameter.clone();
     let region = c.region.as_str();
-    let previous = match c.ssm.get_parameter().name(&name).send().await {
-        Ok(r) => r.parameter().and_then(|p| p.value()).map(str::to_string),
-        Err(e) if e.as_service_error().map(|s| s.is_parameter_not_found()).unwrap_or(false) => None,
+    // What it holds, and its version: the write must be the next version, or another writer
+    // came in between (and `previous` below is not what bake replaced).
+    let (previous, version) = match c.ssm.get_parameter().name(&name).send().await {
+        Ok(r) => (r.parameter().and_then(|p| p.value()).map(str::to_string), r.parameter().map(|p| p.version())),
+        Err(e) if e.as_service_error().map(|s| s.is_parameter_not_found()).unwrap_or(false) => (None, Some(0)),
         Err(e) => return Err(Error::aws("ssm:GetParameter", format!("parameter {name}"), region, &e)),
     };
     ctx.journal.append(Entry::Published {
@@ -214,23 +217,13 @@ async fn publish(ctx: &Baking, c: &Clients, image: &str) -> Result<ParameterReco
             .collect();
         req.set_tags(Some(tags)).send().await
     };
-    r.map_err(|e| Error::aws("ssm:PutParameter", format!("parameter {name}"), region, &e))?;
-    // What it holds now, as read back: the record says what is, not what bake meant to write.
-    let now = c
-        .ssm
-        .get_parameter()
-        .name(&name)
-        .send()
-        .await
-        .map_err(|e| Error::aws("ssm:GetParameter", format!("parameter {name}"), region, &e))?
-        .parameter()
-        .and_then(|p| p.value())
-        .map(str::to_string)
-        .ok_or_else(|| Error::Other(format!("ssm:GetParameter of {name} in {region} answered without a value")))?;
-    if now != image {
-        ctx.report.info(&format!("parameter {name} in {region} holds {now}, not {image}: another bake wrote it since"));
+    let written = r.map_err(|e| Error::aws("ssm:PutParameter", format!("parameter {name}"), region, &e))?.version();
+    if let Some(v) = version.filter(|v| written != v + 1) {
+        ctx.report.info(&format!(
+            "parameter {name} in {region}: another writer changed it between bake's read (version {v}) and its write (version {written}); it holds {image} now"
+        ));
     }
-    Ok(ParameterRecord { region: region.to_string(), name, value: now })
+    Ok(ParameterRecord { region: region.to_string(), name, value: image.to_string() })
 }
 
 /// Copies the image to every region of the role that has none yet (a redistribution starts with
@@ -267,6 +260,7 @@ pub async fn run(ctx: &mut Baking) -> Result<()> {
             match cp.result {
                 Ok((id, snaps)) => {
                     succeeded.push(cp.region.clone());
+                    ctx.fresh.insert(id.clone());
                     ctx.manifest.images.insert(
                         cp.region,
                         ImageRecord { ami_id: id, name: name.clone(), state: "available".into(), snapshot_ids: snaps, copied_from: Some(image.clone()) },

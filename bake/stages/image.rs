@@ -102,6 +102,7 @@ pub async fn create(ctx: &mut Baking, builder: &Builder) -> Result<()> {
         Err(e) => return Err(e),
     };
     ctx.created(Kind::Image, &image, &ctx.region)?;
+    ctx.fresh.insert(image.clone());
     ctx.manifest
         .images
         .insert(ctx.region.clone(), ImageRecord { ami_id: image.clone(), name, state: "pending".into(), snapshot_ids: vec![], copied_from: None });

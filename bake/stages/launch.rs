@@ -26,7 +26,6 @@ async fn network(ctx: &Baking) -> Result<(String, String)> {
 }
 
 async fn network_now(ctx: &Baking) -> Result<(String, String)> {
-    let ec2 = &ctx.c.ec2;
     let region = ctx.region.as_str();
     let subnets = match &ctx.plan.builder.spec.subnet {
         SubnetSpec::Id { id } => ctx.c.subnets(&format!("subnet {id} (builder.subnet_id)"), vec![id.clone()], Vec::new()).await?,
@@ -35,20 +34,16 @@ async fn network_now(ctx: &Baking) -> Result<(String, String)> {
             ctx.c.subnets("the builder's subnet (builder.subnet_tags)", Vec::new(), filters).await?
         }
         SubnetSpec::Default => {
-            let vpcs = ec2
-                .describe_vpcs()
-                .filters(Filter::builder().name("is-default").values("true").build())
-                .send()
-                .await
-                .map_err(|e| Error::aws("ec2:DescribeVpcs", "the default VPC", region, &e))?;
-            let Some(vpc) = vpcs.vpcs().first().and_then(|v| v.vpc_id()) else {
+            // Only a default VPC has default subnets: one call finds both.
+            let filters = vec![Filter::builder().name("default-for-az").values("true").build()];
+            let found = ctx.c.subnets("the default VPC's subnets", Vec::new(), filters).await?;
+            if found.is_empty() {
                 return Err(Error::Other(format!(
-                    "region {region} has no default VPC: set builder.subnet_id or builder.subnet_tags in {}",
+                    "region {region} has no default VPC (or it has no default subnet): set builder.subnet_id or builder.subnet_tags in {}",
                     format_args!("roles/{}.toml", ctx.plan.role)
                 )));
-            };
-            let filters = vec![Filter::builder().name("vpc-id").values(vpc).build(), Filter::builder().name("default-for-az").values("true").build()];
-            ctx.c.subnets("the default VPC's subnets", Vec::new(), filters).await?
+            }
+            found
         }
     };
     // The subnet with the most free addresses; ties go to the first by id (deterministic).

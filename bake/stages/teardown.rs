@@ -98,9 +98,13 @@ pub async fn delete(aws: &Aws, r: &Resource, born: Option<SystemTime>) -> Result
             believed(born, retried).await?;
         }
         Kind::InstanceProfile => {
-            // IAM authorizes a call on a profile that does not exist against a path-less ARN, which
-            // a policy confined to /bake/ denies: look it up under bake's path first.
-            if believed(born, || async { Ok(iam_exists(&c, r.kind, id).await?.then_some(())) }).await?.is_none() {
+            // What bake put in it (the role of the same name), then the profile; whatever else
+            // a conflict says it holds is looked up and taken out.
+            let remove = || c.iam.remove_role_from_instance_profile().instance_profile_name(id).role_name(id).send();
+            if !iam_there(&c, r.kind, id, born, "iam:RemoveRoleFromInstanceProfile", remove).await? {
+                return Ok(Vec::new());
+            }
+            if iam_deleted(c.iam.delete_instance_profile().instance_profile_name(id).send().await, "iam:DeleteInstanceProfile", r.kind, id)? {
                 return Ok(Vec::new());
             }
             let r = c.iam.get_instance_profile().instance_profile_name(id).send().await;
@@ -113,7 +117,15 @@ pub async fn delete(aws: &Aws, r: &Resource, born: Option<SystemTime>) -> Result
             unless_gone(r, "iam:DeleteInstanceProfile", format!("instance profile {id}"), "global")?;
         }
         Kind::IamRole => {
-            if believed(born, || async { Ok(iam_exists(&c, r.kind, id).await?.then_some(())) }).await?.is_none() {
+            // What bake attached and put (crate::stages::iam), then the role; a conflict (a
+            // profile still holding it, a policy someone added) is looked up and undone.
+            let detach = || c.iam.detach_role_policy().role_name(id).policy_arn(crate::plan::SSM_CORE_POLICY).send();
+            if !iam_there(&c, r.kind, id, born, "iam:DetachRolePolicy", detach).await? {
+                return Ok(Vec::new());
+            }
+            let r = c.iam.delete_role_policy().role_name(id).policy_name(crate::stages::iam::INLINE_POLICY).send().await;
+            unless_gone(r, "iam:DeleteRolePolicy", format!("role {id}"), "global")?;
+            if iam_deleted(c.iam.delete_role().role_name(id).send().await, "iam:DeleteRole", Kind::IamRole, id)? {
                 return Ok(Vec::new());
             }
             let r = c.iam.list_instance_profiles_for_role().role_name(id).into_paginator().items().send().try_collect().await;
@@ -224,6 +236,45 @@ pub async fn iam_names(c: &crate::aws::Clients, kind: Kind) -> Result<Vec<String
 
 async fn iam_exists(c: &crate::aws::Clients, kind: Kind, name: &str) -> Result<bool> {
     Ok(iam_names(c, kind).await?.iter().any(|n| n == name))
+}
+
+/// The first call on one of bake's IAM roles or profiles (`name`): whether the resource is there.
+/// A NotFound (the resource, or only what the call names in it, is missing) or an AccessDenied
+/// (IAM authorizes a call on a role or profile that does not exist against a path-less ARN, which
+/// a policy confined to /bake/ denies) is settled by listing bake's path, believed only once the
+/// resource is old enough to be visible.
+async fn iam_there<T, E, F, Fut>(c: &crate::aws::Clients, kind: Kind, name: &str, born: Option<SystemTime>, action: &str, op: F) -> Result<bool>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>>>,
+{
+    match op().await {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(e.code()) || e.code() == Some("AccessDenied") => {
+            Ok(believed(born, || async { Ok(iam_exists(c, kind, name).await?.then_some(())) }).await?.is_some())
+        }
+        Err(e) => Err(Error::aws(action, format!("{kind} {name}"), "global", &e)),
+    }
+}
+
+/// The answer of deleting an IAM role or profile: true when it is gone, false when something
+/// still holds on to it (DeleteConflict: look and undo it), an error otherwise.
+fn iam_deleted<T, E>(
+    r: std::result::Result<T, SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>>,
+    action: &str,
+    kind: Kind,
+    name: &str,
+) -> Result<bool>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match r {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(e.code()) => Ok(true),
+        Err(e) if e.code() == Some("DeleteConflict") => Ok(false),
+        Err(e) => Err(Error::aws(action, format!("{kind} {name}"), "global", &e)),
+    }
 }
 
 /// Puts a parameter back the way it was before the bake (or deletes it if it was new).

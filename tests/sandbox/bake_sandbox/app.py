@@ -109,7 +109,7 @@ class SandboxApp:
 
         service, region, action, ids, filter_values = describe(environ)
         with LOCK:
-            STATE.record_call(service, action, region, ids)
+            index = STATE.record_call(service, action, region, ids)
             fault = control.pick_fault(service, action, region)
         if fault and fault.get("latency_ms"):
             time.sleep(fault["latency_ms"] / 1000.0)
@@ -120,35 +120,43 @@ class SandboxApp:
             return [body]
 
         with LOCK:
-            STATE.advance()
-            refused = authz.check(environ, service, region, action)
-            if refused is not None:
-                start_response(refused[0], refused[1])
-                return [refused[2]]
-            if service == "ec2" and filter_values > EC2_FILTER_VALUES:
-                st, headers, body = error_response(service, 400, "FilterLimitExceeded",
-                                                   "The maximum number of filter values specified on a single call is 200")
-                start_response(st, headers)
-                return [body]
-            ssm.CURRENT.region = region
-            captured = {}
+            started = time.monotonic()
+            try:
+                return self._answer(environ, start_response, service, region, action, filter_values)
+            finally:
+                STATE.record_busy(index, time.monotonic() - started)
 
-            def capture(status, headers, exc_info=None):
-                captured["status"], captured["headers"] = status, headers
-                return lambda data: None
+    def _answer(self, environ, start_response, service, region, action, filter_values):
+        """The AWS answer to a request (called under LOCK)."""
+        STATE.advance()
+        refused = authz.check(environ, service, region, action)
+        if refused is not None:
+            start_response(refused[0], refused[1])
+            return [refused[2]]
+        if service == "ec2" and filter_values > EC2_FILTER_VALUES:
+            st, headers, body = error_response(service, 400, "FilterLimitExceeded",
+                                               "The maximum number of filter values specified on a single call is 200")
+            start_response(st, headers)
+            return [body]
+        ssm.CURRENT.region = region
+        captured = {}
 
-            chunks = self.moto(environ, capture)
-            body = b"".join(chunks)
-            if hasattr(chunks, "close"):
-                chunks.close()
-            status = captured.get("status", "500 Internal Server Error")
-            if status.startswith("500") and b"<html" in body[:200].lower():
-                # moto answers an unimplemented action with an HTML page; answer like AWS would.
-                status, headers, body = error_response(
-                    service, 400, "InvalidAction", f"The sandbox does not implement {service}:{action}"
-                )
-                start_response(status, headers)
-                return [body]
+        def capture(status, headers, exc_info=None):
+            captured["status"], captured["headers"] = status, headers
+            return lambda data: None
+
+        chunks = self.moto(environ, capture)
+        body = b"".join(chunks)
+        if hasattr(chunks, "close"):
+            chunks.close()
+        status = captured.get("status", "500 Internal Server Error")
+        if status.startswith("500") and b"<html" in body[:200].lower():
+            # moto answers an unimplemented action with an HTML page; answer like AWS would.
+            status, headers, body = error_response(
+                service, 400, "InvalidAction", f"The sandbox does not implement {service}:{action}"
+            )
+            start_response(status, headers)
+            return [body]
         headers = [(k, v) for k, v in captured.get("headers", []) if k.lower() not in ("content-length", "transfer-encoding")]
         headers.append(("Content-Length", str(len(body))))
         start_response(status, headers)

@@ -152,17 +152,18 @@ def _public(rule):
 
 def _calls(query):
     since = float(query.get("since", ["0"])[0] or 0)
-    calls = [c for c in STATE.calls if c[0] >= since]
+    calls = [c + (b,) for c, b in zip(STATE.calls, STATE.busy) if c[0] >= since]
     by_action = {}
-    for _, service, action, _, _ in calls:
+    for _, service, action, _, _, _ in calls:
         key = f"{service}:{action}"
         by_action[key] = by_action.get(key, 0) + 1
     return {
         "now": STATE.now(),
         "count": len(calls),
         "by_action": dict(sorted(by_action.items())),
-        "mutating": sorted({f"{s}:{a}" for _, s, a, _, _ in calls if MUTATING.match(a)}),
-        "calls": [{"t": t, "service": s, "action": a, "region": r, "ids": ids} for t, s, a, r, ids in calls],
+        "mutating": sorted({f"{s}:{a}" for _, s, a, _, _, _ in calls if MUTATING.match(a)}),
+        "busy": round(sum(c[5] for c in calls), 3),
+        "calls": [{"t": t, "service": s, "action": a, "region": r, "ids": ids, "busy": round(b, 4)} for t, s, a, r, ids, b in calls],
     }
 
 
@@ -279,6 +280,7 @@ def _interrupt(environ, query):
 
 def _calls_delete(environ, query):
     STATE.calls = []
+    STATE.busy = []
     return _json(200, {"ok": True})
 
 

@@ -4,8 +4,11 @@ troubleshooting guide; Packer #9810 and #12303 report minutes): for `iam_propaga
   refused by RunInstances (InvalidParameterValue "Invalid IAM Instance Profile name");
 - a policy just attached to or put on a role does not yet grant anything to the instances using it
   (the SSM agent of an instance whose role just got AmazonSSMManagedInstanceCore registers only
-  once that policy has propagated)."""
+  once that policy has propagated).
+And what moto answers with a crash, AWS's error: RemoveRoleFromInstanceProfile of a role the
+profile does not hold is NoSuchEntity."""
 
+from moto.iam.exceptions import NotFoundException
 from moto.iam.models import IAMBackend
 
 from .state import STATE
@@ -37,6 +40,14 @@ def attach_role_policy(self, policy_arn, role_name):
     STATE.role_policy_changed[(role_name, policy_arn)] = STATE.now()
 
 
+def remove_role_from_instance_profile(self, profile_name, role_name):
+    profile = self.get_instance_profile(profile_name)
+    role = self.get_role(role_name)
+    if role not in profile.roles:
+        raise NotFoundException(f"Role {role_name} is not in instance profile {profile_name}.")
+    profile.roles.remove(role)
+
+
 def profile_usable(name):
     """False while a profile (or the role just added to it) has not propagated to EC2."""
     changed = STATE.profile_created.get(name)
@@ -53,3 +64,4 @@ IAMBackend.create_instance_profile = create_instance_profile
 IAMBackend.add_role_to_instance_profile = add_role_to_instance_profile
 IAMBackend.put_role_policy = put_role_policy
 IAMBackend.attach_role_policy = attach_role_policy
+IAMBackend.remove_role_from_instance_profile = remove_role_from_instance_profile

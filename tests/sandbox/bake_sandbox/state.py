@@ -63,7 +63,8 @@ class State:
         self.failing_image_regions = set()  # images created or copied there end up `failed`
         self.faults = []            # fault rules
         self.rng = random.Random(0)
-        self.calls = []             # (monotonic seconds, service, action, region)
+        self.calls = []             # (monotonic seconds, service, action, region, ids)
+        self.busy = []              # per call: seconds it held LOCK
         self.scripts = {}           # instance id -> [record]
         self.outputs = []           # whole command output sent to S3 / CloudWatch Logs
         self.commands = {}          # command id -> Command (ssm.py)
@@ -137,7 +138,15 @@ class State:
 
     # -- records -------------------------------------------------------------------------------
     def record_call(self, service, action, region, ids=()):
+        """Logs a request; returns its index, for `record_busy`."""
         self.calls.append((self.now(), service, action, region, list(ids)))
+        self.busy.append(0.0)
+        return len(self.calls) - 1
+
+    def record_busy(self, index, seconds):
+        """How long the request at `index` held the sandbox (benchmarks: is the sandbox the bottleneck?)."""
+        if index < len(self.busy):
+            self.busy[index] = seconds
 
 
 STATE = State()
