@@ -97,10 +97,16 @@ async fn usage(c: &Clients, parameters: &BTreeSet<String>) -> Result<BTreeMap<St
             if let Some(prev) = g.tags().iter().find(|t| t.key() == Some(crate::tags::PREVIOUS_IMAGE)).and_then(|t| t.value()) {
                 out.entry(prev.to_string()).or_default().push(format!("rollback of group {name}"));
             }
-            if let Some(lt) = g.launch_template() {
+            // The group's launch template, or every template of its mixed instances policy.
+            let mut specs: Vec<&aws_sdk_autoscaling::types::LaunchTemplateSpecification> = g.launch_template().into_iter().collect();
+            if let Some(lt) = g.mixed_instances_policy().and_then(|p| p.launch_template()) {
+                specs.extend(lt.launch_template_specification());
+                specs.extend(lt.overrides().iter().filter_map(|o| o.launch_template_specification()));
+            }
+            for lt in &specs {
                 let id = lt.launch_template_id().unwrap_or_default().to_string();
                 let v = lt.version().unwrap_or("$Default").to_string();
-                let key = (id.clone(), v.clone());
+                let key = (if id.is_empty() { lt.launch_template_name().unwrap_or_default().to_string() } else { id.clone() }, v.clone());
                 if !versions.contains_key(&key) {
                     let mut q = c.ec2.describe_launch_template_versions().versions(&v);
                     q = if id.is_empty() { q.launch_template_name(lt.launch_template_name().unwrap_or_default()) } else { q.launch_template_id(&id) };
@@ -115,7 +121,8 @@ async fn usage(c: &Clients, parameters: &BTreeSet<String>) -> Result<BTreeMap<St
                     out.entry(image.clone()).or_default().push(format!("group {name}"));
                     out.entry(image.clone()).or_default().push(format!("launch-template {lt_name} v{n}"));
                 }
-            } else if let Some(lc) = g.launch_configuration_name() {
+            }
+            if let Some(lc) = g.launch_configuration_name() {
                 if let Some(image) = lcs.get(lc) {
                     out.entry(image.clone()).or_default().push(format!("group {name}"));
                 }

@@ -28,6 +28,8 @@ pub const PATCHED_PACKAGES: &str = "bake:patched-packages";
 pub const IMAGE: &str = "bake:image";
 pub const PREVIOUS_IMAGE: &str = "bake:previous-image";
 pub const PREVIOUS_VERSION: &str = "bake:previous-version";
+/// A mixed-instances group's templates before a roll: `lt-…=3,lt-…=5`.
+pub const PREVIOUS_VERSIONS: &str = "bake:previous-versions";
 pub const PREVIOUS_LAUNCH_CONFIGURATION: &str = "bake:previous-launch-configuration";
 pub const ROLL_ID: &str = "bake:roll-id";
 /// On a launch template bake made from a group's launch configuration.

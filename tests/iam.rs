@@ -81,6 +81,29 @@ async fn team_fleet(sb: &Sandbox, role: &str, env: &str, image: &str) {
         .send()
         .await
         .unwrap();
+    // The common production shape: On-Demand and Spot over several instance types.
+    let mixed = format!("{role}_{env}_mixed");
+    let policy = asg_t::MixedInstancesPolicy::builder()
+        .launch_template(
+            asg_t::LaunchTemplate::builder()
+                .launch_template_specification(asg_t::LaunchTemplateSpecification::builder().launch_template_id(&lt_id).version("1").build())
+                .overrides(asg_t::LaunchTemplateOverrides::builder().instance_type("t3.small").build())
+                .overrides(asg_t::LaunchTemplateOverrides::builder().instance_type("m5.large").build())
+                .build(),
+        )
+        .instances_distribution(asg_t::InstancesDistribution::builder().on_demand_base_capacity(1).build())
+        .build();
+    asg.create_auto_scaling_group()
+        .auto_scaling_group_name(&mixed)
+        .mixed_instances_policy(policy)
+        .min_size(0)
+        .max_size(4)
+        .desired_capacity(2)
+        .availability_zones("us-east-1a")
+        .set_tags(Some(common::opted_in_group(&mixed, role, env)))
+        .send()
+        .await
+        .unwrap();
     let legacy = format!("{role}_{env}_legacy");
     asg.create_launch_configuration()
         .launch_configuration_name(format!("{legacy}-original"))
@@ -140,7 +163,7 @@ async fn kaiju_everything(sb: &Sandbox, root: &Path) {
         root,
         "roles/kaiju.toml",
         "[rollout]\nrefresh = { min_healthy_percentage = 50 }",
-        &format!("[rollout]\ngroups = [\"kaiju_staging\", \"kaiju_staging_legacy\"]\nrefresh = {{ min_healthy_percentage = 50 }}\n\n[notify]\nsns_topic_arn = \"{topic}\""),
+        &format!("[rollout]\ngroups = [\"kaiju_staging\", \"kaiju_staging_legacy\", \"kaiju_staging_mixed\"]\nrefresh = {{ min_healthy_percentage = 50 }}\n\n[notify]\nsns_topic_arn = \"{topic}\""),
     );
 }
 

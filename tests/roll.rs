@@ -562,3 +562,111 @@ async fn rollback_to_an_image_that_is_gone_changes_nothing() {
     assert!(sb.calls()["mutating"].as_array().unwrap().is_empty(), "{}", sb.calls()["mutating"]);
     assert_eq!(images_of(&c, "kaiju_staging").await, BTreeSet::from([newer]));
 }
+
+/// An opted-in launch template for kaiju/staging launching `ami` on `itype`: its id.
+async fn template(c: &Cloud, name: &str, ami: &str, itype: ec2_t::InstanceType) -> String {
+    let lt = c
+        .ec2
+        .create_launch_template()
+        .launch_template_name(name)
+        .tag_specifications(common::opted_in_template("kaiju", "staging"))
+        .launch_template_data(ec2_t::RequestLaunchTemplateData::builder().image_id(ami).instance_type(itype).build())
+        .send()
+        .await
+        .unwrap();
+    lt.launch_template().unwrap().launch_template_id().unwrap().to_string()
+}
+
+/// A group with a mixed instances policy: template `main` (and the override `m5.large` on it),
+/// plus an override of `other_type` launched from template `other`; On-Demand base 1, Spot above.
+async fn mixed_group(c: &Cloud, name: &str, main: &str, other: &str, other_type: &str) {
+    let spec = |id: &str| asg_t::LaunchTemplateSpecification::builder().launch_template_id(id).version("1").build();
+    let policy = asg_t::MixedInstancesPolicy::builder()
+        .launch_template(
+            asg_t::LaunchTemplate::builder()
+                .launch_template_specification(spec(main))
+                .overrides(asg_t::LaunchTemplateOverrides::builder().instance_type("m5.large").build())
+                .overrides(asg_t::LaunchTemplateOverrides::builder().instance_type(other_type).launch_template_specification(spec(other)).build())
+                .build(),
+        )
+        .instances_distribution(asg_t::InstancesDistribution::builder().on_demand_base_capacity(1).spot_allocation_strategy("price-capacity-optimized").build())
+        .build();
+    c.asg
+        .create_auto_scaling_group()
+        .auto_scaling_group_name(name)
+        .mixed_instances_policy(policy)
+        .set_tags(Some(common::opted_in_group(name, "kaiju", "staging")))
+        .min_size(0)
+        .max_size(4)
+        .desired_capacity(2)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The versions a mixed group's policy names: (template id, version), its own first.
+async fn policy_versions(c: &Cloud, name: &str) -> Vec<(String, String)> {
+    let g = group(c, name).await;
+    let lt = g.mixed_instances_policy().unwrap().launch_template().unwrap();
+    let spec = |s: &asg_t::LaunchTemplateSpecification| (s.launch_template_id().unwrap().to_string(), s.version().unwrap().to_string());
+    std::iter::once(spec(lt.launch_template_specification().unwrap()))
+        .chain(lt.overrides().iter().filter_map(|o| o.launch_template_specification().map(spec)))
+        .collect()
+}
+
+async fn version_image(c: &Cloud, id: &str, version: &str) -> String {
+    let v = c.ec2.describe_launch_template_versions().launch_template_id(id).versions(version).send().await.unwrap();
+    v.launch_template_versions()[0].launch_template_data().unwrap().image_id().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_instances_group_rolls_every_template_and_rolls_back_and_a_foreign_architecture_is_refused() {
+    let Rig { sb, c, dir, old } = rig().await;
+    let root = dir.path();
+    let main = template(&c, "kaiju-mixed-main", &old, ec2_t::InstanceType::T3Small).await;
+    let other = template(&c, "kaiju-mixed-other", &old, ec2_t::InstanceType::T3Medium).await;
+    mixed_group(&c, "kaiju_mixed", &main, &other, "c5.large").await;
+    set_rollout(root, r#"{ groups = ["kaiju_mixed"], refresh = { min_healthy_percentage = 50, auto_rollback = true } }"#);
+    let new = baked_image(&c, "kaiju-staging-1").await;
+    // The plan names both templates and changes nothing.
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--plan"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("mixed instances policy: new versions of kaiju-mixed-main (from v1), kaiju-mixed-other (from v1)"), "{shown}");
+    assert_eq!(policy_versions(&c, "kaiju_mixed").await, [(main.clone(), "1".to_string()), (other.clone(), "1".to_string())]);
+    // The roll: a new version of each template, the refresh's desired configuration the whole
+    // policy on them; the Spot/On-Demand distribution is kept.
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let g = &json_out(&out)["groups"][0];
+    assert_eq!((g["kind"].as_str(), g["outcome"].as_str()), (Some("mixed-instances"), Some("rolled")), "{g}");
+    assert_eq!(policy_versions(&c, "kaiju_mixed").await, [(main.clone(), "2".to_string()), (other.clone(), "2".to_string())]);
+    for id in [&main, &other] {
+        assert_eq!(version_image(&c, id, "2").await, new, "{id} v2");
+    }
+    let policy = group(&c, "kaiju_mixed").await.mixed_instances_policy().unwrap().clone();
+    assert_eq!(policy.instances_distribution().unwrap().on_demand_base_capacity(), Some(1));
+    assert_eq!(policy.launch_template().unwrap().overrides().len(), 2);
+    assert_eq!(images_of(&c, "kaiju_mixed").await, BTreeSet::from([new.clone()]));
+    // Back, on demand: every template on the version it was on.
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--rollback"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(policy_versions(&c, "kaiju_mixed").await, [(main.clone(), "1".to_string()), (other.clone(), "1".to_string())]);
+    assert_eq!(images_of(&c, "kaiju_mixed").await, BTreeSet::from([old.clone()]));
+    // A Graviton override: the x86_64 image cannot run on m6g.large; refused before any change.
+    let arm = template(&c, "kaiju-mixed-arm", &old, ec2_t::InstanceType::M6gLarge).await;
+    mixed_group(&c, "kaiju_graviton", &main, &arm, "m6g.large").await;
+    common::edit(root, "roles/kaiju.toml", r#"groups = ["kaiju_mixed"]"#, r#"groups = ["kaiju_graviton"]"#);
+    let before = c.ec2.describe_launch_template_versions().launch_template_id(&main).send().await.unwrap().launch_template_versions().len();
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &new]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("group kaiju_graviton: instance type m6g.large of launch template kaiju-mixed-arm runs arm64, but") && e.contains("nothing changed"),
+        "{e}"
+    );
+    let after = c.ec2.describe_launch_template_versions().launch_template_id(&main).send().await.unwrap().launch_template_versions().len();
+    assert_eq!(before, after, "no version made");
+    assert_eq!(policy_versions(&c, "kaiju_graviton").await, [(main.clone(), "1".to_string()), (arm.clone(), "1".to_string())]);
+}

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aws_sdk_autoscaling::types::{Filter as AsgFilter, InstanceRefreshStatus, LifecycleState};
-use aws_sdk_ec2::types::{Filter, ImageState, RequestLaunchTemplateData};
+use aws_sdk_ec2::types::{Filter, ImageState};
 use futures::stream::{self, StreamExt};
 
-use super::plan::{GroupState, Source};
+use super::plan::{GroupState, MixedTemplate, Policy, Source};
 use crate::aws::Clients;
 use crate::error::{Error, Result};
 use crate::plan::Plan;
@@ -35,17 +35,24 @@ pub async fn newest_image(c: &Clients, role: &str, env: &str) -> Result<String> 
         .ok_or_else(|| Error::Other(format!("no image of {role}/{env} in {}: bake one first, or give --ami", c.region)))
 }
 
-pub(super) async fn check_image(c: &Clients, ami: &str) -> Result<()> {
+/// The image exists and is available: its architecture.
+pub(super) async fn check_image(c: &Clients, ami: &str) -> Result<String> {
     let r = c.ec2.describe_images().image_ids(ami).send().await.map_err(|e| Error::aws("ec2:DescribeImages", format!("image {ami}"), &c.region, &e))?;
-    match r.images().first().and_then(|i| i.state()) {
-        Some(ImageState::Available) => Ok(()),
+    let image = r.images().first();
+    match image.and_then(|i| i.state()) {
+        Some(ImageState::Available) => Ok(crate::aws::required(
+            image.and_then(|i| i.architecture()).map(|a| a.as_str()),
+            "ec2:DescribeImages",
+            &format!("the architecture of {ami}"),
+            &c.region,
+        )?),
         Some(s) => Err(Error::Other(format!("image {ami} in {} is {}, not available", c.region, s.as_str()))),
         None => Err(Error::Other(format!("image {ami} does not exist in {}", c.region))),
     }
 }
 
-/// The image a launch template version launches, and its number.
-pub(super) async fn template_version(c: &Clients, id: &str, version: &str) -> Result<(i64, String, RequestLaunchTemplateData)> {
+/// A launch template version's number, the image it launches and its instance type.
+pub(super) async fn template_version(c: &Clients, id: &str, version: &str) -> Result<(i64, String, Option<String>)> {
     let r = c
         .ec2
         .describe_launch_template_versions()
@@ -57,7 +64,33 @@ pub(super) async fn template_version(c: &Clients, id: &str, version: &str) -> Re
     let v = r.launch_template_versions().first().ok_or_else(|| Error::Other(format!("launch template {id} has no version {version}")))?;
     let data = v.launch_template_data();
     let image = data.and_then(|d| d.image_id()).unwrap_or_default().to_string();
-    Ok((v.version_number().unwrap_or(0), image, RequestLaunchTemplateData::builder().build()))
+    let itype = data.and_then(|d| d.instance_type()).map(|t| t.as_str().to_string());
+    Ok((v.version_number().unwrap_or(0), image, itype))
+}
+
+/// The architectures each instance type runs (DescribeInstanceTypes, every page).
+pub(super) async fn architectures(c: &Clients, types: &[String]) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut out = BTreeMap::new();
+    // DescribeInstanceTypes takes at most 100 types a call.
+    for chunk in types.chunks(100) {
+        let wanted: Vec<aws_sdk_ec2::types::InstanceType> = chunk.iter().map(|t| aws_sdk_ec2::types::InstanceType::from(t.as_str())).collect();
+        let found: Vec<aws_sdk_ec2::types::InstanceTypeInfo> = c
+            .ec2
+            .describe_instance_types()
+            .set_instance_types(Some(wanted))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| Error::aws("ec2:DescribeInstanceTypes", format!("instance types {}", chunk.join(", ")), &c.region, &e))?;
+        for t in found {
+            let Some(name) = t.instance_type() else { continue };
+            let arch = t.processor_info().map(|p| p.supported_architectures().iter().map(|a| a.as_str().to_string()).collect()).unwrap_or_default();
+            out.insert(name.as_str().to_string(), arch);
+        }
+    }
+    Ok(out)
 }
 
 /// Describes the groups a role's rollout targets: names, tag filters, or `<role>_<env>`.
@@ -106,9 +139,10 @@ pub async fn discover(c: &Clients, plan: &Plan) -> Result<Vec<GroupState>> {
     // The launch templates' own tags (their owners opt them in to bake).
     let mut ids: Vec<String> = states
         .iter()
-        .filter_map(|g| match &g.source {
-            Source::LaunchTemplate { id, .. } => Some(id.clone()),
-            _ => None,
+        .flat_map(|g| match &g.source {
+            Source::LaunchTemplate { id, .. } => vec![id.clone()],
+            Source::Mixed { templates, .. } => templates.iter().map(|t| t.id.clone()).collect(),
+            _ => Vec::new(),
         })
         .collect();
     ids.sort();
@@ -124,11 +158,26 @@ pub async fn discover(c: &Clients, plan: &Plan) -> Result<Vec<GroupState>> {
             .try_collect()
             .await
             .map_err(|e| Error::aws("ec2:DescribeLaunchTemplates", "the groups' launch templates", region, &e))?;
+        let tags_of = |id: &str| -> BTreeMap<String, String> {
+            templates
+                .iter()
+                .find(|t| t.launch_template_id() == Some(id))
+                .map(|t| t.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect())
+                .unwrap_or_default()
+        };
         for g in &mut states {
-            if let Source::LaunchTemplate { id, .. } = &g.source {
-                if let Some(t) = templates.iter().find(|t| t.launch_template_id() == Some(id.as_str())) {
-                    g.template_tags = t.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect();
+            match &mut g.source {
+                Source::LaunchTemplate { id, .. } => g.template_tags = tags_of(id),
+                Source::Mixed { templates: ts, .. } => {
+                    for t in ts.iter_mut() {
+                        // A template named by id only is shown by its name.
+                        if let Some(n) = templates.iter().find(|x| x.launch_template_id() == Some(t.id.as_str())).and_then(|x| x.launch_template_name()) {
+                            t.name = n.to_string();
+                        }
+                        g.mixed_template_tags.insert(t.id.clone(), tags_of(&t.id));
+                    }
                 }
+                _ => {}
             }
         }
     }
@@ -139,25 +188,83 @@ pub async fn discover(c: &Clients, plan: &Plan) -> Result<Vec<GroupState>> {
 #[derive(Default)]
 pub(super) struct VersionCache(std::sync::Mutex<BTreeMap<(String, String), Described>>);
 
-/// A version's number and the image it launches, once described.
-type Described = Arc<tokio::sync::OnceCell<(i64, String)>>;
+/// A version's number, the image it launches and its instance type, once described.
+type Described = Arc<tokio::sync::OnceCell<(i64, String, Option<String>)>>;
 
 impl VersionCache {
     /// Each version is described once; different versions are described concurrently (the map's
     /// lock is never held across a call).
-    async fn get(&self, c: &Clients, id: &str, version: &str) -> Result<(i64, String)> {
+    async fn get(&self, c: &Clients, id: &str, version: &str) -> Result<(i64, String, Option<String>)> {
         let cell = {
             let mut map = self.0.lock().map_err(|_| Error::Other("the launch template version cache lock was poisoned".into()))?;
             map.entry((id.to_string(), version.to_string())).or_default().clone()
         };
-        let v = cell
-            .get_or_try_init(|| async {
-                let (n, image, _) = template_version(c, id, version).await?;
-                Ok::<_, Error>((n, image))
-            })
-            .await?;
+        let v = cell.get_or_try_init(|| template_version(c, id, version)).await?;
         Ok(v.clone())
     }
+}
+
+/// The id of the template a group's specification names (by id, or by name).
+async fn template_id(c: &Clients, lt: &aws_sdk_autoscaling::types::LaunchTemplateSpecification) -> Result<String> {
+    if let Some(id) = lt.launch_template_id() {
+        return Ok(id.to_string());
+    }
+    let n = lt.launch_template_name().unwrap_or_default();
+    let r = c
+        .ec2
+        .describe_launch_templates()
+        .launch_template_names(n)
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:DescribeLaunchTemplates", format!("launch template {n}"), &c.region, &e))?;
+    let t = r.launch_templates().first();
+    let id = crate::aws::required(t.and_then(|t| t.launch_template_id()), "ec2:DescribeLaunchTemplates", &format!("the id of launch template {n}"), &c.region)?;
+    Ok(id)
+}
+
+/// A mixed-instances policy's templates: its own, and each override's that names another.
+async fn mixed_templates(
+    c: &Clients,
+    group: &str,
+    p: &aws_sdk_autoscaling::types::MixedInstancesPolicy,
+    versions: &VersionCache,
+) -> Result<Vec<MixedTemplate>> {
+    let lt = p.launch_template();
+    let main = lt
+        .and_then(|l| l.launch_template_specification())
+        .ok_or_else(|| Error::Other(format!("group {group} in {}: its mixed instances policy names no launch template", c.region)))?;
+    let overrides = lt.map(|l| l.overrides()).unwrap_or_default();
+    let mut out: Vec<MixedTemplate> = Vec::new();
+    let specs = std::iter::once((main, None)).chain(overrides.iter().filter_map(|o| o.launch_template_specification().map(|s| (s, Some(o)))));
+    for (spec, _) in specs {
+        let id = template_id(c, spec).await?;
+        if out.iter().any(|t| t.id == id) {
+            continue;
+        }
+        let configured = spec.version().unwrap_or("$Default").to_string();
+        let (version, image, own_type) = versions.get(c, &id, &configured).await?;
+        let is_main = out.is_empty();
+        // The instance types it launches: the overrides that name it (the policy's own template
+        // serves the overrides naming none), else its own.
+        let mut types: Vec<String> = Vec::new();
+        for o in overrides {
+            let names_it = match o.launch_template_specification() {
+                Some(s) => template_id(c, s).await? == id,
+                None => is_main,
+            };
+            if let (true, Some(t)) = (names_it, o.instance_type()) {
+                types.push(t.to_string());
+            }
+        }
+        if types.is_empty() {
+            types.extend(own_type);
+        }
+        types.sort();
+        types.dedup();
+        let name = spec.launch_template_name().map(str::to_string).unwrap_or_else(|| id.clone());
+        out.push(MixedTemplate { id, name, version, configured, image, main: is_main, instance_types: types });
+    }
+    Ok(out)
 }
 
 pub(super) async fn describe_group(c: &Clients, g: aws_sdk_autoscaling::types::AutoScalingGroup, versions: &VersionCache) -> Result<GroupState> {
@@ -165,29 +272,15 @@ pub(super) async fn describe_group(c: &Clients, g: aws_sdk_autoscaling::types::A
     let name = crate::aws::required(g.auto_scaling_group_name(), "autoscaling:DescribeAutoScalingGroups", "a group name", region)?;
     let tags: BTreeMap<String, String> = g.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect();
     let source = if let Some(lt) = g.launch_template() {
-        let id = match lt.launch_template_id() {
-            Some(id) => id.to_string(),
-            None => {
-                let n = lt.launch_template_name().unwrap_or_default();
-                let r = c
-                    .ec2
-                    .describe_launch_templates()
-                    .launch_template_names(n)
-                    .send()
-                    .await
-                    .map_err(|e| Error::aws("ec2:DescribeLaunchTemplates", format!("launch template {n}"), region, &e))?;
-                crate::aws::required(
-                    r.launch_templates().first().and_then(|t| t.launch_template_id()),
-                    "ec2:DescribeLaunchTemplates",
-                    &format!("the id of launch template {n}"),
-                    region,
-                )?
-            }
-        };
+        let id = template_id(c, lt).await?;
         let configured = lt.version().unwrap_or("$Default").to_string();
-        let (version, image) = versions.get(c, &id, &configured).await?;
+        let (version, image, _) = versions.get(c, &id, &configured).await?;
         let lt_name = lt.launch_template_name().unwrap_or_default().to_string();
         Source::LaunchTemplate { id, name: lt_name, version, configured, image }
+    } else if let Some(p) = g.mixed_instances_policy() {
+        let templates = mixed_templates(c, &name, p, versions).await?;
+        let image = templates.first().map(|t| t.image.clone()).unwrap_or_default();
+        Source::Mixed { templates, image, policy: Policy(p.clone()) }
     } else if let Some(lc) = g.launch_configuration_name() {
         let r = c
             .asg
@@ -199,13 +292,23 @@ pub(super) async fn describe_group(c: &Clients, g: aws_sdk_autoscaling::types::A
         let image = r.launch_configurations().first().and_then(|l| l.image_id()).unwrap_or_default().to_string();
         Source::LaunchConfiguration { name: lc.to_string(), image }
     } else {
-        Source::Unsupported { why: "it uses a mixed instances policy, which bake does not roll yet".into() }
+        Source::Unsupported { why: "it names neither a launch template, a mixed instances policy nor a launch configuration".into() }
     };
     let refreshes = c.instance_refreshes(&name).await?;
     let active = refreshes.iter().find(|r| is_active(r.status())).and_then(|r| r.instance_refresh_id().map(str::to_string));
     let protected = g.instances().iter().filter(|i| i.protected_from_scale_in() == Some(true)).count();
     let standby = g.instances().iter().filter(|i| matches!(i.lifecycle_state(), Some(LifecycleState::Standby | LifecycleState::EnteringStandby))).count();
-    Ok(GroupState { name, source, tags, template_tags: BTreeMap::new(), protected, standby, instances: g.instances().len(), refresh_in_progress: active })
+    Ok(GroupState {
+        name,
+        source,
+        tags,
+        template_tags: BTreeMap::new(),
+        mixed_template_tags: BTreeMap::new(),
+        protected,
+        standby,
+        instances: g.instances().len(),
+        refresh_in_progress: active,
+    })
 }
 
 pub(super) fn is_active(s: Option<&InstanceRefreshStatus>) -> bool {

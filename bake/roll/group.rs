@@ -12,7 +12,7 @@ use aws_sdk_ec2::types::RequestLaunchTemplateData;
 
 use super::discover::is_active;
 use super::plan::{self as rollout, Change, GroupPlan, RolloutPlan};
-use super::{asg_err, InProgress, Request, TAG_IMAGE, TAG_PREVIOUS_IMAGE, TAG_PREVIOUS_LC, TAG_PREVIOUS_VERSION, TAG_ROLL};
+use super::{asg_err, InProgress, Request, TAG_IMAGE, TAG_PREVIOUS_IMAGE, TAG_PREVIOUS_LC, TAG_PREVIOUS_VERSION, TAG_PREVIOUS_VERSIONS, TAG_ROLL};
 use crate::aws::Clients;
 use crate::error::{Error, Result};
 use crate::manifest::{GroupOutcome, GroupRecord};
@@ -237,7 +237,7 @@ impl Rolling {
         .ok_or_else(|| Error::Other(format!("group {group} still has an instance refresh running after {}s", self.timeout.as_secs())))
     }
 
-    pub(super) async fn start_refresh(&self, g: &GroupPlan, desired: Option<(String, i64)>, auto_rollback: bool, skip_matching: bool) -> Result<String> {
+    pub(super) async fn start_refresh(&self, g: &GroupPlan, desired: Option<DesiredConfiguration>, auto_rollback: bool, skip_matching: bool) -> Result<String> {
         let r = &g.refresh;
         let mut prefs = RefreshPreferences::builder()
             .min_healthy_percentage(r.min_healthy_percentage as i32)
@@ -260,12 +260,8 @@ impl Rolling {
         };
         prefs = prefs.scale_in_protected_instances(protected).standby_instances(standby);
         let mut req = self.c.asg.start_instance_refresh().auto_scaling_group_name(&g.name).preferences(prefs.build());
-        if let Some((id, version)) = desired {
-            req = req.desired_configuration(
-                DesiredConfiguration::builder()
-                    .launch_template(LaunchTemplateSpecification::builder().launch_template_id(id).version(version.to_string()).build())
-                    .build(),
-            );
+        if let Some(d) = desired {
+            req = req.desired_configuration(d);
         }
         // A launch template bake just made may not be visible to Auto Scaling yet.
         let start = || async { req.clone().send().await.map_err(|e| asg_err("autoscaling:StartInstanceRefresh", &g.name, &self.c.region, &e)) };
@@ -321,6 +317,16 @@ impl Rolling {
     }
 }
 
+/// A desired configuration of one numbered launch template version.
+fn template_desired(id: &str, version: i64) -> DesiredConfiguration {
+    DesiredConfiguration::builder().launch_template(LaunchTemplateSpecification::builder().launch_template_id(id).version(version.to_string()).build()).build()
+}
+
+/// `name vN, name vM` of a mixed group's templates.
+fn versions_text(templates: &[rollout::TemplateMove], version: impl Fn(&rollout::TemplateMove) -> i64) -> String {
+    templates.iter().map(|t| format!("{} v{}", t.name, version(t))).collect::<Vec<_>>().join(", ")
+}
+
 /// Moves one group onto its new image. Records in `rec`; `Ok(true)` when the group moved (and
 /// is to be put back should the rollout fail).
 pub(super) async fn roll_group(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, rec: &mut GroupRecord) -> Result<bool> {
@@ -353,8 +359,25 @@ pub(super) async fn roll_group(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, 
             };
             cx.record_move(plan, g, (TAG_PREVIOUS_VERSION, from.to_string())).await?;
             // A group that keeps its alias follows it: the refresh names no configuration.
-            let desired = if alias.is_some() { None } else { Some((id.clone(), n)) };
+            let desired = if alias.is_some() { None } else { Some(template_desired(id, n)) };
             (desired, g.refresh.auto_rollback)
+        }
+        Change::Mixed { templates, set_default, policy } => {
+            rec.kind = "mixed-instances".into();
+            rec.previous = versions_text(templates, |t| t.from);
+            rep.stage(
+                "template",
+                &format!("new versions of {} with {}", templates.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "), g.new_image),
+            );
+            let mut made = BTreeMap::new();
+            for t in templates {
+                let n = cx.new_template_version(plan, &t.id, &t.name, t.from, &g.new_image, *set_default).await?;
+                made.insert(t.id.clone(), n);
+            }
+            rec.new = versions_text(templates, |t| made.get(&t.id).copied().unwrap_or(0));
+            cx.record_move(plan, g, (TAG_PREVIOUS_VERSIONS, rollout::previous_versions_tag(templates))).await?;
+            let p = rollout::policy_with_versions(policy, templates, &made);
+            (Some(DesiredConfiguration::builder().mixed_instances_policy(p.0).build()), g.refresh.auto_rollback)
         }
         Change::LaunchConfiguration { from, to } => {
             rec.kind = "launch-configuration".into();
@@ -382,7 +405,7 @@ pub(super) async fn roll_group(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, 
             // The group moves to the template only when the refresh succeeds (its desired
             // configuration), so AWS's rollback returns it to the launch configuration.
             cx.record_move(plan, g, (TAG_PREVIOUS_LC, from.clone())).await?;
-            (Some((id, 1)), g.refresh.auto_rollback)
+            (Some(template_desired(&id, 1)), g.refresh.auto_rollback)
         }
         Change::Nothing => unreachable!("handled above"),
     };
@@ -449,8 +472,13 @@ pub(super) async fn restore(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, rec
                 cx.copy_template_version(plan, id, name, *from).await?;
                 None
             }
-            None => Some((id.clone(), *from)),
+            None => Some(template_desired(id, *from)),
         },
+        // Every template back on the version it was on.
+        Change::Mixed { templates, policy, .. } => {
+            let back: BTreeMap<String, i64> = templates.iter().map(|t| (t.id.clone(), t.from)).collect();
+            Some(DesiredConfiguration::builder().mixed_instances_policy(rollout::policy_with_versions(policy, templates, &back).0).build())
+        }
         // Back to a launch configuration: a copy bake names (the operator may point groups only at
         // those, policies/roller.json.hbs) of the one the group is on (or left), with the old image.
         Change::LaunchConfiguration { to: copy_of, .. } | Change::MigrateToTemplate { from: copy_of, .. } => {
@@ -477,7 +505,7 @@ pub(super) async fn restore(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, rec
         Ended::Successful => {
             rec.outcome = GroupOutcome::RolledBack;
             cx.tag(&g.name, &[(TAG_IMAGE, g.current_image.clone())]).await?;
-            cx.delete_tags(&g.name, &[TAG_PREVIOUS_IMAGE, TAG_PREVIOUS_VERSION, TAG_PREVIOUS_LC]).await?;
+            cx.delete_tags(&g.name, &[TAG_PREVIOUS_IMAGE, TAG_PREVIOUS_VERSION, TAG_PREVIOUS_VERSIONS, TAG_PREVIOUS_LC]).await?;
             match &g.change {
                 Change::LaunchConfiguration { to, .. } if rollout::is_bake_launch_configuration(&g.name, to) => cx.delete_launch_configuration(to).await,
                 Change::MigrateToTemplate { template, .. } => cx.delete_migrated_template(template).await,

@@ -22,7 +22,7 @@ mod launch_config;
 pub mod plan;
 
 pub use discover::newest_image;
-use discover::{census, check_image, configured_images, discover, template_version};
+use discover::{architectures, census, check_image, configured_images, discover, template_version};
 use group::{restore, roll_group, Rolling};
 use plan::{self as rollout, Change, GroupPlan, GroupState, PlanOptions, RolloutPlan, Source};
 
@@ -48,6 +48,7 @@ pub struct Request {
 pub(crate) const TAG_IMAGE: &str = crate::tags::IMAGE;
 pub(crate) const TAG_PREVIOUS_IMAGE: &str = crate::tags::PREVIOUS_IMAGE;
 pub(crate) const TAG_PREVIOUS_VERSION: &str = crate::tags::PREVIOUS_VERSION;
+pub(crate) const TAG_PREVIOUS_VERSIONS: &str = crate::tags::PREVIOUS_VERSIONS;
 pub(crate) const TAG_PREVIOUS_LC: &str = crate::tags::PREVIOUS_LAUNCH_CONFIGURATION;
 pub(crate) const TAG_ROLL: &str = crate::tags::ROLL_ID;
 
@@ -165,8 +166,22 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
             Some(a) => a.clone(),
             None => newest_image(&c, &plan.role, &plan.env).await?,
         };
-        check_image(&c, &ami).await?;
+        let arch = check_image(&c, &ami).await?;
         m.ami = ami.clone();
+        // Mixed-instances groups: every instance type must run the image's architecture.
+        let mut types: Vec<String> = groups
+            .iter()
+            .flat_map(|g| match &g.source {
+                Source::Mixed { templates, .. } => templates.iter().flat_map(|t| t.instance_types.clone()).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        types.sort();
+        types.dedup();
+        if !types.is_empty() {
+            let arch_of = architectures(&c, &types).await?;
+            rollout::check_architectures(&groups, &ami, &arch, &arch_of).map_err(Error::Other)?;
+        }
         let rp = rollout::plan(
             &plan.role,
             &plan.env,
@@ -294,6 +309,23 @@ async fn rollback_on_demand(
                     .ok_or_else(|| Error::Other(format!("group {} has no previous launch configuration recorded (tag {TAG_PREVIOUS_LC})", g.name)))?;
                 Change::LaunchConfiguration { from, to: name.clone() }
             }
+            Source::Mixed { templates, policy, .. } => {
+                let tag = g.tags.get(TAG_PREVIOUS_VERSIONS);
+                let from = tag.and_then(|t| rollout::parse_previous_versions(t)).ok_or_else(|| {
+                    Error::Other(format!("group {} has no previous launch template versions recorded (tag {TAG_PREVIOUS_VERSIONS}); nothing changed", g.name))
+                })?;
+                let mut moves = Vec::new();
+                for t in templates {
+                    let f = from.get(&t.id).copied().ok_or_else(|| {
+                        Error::Other(format!(
+                            "group {}: tag {TAG_PREVIOUS_VERSIONS} records no version of its launch template {}; nothing changed",
+                            g.name, t.name
+                        ))
+                    })?;
+                    moves.push(rollout::TemplateMove { id: t.id.clone(), name: t.name.clone(), from: f });
+                }
+                Change::Mixed { templates: moves, set_default: false, policy: policy.clone() }
+            }
             Source::Unsupported { why } => return Err(Error::Other(format!("group {}: {why}", g.name))),
         };
         // The image the group goes back to is what its previous version or configuration
@@ -301,6 +333,18 @@ async fn rollback_on_demand(
         // checked before anything changes.
         let prev_image = match &change {
             Change::TemplateVersion { id, from, .. } => template_version(c, id, &from.to_string()).await?.1,
+            // What the policy's own template launched (every template's image is checked).
+            Change::Mixed { templates, .. } => {
+                let mut main = String::new();
+                for t in templates {
+                    let image = template_version(c, &t.id, &t.from.to_string()).await?.1;
+                    check_image(c, &image).await.map_err(|e| Error::Other(format!("group {} cannot go back: {e}; nothing changed", g.name)))?;
+                    if main.is_empty() {
+                        main = image;
+                    }
+                }
+                main
+            }
             Change::LaunchConfiguration { from, .. } | Change::MigrateToTemplate { from, .. } => c
                 .launch_configurations_named(std::slice::from_ref(from))
                 .await?

@@ -24,16 +24,90 @@ pub enum Source {
         name: String,
         image: String,
     },
-    /// A mixed-instances policy or nothing bake can change.
+    /// A mixed-instances policy: its launch template and those of its overrides.
+    Mixed {
+        templates: Vec<MixedTemplate>,
+        /// What the policy's own template launches.
+        image: String,
+        #[serde(skip)]
+        policy: Policy,
+    },
+    /// Nothing bake can change.
     Unsupported {
         why: String,
     },
 }
 
+/// A mixed-instances group's policy, as AWS describes it (the refresh's desired configuration
+/// carries all of it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy(pub aws_sdk_autoscaling::types::MixedInstancesPolicy);
+
+impl Eq for Policy {}
+
+/// One launch template a mixed-instances group launches from: the policy's own (`main`) or an
+/// override's.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct MixedTemplate {
+    pub id: String,
+    pub name: String,
+    pub version: i64,
+    pub configured: String,
+    pub image: String,
+    pub main: bool,
+    /// The instance types launched from it (its overrides'; the template's own when none).
+    pub instance_types: Vec<String>,
+}
+
+/// A template of a mixed-instances group moving to a new version.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct TemplateMove {
+    pub id: String,
+    pub name: String,
+    pub from: i64,
+}
+
+/// The tag recording a mixed group's versions before a roll: `id=from,id=from`.
+pub fn previous_versions_tag(templates: &[TemplateMove]) -> String {
+    templates.iter().map(|t| format!("{}={}", t.id, t.from)).collect::<Vec<_>>().join(",")
+}
+
+/// The versions [`previous_versions_tag`] recorded, by template id; `None` when it is not one.
+pub fn parse_previous_versions(tag: &str) -> Option<BTreeMap<String, i64>> {
+    tag.split(',').map(|kv| kv.split_once('=').and_then(|(k, v)| Some((k.trim().to_string(), v.trim().parse::<i64>().ok().filter(|n| *n > 0)?)))).collect()
+}
+
+/// The policy with each template (by id, or by name through `templates`) at `version_of` its id.
+pub fn policy_with_versions(p: &Policy, templates: &[TemplateMove], version_of: &BTreeMap<String, i64>) -> Policy {
+    let mut p = p.clone();
+    let set = |spec: &mut aws_sdk_autoscaling::types::LaunchTemplateSpecification| {
+        let id = spec.launch_template_id.clone().or_else(|| {
+            let name = spec.launch_template_name.as_deref()?;
+            templates.iter().find(|t| t.name == name).map(|t| t.id.clone())
+        });
+        if let Some((id, n)) = id.and_then(|id| version_of.get(&id).map(|n| (id, *n))) {
+            spec.launch_template_id = Some(id);
+            spec.launch_template_name = None;
+            spec.version = Some(n.to_string());
+        }
+    };
+    if let Some(lt) = p.0.launch_template.as_mut() {
+        if let Some(spec) = lt.launch_template_specification.as_mut() {
+            set(spec);
+        }
+        for o in lt.overrides.iter_mut().flatten() {
+            if let Some(spec) = o.launch_template_specification.as_mut() {
+                set(spec);
+            }
+        }
+    }
+    p
+}
+
 impl Source {
     pub fn image(&self) -> Option<&str> {
         match self {
-            Source::LaunchTemplate { image, .. } | Source::LaunchConfiguration { image, .. } => Some(image),
+            Source::LaunchTemplate { image, .. } | Source::LaunchConfiguration { image, .. } | Source::Mixed { image, .. } => Some(image),
             Source::Unsupported { .. } => None,
         }
     }
@@ -47,6 +121,8 @@ pub struct GroupState {
     pub tags: BTreeMap<String, String>,
     /// The tags of the launch template the group uses (empty for other sources).
     pub template_tags: BTreeMap<String, String>,
+    /// A mixed-instances group's: each template's tags, by id.
+    pub mixed_template_tags: BTreeMap<String, BTreeMap<String, String>>,
     /// Instances protected from scale-in, and instances in Standby.
     pub protected: usize,
     pub standby: usize,
@@ -72,6 +148,14 @@ pub enum Change {
     LaunchConfiguration { from: String, to: String },
     /// A new launch template with the launch configuration's settings and the new image.
     MigrateToTemplate { from: String, template: String },
+    /// A new version of every template of a mixed-instances policy; the refresh's desired
+    /// configuration is the policy on those versions.
+    Mixed {
+        templates: Vec<TemplateMove>,
+        set_default: bool,
+        #[serde(skip)]
+        policy: Policy,
+    },
     /// Already on the image.
     Nothing,
 }
@@ -150,7 +234,42 @@ pub fn not_opted_in(role: &str, env: &str, g: &GroupState) -> Vec<String> {
             out.push(format!("its launch template {name} lacks {}", l.join(" and ")));
         }
     }
+    if let Source::Mixed { templates, .. } = &g.source {
+        for t in templates {
+            let l = lacks(g.mixed_template_tags.get(&t.id).unwrap_or(&BTreeMap::new()));
+            if !l.is_empty() {
+                out.push(format!("its launch template {} lacks {}", t.name, l.join(" and ")));
+            }
+        }
+    }
     out
+}
+
+/// Refuses, before anything changes, a mixed-instances group with an instance type that cannot
+/// run the image: `arch` is the image's architecture, `arch_of` each instance type's (as
+/// DescribeInstanceTypes answered).
+pub fn check_architectures(groups: &[GroupState], image: &str, arch: &str, arch_of: &BTreeMap<String, Vec<String>>) -> Result<(), String> {
+    for g in groups {
+        let Source::Mixed { templates, .. } = &g.source else { continue };
+        for t in templates {
+            for ty in &t.instance_types {
+                match arch_of.get(ty) {
+                    Some(a) if a.iter().any(|a| a == arch) => {}
+                    Some(a) => {
+                        return Err(format!(
+                            "group {}: instance type {ty} of launch template {} runs {}, but {image} is {arch}: a role bakes one architecture; take the override out of the group, or roll a {} image to it; nothing changed",
+                            g.name,
+                            t.name,
+                            a.join("/"),
+                            a.join("/")
+                        ))
+                    }
+                    None => return Err(format!("group {}: EC2 does not know instance type {ty} (launch template {}); nothing changed", g.name, t.name)),
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -195,7 +314,22 @@ pub fn plan(
         let mut refresh = refresh.clone();
         let (change, current) = match &g.source {
             Source::Unsupported { why } => return Err(format!("group {} cannot be rolled: {why}", g.name)),
+            Source::Mixed { templates, image, .. } if templates.iter().all(|t| t.image == ami) => (Change::Nothing, image.clone()),
             Source::LaunchTemplate { image, .. } | Source::LaunchConfiguration { image, .. } if image == ami => (Change::Nothing, image.clone()),
+            Source::Mixed { templates, image, policy } => {
+                let aliased: Vec<String> =
+                    templates.iter().filter(|t| t.configured.starts_with('$')).map(|t| format!("{} ({})", t.name, t.configured)).collect();
+                if !aliased.is_empty() {
+                    // AWS refuses AutoRollback for a group on $Latest or $Default.
+                    refresh.auto_rollback = false;
+                    notes.push(format!(
+                        "its policy uses {}: it moves to the new numbered versions; AWS cannot roll it back this time (bake puts it back itself, on the numbered versions it was on)",
+                        aliased.join(", ")
+                    ));
+                }
+                let moves = templates.iter().map(|t| TemplateMove { id: t.id.clone(), name: t.name.clone(), from: t.version }).collect();
+                (Change::Mixed { templates: moves, set_default: spec.set_default_version, policy: policy.clone() }, image.clone())
+            }
             Source::LaunchTemplate { id, name, version, configured, image } => {
                 let alias = configured.starts_with('$').then(|| configured.clone());
                 if let Some(a) = &alias {
@@ -309,6 +443,11 @@ fn write_group(f: &mut fmt::Formatter<'_>, g: &GroupPlan) -> fmt::Result {
         ),
         Change::LaunchConfiguration { from, to } => format!("launch configuration {from} → {to}"),
         Change::MigrateToTemplate { from, template } => format!("launch configuration {from} → new launch template {template}"),
+        Change::Mixed { templates, set_default, .. } => format!(
+            "mixed instances policy: new versions of {}{}",
+            templates.iter().map(|t| format!("{} (from v{})", t.name, t.from)).collect::<Vec<_>>().join(", "),
+            if *set_default { ", made default" } else { "" }
+        ),
         Change::Nothing => "already on this image: nothing to do".into(),
     };
     writeln!(f, "  {}{} ({} instances)", g.name, if g.canary { " [canary]" } else { "" }, g.instances)?;
@@ -377,6 +516,7 @@ mod tests {
             source: Source::LaunchTemplate { id: "lt-1".into(), name: "web".into(), version: 3, configured: "3".into(), image: image.into() },
             tags: owned("web", "production"),
             template_tags: owned("web", "production"),
+            mixed_template_tags: BTreeMap::new(),
             protected: 0,
             standby: 0,
             instances: 2,
@@ -391,6 +531,7 @@ mod tests {
             source: Source::LaunchConfiguration { name: "legacy-lc".into(), image: "ami-old".into() },
             tags: owned("web", "production"),
             template_tags: BTreeMap::new(),
+            mixed_template_tags: BTreeMap::new(),
             protected: 0,
             standby: 0,
             instances: 1,
@@ -489,5 +630,90 @@ mod tests {
         assert!(e.contains("group g lacks bake:role=web (it has billing)"), "{e}");
         assert!(e.contains("its launch template web lacks bake:role=web and bake:env=production"), "{e}");
         assert!(!e.contains("group ok") && e.ends_with("nothing changed"), "{e}");
+    }
+
+    fn mixed(name: &str, image: &str, arm_override: bool) -> GroupState {
+        use aws_sdk_autoscaling::types as t;
+        let spec = |id: &str, v: &str| t::LaunchTemplateSpecification::builder().launch_template_id(id).version(v).build();
+        let p = t::MixedInstancesPolicy::builder()
+            .launch_template(
+                t::LaunchTemplate::builder()
+                    .launch_template_specification(t::LaunchTemplateSpecification::builder().launch_template_name("web").version("$Latest").build())
+                    .overrides(t::LaunchTemplateOverrides::builder().instance_type("m5.large").build())
+                    .overrides(t::LaunchTemplateOverrides::builder().instance_type("m6g.large").launch_template_specification(spec("lt-arm", "4")).build())
+                    .build(),
+            )
+            .instances_distribution(t::InstancesDistribution::builder().on_demand_base_capacity(1).build())
+            .build();
+        let tpl = |id: &str, n: &str, v: i64, c: &str, ty: &str, main: bool| MixedTemplate {
+            id: id.into(),
+            name: n.into(),
+            version: v,
+            configured: c.into(),
+            image: image.into(),
+            main,
+            instance_types: vec![ty.into()],
+        };
+        let mut templates = vec![tpl("lt-1", "web", 3, "$Latest", "m5.large", true)];
+        if arm_override {
+            templates.push(tpl("lt-arm", "web-arm", 4, "4", "m6g.large", false));
+        }
+        GroupState {
+            name: name.into(),
+            source: Source::Mixed { templates, image: image.into(), policy: Policy(p) },
+            tags: owned("web", "production"),
+            template_tags: BTreeMap::new(),
+            mixed_template_tags: BTreeMap::from([("lt-1".to_string(), owned("web", "production")), ("lt-arm".to_string(), owned("web", "production"))]),
+            protected: 0,
+            standby: 0,
+            instances: 2,
+            refresh_in_progress: None,
+        }
+    }
+
+    #[test]
+    fn a_mixed_group_moves_every_template_and_its_policy_names_the_new_versions() {
+        let spec = RolloutSpec { canaries: vec![], ..spec() };
+        let p = plan("web", "production", "us-east-1", "ami-new", "b-1", &spec, vec![mixed("web-mixed", "ami-old", true)], PlanOptions::default()).unwrap();
+        let g = &p.rest[0];
+        let Change::Mixed { templates, policy, .. } = &g.change else { panic!("{:?}", g.change) };
+        assert_eq!(templates.iter().map(|t| (t.id.as_str(), t.from)).collect::<Vec<_>>(), [("lt-1", 3), ("lt-arm", 4)]);
+        assert!(!g.refresh.auto_rollback, "a policy on $Latest cannot be rolled back by AWS");
+        assert!(g.notes.iter().any(|n| n.contains("web ($Latest)")), "{:?}", g.notes);
+        assert!(p.to_string().contains("mixed instances policy: new versions of web (from v3), web-arm (from v4)"), "{p}");
+        // The new policy: the main template by id (named by name before), both on the new numbers.
+        let made = BTreeMap::from([("lt-1".to_string(), 7), ("lt-arm".to_string(), 9)]);
+        let np = policy_with_versions(policy, templates, &made).0;
+        let lt = np.launch_template().unwrap();
+        let main = lt.launch_template_specification().unwrap();
+        assert_eq!((main.launch_template_id(), main.launch_template_name(), main.version()), (Some("lt-1"), None, Some("7")));
+        assert_eq!(lt.overrides()[1].launch_template_specification().unwrap().version(), Some("9"));
+        assert_eq!(lt.overrides()[0].launch_template_specification(), None, "an override without a template stays so");
+        assert_eq!(np.instances_distribution().unwrap().on_demand_base_capacity(), Some(1));
+        // The tag that lets --rollback find the versions again.
+        let tag = previous_versions_tag(templates);
+        assert_eq!(tag, "lt-1=3,lt-arm=4");
+        assert_eq!(parse_previous_versions(&tag), Some(BTreeMap::from([("lt-1".to_string(), 3), ("lt-arm".to_string(), 4)])));
+        for bad in ["", "lt-1", "lt-1=x", "lt-1=-2", "lt-1=3,,"] {
+            assert_eq!(parse_previous_versions(bad), None, "{bad:?}");
+        }
+        // Already on the image everywhere: nothing.
+        let p = plan("web", "production", "us-east-1", "ami-new", "b-1", &spec, vec![mixed("web-mixed", "ami-new", true)], PlanOptions::default()).unwrap();
+        assert_eq!(p.rest[0].change, Change::Nothing);
+    }
+
+    #[test]
+    fn every_template_of_a_mixed_group_must_be_opted_in_and_run_the_images_architecture() {
+        let mut g = mixed("web-mixed", "ami-old", true);
+        g.mixed_template_tags.remove("lt-arm");
+        let e =
+            plan("web", "production", "us-east-1", "ami-new", "b-1", &RolloutSpec { canaries: vec![], ..spec() }, vec![g], PlanOptions::default()).unwrap_err();
+        assert!(e.contains("its launch template web-arm lacks bake:role=web"), "{e}");
+        let arch_of = BTreeMap::from([("m5.large".to_string(), vec!["x86_64".to_string()]), ("m6g.large".to_string(), vec!["arm64".to_string()])]);
+        let e = check_architectures(&[mixed("web-mixed", "ami-old", true)], "ami-new", "x86_64", &arch_of).unwrap_err();
+        assert!(e.starts_with("group web-mixed: instance type m6g.large of launch template web-arm runs arm64, but ami-new is x86_64"), "{e}");
+        assert!(check_architectures(&[mixed("web-mixed", "ami-old", false)], "ami-new", "x86_64", &arch_of).is_ok());
+        let e = check_architectures(&[mixed("web-mixed", "ami-old", true)], "ami-new", "x86_64", &BTreeMap::new()).unwrap_err();
+        assert!(e.contains("EC2 does not know instance type m5.large"), "{e}");
     }
 }

@@ -254,7 +254,15 @@ where
         Err(e) if is_not_found(e.code()) || e.code() == Some("AccessDenied") => {
             Ok(believed(born, || async { Ok(iam_exists(c, kind, name).await?.then_some(())) }).await?.is_some())
         }
-        Err(e) => Err(Error::aws(action, format!("{kind} {name}"), "global", &e)),
+        Err(e) => Err(Error::aws(action, iam_what(kind, name), "global", &e)),
+    }
+}
+
+/// How errors name an IAM role or profile (`role bake-b-…`, `instance profile bake-b-…`).
+fn iam_what(kind: Kind, name: &str) -> String {
+    match kind {
+        Kind::IamRole => format!("role {name}"),
+        _ => format!("instance profile {name}"),
     }
 }
 
@@ -273,7 +281,7 @@ where
         Ok(_) => Ok(true),
         Err(e) if is_not_found(e.code()) => Ok(true),
         Err(e) if e.code() == Some("DeleteConflict") => Ok(false),
-        Err(e) => Err(Error::aws(action, format!("{kind} {name}"), "global", &e)),
+        Err(e) => Err(Error::aws(action, iam_what(kind, name), "global", &e)),
     }
 }
 

@@ -13,7 +13,12 @@ As strict as AWS documents (sources in the README and at each check):
   Wait); Wait, the default, waits an hour (times time_scale) for the instances, then fails;
 - health: the group's HealthCheckType (EC2 by default; ELB checks count only when enabled) and
   HealthCheckGracePeriod (0 by default through the API); images can fail EC2 checks (both) or ELB
-  checks only."""
+  checks only;
+- a MixedInstancesPolicy in the desired configuration is the group's whole policy once the refresh
+  succeeds (and the old one again after a rollback); its instances launch from the policy's own
+  launch template (not, as on AWS, also from overrides' templates)."""
+
+import copy
 
 import math
 import random
@@ -38,8 +43,9 @@ WAIT_LIMIT = 3600
 
 def group_source(group, desired=None):
     """What new instances of `group` launch from: ("lt", template, version number) or ("lc", lc)."""
-    if desired and desired.get("LaunchTemplate"):
-        spec = desired["LaunchTemplate"]
+    spec = (desired or {}).get("LaunchTemplate") or (((desired or {}).get("MixedInstancesPolicy") or {}).get("LaunchTemplate") or {}).get(
+        "LaunchTemplateSpecification")
+    if spec:
         b = group.ec2_backend
         lt = b.get_launch_template(spec["LaunchTemplateId"]) if spec.get("LaunchTemplateId") \
             else b.get_launch_template_by_name(spec["LaunchTemplateName"])
@@ -222,6 +228,7 @@ class Refresh:
         self.t_end = None
         self.end_time = None
         self.previous = group_source(group)
+        self.previous_policy = copy.deepcopy(group.mixed_instances_policy)
         self.previous_version = group.launch_template_version if group.ec2_launch_template is not None else None
         self.target = group_source(group, desired)
         self.rollback = None  # dict once rolling back
@@ -518,13 +525,22 @@ class Refresh:
             self.group.ec2_launch_template = prev[1]
             self.group.launch_template_version = str(prev[2])
             self.group.provided_launch_template_version = str(prev[2])
+        self.group.mixed_instances_policy = copy.deepcopy(self.previous_policy)
 
     def _finish(self):
         if self.rollback is not None:
             self.status, self.end_time = "RollbackSuccessful", utcnow()
             return
         self.status, self.end_time = "Successful", utcnow()
-        if self.desired and self.target[0] == "lt":
+        policy = (self.desired or {}).get("MixedInstancesPolicy")
+        if policy and self.target[0] == "lt":
+            # The whole policy, as given (every template at the version the refresh named).
+            self.group.mixed_instances_policy = copy.deepcopy(policy)
+            version = str(policy["LaunchTemplate"]["LaunchTemplateSpecification"].get("Version") or "$Default")
+            self.group.ec2_launch_template = self.target[1]
+            self.group.launch_template_version = version
+            self.group.provided_launch_template_version = None
+        elif self.desired and self.target[0] == "lt":
             # "Once the instance refresh succeeds, Amazon EC2 Auto Scaling updates the settings of the
             # Auto Scaling group to reflect the new desired configuration" -- as given: an alias stays one.
             version = str(self.desired["LaunchTemplate"].get("Version") or "$Default")
@@ -747,3 +763,19 @@ def _set_launch_configuration(self, launch_config_name, launch_template, mixed_i
 
 
 FakeAutoScalingGroup._set_launch_configuration = _set_launch_configuration
+
+_orig_launch_template = FakeAutoScalingGroup.launch_template
+
+
+def _launch_template(self):
+    """As AWS describes a group: a mixed-instances group names its templates in its policy only
+    (moto keeps the policy's template as the group's own)."""
+    if getattr(self, "mixed_instances_policy", None):
+        return None
+    try:
+        return _orig_launch_template.fget(self)
+    except AttributeError:
+        return None
+
+
+FakeAutoScalingGroup.launch_template = property(_launch_template)
