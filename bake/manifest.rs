@@ -147,6 +147,9 @@ pub struct GroupRecord {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub running: BTreeMap<String, u32>,
     pub percentage_complete: i32,
+    /// The warm pool's share of the refresh (groups with a warm pool).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm_pool_percentage_complete: Option<i32>,
     pub error: Option<String>,
     /// The group's configuration changed (so a failed rollout puts it back).
     #[serde(skip)]

@@ -670,3 +670,37 @@ async fn a_mixed_instances_group_rolls_every_template_and_rolls_back_and_a_forei
     assert_eq!(before, after, "no version made");
     assert_eq!(policy_versions(&c, "kaiju_graviton").await, [(main.clone(), "1".to_string()), (arm.clone(), "1".to_string())]);
 }
+
+/// How many instances a group's warm pool holds, and the images they run.
+async fn warm_pool(c: &Cloud, group: &str) -> (usize, BTreeSet<String>) {
+    let w = c.asg.describe_warm_pool().auto_scaling_group_name(group).send().await.unwrap();
+    let ids: Vec<String> = w.instances().iter().map(|i| i.instance_id().unwrap().to_string()).collect();
+    let d = c.ec2.describe_instances().set_instance_ids(Some(ids.clone())).send().await.unwrap();
+    (ids.len(), d.reservations().iter().flat_map(|r| r.instances()).map(|i| i.image_id().unwrap().to_string()).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_with_a_warm_pool_rolls_its_pool_too() {
+    let Rig { sb, c, dir, old } = rig().await;
+    let root = dir.path();
+    lt_group(&c, "kaiju_warm", &old, 2, "1").await;
+    // A warm pool of max size (4) minus desired (2): two stopped instances.
+    c.asg.put_warm_pool().auto_scaling_group_name("kaiju_warm").pool_state(asg_t::WarmPoolState::Stopped).send().await.unwrap();
+    assert_eq!(warm_pool(&c, "kaiju_warm").await, (2, BTreeSet::from([old.clone()])));
+    assert_eq!(group(&c, "kaiju_warm").await.warm_pool_size(), Some(2));
+    set_rollout(root, r#"{ groups = ["kaiju_warm"], refresh = { min_healthy_percentage = 50 } }"#);
+    let new = baked_image(&c, "kaiju-staging-1").await;
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--plan"]);
+    assert!(text(&out.stdout).contains("its warm pool (2 instance(s)) is refreshed too"), "{}", text(&out.stdout));
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let g = &json_out(&out)["groups"][0];
+    assert_eq!((g["outcome"].as_str(), g["warm_pool_percentage_complete"].as_i64()), (Some("rolled"), Some(100)), "{g}");
+    assert!(text(&out.stderr).contains("warm pool 100%, 0 left") || text(&out.stdout).contains("warm pool 100%, 0 left"), "{}", text(&out.stdout));
+    assert_eq!(images_of(&c, "kaiju_warm").await, BTreeSet::from([new.clone()]));
+    assert_eq!(warm_pool(&c, "kaiju_warm").await, (2, BTreeSet::from([new.clone()])), "the warm pool runs the new image");
+    // And back: the pool too.
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--rollback"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(warm_pool(&c, "kaiju_warm").await, (2, BTreeSet::from([old.clone()])));
+}

@@ -1918,3 +1918,53 @@ async fn ec2_refuses_more_than_200_filter_values_and_the_log_names_ids() {
     assert_eq!(logged["action"], "DescribeInstances");
     assert_eq!(logged["ids"].as_array().unwrap().len(), 200);
 }
+
+/// Warm pools ("Warm pools for Amazon EC2 Auto Scaling"): the pool holds MaxGroupPreparedCapacity
+/// (default: the group's maximum) minus the desired capacity, at least MinSize, stopped for
+/// PoolState Stopped; an instance refresh replaces them after the live pool and reports
+/// WarmPoolProgress; DeleteWarmPool terminates them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_holds_stopped_instances_that_a_refresh_replaces() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
+    profile(&c, "bake-asg", true).await;
+    let (lt_id, ami) = group_with_template(&c, "warm_production", 2).await;
+    c.asg.put_warm_pool().auto_scaling_group_name("warm_production").min_size(3).send().await.unwrap();
+    let pool = c.asg.describe_warm_pool().auto_scaling_group_name("warm_production").send().await.unwrap();
+    assert_eq!(pool.instances().len(), 3, "MinSize 3 beats max 4 - desired 2");
+    assert!(pool.instances().iter().all(|i| i.lifecycle_state() == Some(&asg_t::LifecycleState::WarmedStopped)));
+    let ids: Vec<String> = pool.instances().iter().map(|i| i.instance_id().unwrap().to_string()).collect();
+    for id in &ids {
+        assert_eq!(state(&c, id).await, "stopped");
+    }
+    let g = c.asg.describe_auto_scaling_groups().auto_scaling_group_names("warm_production").send().await.unwrap();
+    assert_eq!(g.auto_scaling_groups()[0].warm_pool_size(), Some(3));
+    assert_eq!(g.auto_scaling_groups()[0].instances().len(), 2, "warm instances are not in service");
+    let new_ami = ubuntu_2204(&c).await;
+    assert_ne!(new_ami, ami);
+    let v2 = new_version(&c, &lt_id, &new_ami).await;
+    c.asg
+        .start_instance_refresh()
+        .auto_scaling_group_name("warm_production")
+        .preferences(asg_t::RefreshPreferences::builder().min_healthy_percentage(50).build())
+        .desired_configuration(desired(&lt_id, &v2))
+        .send()
+        .await
+        .unwrap();
+    let r = refresh_until_done(&c, "warm_production").await;
+    assert_eq!(r.status(), Some(&asg_t::InstanceRefreshStatus::Successful));
+    let warm = r.progress_details().unwrap().warm_pool_progress().unwrap();
+    assert_eq!((warm.percentage_complete(), warm.instances_to_update()), (Some(100), Some(0)));
+    let pool = c.asg.describe_warm_pool().auto_scaling_group_name("warm_production").send().await.unwrap();
+    let now: Vec<String> = pool.instances().iter().map(|i| i.instance_id().unwrap().to_string()).collect();
+    assert_eq!(now.len(), 3);
+    assert!(now.iter().all(|i| !ids.contains(i)), "every warm instance replaced");
+    for id in &ids {
+        assert_eq!(state(&c, id).await, "terminated");
+    }
+    c.asg.delete_warm_pool().auto_scaling_group_name("warm_production").send().await.unwrap();
+    for id in &now {
+        assert_eq!(state(&c, id).await, "terminated");
+    }
+}

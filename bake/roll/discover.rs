@@ -307,6 +307,7 @@ pub(super) async fn describe_group(c: &Clients, g: aws_sdk_autoscaling::types::A
         protected,
         standby,
         instances: g.instances().len(),
+        warm_pool: g.warm_pool_configuration().map(|_| g.warm_pool_size().unwrap_or(0).max(0) as usize),
         refresh_in_progress: active,
     })
 }

@@ -189,18 +189,25 @@ impl Rolling {
                 }
             }
         };
-        let mut last = (String::new(), -1, -1);
+        let mut last = (String::new(), -1, -1, None);
+        let mut warm_pct = None;
         let refreshes = crate::wait::watcher::of(&self.c).refreshes.clone();
         let watch = crate::wait::follow(&refreshes, &self.c.calls, group, self.timeout, |all| {
             let Some(rf) = all.and_then(|all| all.iter().find(|r| r.instance_refresh_id() == Some(id))) else { return Ok(None) };
             let status = rf.status().cloned().unwrap_or(InstanceRefreshStatus::Pending);
             let pct = rf.percentage_complete().unwrap_or(0);
             let left = rf.instances_to_update().unwrap_or(0);
-            let now = (status.as_str().to_string(), pct, left);
+            let warm = rf
+                .progress_details()
+                .and_then(|d| d.warm_pool_progress())
+                .map(|w| (w.percentage_complete().unwrap_or(0), w.instances_to_update().unwrap_or(0)));
+            let now = (status.as_str().to_string(), pct, left, warm);
             if last != now {
-                rep.stage("refresh", &format!("{} {pct}% complete, {left} instance(s) left", status.as_str()));
+                let warm_text = warm.map(|(p, l)| format!("; warm pool {p}%, {l} left")).unwrap_or_default();
+                rep.stage("refresh", &format!("{} {pct}% complete, {left} instance(s) left{warm_text}", status.as_str()));
                 last = now;
             }
+            warm_pct = warm.map(|(p, _)| p);
             if is_active(Some(&status)) {
                 return Ok(None);
             }
@@ -220,6 +227,7 @@ impl Rolling {
             return Ok(Ended::Failed(format!("refresh {id} did not end within {}s", self.timeout.as_secs())));
         };
         rec.percentage_complete = pct;
+        rec.warm_pool_percentage_complete = warm_pct;
         Ok(match status {
             InstanceRefreshStatus::Successful => Ended::Successful,
             InstanceRefreshStatus::RollbackSuccessful => Ended::RolledBackByAws(reason),

@@ -372,6 +372,7 @@ async fn rollback_on_demand(
                 change,
                 refresh: plan.rollout.refresh.clone(),
                 instances: g.instances,
+                warm_pool: g.warm_pool,
                 refresh_in_progress: g.refresh_in_progress.clone(),
                 notes: Vec::new(),
             },

@@ -127,6 +127,8 @@ pub struct GroupState {
     pub protected: usize,
     pub standby: usize,
     pub instances: usize,
+    /// Instances in the group's warm pool (`None`: it has none).
+    pub warm_pool: Option<usize>,
     pub refresh_in_progress: Option<String>,
 }
 
@@ -169,6 +171,9 @@ pub struct GroupPlan {
     pub change: Change,
     pub refresh: RefreshSpec,
     pub instances: usize,
+    /// Instances in its warm pool, which the refresh replaces too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm_pool: Option<usize>,
     pub refresh_in_progress: Option<String>,
     /// What the operator should know: a version alias left behind, AWS unable to roll back,
     /// protected instances.
@@ -366,6 +371,9 @@ pub fn plan(
                 }
             }
         };
+        if let (Some(n), false) = (g.warm_pool, change == Change::Nothing) {
+            notes.push(format!("its warm pool ({n} instance(s)) is refreshed too, after the instances in service"));
+        }
         if change != Change::Nothing && g.protected + g.standby > 0 {
             let what = match (g.protected, g.standby) {
                 (p, 0) => format!("{p} instance(s) protected from scale-in"),
@@ -386,6 +394,7 @@ pub fn plan(
             change,
             refresh,
             instances: g.instances,
+            warm_pool: g.warm_pool,
             refresh_in_progress: g.refresh_in_progress,
             notes,
         };
@@ -520,6 +529,7 @@ mod tests {
             protected: 0,
             standby: 0,
             instances: 2,
+            warm_pool: None,
             refresh_in_progress: None,
         }
     }
@@ -535,6 +545,7 @@ mod tests {
             protected: 0,
             standby: 0,
             instances: 1,
+            warm_pool: None,
             refresh_in_progress: None,
         };
         let p = plan(
@@ -667,6 +678,7 @@ mod tests {
             protected: 0,
             standby: 0,
             instances: 2,
+            warm_pool: None,
             refresh_in_progress: None,
         }
     }

@@ -16,7 +16,12 @@ As strict as AWS documents (sources in the README and at each check):
   checks only;
 - a MixedInstancesPolicy in the desired configuration is the group's whole policy once the refresh
   succeeds (and the old one again after a rollback); its instances launch from the policy's own
-  launch template (not, as on AWS, also from overrides' templates)."""
+  launch template (not, as on AWS, also from overrides' templates);
+- a warm pool (PutWarmPool) holds MaxGroupPreparedCapacity (default MaxSize) minus the desired
+  capacity, at least MinSize, instances launched from the group's source and stopped (PoolState
+  Stopped or Hibernated); DescribeWarmPool lists them (Warmed:Stopped / Warmed:Running), the group
+  reports WarmPoolSize; an instance refresh replaces them after the instances in service and
+  reports WarmPoolProgress (a rollback puts them back too); DeleteWarmPool terminates them."""
 
 import copy
 
@@ -229,6 +234,7 @@ class Refresh:
         self.end_time = None
         self.previous = group_source(group)
         self.previous_policy = copy.deepcopy(group.mixed_instances_policy)
+        self.warm_done = False
         self.previous_version = group.launch_template_version if group.ec2_launch_template is not None else None
         self.target = group_source(group, desired)
         self.rollback = None  # dict once rolling back
@@ -323,6 +329,12 @@ class Refresh:
             "Preferences": self.prefs,
             "Strategy": self.strategy,
         }
+        if getattr(self.group, "warm_pool", None) is not None:
+            warm = warm_instances(self.group)
+            key = source_key(self.rollback["source"] if self.rollback else self.target)
+            left = 0 if self.warm_done else sum(1 for i in warm if STATE.instance_meta.get(i, {}).get("source") != key)
+            pct = 100 if not warm else int(100 * (len(warm) - left) / len(warm))
+            out["ProgressDetails"]["WarmPoolProgress"] = {"PercentageComplete": pct, "InstancesToUpdate": left}
         if self.end_time:
             out["EndTime"] = self.end_time
         if self.desired:
@@ -431,6 +443,9 @@ class Refresh:
                 self.doomed.remove(iid)
                 self.total -= 1
         if not self.doomed:
+            failed = self._refresh_warm_pool()
+            if failed:
+                return self._fail(failed)
             return self._finish()
         blocked = self._blocked()
         if blocked is not None:
@@ -485,6 +500,23 @@ class Refresh:
 
     pending_terminate = []
 
+    def _refresh_warm_pool(self):
+        """Replaces the warm pool's instances not on the refresh's source (once): a reason when a launch failed."""
+        if self.warm_done or getattr(self.group, "warm_pool", None) is None:
+            return None
+        self.warm_done = True
+        src = self.rollback["source"] if self.rollback else self.target
+        key = source_key(src)
+        stale = [i for i in warm_instances(self.group) if STATE.instance_meta.get(i, {}).get("source") != key]
+        if not stale:
+            return None
+        self.group.ec2_backend.terminate_instances(stale)
+        self.group.warm_instances = [i for i in warm_instances(self.group) if i not in stale]
+        if launch_warm(self.group, len(stale), src) < len(stale):
+            failure = STATE.launch_failures[-1]["why"] if STATE.launch_failures else "launch failed"
+            return f"Launching a new EC2 instance into the warm pool failed: {failure}"
+        return None
+
     def _terminate(self, ids):
         keep = [st for st in self.group.instance_states if st.instance.id not in ids]
         self.group.instance_states = keep
@@ -515,6 +547,7 @@ class Refresh:
         self.doomed = to_replace
         self.in_flight, self.pending_terminate = [], []
         self.total, self.done = len(to_replace), 0
+        self.warm_done = False
         self.paused_until = None
         self.wait_since = None
         self._restore_group()
@@ -779,3 +812,73 @@ def _launch_template(self):
 
 
 FakeAutoScalingGroup.launch_template = property(_launch_template)
+
+
+# -- warm pools --------------------------------------------------------------------------------
+
+def warm_instances(group):
+    return getattr(group, "warm_instances", None) or []
+
+
+def launch_warm(group, count, src=None):
+    """Launches `count` instances into `group`'s warm pool (stopped unless PoolState is Running):
+    how many it launched."""
+    new = launch_into(group, count, src)
+    ids = [i.id for i in new]
+    group.instance_states = [st for st in group.instance_states if st.instance.id not in ids]
+    if ids and (group.warm_pool.pool_state or "Stopped") in ("Stopped", "Hibernated"):
+        group.ec2_backend.stop_instances(ids)
+    group.warm_instances = warm_instances(group) + ids
+    for i in ids:
+        ssm.meta(i)["warm"] = True
+    return len(ids)
+
+
+def _warm_size(group):
+    pool = group.warm_pool
+    prepared = pool.max_group_prepared_capacity
+    if prepared is None or prepared < 0:
+        prepared = group.max_size
+    return max(int(pool.min_size or 0), int(prepared) - int(group.desired_capacity or 0))
+
+
+_orig_put_warm_pool = FakeAutoScalingGroup.put_warm_pool
+
+
+def _put_warm_pool(self, *args, **kwargs):
+    _orig_put_warm_pool(self, *args, **kwargs)
+    missing = _warm_size(self) - len(warm_instances(self))
+    if missing > 0:
+        launch_warm(self, missing)
+
+
+def describe_warm_pool(self):
+    group = _group(self, self._get_param("AutoScalingGroupName"))
+    pool = group.warm_pool
+    state = "Warmed:Running" if pool is not None and pool.pool_state == "Running" else "Warmed:Stopped"
+    instances = []
+    for iid in warm_instances(group):
+        inst = group.ec2_backend.get_instance(iid)
+        item = {"InstanceId": iid, "InstanceType": inst.instance_type, "AvailabilityZone": inst.placement,
+                "LifecycleState": state, "HealthStatus": "Healthy"}
+        instances.append(item)
+    return ActionResult({"WarmPoolConfiguration": pool, "Instances": instances})
+
+
+_orig_delete_warm_pool = AutoScalingResponse.delete_warm_pool
+
+
+def delete_warm_pool(self):
+    group = _group(self, self._get_param("AutoScalingGroupName"))
+    ids = warm_instances(group)
+    if ids:
+        group.ec2_backend.terminate_instances(ids)
+    group.warm_instances = []
+    return _orig_delete_warm_pool(self)
+
+
+FakeAutoScalingGroup.put_warm_pool = _put_warm_pool
+FakeAutoScalingGroup.warm_pool_configuration = property(lambda self: self.warm_pool)
+FakeAutoScalingGroup.warm_pool_size = property(lambda self: len(warm_instances(self)) if self.warm_pool is not None else None)
+AutoScalingResponse.describe_warm_pool = describe_warm_pool
+AutoScalingResponse.delete_warm_pool = delete_warm_pool
