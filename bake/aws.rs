@@ -71,6 +71,7 @@ pub struct Clients {
     pub ssm: aws_sdk_ssm::Client,
     pub asg: aws_sdk_autoscaling::Client,
     pub sts: aws_sdk_sts::Client,
+    pub cw: aws_sdk_cloudwatch::Client,
 }
 
 /// The AWS side of bake: a base configuration and the calls counted through it.
@@ -180,7 +181,8 @@ impl Aws {
             asg: aws_sdk_autoscaling::Client::from_conf(
                 aws_sdk_autoscaling::config::Builder::from(&self.base).region(region_v.clone()).interceptor(counting()).build(),
             ),
-            sts: aws_sdk_sts::Client::from_conf(aws_sdk_sts::config::Builder::from(&self.base).region(region_v).interceptor(counting()).build()),
+            sts: aws_sdk_sts::Client::from_conf(aws_sdk_sts::config::Builder::from(&self.base).region(region_v.clone()).interceptor(counting()).build()),
+            cw: aws_sdk_cloudwatch::Client::from_conf(aws_sdk_cloudwatch::config::Builder::from(&self.base).region(region_v).interceptor(counting()).build()),
         }
     }
 }
@@ -188,6 +190,33 @@ impl Aws {
 /// Every list bake reads goes through the SDK's paginators: here, every page, or an error naming
 /// the call, what it looked for and the region.
 impl Clients {
+    /// The CloudWatch alarms (metric and composite) with these names: name → (state, reason),
+    /// every page; a name CloudWatch does not know is absent.
+    pub async fn alarm_states(&self, names: &[String]) -> Result<BTreeMap<String, (String, String)>> {
+        let mut out = BTreeMap::new();
+        for chunk in names.chunks(crate::config::limits::DESCRIBE_ALARMS_NAMES) {
+            let mut pages = self
+                .cw
+                .describe_alarms()
+                .set_alarm_names(Some(chunk.to_vec()))
+                .alarm_types(aws_sdk_cloudwatch::types::AlarmType::MetricAlarm)
+                .alarm_types(aws_sdk_cloudwatch::types::AlarmType::CompositeAlarm)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| Error::aws("cloudwatch:DescribeAlarms", format!("alarms {}", chunk.join(", ")), &self.region, &e))?;
+                let metric = page.metric_alarms().iter().map(|a| (a.alarm_name(), a.state_value(), a.state_reason()));
+                let composite = page.composite_alarms().iter().map(|a| (a.alarm_name(), a.state_value(), a.state_reason()));
+                for (name, state, reason) in metric.chain(composite) {
+                    let name = required(name, "cloudwatch:DescribeAlarms", "an alarm's name", &self.region)?;
+                    let state = required(state.map(|s| s.as_str()), "cloudwatch:DescribeAlarms", &format!("the state of alarm {name}"), &self.region)?;
+                    out.insert(name, (state, reason.unwrap_or_default().to_string()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Every launch configuration in the region.
     pub async fn launch_configurations(&self) -> Result<Vec<aws_sdk_autoscaling::types::LaunchConfiguration>> {
         self.asg

@@ -704,3 +704,70 @@ async fn a_group_with_a_warm_pool_rolls_its_pool_too() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(warm_pool(&c, "kaiju_warm").await, (2, BTreeSet::from([old.clone()])));
 }
+
+async fn alarm(sb: &Sandbox, name: &str) -> aws_sdk_cloudwatch::Client {
+    let cw = aws_sdk_cloudwatch::Client::new(&sb.sdk_config("us-east-1").await);
+    cw.put_metric_alarm()
+        .alarm_name(name)
+        .namespace("AWS/ApplicationELB")
+        .metric_name("HTTPCode_Target_5XX_Count")
+        .statistic(aws_sdk_cloudwatch::types::Statistic::Sum)
+        .period(60)
+        .evaluation_periods(1)
+        .threshold(10.0)
+        .comparison_operator(aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold)
+        .send()
+        .await
+        .unwrap();
+    cw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_during_the_canarys_bake_time_puts_the_canary_back_and_starts_nothing_else() {
+    use aws_sdk_cloudwatch::types::StateValue;
+    let Rig { sb, c, dir, old } = rig().await;
+    let root = dir.path();
+    lt_group(&c, "kaiju_canary", &old, 2, "1").await;
+    lt_group(&c, "kaiju_rest", &old, 2, "1").await;
+    set_rollout(
+        root,
+        r#"{ groups = ["kaiju_canary", "kaiju_rest"], canaries = ["kaiju_canary"], canary_bake_time = "60s", alarms = ["kaiju-5xx"], refresh = { min_healthy_percentage = 50 } }"#,
+    );
+    let new = baked_image(&c, "kaiju-staging-1").await;
+    // No such alarm yet: refused before anything changes.
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("CloudWatch has no alarm named kaiju-5xx in us-east-1; nothing changed"), "{}", text(&out.stderr));
+    let cw = alarm(&sb, "kaiju-5xx").await;
+    // Firing already: refused too.
+    cw.set_alarm_state().alarm_name("kaiju-5xx").state_value(StateValue::Alarm).state_reason("5xx above 10").send().await.unwrap();
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("alarm kaiju-5xx is in ALARM in us-east-1 (5xx above 10)"), "{}", text(&out.stderr));
+    cw.set_alarm_state().alarm_name("kaiju-5xx").state_value(StateValue::Ok).state_reason("quiet").send().await.unwrap();
+    // The plan says what gates the roll.
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--plan"]);
+    assert!(text(&out.stdout).contains("gated by the alarms kaiju-5xx"), "{}", text(&out.stdout));
+    // The canary rolls (its refresh names the alarm); during its bake time the alarm fires.
+    let (child, _) = spawn_until(
+        &sb,
+        root,
+        &["roll", "kaiju", "--env", "staging", "--manifest", "roll.json"],
+        "canaries healthy; waiting 1m before the rest, watching kaiju-5xx",
+    );
+    let refreshes = c.asg.describe_instance_refreshes().auto_scaling_group_name("kaiju_canary").send().await.unwrap();
+    let spec = refreshes.instance_refreshes()[0].preferences().unwrap().alarm_specification().unwrap().clone();
+    assert_eq!(spec.alarms(), ["kaiju-5xx"]);
+    assert_eq!(images_of(&c, "kaiju_canary").await, BTreeSet::from([new.clone()]));
+    cw.set_alarm_state().alarm_name("kaiju-5xx").state_value(StateValue::Alarm).state_reason("5xx above 10").send().await.unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("alarm kaiju-5xx went into ALARM in us-east-1 (5xx above 10), during the canaries' bake time"), "{}", text(&out.stderr));
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(root.join("roll.json")).unwrap()).unwrap();
+    let outcome = |n: &str| m["groups"].as_array().unwrap().iter().find(|g| g["name"] == n).map(|g| g["outcome"].as_str().unwrap().to_string());
+    assert_eq!(outcome("kaiju_canary").as_deref(), Some("rolled-back"), "{m}");
+    assert_eq!(outcome("kaiju_rest").as_deref(), Some("not-started"), "{m}");
+    assert_eq!(images_of(&c, "kaiju_canary").await, BTreeSet::from([old.clone()]), "the canary is back");
+    assert_eq!(images_of(&c, "kaiju_rest").await, BTreeSet::from([old.clone()]), "nothing else started");
+    assert!(c.asg.describe_instance_refreshes().auto_scaling_group_name("kaiju_rest").send().await.unwrap().instance_refreshes().is_empty());
+}

@@ -1968,3 +1968,57 @@ async fn a_warm_pool_holds_stopped_instances_that_a_refresh_replaces() {
         assert_eq!(state(&c, id).await, "terminated");
     }
 }
+
+/// CloudWatch reaches the sandbox in Smithy RPC v2 CBOR (the Rust SDK's protocol for it); its
+/// alarms gate instance refreshes: "If any of the alarms go into the ALARM state, the instance
+/// refresh fails" and, with AutoRollback, rolls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudwatch_alarms_answer_in_cbor_and_fail_a_refresh_that_names_them() {
+    use aws_sdk_cloudwatch::types as cw_t;
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    let cw = aws_sdk_cloudwatch::Client::new(&sb.sdk_config("us-east-1").await);
+    sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
+    cw.put_metric_alarm()
+        .alarm_name("api-5xx")
+        .namespace("AWS/ApplicationELB")
+        .metric_name("HTTPCode_Target_5XX_Count")
+        .statistic(cw_t::Statistic::Sum)
+        .period(60)
+        .evaluation_periods(1)
+        .threshold(10.0)
+        .comparison_operator(cw_t::ComparisonOperator::GreaterThanThreshold)
+        .send()
+        .await
+        .unwrap();
+    let d = cw.describe_alarms().alarm_names("api-5xx").send().await.unwrap();
+    let a = &d.metric_alarms()[0];
+    assert_eq!((a.alarm_name(), a.state_value()), (Some("api-5xx"), Some(&cw_t::StateValue::Ok)));
+    assert!(a.state_updated_timestamp().is_some(), "timestamps arrive as CBOR's");
+    let e = cw.set_alarm_state().alarm_name("nobody").state_value(cw_t::StateValue::Alarm).state_reason("x").send().await.unwrap_err();
+    assert_eq!(e.code(), Some("ResourceNotFound"), "{e:?}");
+    // A refresh gated by the alarm: it fires, AWS rolls the refresh back.
+    profile(&c, "bake-asg", true).await;
+    let (lt_id, ami) = group_with_template(&c, "gated_production", 2).await;
+    let v2 = new_version(&c, &lt_id, &ubuntu_2204(&c).await).await;
+    c.asg
+        .start_instance_refresh()
+        .auto_scaling_group_name("gated_production")
+        .preferences(
+            asg_t::RefreshPreferences::builder()
+                .min_healthy_percentage(50)
+                .instance_warmup(200)
+                .auto_rollback(true)
+                .alarm_specification(asg_t::AlarmSpecification::builder().alarms("api-5xx").build())
+                .build(),
+        )
+        .desired_configuration(desired(&lt_id, &v2))
+        .send()
+        .await
+        .unwrap();
+    cw.set_alarm_state().alarm_name("api-5xx").state_value(cw_t::StateValue::Alarm).state_reason("5xx above 10").send().await.unwrap();
+    let r = refresh_until_done(&c, "gated_production").await;
+    assert_eq!(r.status(), Some(&asg_t::InstanceRefreshStatus::RollbackSuccessful), "{r:?}");
+    assert!(r.status_reason().unwrap_or_default().contains("api-5xx"), "{r:?}");
+    assert!(group_images(&c, "gated_production").await.iter().all(|(_, i)| *i == ami));
+}

@@ -239,6 +239,13 @@ pub const DEPRECATE_DAYS_MAX: u32 = 3_650;
 /// CheckpointDelay 0–172800 seconds and only with checkpoints.
 pub const CHECKPOINT_DELAY_MAX: u64 = 172_800;
 
+/// CloudWatch alarm names: 1–255 characters (CloudWatch API reference, PutMetricAlarm); an
+/// instance refresh's AlarmSpecification names at most 10 (Auto Scaling API reference,
+/// AlarmSpecification); DescribeAlarms takes at most 100 names a call.
+pub const ALARM_NAME: std::ops::RangeInclusive<usize> = 1..=255;
+pub const REFRESH_ALARMS: usize = 10;
+pub const DESCRIBE_ALARMS_NAMES: usize = 100;
+
 /// Auto Scaling group names: 1–255 characters. Auto Scaling API reference, CreateAutoScalingGroup.
 pub const GROUP_NAME: std::ops::RangeInclusive<usize> = 1..=255;
 

@@ -336,6 +336,7 @@ pub fn operator_context(
     let mut source_parameter_arns = Vec::new();
     let mut own_parameter_arns = Vec::new();
     let mut launch_configuration_names = Vec::new();
+    let mut alarm_arns: Vec<String> = Vec::new();
     let mut send_command_arns = vec!["arn:aws:ssm:*::document/AWS-RunShellScript".to_string()];
     // Roles, instance profiles and the boundary, all under bake's path.
     let mut identity_read_arns: Vec<String> =
@@ -442,6 +443,10 @@ pub fn operator_context(
         if let Some(t) = &r.notify.sns_topic_arn {
             push_unique(&mut sns_topic_arns, t.clone());
         }
+        // The alarms that gate its rolls, in whatever region it rolls.
+        for a in &r.rollout.alarms {
+            push_unique(&mut alarm_arns, arn("cloudwatch", &format!("alarm:{a}")));
+        }
     }
     if !problems.is_empty() {
         return Err(problems);
@@ -482,6 +487,7 @@ pub fn operator_context(
         "kms_key_arns": kms_key_arns,
         "kms_aliases": kms_aliases,
         "sns_topic_arns": sns_topic_arns,
+        "alarm_arns": alarm_arns,
         "share_accounts": share_accounts,
         "copies": copies,
         "shares": shares,

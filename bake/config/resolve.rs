@@ -502,6 +502,23 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
             }
         }
     }
+    let alarms = rollout.alarms.clone().unwrap_or_default();
+    if alarms.len() > limits::REFRESH_ALARMS {
+        problems.push(p(&rp.key("alarms"), format!("{} alarms: an instance refresh takes at most {}", alarms.len(), limits::REFRESH_ALARMS)));
+    }
+    let mut seen_alarms = std::collections::BTreeSet::new();
+    for (i, a) in alarms.iter().enumerate() {
+        if !limits::ALARM_NAME.contains(&a.chars().count()) || a.chars().any(|c| c.is_control()) || a.trim() != a {
+            problems.push(p(
+                &rp.key("alarms").index(i),
+                format!("`{}` is not a CloudWatch alarm name (1-255 characters, no control character, no white space at either end)", a.escape_default()),
+            ));
+        } else if a.contains('*') || a.contains('?') {
+            problems.push(p(&rp.key("alarms").index(i), format!("`{a}` holds a wildcard: name each alarm exactly")));
+        } else if !seen_alarms.insert(a.clone()) {
+            problems.push(p(&rp.key("alarms").index(i), format!("`{a}` is listed twice")));
+        }
+    }
     // Canaries are among the targets; with only names (no tag filter) that can be checked here.
     for (k, v) in rollout.group_tags.iter().flatten() {
         if let Some(why) = limits::tag_problem(k, v) {
@@ -524,6 +541,7 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
         set_default_version: rollout.set_default_version.unwrap_or(false),
         keep_version_alias: rollout.keep_version_alias.unwrap_or(false),
         keep_launch_configurations: rollout.keep_launch_configurations.unwrap_or(3),
+        alarms,
         refresh: refresh_main,
         patch_refresh: patch_spec,
     };

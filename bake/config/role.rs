@@ -108,6 +108,9 @@ pub struct RolloutLayer {
     /// numbered version); either way AWS cannot roll such a group back (bake does).
     pub keep_version_alias: Option<bool>,
     pub keep_launch_configurations: Option<u32>,
+    /// CloudWatch alarms (names, in each region rolled) that gate the roll: the refreshes' alarm
+    /// specification, and watched during the canaries' bake time.
+    pub alarms: Option<Vec<String>>,
     pub refresh: Option<RefreshLayer>,
     /// Refresh preferences for `bake patch --roll`, merged over `refresh`.
     pub patch: Option<RefreshLayer>,
@@ -221,6 +224,7 @@ pub struct RolloutSpec {
     pub set_default_version: bool,
     pub keep_version_alias: bool,
     pub keep_launch_configurations: u32,
+    pub alarms: Vec<String>,
     pub refresh: RefreshSpec,
     pub patch_refresh: RefreshSpec,
 }

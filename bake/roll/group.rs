@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_autoscaling::types::{
-    DesiredConfiguration, InstanceRefreshStatus, LaunchTemplateSpecification, RefreshPreferences, ScaleInProtectedInstances, StandbyInstances, Tag as AsgTag,
+    AlarmSpecification, DesiredConfiguration, InstanceRefreshStatus, LaunchTemplateSpecification, RefreshPreferences, ScaleInProtectedInstances,
+    StandbyInstances, Tag as AsgTag,
 };
 use aws_sdk_ec2::types::RequestLaunchTemplateData;
 
@@ -35,6 +36,8 @@ pub(super) struct Rolling {
     pub(super) timeout: Duration,
     pub(super) in_progress: InProgress,
     pub(super) keep_lcs: u32,
+    /// The CloudWatch alarms that gate the roll's refreshes (rollout.alarms).
+    pub(super) alarms: Vec<String>,
     pub(super) new_versions: NewVersions,
     /// What the roll made and could not remove (one sentence each): the roll ends with exit 1.
     pub(super) leftovers: std::sync::Mutex<Vec<String>>,
@@ -64,6 +67,7 @@ impl Rolling {
             timeout: req.timeout,
             in_progress: req.in_progress,
             keep_lcs: plan.rollout.keep_launch_configurations.max(1),
+            alarms: plan.rollout.alarms.clone(),
             new_versions: NewVersions::default(),
             leftovers: Default::default(),
         }
@@ -245,7 +249,16 @@ impl Rolling {
         .ok_or_else(|| Error::Other(format!("group {group} still has an instance refresh running after {}s", self.timeout.as_secs())))
     }
 
-    pub(super) async fn start_refresh(&self, g: &GroupPlan, desired: Option<DesiredConfiguration>, auto_rollback: bool, skip_matching: bool) -> Result<String> {
+    /// Starts a refresh of `g`; a `gated` one carries the role's alarms (a refresh that puts a
+    /// group back does not: the alarm that stopped the roll must not stop the way back).
+    pub(super) async fn start_refresh(
+        &self,
+        g: &GroupPlan,
+        desired: Option<DesiredConfiguration>,
+        auto_rollback: bool,
+        skip_matching: bool,
+        gated: bool,
+    ) -> Result<String> {
         let r = &g.refresh;
         let mut prefs = RefreshPreferences::builder()
             .min_healthy_percentage(r.min_healthy_percentage as i32)
@@ -267,6 +280,9 @@ impl Rolling {
             _ => (ScaleInProtectedInstances::Refresh, StandbyInstances::Terminate),
         };
         prefs = prefs.scale_in_protected_instances(protected).standby_instances(standby);
+        if gated && !self.alarms.is_empty() {
+            prefs = prefs.alarm_specification(AlarmSpecification::builder().set_alarms(Some(self.alarms.clone())).build());
+        }
         let mut req = self.c.asg.start_instance_refresh().auto_scaling_group_name(&g.name).preferences(prefs.build());
         if let Some(d) = desired {
             req = req.desired_configuration(d);
@@ -417,7 +433,7 @@ pub(super) async fn roll_group(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, 
         }
         Change::Nothing => unreachable!("handled above"),
     };
-    let id = cx.start_refresh(g, desired, auto_rollback, g.refresh.skip_matching).await?;
+    let id = cx.start_refresh(g, desired, auto_rollback, g.refresh.skip_matching, true).await?;
     rec.moved = true;
     rec.refresh_ids.push(id.clone());
     rep.stage("refresh", &format!("{id} started"));
@@ -507,7 +523,7 @@ pub(super) async fn restore(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, rec
     // Only what the rollout replaced goes back, where AWS can tell (a launch template in the
     // desired configuration): instances still on the old image stay.
     let skip_matching = desired.is_some() || matches!(g.change, Change::TemplateVersion { .. });
-    let id = cx.start_refresh(g, desired, false, skip_matching).await?;
+    let id = cx.start_refresh(g, desired, false, skip_matching, false).await?;
     rec.refresh_ids.push(id.clone());
     match cx.wait_refresh(&g.name, &id, &rep, rec, false).await? {
         Ended::Successful => {

@@ -88,14 +88,21 @@ async fn execute(cx: &Rolling, plan: &RolloutPlan) -> (Vec<GroupRecord>, Result<
     };
     let mut done = run(plan.canaries.clone()).await;
     let canaries_ok = done.iter().all(|(_, _, r)| r.is_ok());
-    if canaries_ok && !*cx.cancel.borrow() && !plan.rest.is_empty() {
-        if plan.canary_bake_time.0 > 0 && !plan.canaries.is_empty() {
-            cx.report.task(&plan.role).info(&format!("canaries healthy; waiting {} before the rest", plan.canary_bake_time));
-            tokio::select! {
-                _ = tokio::time::sleep(plan.canary_bake_time.as_duration()) => {},
-                _ = cancelled(cx.cancel.clone()) => {},
-            }
+    // An alarm that fires during the canaries' bake time stops the roll.
+    let mut gate: Option<String> = None;
+    if canaries_ok && !*cx.cancel.borrow() && !plan.rest.is_empty() && plan.canary_bake_time.0 > 0 && !plan.canaries.is_empty() {
+        let watching = if plan.alarms.is_empty() { String::new() } else { format!(", watching {}", plan.alarms.join(", ")) };
+        cx.report.task(&plan.role).info(&format!("canaries healthy; waiting {} before the rest{watching}", plan.canary_bake_time));
+        tokio::select! {
+            r = crate::wait::alarms_quiet(&cx.c, &plan.alarms, plan.canary_bake_time.as_duration()) => match r {
+                Ok(None) => {}
+                Ok(Some(fired)) => gate = Some(format!("{fired}, during the canaries' bake time: the canaries go back and no other group starts")),
+                Err(e) => gate = Some(format!("watching the alarms failed: {e}")),
+            },
+            _ = cancelled(cx.cancel.clone()) => {},
         }
+    }
+    if canaries_ok && gate.is_none() && !*cx.cancel.borrow() && !plan.rest.is_empty() {
         done.extend(run(plan.rest.clone()).await);
     } else {
         for g in &plan.rest {
@@ -114,7 +121,7 @@ async fn execute(cx: &Rolling, plan: &RolloutPlan) -> (Vec<GroupRecord>, Result<
         }
     }
     let interrupted = *cx.cancel.borrow();
-    let failure = done.iter().find_map(|(_, _, r)| r.as_ref().err().map(|e| e.to_string()));
+    let failure = gate.or_else(|| done.iter().find_map(|(_, _, r)| r.as_ref().err().map(|e| e.to_string())));
     if failure.is_none() && !interrupted {
         let recs = done.into_iter().map(|(_, r, _)| r).collect();
         return (recs, Ok(()));
@@ -181,6 +188,24 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
         if !types.is_empty() {
             let arch_of = architectures(&c, &types).await?;
             rollout::check_architectures(&groups, &ami, &arch, &arch_of).map_err(Error::Other)?;
+        }
+        // The alarms that gate the roll exist here, and none fires now.
+        if !plan.rollout.alarms.is_empty() {
+            let states = c.alarm_states(&plan.rollout.alarms).await?;
+            for a in &plan.rollout.alarms {
+                match states.get(a) {
+                    None => {
+                        return Err(Error::Other(format!(
+                            "rollout.alarms of roles/{}.toml: CloudWatch has no alarm named {a} in {region}; nothing changed",
+                            plan.role
+                        )))
+                    }
+                    Some((state, reason)) if state == "ALARM" => {
+                        return Err(Error::Other(format!("alarm {a} is in ALARM in {region} ({reason}): bake starts no roll while it fires; nothing changed")))
+                    }
+                    Some(_) => {}
+                }
+            }
         }
         let rp = rollout::plan(
             &plan.role,
@@ -390,6 +415,7 @@ async fn rollback_on_demand(
         rest: vec![],
         concurrency: plan.rollout.concurrency.max(1),
         canary_bake_time: crate::config::Secs(0),
+        alarms: Vec::new(),
     };
     let mut failed = None;
     for (g, _) in gplans {

@@ -192,6 +192,9 @@ pub struct RolloutPlan {
     pub rest: Vec<GroupPlan>,
     pub concurrency: u32,
     pub canary_bake_time: Secs,
+    /// CloudWatch alarms that gate the roll (rollout.alarms).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alarms: Vec<String>,
 }
 
 impl RolloutPlan {
@@ -311,7 +314,11 @@ pub fn plan(
             missing.join("; ")
         ));
     }
-    let refresh = if opts.patch { spec.patch_refresh.clone() } else { spec.refresh.clone() };
+    let mut refresh = if opts.patch { spec.patch_refresh.clone() } else { spec.refresh.clone() };
+    // Alarms gate the refreshes: AWS rolls a refresh back when one fires (where it can).
+    if !spec.alarms.is_empty() {
+        refresh.auto_rollback = true;
+    }
     let mut canaries = Vec::new();
     let mut rest = Vec::new();
     for g in groups {
@@ -416,6 +423,7 @@ pub fn plan(
         rest,
         concurrency: spec.concurrency.max(1),
         canary_bake_time: spec.canary_bake_time,
+        alarms: spec.alarms.clone(),
     })
 }
 
@@ -477,6 +485,9 @@ fn write_group(f: &mut fmt::Formatter<'_>, g: &GroupPlan) -> fmt::Result {
 impl fmt::Display for RolloutPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "Rollout of {} to role {} in env {} ({})", self.ami, self.role, self.env, self.region)?;
+        if !self.alarms.is_empty() {
+            writeln!(f, "gated by the alarms {}: AWS rolls a refresh back when one fires", self.alarms.join(", "))?;
+        }
         if !self.canaries.is_empty() {
             writeln!(f, "canaries first:")?;
             for g in &self.canaries {
@@ -484,6 +495,9 @@ impl fmt::Display for RolloutPlan {
             }
             if self.canary_bake_time.0 > 0 {
                 writeln!(f, "then wait {} before the rest", self.canary_bake_time)?;
+            }
+            if !self.alarms.is_empty() && self.canary_bake_time.0 > 0 {
+                writeln!(f, "  (watching the alarms meanwhile: one in ALARM puts the canaries back and starts nothing else)")?;
             }
         }
         if !self.rest.is_empty() {
@@ -510,6 +524,7 @@ mod tests {
             set_default_version: false,
             keep_version_alias: false,
             keep_launch_configurations: 3,
+            alarms: vec![],
             refresh: RefreshSpec { min_healthy_percentage: 90, auto_rollback: true, skip_matching: true, ..Default::default() },
             patch_refresh: RefreshSpec { min_healthy_percentage: 50, ..Default::default() },
         }

@@ -111,6 +111,27 @@ pub async fn image(
     found.ok_or_else(|| gave_up(what, id, &c.region, format!("did not become available within {}", crate::config::Secs(timeout.as_secs()))))
 }
 
+/// Watches CloudWatch alarms `names` for `how_long`, every [`watcher::TICK`]: the first seen in
+/// ALARM, as a sentence naming it, its region and CloudWatch's reason; `None` when none fired.
+pub async fn alarms_quiet(c: &Clients, names: &[String], how_long: Duration) -> Result<Option<String>> {
+    let end = Instant::now() + how_long;
+    if names.is_empty() {
+        tokio::time::sleep_until(end).await;
+        return Ok(None);
+    }
+    loop {
+        let states = c.alarm_states(names).await?;
+        if let Some((name, (_, reason))) = states.iter().find(|(_, (state, _))| state == "ALARM") {
+            return Ok(Some(format!("alarm {name} went into ALARM in {} ({reason})", c.region)));
+        }
+        let now = Instant::now();
+        if now >= end {
+            return Ok(None);
+        }
+        tokio::time::sleep((end - now).min(watcher::TICK)).await;
+    }
+}
+
 /// Retries `op` while AWS answers NotFound for something bake just created, within
 /// [`CONSISTENCY_WINDOW`]; any other answer (or NotFound after the window) is returned as is.
 pub async fn visible<T, F, Fut>(op: F) -> Result<T>

@@ -11,6 +11,7 @@ import uuid
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
 from . import autoscaling, control, ec2, iam, sns, ssm  # noqa: F401  (they patch moto on import)
+from . import cbor  # CloudWatch's Smithy RPC v2 CBOR, as moto's JSON protocol
 from . import authz  # IAM enforcing mode (off unless sandbox.py --enforce-iam)
 from . import consistency  # noqa: F401,E402  (eventual consistency: wraps the patched actions, so last)
 from .state import LOCK, STATE
@@ -90,6 +91,21 @@ class SandboxApp:
         self.moto = DomainDispatcherApplication(create_backend_app)
 
     def __call__(self, environ, start_response):
+        if cbor.is_cbor(environ):
+            target, op = cbor.to_json(environ)
+            got = {}
+
+            def capture(status, headers, exc_info=None):
+                got["status"], got["headers"] = status, headers
+                return lambda data: None
+
+            body = b"".join(self._serve(environ, capture))
+            status, headers, body = cbor.to_cbor(cbor.SERVICES.get(target, ""), op, got.get("status", "500 Error"), got.get("headers", []), body)
+            start_response(status, headers)
+            return [body]
+        return self._serve(environ, start_response)
+
+    def _serve(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         if path.startswith("/_sandbox/iam"):
             with LOCK:

@@ -21,7 +21,9 @@ As strict as AWS documents (sources in the README and at each check):
   capacity, at least MinSize, instances launched from the group's source and stopped (PoolState
   Stopped or Hibernated); DescribeWarmPool lists them (Warmed:Stopped / Warmed:Running), the group
   reports WarmPoolSize; an instance refresh replaces them after the instances in service and
-  reports WarmPoolProgress (a rollback puts them back too); DeleteWarmPool terminates them."""
+  reports WarmPoolProgress (a rollback puts them back too); DeleteWarmPool terminates them;
+- a refresh whose preferences name alarms (AlarmSpecification) fails when one of them (a CloudWatch
+  alarm of its region) is in ALARM, and rolls back with AutoRollback."""
 
 import copy
 
@@ -400,6 +402,12 @@ class Refresh:
         if self.status == "Cancelling":
             self.status, self.end_time = "Cancelled", utcnow()
             return
+        # "If any of the alarms go into the ALARM state, the instance refresh fails" (and rolls back
+        # with AutoRollback): Auto Scaling user guide, "Add alarms to an instance refresh".
+        if self.rollback is None:
+            fired = firing_alarm(self.group.region, self.prefs)
+            if fired:
+                return self._fail(f"Alarm {fired} is in the ALARM state.")
         # wait for the batch in flight
         if self.in_flight:
             states = {st.instance.id: st for st in self.group.instance_states}
@@ -882,3 +890,19 @@ FakeAutoScalingGroup.warm_pool_configuration = property(lambda self: self.warm_p
 FakeAutoScalingGroup.warm_pool_size = property(lambda self: len(warm_instances(self)) if self.warm_pool is not None else None)
 AutoScalingResponse.describe_warm_pool = describe_warm_pool
 AutoScalingResponse.delete_warm_pool = delete_warm_pool
+
+
+# -- alarms ------------------------------------------------------------------------------------
+
+def firing_alarm(region, prefs):
+    """The first alarm of the refresh's AlarmSpecification that is in ALARM, if any."""
+    names = (prefs.get("AlarmSpecification") or {}).get("Alarms") or []
+    if not names:
+        return None
+    from moto.cloudwatch.models import cloudwatch_backends
+    alarms = cloudwatch_backends[ACCOUNT][region].alarms
+    for n in names:
+        a = alarms.get(n)
+        if a is not None and a.state_value == "ALARM":
+            return n
+    return None
