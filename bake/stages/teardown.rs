@@ -314,12 +314,29 @@ pub async fn revert(aws: &Aws, region: &str, name: &str, previous: &Option<Strin
 pub async fn remove(
     aws: &Aws,
     journal: Option<&JournalHandle>,
-    mut live: Vec<Resource>,
+    live: Vec<Resource>,
     published: Vec<(String, String, Option<String>)>,
     born: &BTreeMap<Resource, SystemTime>,
     report: Option<&Reporter>,
 ) -> Vec<Error> {
-    let mut errors = Vec::new();
+    remove_tracked(aws, journal, live, published, born, report).await.failed.into_iter().map(|(_, e)| e).collect()
+}
+
+/// What one removal did: what failed (with the resource, `None` for a parameter) and what is gone.
+struct Removal {
+    failed: Vec<(Option<Resource>, Error)>,
+    gone: BTreeSet<Resource>,
+}
+
+async fn remove_tracked(
+    aws: &Aws,
+    journal: Option<&JournalHandle>,
+    mut live: Vec<Resource>,
+    published: Vec<(String, String, Option<String>)>,
+    born: &BTreeMap<Resource, SystemTime>,
+    report: Option<&Reporter>,
+) -> Removal {
+    let mut errors: Vec<(Option<Resource>, Error)> = Vec::new();
     for (region, name, previous) in published.iter().rev() {
         match revert(aws, region, name, previous).await {
             Ok(()) => {
@@ -330,7 +347,7 @@ pub async fn remove(
                     r.info(&format!("restored parameter {name} in {region}"));
                 }
             }
-            Err(e) => errors.push(e),
+            Err(e) => errors.push((None, e)),
         }
     }
     // Images before their snapshots, the builder before its group and identity.
@@ -353,10 +370,10 @@ pub async fn remove(
                     gone.insert(d);
                 }
             }
-            Err(e) => errors.push(e),
+            Err(e) => errors.push((Some(r), e)),
         }
     }
-    errors
+    Removal { failed: errors, gone }
 }
 
 fn journal_state(ctx: &Baking) -> journal::State {
@@ -388,23 +405,33 @@ pub async fn after_failure(ctx: &mut Baking) -> Left {
     // Images marked as the product before a later stage failed are not a product after all.
     let mut all = s.live;
     all.extend(s.kept);
-    let mut left = Left { errors: remove(&ctx.aws, Some(&ctx.journal), all, s.published, &s.born, Some(&ctx.report)).await, unchecked: None };
+    let first = remove_tracked(&ctx.aws, Some(&ctx.journal), all, s.published, &s.born, Some(&ctx.report)).await;
+    let mut left = Left::default();
     let regions: BTreeSet<String> = std::iter::once(ctx.region.clone()).chain(ctx.plan.image.regions.iter().cloned()).collect();
     // Twice: something whose create call was in flight when the bake stopped may become visible
-    // to a describe only a moment later (eventual consistency).
+    // to a describe only a moment later (eventual consistency). What a pass could not remove is
+    // found and tried again by the next: the last pass's failures are what remains, and a
+    // failure a later pass made good is no failure.
+    let mut removed_later: BTreeSet<Resource> = BTreeSet::new();
+    let mut sweep_failed: Vec<Error> = Vec::new();
     for pass in 0..2 {
         if pass == 1 {
             tokio::time::sleep(SECOND_SWEEP).await;
         }
         match find_by_id(&ctx.aws, &ctx.id, &regions).await {
-            Ok(found) if !found.is_empty() => left.errors.extend(remove(&ctx.aws, Some(&ctx.journal), found, Vec::new(), &s.born, Some(&ctx.report)).await),
-            Ok(_) => {}
+            Ok(found) => {
+                let r = remove_tracked(&ctx.aws, Some(&ctx.journal), found, Vec::new(), &s.born, Some(&ctx.report)).await;
+                removed_later.extend(r.gone);
+                sweep_failed = r.failed.into_iter().map(|(_, e)| e).collect();
+            }
             Err(e) => {
                 left.unchecked = Some(e);
                 break;
             }
         }
     }
+    left.errors = first.failed.into_iter().filter(|(r, _)| r.as_ref().is_none_or(|r| !removed_later.contains(r))).map(|(_, e)| e).collect();
+    left.errors.extend(sweep_failed);
     left
 }
 
