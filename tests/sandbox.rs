@@ -557,6 +557,7 @@ async fn refresh_until_done(c: &Clients, group: &str) -> asg_t::InstanceRefresh 
             Some(asg_t::InstanceRefreshStatus::Pending)
             | Some(asg_t::InstanceRefreshStatus::InProgress)
             | Some(asg_t::InstanceRefreshStatus::Cancelling)
+            | Some(asg_t::InstanceRefreshStatus::Baking)
             | Some(asg_t::InstanceRefreshStatus::RollbackInProgress) => None,
             _ => Some(r),
         }
@@ -2021,4 +2022,64 @@ async fn cloudwatch_alarms_answer_in_cbor_and_fail_a_refresh_that_names_them() {
     assert_eq!(r.status(), Some(&asg_t::InstanceRefreshStatus::RollbackSuccessful), "{r:?}");
     assert!(r.status_reason().unwrap_or_default().contains("api-5xx"), "{r:?}");
     assert!(group_images(&c, "gated_production").await.iter().all(|(_, i)| *i == ami));
+}
+
+/// BakeTime: the refresh stays `Baking` after its last instance, its alarms still watched; an
+/// alarm then rolls it back. At most 172800 seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_baking_refresh_rolls_back_when_its_alarm_fires() {
+    use aws_sdk_cloudwatch::types as cw_t;
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    let cw = aws_sdk_cloudwatch::Client::new(&sb.sdk_config("us-east-1").await);
+    sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
+    cw.put_metric_alarm()
+        .alarm_name("api-latency")
+        .namespace("AWS/ApplicationELB")
+        .metric_name("TargetResponseTime")
+        .statistic(cw_t::Statistic::Average)
+        .period(60)
+        .evaluation_periods(1)
+        .threshold(1.0)
+        .comparison_operator(cw_t::ComparisonOperator::GreaterThanThreshold)
+        .send()
+        .await
+        .unwrap();
+    profile(&c, "bake-asg", true).await;
+    let (lt_id, ami) = group_with_template(&c, "baking_production", 2).await;
+    let v2 = new_version(&c, &lt_id, &ubuntu_2204(&c).await).await;
+    let prefs = |bake: i32| {
+        asg_t::RefreshPreferences::builder()
+            .min_healthy_percentage(50)
+            .auto_rollback(true)
+            .bake_time(bake)
+            .alarm_specification(asg_t::AlarmSpecification::builder().alarms("api-latency").build())
+            .build()
+    };
+    let e = c
+        .asg
+        .start_instance_refresh()
+        .auto_scaling_group_name("baking_production")
+        .preferences(prefs(172_801))
+        .desired_configuration(desired(&lt_id, &v2))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("ValidationError"));
+    c.asg
+        .start_instance_refresh()
+        .auto_scaling_group_name("baking_production")
+        .preferences(prefs(10_000))
+        .desired_configuration(desired(&lt_id, &v2))
+        .send()
+        .await
+        .unwrap();
+    until(20, "the refresh to bake", || async {
+        (refresh_status(&c, "baking_production").await.status() == Some(&asg_t::InstanceRefreshStatus::Baking)).then_some(())
+    })
+    .await;
+    cw.set_alarm_state().alarm_name("api-latency").state_value(cw_t::StateValue::Alarm).state_reason("slow").send().await.unwrap();
+    let r = refresh_until_done(&c, "baking_production").await;
+    assert_eq!(r.status(), Some(&asg_t::InstanceRefreshStatus::RollbackSuccessful), "{r:?}");
+    assert!(group_images(&c, "baking_production").await.iter().all(|(_, i)| *i == ami));
 }

@@ -238,6 +238,8 @@ pub const DEPRECATE_DAYS_MAX: u32 = 3_650;
 /// CheckpointPercentages rising, 1–100 (a refresh stops at the last one: bake requires 100),
 /// CheckpointDelay 0–172800 seconds and only with checkpoints.
 pub const CHECKPOINT_DELAY_MAX: u64 = 172_800;
+/// RefreshPreferences BakeTime: 0–172800 seconds (Auto Scaling API reference).
+pub const BAKE_TIME_MAX: u64 = 172_800;
 
 /// CloudWatch alarm names: 1–255 characters (CloudWatch API reference, PutMetricAlarm); an
 /// instance refresh's AlarmSpecification names at most 10 (Auto Scaling API reference,

@@ -589,6 +589,7 @@ fn refresh_spec(l: &RefreshLayer, base: Option<&RefreshSpec>, at: &KeyPath, p: &
         instance_warmup: None,
         checkpoint_percentages: Vec::new(),
         checkpoint_delay: None,
+        bake_time: None,
         skip_matching: true,
         auto_rollback: true,
         protected_instances: "refresh".into(),
@@ -599,6 +600,7 @@ fn refresh_spec(l: &RefreshLayer, base: Option<&RefreshSpec>, at: &KeyPath, p: &
         instance_warmup: l.instance_warmup.or(d.instance_warmup),
         checkpoint_percentages: l.checkpoint_percentages.clone().unwrap_or(d.checkpoint_percentages),
         checkpoint_delay: l.checkpoint_delay.or(d.checkpoint_delay),
+        bake_time: l.bake_time.or(d.bake_time),
         skip_matching: l.skip_matching.unwrap_or(d.skip_matching),
         auto_rollback: l.auto_rollback.unwrap_or(d.auto_rollback),
         protected_instances: l.protected_instances.clone().unwrap_or(d.protected_instances),
@@ -629,6 +631,9 @@ fn refresh_spec(l: &RefreshLayer, base: Option<&RefreshSpec>, at: &KeyPath, p: &
     }
     if let Some(d) = spec.checkpoint_delay.filter(|d| d.0 > limits::CHECKPOINT_DELAY_MAX) {
         problems.push(p(&at.key("checkpoint_delay"), format!("{d} is more than the 48h AWS allows")));
+    }
+    if let Some(b) = spec.bake_time.filter(|b| b.0 > limits::BAKE_TIME_MAX) {
+        problems.push(p(&at.key("bake_time"), format!("{b} is more than the 48h AWS allows")));
     }
     if let Some(w) = spec.instance_warmup.filter(|w| w.0 > limits::WAIT_MAX) {
         problems.push(p(&at.key("instance_warmup"), format!("{w} is more than the week bake waits for anything")));

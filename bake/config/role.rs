@@ -88,6 +88,9 @@ pub struct RefreshLayer {
     pub instance_warmup: Option<Secs>,
     pub checkpoint_percentages: Option<Vec<u32>>,
     pub checkpoint_delay: Option<Secs>,
+    /// How long AWS waits at the end of a refresh (its alarms still watched) before calling it
+    /// complete (RefreshPreferences BakeTime).
+    pub bake_time: Option<Secs>,
     pub skip_matching: Option<bool>,
     pub auto_rollback: Option<bool>,
     /// What the refresh does with instances protected from scale-in or in Standby: `refresh`
@@ -208,6 +211,7 @@ pub struct RefreshSpec {
     pub instance_warmup: Option<Secs>,
     pub checkpoint_percentages: Vec<u32>,
     pub checkpoint_delay: Option<Secs>,
+    pub bake_time: Option<Secs>,
     pub skip_matching: bool,
     pub auto_rollback: bool,
     /// `refresh`, `ignore` or `wait` (see the layer).

@@ -270,6 +270,9 @@ impl Rolling {
         if let Some(w) = r.instance_warmup {
             prefs = prefs.instance_warmup(w.0 as i32);
         }
+        if let Some(b) = r.bake_time.filter(|_| gated) {
+            prefs = prefs.bake_time(b.0 as i32);
+        }
         if !r.checkpoint_percentages.is_empty() {
             prefs = prefs.set_checkpoint_percentages(Some(r.checkpoint_percentages.iter().map(|c| *c as i32).collect()));
             prefs = prefs.checkpoint_delay(r.checkpoint_delay.map(|d| d.0 as i32).unwrap_or(3600));

@@ -439,6 +439,9 @@ fn prefs_text(r: &RefreshSpec) -> String {
         let cps: Vec<String> = r.checkpoint_percentages.iter().map(|c| format!("{c}%")).collect();
         p.push(format!("checkpoints {} every {}", cps.join(","), r.checkpoint_delay.map(|d| d.to_string()).unwrap_or_else(|| "1h".into())));
     }
+    if let Some(b) = r.bake_time {
+        p.push(format!("bake time {b}"));
+    }
     if r.skip_matching {
         p.push("skip matching".into());
     }

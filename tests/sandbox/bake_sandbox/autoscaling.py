@@ -23,7 +23,8 @@ As strict as AWS documents (sources in the README and at each check):
   reports WarmPoolSize; an instance refresh replaces them after the instances in service and
   reports WarmPoolProgress (a rollback puts them back too); DeleteWarmPool terminates them;
 - a refresh whose preferences name alarms (AlarmSpecification) fails when one of them (a CloudWatch
-  alarm of its region) is in ALARM, and rolls back with AutoRollback."""
+  alarm of its region) is in ALARM, and rolls back with AutoRollback; with BakeTime (0-172800 s,
+  times time_scale) it stays `Baking` that long after the last instance, its alarms still watched."""
 
 import copy
 
@@ -237,6 +238,7 @@ class Refresh:
         self.previous = group_source(group)
         self.previous_policy = copy.deepcopy(group.mixed_instances_policy)
         self.warm_done = False
+        self.baking_until = None
         self.previous_version = group.launch_template_version if group.ec2_launch_template is not None else None
         self.target = group_source(group, desired)
         self.rollback = None  # dict once rolling back
@@ -372,6 +374,8 @@ class Refresh:
             return max([self.t_last] + ready)
         if self.paused_until is not None:
             return max(self.t_last, self.paused_until)
+        if self.status == "Baking" and self.baking_until is not None:
+            return max(self.t_last, self.baking_until)
         if self._blocked() is not None and self.wait_since is not None:
             return max(self.t_last, self.wait_since + WAIT_LIMIT * STATE.time_scale)
         return self.t_last
@@ -396,7 +400,7 @@ class Refresh:
         self.t_last = now
         if self.status == "Pending":
             self.status = "InProgress"
-        if self.cancel_requested and self.status == "InProgress":
+        if self.cancel_requested and self.status in ("InProgress", "Baking"):
             self.status, self.reason, self.end_time = "Cancelled", "Cancelled by request", utcnow()
             return
         if self.status == "Cancelling":
@@ -408,6 +412,10 @@ class Refresh:
             fired = firing_alarm(self.group.region, self.prefs)
             if fired:
                 return self._fail(f"Alarm {fired} is in the ALARM state.")
+        if self.status == "Baking":
+            if now < self.baking_until:
+                return
+            return self._finish()
         # wait for the batch in flight
         if self.in_flight:
             states = {st.instance.id: st for st in self.group.instance_states}
@@ -454,6 +462,10 @@ class Refresh:
             failed = self._refresh_warm_pool()
             if failed:
                 return self._fail(failed)
+            bake = float(self.prefs.get("BakeTime") or 0) * STATE.time_scale
+            if self.rollback is None and bake > 0:
+                self.status, self.baking_until = "Baking", now + bake
+                return
             return self._finish()
         blocked = self._blocked()
         if blocked is not None:
@@ -556,6 +568,7 @@ class Refresh:
         self.in_flight, self.pending_terminate = [], []
         self.total, self.done = len(to_replace), 0
         self.warm_done = False
+        self.baking_until = None
         self.paused_until = None
         self.wait_since = None
         self._restore_group()
@@ -621,6 +634,8 @@ def start_instance_refresh(self):
     if "MaxHealthyPercentage" in prefs and "MinHealthyPercentage" not in prefs:
         # "If you specify MaxHealthyPercentage, you must also specify MinHealthyPercentage."
         raise err("ValidationError", "You must specify MinHealthyPercentage when you specify MaxHealthyPercentage.")
+    if not 0 <= int(prefs.get("BakeTime") or 0) <= 172800:
+        raise err("ValidationError", "BakeTime must be between 0 and 172800 seconds.")
     cps = prefs.get("CheckpointPercentages") or []
     if any(not 1 <= c <= 100 for c in cps) or cps != sorted(set(cps)):
         raise err("ValidationError", "CheckpointPercentages must rise strictly, each between 1 and 100.")
