@@ -158,9 +158,10 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     chain(e).last().map(|e| one_line(&e.to_string())).unwrap_or_default()
 }
 
-/// Folds white space (including newlines) into single spaces.
+/// Folds white space (including newlines) into single spaces and escapes any other control
+/// character (text from AWS, such as an alarm's reason, may hold a terminal's escape codes).
 pub fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    s.split_whitespace().collect::<Vec<_>>().join(" ").chars().flat_map(|c| if c.is_control() { c.escape_default().collect() } else { vec![c] }).collect()
 }
 
 impl From<Problems> for Error {
@@ -197,4 +198,12 @@ pub(crate) static PROFILE: std::sync::OnceLock<String> = std::sync::OnceLock::ne
 
 pub fn profile_in_use() -> Option<String> {
     PROFILE.get().cloned().or_else(|| std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_line_folds_white_space_and_escapes_control_characters() {
+        assert_eq!(super::one_line("boom \x1b[31mred\x1b[0m\nsecond  line\r"), "boom \\u{1b}[31mred\\u{1b}[0m second line");
+    }
 }

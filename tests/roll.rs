@@ -669,6 +669,15 @@ async fn a_mixed_instances_group_rolls_every_template_and_rolls_back_and_a_forei
     let after = c.ec2.describe_launch_template_versions().launch_template_id(&main).send().await.unwrap().launch_template_versions().len();
     assert_eq!(before, after, "no version made");
     assert_eq!(policy_versions(&c, "kaiju_graviton").await, [(main.clone(), "1".to_string()), (arm.clone(), "1".to_string())]);
+    // The same for a plain launch-template group on a Graviton type.
+    let plain = template(&c, "kaiju-plain-arm", &old, ec2_t::InstanceType::M6gLarge).await;
+    common::template_group(&c.asg, "kaiju_plain_arm", &plain, "1", 1, 2, common::opted_in_group("kaiju_plain_arm", "kaiju", "staging")).await;
+    common::edit(root, "roles/kaiju.toml", r#"groups = ["kaiju_graviton"]"#, r#"groups = ["kaiju_plain_arm"]"#);
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &new]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(e.contains("group kaiju_plain_arm: instance type m6g.large of launch template kaiju-plain-arm runs arm64") && e.contains("nothing changed"), "{e}");
+    assert_eq!(c.ec2.describe_launch_template_versions().launch_template_id(&plain).send().await.unwrap().launch_template_versions().len(), 1);
 }
 
 /// How many instances a group's warm pool holds, and the images they run.
@@ -747,7 +756,7 @@ async fn an_alarm_during_the_canarys_bake_time_puts_the_canary_back_and_starts_n
     cw.set_alarm_state().alarm_name("kaiju-5xx").state_value(StateValue::Ok).state_reason("quiet").send().await.unwrap();
     // The plan says what gates the roll.
     let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--plan"]);
-    assert!(text(&out.stdout).contains("gated by the alarms kaiju-5xx"), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("gated by the alarms `kaiju-5xx`"), "{}", text(&out.stdout));
     // The canary rolls (its refresh names the alarm); during its bake time the alarm fires.
     let (child, _) = spawn_until(
         &sb,

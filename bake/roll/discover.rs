@@ -271,10 +271,12 @@ pub(super) async fn describe_group(c: &Clients, g: aws_sdk_autoscaling::types::A
     let region = c.region.as_str();
     let name = crate::aws::required(g.auto_scaling_group_name(), "autoscaling:DescribeAutoScalingGroups", "a group name", region)?;
     let tags: BTreeMap<String, String> = g.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect();
+    let mut instance_type = None;
     let source = if let Some(lt) = g.launch_template() {
         let id = template_id(c, lt).await?;
         let configured = lt.version().unwrap_or("$Default").to_string();
-        let (version, image, _) = versions.get(c, &id, &configured).await?;
+        let (version, image, itype) = versions.get(c, &id, &configured).await?;
+        instance_type = itype;
         let lt_name = lt.launch_template_name().unwrap_or_default().to_string();
         Source::LaunchTemplate { id, name: lt_name, version, configured, image }
     } else if let Some(p) = g.mixed_instances_policy() {
@@ -290,6 +292,7 @@ pub(super) async fn describe_group(c: &Clients, g: aws_sdk_autoscaling::types::A
             .await
             .map_err(|e| Error::aws("autoscaling:DescribeLaunchConfigurations", format!("launch configuration {lc}"), region, &e))?;
         let image = r.launch_configurations().first().and_then(|l| l.image_id()).unwrap_or_default().to_string();
+        instance_type = r.launch_configurations().first().and_then(|l| l.instance_type()).map(str::to_string);
         Source::LaunchConfiguration { name: lc.to_string(), image }
     } else {
         Source::Unsupported { why: "it names neither a launch template, a mixed instances policy nor a launch configuration".into() }
@@ -307,6 +310,7 @@ pub(super) async fn describe_group(c: &Clients, g: aws_sdk_autoscaling::types::A
         protected,
         standby,
         instances: g.instances().len(),
+        instance_type,
         warm_pool: g.warm_pool_configuration().map(|_| g.warm_pool_size().unwrap_or(0).max(0) as usize),
         refresh_in_progress: active,
     })

@@ -175,18 +175,18 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
         };
         let arch = check_image(&c, &ami).await?;
         m.ami = ami.clone();
-        // Mixed-instances groups: every instance type must run the image's architecture.
+        // Every instance type a group launches must run the image's architecture.
         let mut types: Vec<String> = groups
             .iter()
             .flat_map(|g| match &g.source {
-                Source::Mixed { templates, .. } => templates.iter().flat_map(|t| t.instance_types.clone()).collect(),
-                _ => Vec::new(),
+                Source::Mixed { templates, .. } => templates.iter().flat_map(|t| t.instance_types.clone()).collect::<Vec<String>>(),
+                _ => g.instance_type.iter().cloned().collect(),
             })
             .collect();
         types.sort();
         types.dedup();
         if !types.is_empty() {
-            let arch_of = architectures(&c, &types).await?;
+            let arch_of = architectures(&c, &types).await.map_err(|e| Error::Other(format!("the groups' instance types: {e}; nothing changed")))?;
             rollout::check_architectures(&groups, &ami, &arch, &arch_of).map_err(Error::Other)?;
         }
         // The alarms that gate the roll exist here, and none fires now.
@@ -201,7 +201,10 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
                         )))
                     }
                     Some((state, reason)) if state == "ALARM" => {
-                        return Err(Error::Other(format!("alarm {a} is in ALARM in {region} ({reason}): bake starts no roll while it fires; nothing changed")))
+                        return Err(Error::Other(format!(
+                            "alarm {a} is in ALARM in {region} ({}): bake starts no roll while it fires; nothing changed",
+                            crate::error::one_line(reason)
+                        )))
                     }
                     Some(_) => {}
                 }

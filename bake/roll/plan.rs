@@ -129,6 +129,9 @@ pub struct GroupState {
     pub instances: usize,
     /// Instances in the group's warm pool (`None`: it has none).
     pub warm_pool: Option<usize>,
+    /// The instance type of a launch-template or launch-configuration group's source, when it
+    /// names one (a mixed group's are its templates').
+    pub instance_type: Option<String>,
     pub refresh_in_progress: Option<String>,
 }
 
@@ -239,14 +242,14 @@ pub fn not_opted_in(role: &str, env: &str, g: &GroupState) -> Vec<String> {
     if let Source::LaunchTemplate { name, .. } = &g.source {
         let l = lacks(&g.template_tags);
         if !l.is_empty() {
-            out.push(format!("its launch template {name} lacks {}", l.join(" and ")));
+            out.push(format!("launch template {name} of group {} lacks {}", g.name, l.join(" and ")));
         }
     }
     if let Source::Mixed { templates, .. } = &g.source {
         for t in templates {
             let l = lacks(g.mixed_template_tags.get(&t.id).unwrap_or(&BTreeMap::new()));
             if !l.is_empty() {
-                out.push(format!("its launch template {} lacks {}", t.name, l.join(" and ")));
+                out.push(format!("launch template {} of group {} lacks {}", t.name, g.name, l.join(" and ")));
             }
         }
     }
@@ -257,7 +260,24 @@ pub fn not_opted_in(role: &str, env: &str, g: &GroupState) -> Vec<String> {
 /// run the image: `arch` is the image's architecture, `arch_of` each instance type's (as
 /// DescribeInstanceTypes answered).
 pub fn check_architectures(groups: &[GroupState], image: &str, arch: &str, arch_of: &BTreeMap<String, Vec<String>>) -> Result<(), String> {
+    let refuse = |g: &GroupState, ty: &str, what: String| -> Result<(), String> {
+        match arch_of.get(ty) {
+            Some(a) if a.iter().any(|a| a == arch) => Ok(()),
+            Some(a) => Err(format!(
+                "group {}: instance type {ty} of {what} runs {}, but {image} is {arch}: a role bakes one architecture; give the group an instance type that runs {arch}, or roll an image built for {}; nothing changed",
+                g.name,
+                a.join("/"),
+                a.join("/")
+            )),
+            None => Err(format!("group {}: EC2 does not know instance type {ty} ({what}); nothing changed", g.name)),
+        }
+    };
     for g in groups {
+        match (&g.source, &g.instance_type) {
+            (Source::LaunchTemplate { name, .. }, Some(ty)) => refuse(g, ty, format!("launch template {name}"))?,
+            (Source::LaunchConfiguration { name, .. }, Some(ty)) => refuse(g, ty, format!("launch configuration {name}"))?,
+            _ => {}
+        }
         let Source::Mixed { templates, .. } = &g.source else { continue };
         for t in templates {
             for ty in &t.instance_types {
@@ -265,7 +285,7 @@ pub fn check_architectures(groups: &[GroupState], image: &str, arch: &str, arch_
                     Some(a) if a.iter().any(|a| a == arch) => {}
                     Some(a) => {
                         return Err(format!(
-                            "group {}: instance type {ty} of launch template {} runs {}, but {image} is {arch}: a role bakes one architecture; take the override out of the group, or roll a {} image to it; nothing changed",
+                            "group {}: instance type {ty} of launch template {} runs {}, but {image} is {arch}: a role bakes one architecture; take the override out of the group, or roll an image built for {} to it; nothing changed",
                             g.name,
                             t.name,
                             a.join("/"),
@@ -489,7 +509,11 @@ impl fmt::Display for RolloutPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "Rollout of {} to role {} in env {} ({})", self.ami, self.role, self.env, self.region)?;
         if !self.alarms.is_empty() {
-            writeln!(f, "gated by the alarms {}: AWS rolls a refresh back when one fires", self.alarms.join(", "))?;
+            writeln!(
+                f,
+                "gated by the alarms {}: AWS rolls a refresh back when one fires",
+                self.alarms.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")
+            )?;
         }
         if !self.canaries.is_empty() {
             writeln!(f, "canaries first:")?;
@@ -548,6 +572,7 @@ mod tests {
             standby: 0,
             instances: 2,
             warm_pool: None,
+            instance_type: None,
             refresh_in_progress: None,
         }
     }
@@ -564,6 +589,7 @@ mod tests {
             standby: 0,
             instances: 1,
             warm_pool: None,
+            instance_type: None,
             refresh_in_progress: None,
         };
         let p = plan(
@@ -657,7 +683,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("group g lacks bake:role=web (it has billing)"), "{e}");
-        assert!(e.contains("its launch template web lacks bake:role=web and bake:env=production"), "{e}");
+        assert!(e.contains("launch template web of group h lacks bake:role=web and bake:env=production"), "{e}");
         assert!(!e.contains("group ok") && e.ends_with("nothing changed"), "{e}");
     }
 
@@ -697,6 +723,7 @@ mod tests {
             standby: 0,
             instances: 2,
             warm_pool: None,
+            instance_type: None,
             refresh_in_progress: None,
         }
     }
@@ -738,11 +765,16 @@ mod tests {
         g.mixed_template_tags.remove("lt-arm");
         let e =
             plan("web", "production", "us-east-1", "ami-new", "b-1", &RolloutSpec { canaries: vec![], ..spec() }, vec![g], PlanOptions::default()).unwrap_err();
-        assert!(e.contains("its launch template web-arm lacks bake:role=web"), "{e}");
+        assert!(e.contains("launch template web-arm of group web-mixed lacks bake:role=web"), "{e}");
         let arch_of = BTreeMap::from([("m5.large".to_string(), vec!["x86_64".to_string()]), ("m6g.large".to_string(), vec!["arm64".to_string()])]);
         let e = check_architectures(&[mixed("web-mixed", "ami-old", true)], "ami-new", "x86_64", &arch_of).unwrap_err();
         assert!(e.starts_with("group web-mixed: instance type m6g.large of launch template web-arm runs arm64, but ami-new is x86_64"), "{e}");
         assert!(check_architectures(&[mixed("web-mixed", "ami-old", false)], "ami-new", "x86_64", &arch_of).is_ok());
+        // A plain launch-template group on a Graviton type: refused the same way.
+        let mut plain = lt("web-arm", "ami-old");
+        plain.instance_type = Some("m6g.large".into());
+        let e = check_architectures(&[plain], "ami-new", "x86_64", &arch_of).unwrap_err();
+        assert!(e.starts_with("group web-arm: instance type m6g.large of launch template web runs arm64, but ami-new is x86_64"), "{e}");
         let e = check_architectures(&[mixed("web-mixed", "ami-old", true)], "ami-new", "x86_64", &BTreeMap::new()).unwrap_err();
         assert!(e.contains("EC2 does not know instance type m5.large"), "{e}");
     }

@@ -122,7 +122,7 @@ pub async fn alarms_quiet(c: &Clients, names: &[String], how_long: Duration) -> 
     loop {
         let states = c.alarm_states(names).await?;
         if let Some((name, (_, reason))) = states.iter().find(|(_, (state, _))| state == "ALARM") {
-            return Ok(Some(format!("alarm {name} went into ALARM in {} ({reason})", c.region)));
+            return Ok(Some(format!("alarm {name} went into ALARM in {} ({})", c.region, crate::error::one_line(reason))));
         }
         let now = Instant::now();
         if now >= end {
