@@ -714,23 +714,6 @@ async fn a_group_with_a_warm_pool_rolls_its_pool_too() {
     assert_eq!(warm_pool(&c, "kaiju_warm").await, (2, BTreeSet::from([old.clone()])));
 }
 
-async fn alarm(sb: &Sandbox, name: &str) -> aws_sdk_cloudwatch::Client {
-    let cw = aws_sdk_cloudwatch::Client::new(&sb.sdk_config("us-east-1").await);
-    cw.put_metric_alarm()
-        .alarm_name(name)
-        .namespace("AWS/ApplicationELB")
-        .metric_name("HTTPCode_Target_5XX_Count")
-        .statistic(aws_sdk_cloudwatch::types::Statistic::Sum)
-        .period(60)
-        .evaluation_periods(1)
-        .threshold(10.0)
-        .comparison_operator(aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold)
-        .send()
-        .await
-        .unwrap();
-    cw
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alarm_during_the_canarys_bake_time_puts_the_canary_back_and_starts_nothing_else() {
     use aws_sdk_cloudwatch::types::StateValue;
@@ -747,7 +730,7 @@ async fn an_alarm_during_the_canarys_bake_time_puts_the_canary_back_and_starts_n
     let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("CloudWatch has no alarm named kaiju-5xx in us-east-1; nothing changed"), "{}", text(&out.stderr));
-    let cw = alarm(&sb, "kaiju-5xx").await;
+    let cw = common::alarm(&sb, "kaiju-5xx").await;
     // Firing already: refused too.
     cw.set_alarm_state().alarm_name("kaiju-5xx").state_value(StateValue::Alarm).state_reason("5xx above 10").send().await.unwrap();
     let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging"]);

@@ -1978,20 +1978,8 @@ async fn cloudwatch_alarms_answer_in_cbor_and_fail_a_refresh_that_names_them() {
     use aws_sdk_cloudwatch::types as cw_t;
     let sb = Sandbox::start();
     let c = clients(&sb).await;
-    let cw = aws_sdk_cloudwatch::Client::new(&sb.sdk_config("us-east-1").await);
     sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
-    cw.put_metric_alarm()
-        .alarm_name("api-5xx")
-        .namespace("AWS/ApplicationELB")
-        .metric_name("HTTPCode_Target_5XX_Count")
-        .statistic(cw_t::Statistic::Sum)
-        .period(60)
-        .evaluation_periods(1)
-        .threshold(10.0)
-        .comparison_operator(cw_t::ComparisonOperator::GreaterThanThreshold)
-        .send()
-        .await
-        .unwrap();
+    let cw = common::alarm(&sb, "api-5xx").await;
     let d = cw.describe_alarms().alarm_names("api-5xx").send().await.unwrap();
     let a = &d.metric_alarms()[0];
     assert_eq!((a.alarm_name(), a.state_value()), (Some("api-5xx"), Some(&cw_t::StateValue::Ok)));
@@ -2031,20 +2019,8 @@ async fn a_baking_refresh_rolls_back_when_its_alarm_fires() {
     use aws_sdk_cloudwatch::types as cw_t;
     let sb = Sandbox::start();
     let c = clients(&sb).await;
-    let cw = aws_sdk_cloudwatch::Client::new(&sb.sdk_config("us-east-1").await);
     sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
-    cw.put_metric_alarm()
-        .alarm_name("api-latency")
-        .namespace("AWS/ApplicationELB")
-        .metric_name("TargetResponseTime")
-        .statistic(cw_t::Statistic::Average)
-        .period(60)
-        .evaluation_periods(1)
-        .threshold(1.0)
-        .comparison_operator(cw_t::ComparisonOperator::GreaterThanThreshold)
-        .send()
-        .await
-        .unwrap();
+    let cw = common::alarm(&sb, "api-latency").await;
     profile(&c, "bake-asg", true).await;
     let (lt_id, ami) = group_with_template(&c, "baking_production", 2).await;
     let v2 = new_version(&c, &lt_id, &ubuntu_2204(&c).await).await;

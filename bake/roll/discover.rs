@@ -234,35 +234,50 @@ async fn mixed_templates(
         .and_then(|l| l.launch_template_specification())
         .ok_or_else(|| Error::Other(format!("group {group} in {}: its mixed instances policy names no launch template", c.region)))?;
     let overrides = lt.map(|l| l.overrides()).unwrap_or_default();
+    // Each specification's template id, resolved once (a name costs a DescribeLaunchTemplates).
+    let mut by_name: BTreeMap<String, String> = BTreeMap::new();
+    let mut resolve = async |spec: &aws_sdk_autoscaling::types::LaunchTemplateSpecification| -> Result<String> {
+        if let Some(name) = spec.launch_template_id().is_none().then(|| spec.launch_template_name()).flatten() {
+            if let Some(id) = by_name.get(name) {
+                return Ok(id.clone());
+            }
+            let id = template_id(c, spec).await?;
+            by_name.insert(name.to_string(), id.clone());
+            return Ok(id);
+        }
+        template_id(c, spec).await
+    };
+    let main_id = resolve(main).await?;
+    // (override, the id of the template it launches from: its own, else the policy's)
+    let mut launched: Vec<(&aws_sdk_autoscaling::types::LaunchTemplateOverrides, String)> = Vec::new();
+    let mut specs = vec![(main, main_id.clone())];
+    for o in overrides {
+        let id = match o.launch_template_specification() {
+            Some(s) => {
+                let id = resolve(s).await?;
+                specs.push((s, id.clone()));
+                id
+            }
+            None => main_id.clone(),
+        };
+        launched.push((o, id));
+    }
     let mut out: Vec<MixedTemplate> = Vec::new();
-    let specs = std::iter::once((main, None)).chain(overrides.iter().filter_map(|o| o.launch_template_specification().map(|s| (s, Some(o)))));
-    for (spec, _) in specs {
-        let id = template_id(c, spec).await?;
+    for (spec, id) in specs {
         if out.iter().any(|t| t.id == id) {
             continue;
         }
         let configured = spec.version().unwrap_or("$Default").to_string();
         let (version, image, own_type) = versions.get(c, &id, &configured).await?;
-        let is_main = out.is_empty();
-        // The instance types it launches: the overrides that name it (the policy's own template
-        // serves the overrides naming none), else its own.
-        let mut types: Vec<String> = Vec::new();
-        for o in overrides {
-            let names_it = match o.launch_template_specification() {
-                Some(s) => template_id(c, s).await? == id,
-                None => is_main,
-            };
-            if let (true, Some(t)) = (names_it, o.instance_type()) {
-                types.push(t.to_string());
-            }
-        }
+        // The instance types it launches: the overrides that launch from it, else its own.
+        let mut types: Vec<String> = launched.iter().filter(|(_, t)| *t == id).filter_map(|(o, _)| o.instance_type().map(str::to_string)).collect();
         if types.is_empty() {
             types.extend(own_type);
         }
         types.sort();
         types.dedup();
         let name = spec.launch_template_name().map(str::to_string).unwrap_or_else(|| id.clone());
-        out.push(MixedTemplate { id, name, version, configured, image, main: is_main, instance_types: types });
+        out.push(MixedTemplate { id: id.clone(), name, version, configured, image, main: id == main_id, instance_types: types });
     }
     Ok(out)
 }

@@ -714,17 +714,10 @@ mod tests {
             templates.push(tpl("lt-arm", "web-arm", 4, "4", "m6g.large", false));
         }
         GroupState {
-            name: name.into(),
             source: Source::Mixed { templates, image: image.into(), policy: Policy(p) },
-            tags: owned("web", "production"),
             template_tags: BTreeMap::new(),
             mixed_template_tags: BTreeMap::from([("lt-1".to_string(), owned("web", "production")), ("lt-arm".to_string(), owned("web", "production"))]),
-            protected: 0,
-            standby: 0,
-            instances: 2,
-            warm_pool: None,
-            instance_type: None,
-            refresh_in_progress: None,
+            ..lt(name, image)
         }
     }
 

@@ -214,3 +214,21 @@ pub async fn template_group(
         .await
         .unwrap();
 }
+
+/// A CloudWatch alarm `name` (OK until a test sets its state), and a client to flip it.
+pub async fn alarm(sb: &sandbox::Sandbox, name: &str) -> aws_sdk_cloudwatch::Client {
+    let cw = aws_sdk_cloudwatch::Client::new(&sb.sdk_config("us-east-1").await);
+    cw.put_metric_alarm()
+        .alarm_name(name)
+        .namespace("AWS/ApplicationELB")
+        .metric_name("HTTPCode_Target_5XX_Count")
+        .statistic(aws_sdk_cloudwatch::types::Statistic::Sum)
+        .period(60)
+        .evaluation_periods(1)
+        .threshold(10.0)
+        .comparison_operator(aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold)
+        .send()
+        .await
+        .unwrap();
+    cw
+}
