@@ -72,6 +72,7 @@ pub struct Clients {
     pub asg: aws_sdk_autoscaling::Client,
     pub sts: aws_sdk_sts::Client,
     pub cw: aws_sdk_cloudwatch::Client,
+    pub elb: aws_sdk_elasticloadbalancingv2::Client,
 }
 
 /// The AWS side of bake: a base configuration and the calls counted through it.
@@ -182,7 +183,12 @@ impl Aws {
                 aws_sdk_autoscaling::config::Builder::from(&self.base).region(region_v.clone()).interceptor(counting()).build(),
             ),
             sts: aws_sdk_sts::Client::from_conf(aws_sdk_sts::config::Builder::from(&self.base).region(region_v.clone()).interceptor(counting()).build()),
-            cw: aws_sdk_cloudwatch::Client::from_conf(aws_sdk_cloudwatch::config::Builder::from(&self.base).region(region_v).interceptor(counting()).build()),
+            cw: aws_sdk_cloudwatch::Client::from_conf(
+                aws_sdk_cloudwatch::config::Builder::from(&self.base).region(region_v.clone()).interceptor(counting()).build(),
+            ),
+            elb: aws_sdk_elasticloadbalancingv2::Client::from_conf(
+                aws_sdk_elasticloadbalancingv2::config::Builder::from(&self.base).region(region_v).interceptor(counting()).build(),
+            ),
         }
     }
 }

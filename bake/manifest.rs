@@ -116,7 +116,13 @@ pub struct RollManifest {
     pub roll_id: String,
     pub role: String,
     pub env: String,
+    /// The build region (where the image the roll names is).
     pub region: String,
+    /// Every region the roll covered (each group's region is in its record).
+    pub regions: Vec<String>,
+    /// Region → the image rolled there (each region its own copy).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, String>,
     pub ami: String,
     pub status: RollStatus,
     pub error: Option<String>,
@@ -130,6 +136,7 @@ pub struct RollManifest {
 #[derive(Serialize, Clone, Debug, Default)]
 pub struct GroupRecord {
     pub name: String,
+    pub region: String,
     pub canary: bool,
     /// launch-template or launch-configuration
     pub kind: String,

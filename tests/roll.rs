@@ -103,6 +103,8 @@ async fn group(c: &Cloud, name: &str) -> asg_t::AutoScalingGroup {
 fn set_rollout(root: &Path, rollout: &str) {
     let p = root.join("roles/kaiju.toml");
     let s = std::fs::read_to_string(&p).unwrap();
+    // A second call replaces the first's.
+    let s: String = s.lines().filter(|l| !l.starts_with("rollout = ")).map(|l| format!("{l}\n")).collect();
     let s = s.replace("[env.staging]\n", &format!("[env.staging]\nrollout = {rollout}\n"));
     std::fs::write(&p, s).unwrap();
 }
@@ -745,7 +747,7 @@ async fn an_alarm_during_the_canarys_bake_time_puts_the_canary_back_and_starts_n
         &sb,
         root,
         &["roll", "kaiju", "--env", "staging", "--manifest", "roll.json"],
-        "canaries healthy; waiting 1m before the rest, watching kaiju-5xx",
+        "canaries healthy; waiting 1m before the rest, watching alarms kaiju-5xx in us-east-1",
     );
     let refreshes = c.asg.describe_instance_refreshes().auto_scaling_group_name("kaiju_canary").send().await.unwrap();
     let spec = refreshes.instance_refreshes()[0].preferences().unwrap().alarm_specification().unwrap().clone();
@@ -762,4 +764,140 @@ async fn an_alarm_during_the_canarys_bake_time_puts_the_canary_back_and_starts_n
     assert_eq!(images_of(&c, "kaiju_canary").await, BTreeSet::from([old.clone()]), "the canary is back");
     assert_eq!(images_of(&c, "kaiju_rest").await, BTreeSet::from([old.clone()]), "nothing else started");
     assert!(c.asg.describe_instance_refreshes().auto_scaling_group_name("kaiju_rest").send().await.unwrap().instance_refreshes().is_empty());
+}
+
+/// A target group that finds a canary's new instances unhealthy during the canaries' bake time
+/// stops the roll, although the group's own (EC2) checks pass: the canary goes back, nothing else
+/// starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unhealthy_canary_targets_put_the_canary_back_and_start_nothing_else() {
+    let Rig { sb, c, dir, old } = rig().await;
+    let root = dir.path();
+    lt_group(&c, "kaiju_canary", &old, 2, "1").await;
+    lt_group(&c, "kaiju_rest", &old, 2, "1").await;
+    let (elb, arn) = common::target_group(&sb, "kaiju-web", &["kaiju_canary"]).await;
+    set_rollout(
+        root,
+        &format!(
+            r#"{{ groups = ["kaiju_canary", "kaiju_rest"], canaries = ["kaiju_canary"], canary_bake_time = "60s", target_groups = ["{arn}"], refresh = {{ min_healthy_percentage = 50 }} }}"#
+        ),
+    );
+    let new = baked_image(&c, "kaiju-staging-1").await;
+    sb.control("POST", "/_sandbox/elb_unhealthy_amis", Some(json!({"amis": [new]})));
+    let started = std::time::Instant::now();
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(50), "found within the bake time, not after it: {:?}", started.elapsed());
+    assert!(err.contains("watching 2 canary instance(s) in target group"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "of canary group kaiju_canary is unhealthy in target group {arn} (Target.FailedHealthChecks: Health checks failed), during the canaries' bake time"
+        )),
+        "{err}"
+    );
+    let m = json_out(&out);
+    let outcome = |n: &str| m["groups"].as_array().unwrap().iter().find(|g| g["name"] == n).map(|g| g["outcome"].as_str().unwrap().to_string());
+    assert_eq!(outcome("kaiju_canary").as_deref(), Some("rolled-back"), "{m}");
+    assert_eq!(outcome("kaiju_rest").as_deref(), Some("not-started"), "{m}");
+    assert_eq!(images_of(&c, "kaiju_canary").await, BTreeSet::from([old.clone()]), "the canary is back");
+    assert_eq!(images_of(&c, "kaiju_rest").await, BTreeSet::from([old.clone()]), "nothing else started");
+    assert!(common::target_states(&elb, &arn).await.values().all(|s| s != "unhealthy"), "the unhealthy instances left the target group");
+    // The roller policy reads target health (ELBv2's Describe actions take no resource).
+    let out = bake(&sb, root, &["policy", "roller", "--role", "kaiju", "--env", "staging"]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let st = doc["Statement"].as_array().unwrap().iter().find(|s| s["Sid"] == "ReadCanaryTargetHealth").expect("ReadCanaryTargetHealth").clone();
+    assert_eq!((st["Action"].as_str(), st["Resource"].as_str()), (Some("elasticloadbalancing:DescribeTargetHealth"), Some("*")), "{st}");
+}
+
+/// A region's copy of an image that looks like one bake made (its bake:id as on `source`).
+async fn copied(west: &Cloud, source: &str, id: &str) -> String {
+    let copy = west.ec2.copy_image().source_region("us-east-1").source_image_id(source).name(format!("copy-{source}")).send().await.unwrap();
+    let copy = copy.image_id().unwrap().to_string();
+    let mut tags = vec![];
+    for (k, v) in [("bake:role", "kaiju"), ("bake:env", "staging"), ("bake:complete", "true"), ("bake:managed", "true"), ("bake:id", id)] {
+        tags.push(ec2_t::Tag::builder().key(k).value(v).build());
+    }
+    west.ec2.create_tags().resources(&copy).set_tags(Some(tags)).send().await.unwrap();
+    for _ in 0..100 {
+        let d = west.ec2.describe_images().image_ids(&copy).send().await.unwrap();
+        if d.images().first().and_then(|i| i.state()) == Some(&ec2_t::ImageState::Available) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    copy
+}
+
+/// kaiju/staging is copied to us-west-2: a roll covers both regions, each group on its own
+/// region's copy, canaries (here in us-east-1) first; a failure in us-west-2 puts the groups of
+/// us-east-1 back too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roll_covers_every_region_with_a_copy_and_a_failure_puts_every_region_back() {
+    let Rig { sb, c, dir, old } = rig().await;
+    let root = dir.path();
+    let west = common::Clients::new(&sb.sdk_config("us-west-2").await);
+    let old_west = param(&west, UBUNTU_2204).await;
+    lt_group(&c, "kaiju_canary", &old, 1, "1").await;
+    lt_group(&c, "kaiju_staging", &old, 2, "1").await;
+    lt_group(&west, "kaiju_staging", &old_west, 2, "1").await;
+    set_rollout(root, r#"{ groups = ["kaiju_canary", "kaiju_staging"], canaries = ["kaiju_canary"], refresh = { min_healthy_percentage = 50 } }"#);
+    let tag = |id: &str| ec2_t::Tag::builder().key("bake:id").value(id).build();
+    let new = baked_image(&c, "kaiju-staging-1").await;
+    c.ec2.create_tags().resources(&new).tags(tag("b-00000000000a")).send().await.unwrap();
+    let new_west = copied(&west, &new, "b-00000000000a").await;
+
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--plan"]);
+    let plan = text(&out.stderr) + &text(&out.stdout);
+    assert!(plan.contains(&format!("Rollout of {new} to role kaiju in env staging (us-east-1)")), "{plan}");
+    assert!(plan.contains(&format!("Rollout of {new_west} to role kaiju in env staging (us-west-2)")), "{plan}");
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let m = json_out(&out);
+    assert_eq!(m["regions"], json!(["us-east-1", "us-west-2"]), "{m}");
+    assert_eq!(m["images"], json!({"us-east-1": new, "us-west-2": new_west}), "{m}");
+    let groups = m["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 3, "{m}");
+    assert_eq!((groups[0]["name"].as_str(), groups[0]["canary"].as_bool()), (Some("kaiju_canary"), Some(true)), "{m}");
+    for g in groups {
+        let want = if g["region"] == "us-west-2" { &new_west } else { &new };
+        assert_eq!((g["outcome"].as_str(), g["final_image"].as_str()), (Some("rolled"), Some(want.as_str())), "{g}");
+    }
+    assert_eq!(images_of(&west, "kaiju_staging").await, BTreeSet::from([new_west.clone()]));
+    assert_eq!(images_of(&c, "kaiju_staging").await, BTreeSet::from([new.clone()]));
+
+    // --rollback goes back in every region, each group to what it ran before; and forward again.
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--rollback", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json_out(&out)["regions"], json!(["us-east-1", "us-west-2"]));
+    assert_eq!(images_of(&west, "kaiju_staging").await, BTreeSet::from([old_west.clone()]));
+    assert_eq!(images_of(&c, "kaiju_staging").await, BTreeSet::from([old.clone()]));
+
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &new]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // The next image's copy fails in us-west-2: every region goes back to where it was.
+    let newer = baked_image(&c, "kaiju-staging-2").await;
+    c.ec2.create_tags().resources(&newer).tags(tag("b-00000000000b")).send().await.unwrap();
+    let newer_west = copied(&west, &newer, "b-00000000000b").await;
+    sb.control("POST", "/_sandbox/unhealthy_amis", Some(json!({"amis": [newer_west]})));
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("group kaiju_staging"), "{err}");
+    let summary = text(&out.stdout);
+    assert!(summary.contains("kaiju_staging (us-west-2): "), "{summary}");
+    assert_eq!(images_of(&west, "kaiju_staging").await, BTreeSet::from([new_west.clone()]), "us-west-2 is back");
+    assert_eq!(images_of(&c, "kaiju_staging").await, BTreeSet::from([new.clone()]), "us-east-1 is back");
+    assert_eq!(images_of(&c, "kaiju_canary").await, BTreeSet::from([new.clone()]), "the canary is back");
+
+    // rollout.regions narrows the roll; a region without a copy is refused before anything changes.
+    set_rollout(root, r#"{ groups = ["kaiju_staging"], regions = ["us-west-2"], refresh = { min_healthy_percentage = 50 } }"#);
+    sb.control("DELETE", "/_sandbox/calls", None);
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &new, "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json_out(&out)["regions"], json!(["us-west-2"]));
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &old]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("us-west-2 (rollout.regions of roles/kaiju.toml) has no copy of"), "{}", text(&out.stderr));
 }

@@ -1279,6 +1279,12 @@ async fn health_checks_follow_the_groups_type_and_grace_period() {
     sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
     profile(&c, "bake-asg", true).await;
     let (lt_id, old_ami) = group_with_template(&c, "noelb_production", 2).await;
+    // Its target group: Auto Scaling registers the instances it launches and deregisters those it
+    // terminates (they drain); the target group's own checks find the bad image's instances
+    // unhealthy although the group does not use them (DescribeTargetHealth, TargetHealth.State).
+    let (elb, tg) = common::target_group(&sb, "noelb-production", &["noelb_production"]).await;
+    let before = common::target_states(&elb, &tg).await;
+    assert!(before.len() == 2 && before.values().all(|s| s == "healthy"), "{before:?}");
     let bad = ubuntu_2204(&c).await;
     let v2 = new_version(&c, &lt_id, &bad).await;
     sb.control("POST", "/_sandbox/elb_unhealthy_amis", Some(json!({"amis": [bad]})));
@@ -1297,6 +1303,12 @@ async fn health_checks_follow_the_groups_type_and_grace_period() {
     assert_eq!(refresh_until_done(&c, "noelb_production").await.status(), Some(&asg_t::InstanceRefreshStatus::Successful));
     assert!(group_images(&c, "noelb_production").await.iter().all(|(_, a)| *a == bad), "rolled out: EC2 checks pass");
     assert!(group_instances(&c, "noelb_production").await.iter().all(|i| i.health_status() == Some("Healthy")));
+    let after = common::target_states(&elb, &tg).await;
+    for i in group_instances(&c, "noelb_production").await {
+        assert_eq!(after.get(i.instance_id().unwrap()).map(String::as_str), Some("unhealthy"), "{after:?}");
+    }
+    // The old instances left the target group (AWS lists them draining for a while, then not).
+    assert!(before.keys().all(|old| after.get(old).is_none_or(|s| s == "draining")), "{after:?}");
     // The same image in a group with ELB checks and a 300 s grace period (0.6 s scaled).
     c.asg
         .create_auto_scaling_group()

@@ -248,6 +248,35 @@ pub const ALARM_NAME: std::ops::RangeInclusive<usize> = 1..=255;
 pub const REFRESH_ALARMS: usize = 10;
 pub const DESCRIBE_ALARMS_NAMES: usize = 100;
 
+/// An Elastic Load Balancing target group's ARN:
+/// `arn:<partition>:elasticloadbalancing:<region>:<account>:targetgroup/<name>/<16 hex>`; names are
+/// 1–32 letters, digits and hyphens, not starting or ending with a hyphen (ELBv2 API reference,
+/// CreateTargetGroup). Its region is where bake watches it.
+pub fn target_group_arn_problem(arn: &str) -> Option<String> {
+    let bad = || Some(format!("`{}` is not a target group ARN (arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID)", arn.escape_default()));
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let [arn_, part, service, region, account, resource] = parts.as_slice() else { return bad() };
+    if *arn_ != "arn" || !part.starts_with("aws") || *service != "elasticloadbalancing" || account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return bad();
+    }
+    if !known_region(region) || partition(region) != *part {
+        return Some(format!("`{arn}` names region `{region}`, which partition {part} does not have"));
+    }
+    let r: Vec<&str> = resource.split('/').collect();
+    let [kind, name, id] = r.as_slice() else { return bad() };
+    let name_ok =
+        (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !name.starts_with('-') && !name.ends_with('-');
+    if *kind != "targetgroup" || !name_ok || id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return bad();
+    }
+    None
+}
+
+/// The region of a target group ARN [`target_group_arn_problem`] accepted.
+pub fn target_group_region(arn: &str) -> &str {
+    arn.split(':').nth(3).unwrap_or_default()
+}
+
 /// Auto Scaling group names: 1–255 characters. Auto Scaling API reference, CreateAutoScalingGroup.
 pub const GROUP_NAME: std::ops::RangeInclusive<usize> = 1..=255;
 

@@ -346,6 +346,7 @@ pub fn operator_context(
     let mut sns_topic_arns = Vec::new();
     let mut share_accounts = Vec::new();
     let (mut copies, mut shares, mut deprecation, mut set_default_version, mut iam_write) = (false, false, false, false, false);
+    let mut target_health = false;
     for (file, r) in &resolved {
         let problem = |key: &str, why: String| Problem::new(file, key, why);
         // Whose images a builder may start from.
@@ -447,6 +448,8 @@ pub fn operator_context(
         for a in &r.rollout.alarms {
             push_unique(&mut alarm_arns, arn("cloudwatch", &format!("alarm:{a}")));
         }
+        // Target health of the canaries (ELBv2's Describe actions take no resource).
+        target_health |= !r.rollout.target_groups.is_empty();
     }
     if !problems.is_empty() {
         return Err(problems);
@@ -488,6 +491,7 @@ pub fn operator_context(
         "kms_aliases": kms_aliases,
         "sns_topic_arns": sns_topic_arns,
         "alarm_arns": alarm_arns,
+        "target_health": target_health,
         "share_accounts": share_accounts,
         "copies": copies,
         "shares": shares,

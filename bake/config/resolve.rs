@@ -519,6 +519,34 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
             problems.push(p(&rp.key("alarms").index(i), format!("`{a}` is listed twice")));
         }
     }
+    let narrowed = rollout.regions.clone().unwrap_or_default();
+    let role_regions = image.regions.clone().unwrap_or_default();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, r) in narrowed.iter().enumerate() {
+        let home = builder.region.as_ref();
+        if !is_region(r) {
+            problems.push(p(&rp.key("regions").index(i), region_problem(r)));
+        } else if !seen.insert(r) {
+            problems.push(p(&rp.key("regions").index(i), format!("`{r}` is listed twice")));
+        } else if home.is_some_and(|h| h != r) && !role_regions.contains(r) {
+            problems.push(p(
+                &rp.key("regions").index(i),
+                format!("`{r}` has no copy of the image: roll the build region or one of image.regions ({})", role_regions.join(", ")),
+            ));
+        }
+    }
+    if rollout.regions.as_ref().is_some_and(|r| r.is_empty()) {
+        problems.push(p(&rp.key("regions"), "is empty: leave it out to roll every region where the image is".into()));
+    }
+    let target_groups = rollout.target_groups.clone().unwrap_or_default();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, a) in target_groups.iter().enumerate() {
+        if let Some(why) = limits::target_group_arn_problem(a) {
+            problems.push(p(&rp.key("target_groups").index(i), why));
+        } else if !seen.insert(a.clone()) {
+            problems.push(p(&rp.key("target_groups").index(i), format!("`{a}` is listed twice")));
+        }
+    }
     // Canaries are among the targets; with only names (no tag filter) that can be checked here.
     for (k, v) in rollout.group_tags.iter().flatten() {
         if let Some(why) = limits::tag_problem(k, v) {
@@ -542,6 +570,8 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
         keep_version_alias: rollout.keep_version_alias.unwrap_or(false),
         keep_launch_configurations: rollout.keep_launch_configurations.unwrap_or(3),
         alarms,
+        regions: narrowed,
+        target_groups,
         refresh: refresh_main,
         patch_refresh: patch_spec,
     };

@@ -114,6 +114,12 @@ pub struct RolloutLayer {
     /// CloudWatch alarms (names, in each region rolled) that gate the roll: the refreshes' alarm
     /// specification, and watched during the canaries' bake time.
     pub alarms: Option<Vec<String>>,
+    /// The regions rolled (each group on its region's copy); default: the build region and every
+    /// region in image.regions where the image and target groups are found.
+    pub regions: Option<Vec<String>>,
+    /// Elastic Load Balancing target groups (ARNs; the region is the ARN's) whose targets among
+    /// the canaries' instances must stay healthy during the canaries' bake time.
+    pub target_groups: Option<Vec<String>>,
     pub refresh: Option<RefreshLayer>,
     /// Refresh preferences for `bake patch --roll`, merged over `refresh`.
     pub patch: Option<RefreshLayer>,
@@ -229,6 +235,9 @@ pub struct RolloutSpec {
     pub keep_version_alias: bool,
     pub keep_launch_configurations: u32,
     pub alarms: Vec<String>,
+    /// `rollout.regions` (empty: every region where the image and groups are).
+    pub regions: Vec<String>,
+    pub target_groups: Vec<String>,
     pub refresh: RefreshSpec,
     pub patch_refresh: RefreshSpec,
 }

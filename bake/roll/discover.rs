@@ -35,17 +35,49 @@ pub async fn newest_image(c: &Clients, role: &str, env: &str) -> Result<String> 
         .ok_or_else(|| Error::Other(format!("no image of {role}/{env} in {}: bake one first, or give --ami", c.region)))
 }
 
+/// The copy in `c`'s region of the bake whose id is `bake_id` (image.regions): `None` when that
+/// region has no finished, available copy.
+pub(super) async fn copy_of(c: &Clients, role: &str, env: &str, bake_id: &str) -> Result<Option<String>> {
+    let images = c
+        .images(
+            &format!("the copy of bake {bake_id}"),
+            &["self".to_string()],
+            vec![
+                Filter::builder().name(format!("tag:{}", tags::ID)).values(bake_id).build(),
+                Filter::builder().name(format!("tag:{}", tags::ROLE)).values(role).build(),
+                Filter::builder().name(format!("tag:{}", tags::ENV)).values(env).build(),
+                Filter::builder().name(format!("tag:{}", tags::COMPLETE)).values("true").build(),
+            ],
+        )
+        .await?;
+    Ok(images.iter().filter(|i| i.state() == Some(&ImageState::Available)).find_map(|i| i.image_id().map(str::to_string)))
+}
+
+/// An image as a roll needs it: its architecture and the bake that made it (`None`: not bake's).
+pub(super) struct ImageFacts {
+    pub arch: String,
+    pub bake_id: Option<String>,
+}
+
 /// The image exists and is available: its architecture.
 pub(super) async fn check_image(c: &Clients, ami: &str) -> Result<String> {
+    Ok(image_facts(c, ami).await?.arch)
+}
+
+/// [`check_image`], with the bake that made the image.
+pub(super) async fn image_facts(c: &Clients, ami: &str) -> Result<ImageFacts> {
     let r = c.ec2.describe_images().image_ids(ami).send().await.map_err(|e| Error::aws("ec2:DescribeImages", format!("image {ami}"), &c.region, &e))?;
     let image = r.images().first();
     match image.and_then(|i| i.state()) {
-        Some(ImageState::Available) => Ok(crate::aws::required(
-            image.and_then(|i| i.architecture()).map(|a| a.as_str()),
-            "ec2:DescribeImages",
-            &format!("the architecture of {ami}"),
-            &c.region,
-        )?),
+        Some(ImageState::Available) => Ok(ImageFacts {
+            arch: crate::aws::required(
+                image.and_then(|i| i.architecture()).map(|a| a.as_str()),
+                "ec2:DescribeImages",
+                &format!("the architecture of {ami}"),
+                &c.region,
+            )?,
+            bake_id: image.and_then(|i| i.tags().iter().find(|t| t.key() == Some(tags::ID)).and_then(|t| t.value()).map(str::to_string)),
+        }),
         Some(s) => Err(Error::Other(format!("image {ami} in {} is {}, not available", c.region, s.as_str()))),
         None => Err(Error::Other(format!("image {ami} does not exist in {}", c.region))),
     }
@@ -93,8 +125,16 @@ pub(super) async fn architectures(c: &Clients, types: &[String]) -> Result<BTree
     Ok(out)
 }
 
-/// Describes the groups a role's rollout targets: names, tag filters, or `<role>_<env>`.
+/// Describes the groups a role's rollout targets: names, tag filters, or `<role>_<env>`; a name
+/// not found is an error.
 pub async fn discover(c: &Clients, plan: &Plan) -> Result<Vec<GroupState>> {
+    discover_in(c, plan, true).await
+}
+
+/// [`discover`] in one of the regions a roll covers: `strict` (a region the operator named, or
+/// the only one) makes a name not found an error; otherwise the groups found are returned (the
+/// caller checks each name is in some region).
+pub(super) async fn discover_in(c: &Clients, plan: &Plan, strict: bool) -> Result<Vec<GroupState>> {
     let spec = &plan.rollout;
     let region = c.region.as_str();
     let mut groups: Vec<aws_sdk_autoscaling::types::AutoScalingGroup> = Vec::new();
@@ -106,7 +146,7 @@ pub async fn discover(c: &Clients, plan: &Plan) -> Result<Vec<GroupState>> {
         let named = c.groups_named(&names).await?;
         let found: Vec<String> = named.iter().filter_map(|g| g.auto_scaling_group_name().map(str::to_string)).collect();
         let missing: Vec<&String> = names.iter().filter(|n| !found.contains(n)).collect();
-        if !missing.is_empty() {
+        if strict && !missing.is_empty() {
             let missing: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
             return Err(Error::Other(format!(
                 "no Auto Scaling group named {} in {region} (roles/{}.toml rollout.groups, or the convention {}_{}); nothing changed",
@@ -121,7 +161,7 @@ pub async fn discover(c: &Clients, plan: &Plan) -> Result<Vec<GroupState>> {
     if !spec.group_tags.is_empty() {
         let filters: Vec<AsgFilter> = spec.group_tags.iter().map(|(k, v)| AsgFilter::builder().name(format!("tag:{k}")).values(v).build()).collect();
         let matched = c.groups("groups by tag", filters).await?;
-        if matched.is_empty() && groups.is_empty() {
+        if matched.is_empty() && groups.is_empty() && strict {
             let tags: Vec<String> = spec.group_tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
             return Err(Error::Other(format!("no Auto Scaling group tagged {} in {region}; nothing changed", tags.join(", "))));
         }

@@ -31,8 +31,10 @@ pub(super) struct Rolling {
     pub(super) c: Clients,
     pub(super) report: Progress,
     pub(super) cancel: Cancel,
-    /// Set when any group fails: the other groups' refreshes stop.
-    pub(super) failed: tokio::sync::watch::Sender<bool>,
+    /// Set when any group fails (in any region the roll covers): the other groups' refreshes stop.
+    pub(super) failed: Arc<tokio::sync::watch::Sender<bool>>,
+    /// How the progress lines name this region (` (eu-west-1)`), empty when the roll covers one.
+    pub(super) suffix: String,
     pub(super) timeout: Duration,
     pub(super) in_progress: InProgress,
     pub(super) keep_lcs: u32,
@@ -58,12 +60,22 @@ pub(super) enum Ended {
 }
 
 impl Rolling {
-    pub(super) fn new(c: &Clients, plan: &Plan, req: &Request, progress: &Progress, cancel: Cancel) -> Rolling {
+    /// The context of a roll in `c`'s region; `failed` is shared by every region the roll covers.
+    pub(super) fn new(
+        c: &Clients,
+        plan: &Plan,
+        req: &Request,
+        progress: &Progress,
+        cancel: Cancel,
+        failed: &Arc<tokio::sync::watch::Sender<bool>>,
+        many: bool,
+    ) -> Rolling {
         Rolling {
             c: c.clone(),
             report: progress.clone(),
             cancel,
-            failed: tokio::sync::watch::Sender::new(false),
+            failed: failed.clone(),
+            suffix: if many { format!(" ({})", c.region) } else { String::new() },
             timeout: req.timeout,
             in_progress: req.in_progress,
             keep_lcs: plan.rollout.keep_launch_configurations.max(1),
@@ -165,7 +177,7 @@ impl Rolling {
     }
 
     pub(super) fn reporter(&self, group: &str) -> Reporter {
-        self.report.task(group)
+        self.report.task(&format!("{group}{}", self.suffix))
     }
 
     pub(super) fn fail(&self) {

@@ -4,12 +4,14 @@
 //! theirs. Instance refresh replaces the instances; when any group fails, every group that moved
 //! goes back to its previous image.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use tracing::Instrument;
 
 use crate::aws::{Aws, Clients};
+use crate::config::role::RolloutSpec;
 use crate::error::{Error, Result};
 use crate::journal::BakeId;
 use crate::manifest::{GroupOutcome, GroupRecord, RollManifest, RollStatus};
@@ -22,7 +24,7 @@ mod launch_config;
 pub mod plan;
 
 pub use discover::newest_image;
-use discover::{architectures, census, check_image, configured_images, discover, template_version};
+use discover::{architectures, census, check_image, configured_images, copy_of, discover_in, image_facts, template_version};
 use group::{restore, roll_group, Rolling};
 use plan::{self as rollout, Change, GroupPlan, GroupState, PlanOptions, RolloutPlan, Source};
 
@@ -64,13 +66,26 @@ where
     Error::aws(action, format!("group {group}"), region, e)
 }
 
-/// Runs a rollout plan: canaries, bake time, the rest; everything back on any failure.
-async fn execute(cx: &Rolling, plan: &RolloutPlan) -> (Vec<GroupRecord>, Result<()>) {
-    let conc = plan.concurrency as usize;
-    let run = |gs: Vec<GroupPlan>| async move {
-        stream::iter(gs.into_iter().map(|g| async move {
+/// One region a roll covers: its context and its groups' plan.
+struct Site {
+    cx: Rolling,
+    plan: RolloutPlan,
+}
+
+/// A group once its turn ended: its site, plan, record, and whether it moved (or why it failed).
+type Done = (usize, GroupPlan, GroupRecord, Result<bool>);
+
+/// Runs every region's plan as one rollout: the canaries (of every region), their bake time with
+/// the alarms and target groups watched, then the rest, `concurrency` groups at a time across
+/// regions; on any failure every group that moved, in every region, goes back.
+async fn execute(sites: &[Site], spec: &RolloutSpec, role: &str, progress: &Progress, cancel: &Cancel) -> (Vec<GroupRecord>, Result<()>) {
+    let conc = spec.concurrency.max(1) as usize;
+    let run = |gs: Vec<(usize, GroupPlan)>| async move {
+        stream::iter(gs.into_iter().map(|(i, g)| async move {
+            let Site { cx, plan } = &sites[i];
             let mut rec = GroupRecord::default();
-            let r = roll_group(cx, plan, &g, &mut rec).instrument(tracing::debug_span!("group", name = %g.name)).await;
+            let r = roll_group(cx, plan, &g, &mut rec).instrument(tracing::debug_span!("group", name = %g.name, region = %cx.c.region)).await;
+            rec.region = cx.c.region.clone();
             if let Err(e) = &r {
                 cx.fail();
                 if rec.error.is_none() {
@@ -80,60 +95,69 @@ async fn execute(cx: &Rolling, plan: &RolloutPlan) -> (Vec<GroupRecord>, Result<
                     rec.outcome = GroupOutcome::Failed;
                 }
             }
-            (g, rec, r)
+            (i, g, rec, r)
         }))
         .buffer_unordered(conc)
-        .collect::<Vec<_>>()
+        .collect::<Vec<Done>>()
         .await
     };
-    let mut done = run(plan.canaries.clone()).await;
-    let canaries_ok = done.iter().all(|(_, _, r)| r.is_ok());
-    // An alarm that fires during the canaries' bake time stops the roll.
+    let pick = |canary: bool| -> Vec<(usize, GroupPlan)> {
+        sites.iter().enumerate().flat_map(|(i, s)| (if canary { &s.plan.canaries } else { &s.plan.rest }).iter().map(move |g| (i, g.clone()))).collect()
+    };
+    let (canaries, rest) = (pick(true), pick(false));
+    let mut done = run(canaries.clone()).await;
+    let canaries_ok = done.iter().all(|(_, _, _, r)| r.is_ok());
+    // An alarm that fires, or a canary instance its target group finds unhealthy, during the
+    // canaries' bake time stops the roll.
     let mut gate: Option<String> = None;
-    if canaries_ok && !*cx.cancel.borrow() && !plan.rest.is_empty() && plan.canary_bake_time.0 > 0 && !plan.canaries.is_empty() {
-        let watching = if plan.alarms.is_empty() { String::new() } else { format!(", watching {}", plan.alarms.join(", ")) };
-        cx.report.task(&plan.role).info(&format!("canaries healthy; waiting {} before the rest{watching}", plan.canary_bake_time));
+    if canaries_ok && !*cancel.borrow() && !rest.is_empty() && spec.canary_bake_time.0 > 0 && !canaries.is_empty() {
+        let (watches, unwatched) = canary_watches(sites, spec, &canaries).await;
+        let task = progress.task(role);
+        for n in unwatched {
+            task.info(&n);
+        }
+        let watching: Vec<String> = watches.iter().map(|w| w.to_string()).collect();
+        let watching = if watching.is_empty() { String::new() } else { format!(", watching {}", watching.join("; ")) };
+        task.info(&format!("canaries healthy; waiting {} before the rest{watching}", spec.canary_bake_time));
         tokio::select! {
-            r = crate::wait::alarms_quiet(&cx.c, &plan.alarms, plan.canary_bake_time.as_duration()) => match r {
+            r = crate::wait::canaries_healthy(&watches, spec.canary_bake_time.as_duration()) => match r {
                 Ok(None) => {}
-                Ok(Some(fired)) => gate = Some(format!("{fired}, during the canaries' bake time: the canaries go back and no other group starts")),
-                Err(e) => gate = Some(format!("watching the alarms failed: {e}")),
+                Ok(Some(hurt)) => gate = Some(format!("{hurt}, during the canaries' bake time: the canaries go back and no other group starts")),
+                Err(e) => gate = Some(format!("watching the canaries failed: {e}")),
             },
-            _ = cancelled(cx.cancel.clone()) => {},
+            _ = cancelled(cancel.clone()) => {},
         }
     }
-    if canaries_ok && gate.is_none() && !*cx.cancel.borrow() && !plan.rest.is_empty() {
-        done.extend(run(plan.rest.clone()).await);
+    if canaries_ok && gate.is_none() && !*cancel.borrow() && !rest.is_empty() {
+        done.extend(run(rest).await);
     } else {
-        for g in &plan.rest {
-            done.push((
-                g.clone(),
-                GroupRecord {
-                    name: g.name.clone(),
-                    canary: false,
-                    outcome: GroupOutcome::NotStarted,
-                    previous_image: g.current_image.clone(),
-                    new_image: g.new_image.clone(),
-                    ..Default::default()
-                },
-                Ok(false),
-            ));
+        for (i, g) in rest {
+            let rec = GroupRecord {
+                name: g.name.clone(),
+                region: sites[i].cx.c.region.clone(),
+                canary: false,
+                outcome: GroupOutcome::NotStarted,
+                previous_image: g.current_image.clone(),
+                new_image: g.new_image.clone(),
+                ..Default::default()
+            };
+            done.push((i, g, rec, Ok(false)));
         }
     }
-    let interrupted = *cx.cancel.borrow();
-    let failure = gate.or_else(|| done.iter().find_map(|(_, _, r)| r.as_ref().err().map(|e| e.to_string())));
+    let interrupted = *cancel.borrow();
+    let failure = gate.or_else(|| done.iter().find_map(|(_, _, _, r)| r.as_ref().err().map(|e| e.to_string())));
     if failure.is_none() && !interrupted {
-        let recs = done.into_iter().map(|(_, r, _)| r).collect();
-        return (recs, Ok(()));
+        return (done.into_iter().map(|(_, _, r, _)| r).collect(), Ok(()));
     }
-    // Everything that moved goes back.
-    let back = stream::iter(done.into_iter().map(|(g, mut rec, r)| async move {
+    // Everything that moved, in every region, goes back.
+    let back = stream::iter(done.into_iter().map(|(i, g, mut rec, r)| async move {
+        let Site { cx, plan } = &sites[i];
         let moved = match &r {
             Ok(m) => *m,
             Err(_) => rec.moved,
         };
         if moved {
-            if let Err(e) = restore(cx, plan, &g, &mut rec).instrument(tracing::debug_span!("rollback", group = %g.name)).await {
+            if let Err(e) = restore(cx, plan, &g, &mut rec).instrument(tracing::debug_span!("rollback", group = %g.name, region = %cx.c.region)).await {
                 rec.outcome = GroupOutcome::RollbackFailed;
                 rec.error = Some(e.to_string());
             }
@@ -149,125 +173,204 @@ async fn execute(cx: &Rolling, plan: &RolloutPlan) -> (Vec<GroupRecord>, Result<
     (back, Err(err))
 }
 
+/// What the canaries' bake time watches: the role's alarms in every region rolled, and each
+/// target group (rollout.target_groups) for the canary instances registered in it; what cannot be
+/// watched, as sentences.
+async fn canary_watches(sites: &[Site], spec: &RolloutSpec, canaries: &[(usize, GroupPlan)]) -> (Vec<crate::wait::Watch>, Vec<String>) {
+    let mut watches = Vec::new();
+    let mut unwatched = Vec::new();
+    if !spec.alarms.is_empty() {
+        for s in sites {
+            watches.push(crate::wait::Watch::Alarms { c: s.cx.c.clone(), names: spec.alarms.clone() });
+        }
+    }
+    for arn in &spec.target_groups {
+        let region = crate::config::limits::target_group_region(arn);
+        let Some((i, site)) = sites.iter().enumerate().find(|(_, s)| s.cx.c.region == region) else {
+            unwatched.push(format!("target group {arn} is in {region}, which this roll does not cover: not watched"));
+            continue;
+        };
+        let names: Vec<String> = canaries.iter().filter(|(j, _)| *j == i).map(|(_, g)| g.name.clone()).collect();
+        let mut instances = Vec::new();
+        if !names.is_empty() {
+            match site.cx.c.groups_named(&names).await {
+                Ok(groups) => {
+                    for g in groups {
+                        let name = g.auto_scaling_group_name().unwrap_or_default().to_string();
+                        for inst in g.instances() {
+                            let leaving = inst.lifecycle_state().is_some_and(|s| s.as_str().starts_with("Terminat"));
+                            if let (Some(id), false) = (inst.instance_id(), leaving) {
+                                instances.push((id.to_string(), name.clone()));
+                            }
+                        }
+                    }
+                }
+                Err(e) => unwatched.push(format!("target group {arn}: the canaries' instances could not be listed ({e}): not watched")),
+            }
+        }
+        if instances.is_empty() {
+            unwatched.push(format!("target group {arn}: no canary instance in {region} to watch"));
+            continue;
+        }
+        watches.push(crate::wait::Watch::Targets { c: site.cx.c.clone(), arn: arn.clone(), instances });
+    }
+    (watches, unwatched)
+}
+
+/// The groups a roll finds in one region.
+struct Found {
+    c: Clients,
+    groups: Vec<GroupState>,
+}
+
 /// `bake roll` (and the roll of `bake build --roll`).
 pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, cancel: Cancel) -> RollManifest {
     let started = Instant::now();
     let aws = base.counted();
     let roll_id = BakeId::new();
     let mut m = RollManifest { roll_id: roll_id.to_string(), role: plan.role.clone(), env: plan.env.clone(), ..Default::default() };
-    let region = req.region.clone().or_else(|| plan.builder.spec.region.clone()).or_else(|| aws.default_region());
-    let Some(region) = region else {
+    let home = req.region.clone().or_else(|| plan.builder.spec.region.clone()).or_else(|| aws.default_region());
+    let Some(home) = home else {
         m.status = RollStatus::Failed;
         m.error = Some("no region: give --region, set builder.region in the role, or configure AWS_REGION".into());
         return m;
     };
-    m.region = region.clone();
-    let c = aws.clients(&region);
+    m.region = home.clone();
+    let failed = Arc::new(tokio::sync::watch::Sender::new(false));
+    // The regions whose groups the roll found (for the census), filled as they are.
+    let mut covered: Vec<Clients> = Vec::new();
     let result: Result<()> = async {
-        crate::aws::usable_region(region.clone(), "--region, builder.region or the AWS configuration")?;
-        let groups = discover(&c, plan).await?;
-        if req.rollback {
-            return rollback_on_demand(&c, plan, groups, &progress, cancel.clone(), req, &mut m).await;
+        crate::aws::usable_region(home.clone(), "--region, builder.region or the AWS configuration")?;
+        let (regions, named) = rollout::regions(&home, &plan.image.regions, &plan.rollout.regions, req.region.as_deref()).map_err(Error::Other)?;
+        let many = regions.len() > 1;
+        // The groups in each region, concurrently; with several regions a group named in the role
+        // need only be in one of them.
+        let found = futures::future::join_all(regions.iter().map(|r| {
+            let c = aws.clients(r);
+            async move { discover_in(&c, plan, !many).await.map(|groups| Found { c, groups }) }
+        }))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<Found>>>()?;
+        if many {
+            rollout::check_found(
+                &plan.role,
+                &plan.env,
+                &plan.rollout,
+                &found.iter().map(|f| (f.c.region.clone(), f.groups.iter().map(|g| g.name.clone()).collect())).collect::<Vec<_>>(),
+                named,
+            )
+            .map_err(Error::Other)?;
         }
+        for f in found.iter().filter(|f| f.groups.is_empty()) {
+            progress.task(&plan.role).info(&format!("{} is skipped: none of the role's Auto Scaling groups is there", f.c.region));
+        }
+        let mut found: Vec<Found> = found.into_iter().filter(|f| !f.groups.is_empty()).collect();
+        // Region names in messages and progress only when the roll covers more than one.
+        let many = found.len() > 1;
+        m.regions = found.iter().map(|f| f.c.region.clone()).collect();
+        covered = found.iter().map(|f| f.c.clone()).collect();
+        if req.rollback {
+            return rollback_on_demand(plan, found, many, &progress, cancel.clone(), req, &failed, &mut m).await;
+        }
+        // The image: the one asked for or the newest in the build region; every other region
+        // rolls the copy of the same bake.
+        let home_c = aws.clients(&home);
         let ami = match &req.ami {
             Some(a) => a.clone(),
-            None => newest_image(&c, &plan.role, &plan.env).await?,
+            None => newest_image(&home_c, &plan.role, &plan.env).await?,
         };
-        let arch = check_image(&c, &ami).await?;
+        let facts = image_facts(&home_c, &ami).await?;
         m.ami = ami.clone();
-        // Every instance type a group launches must run the image's architecture.
-        let mut types: Vec<String> = groups
-            .iter()
-            .flat_map(|g| match &g.source {
-                Source::Mixed { templates, .. } => templates.iter().flat_map(|t| t.instance_types.clone()).collect::<Vec<String>>(),
-                _ => g.instance_type.iter().cloned().collect(),
-            })
-            .collect();
-        types.sort();
-        types.dedup();
-        if !types.is_empty() {
-            let arch_of = architectures(&c, &types).await.map_err(|e| Error::Other(format!("the groups' instance types: {e}; nothing changed")))?;
-            rollout::check_architectures(&groups, &ami, &arch, &arch_of).map_err(Error::Other)?;
-        }
-        // The alarms that gate the roll exist here, and none fires now.
-        if !plan.rollout.alarms.is_empty() {
-            let states = c.alarm_states(&plan.rollout.alarms).await?;
-            for a in &plan.rollout.alarms {
-                match states.get(a) {
-                    None => {
-                        return Err(Error::Other(format!(
-                            "rollout.alarms of roles/{}.toml: CloudWatch has no alarm named {a} in {region}; nothing changed",
-                            plan.role
-                        )))
-                    }
-                    Some((state, reason)) if state == "ALARM" => {
-                        return Err(Error::Other(format!(
-                            "alarm {a} is in ALARM in {region} ({}): bake starts no roll while it fires; nothing changed",
-                            crate::error::one_line(reason)
-                        )))
-                    }
-                    Some(_) => {}
+        let mut sites_images: Vec<(Found, String, String)> = Vec::new();
+        for f in found.drain(..) {
+            let region = f.c.region.clone();
+            let image = if region == home {
+                Some(ami.clone())
+            } else {
+                match &facts.bake_id {
+                    Some(id) => copy_of(&f.c, &plan.role, &plan.env, id).await?,
+                    None => None,
                 }
+            };
+            match image {
+                Some(i) => {
+                    let arch = if region == home { facts.arch.clone() } else { check_image(&f.c, &i).await? };
+                    sites_images.push((f, i, arch));
+                }
+                None if named => {
+                    return Err(Error::Other(format!(
+                        "{region} (rollout.regions of roles/{}.toml) has no copy of {ami}{}; nothing changed",
+                        plan.role,
+                        if facts.bake_id.is_none() { ", an image bake did not make" } else { "" }
+                    )))
+                }
+                None => progress.task(&plan.role).info(&format!("{region} is skipped: it has no copy of {ami}")),
             }
         }
-        let rp = rollout::plan(
-            &plan.role,
-            &plan.env,
-            &region,
-            &ami,
-            roll_id.as_str(),
-            &plan.rollout,
-            groups,
-            PlanOptions { migrate_to_launch_template: req.migrate, patch: req.patch },
-        )
-        .map_err(Error::Other)?;
+        let mut sites: Vec<Site> = Vec::new();
+        for (f, image, arch) in sites_images {
+            let rp = prepare(&f, plan, req, &image, &arch, roll_id.as_str(), many).await?;
+            m.images.insert(f.c.region.clone(), image);
+            let cx = Rolling::new(&f.c, plan, req, &progress, cancel.clone(), &failed, many);
+            sites.push(Site { cx, plan: rp });
+        }
+        m.regions = sites.iter().map(|s| s.cx.c.region.clone()).collect();
+        covered = sites.iter().map(|s| s.cx.c.clone()).collect();
         if req.plan_only {
             m.status = RollStatus::Planned;
-            for g in rp.groups() {
-                m.groups.push(GroupRecord {
-                    name: g.name.clone(),
-                    canary: g.canary,
-                    previous_image: g.current_image.clone(),
-                    new_image: g.new_image.clone(),
-                    outcome: if g.change == Change::Nothing { GroupOutcome::Unchanged } else { GroupOutcome::Planned },
-                    final_image: g.current_image.clone(),
-                    ..Default::default()
-                });
+            for s in &sites {
+                for g in s.plan.groups() {
+                    m.groups.push(GroupRecord {
+                        name: g.name.clone(),
+                        region: s.cx.c.region.clone(),
+                        canary: g.canary,
+                        previous_image: g.current_image.clone(),
+                        new_image: g.new_image.clone(),
+                        outcome: if g.change == Change::Nothing { GroupOutcome::Unchanged } else { GroupOutcome::Planned },
+                        final_image: g.current_image.clone(),
+                        ..Default::default()
+                    });
+                }
+                progress.task(&plan.role).info(&s.plan.to_string());
             }
-            progress.task(&plan.role).info(&rp.to_string());
             return Ok(());
         }
-        let cx = Rolling::new(&c, plan, req, &progress, cancel.clone());
-        let (recs, r) = execute(&cx, &rp).await;
+        let (recs, r) = execute(&sites, &plan.rollout, &plan.role, &progress, &cancel).await;
         m.groups = recs;
-        m.leftovers = cx.take_leftovers();
+        m.leftovers = sites.iter().flat_map(|s| s.cx.take_leftovers()).collect();
         r
     }
     .await;
     // What each group runs when the roll ends: a census of its instances, not what was meant.
     if m.status != RollStatus::Planned && !m.groups.is_empty() {
-        let names: Vec<String> = m.groups.iter().map(|g| g.name.clone()).collect();
-        match census(&c, &names).await {
-            Ok(running) => {
-                let configured = configured_images(&c, plan, names.clone()).await;
-                for g in &mut m.groups {
-                    g.running = running.get(&g.name).cloned().unwrap_or_default();
-                    g.final_image = match g.running.len() {
-                        0 => configured.get(&g.name).cloned().unwrap_or_default(),
-                        1 => g.running.keys().next().cloned().unwrap_or_default(),
-                        _ => "mixed".into(),
-                    };
-                }
+        for c in &covered {
+            let names: Vec<String> = m.groups.iter().filter(|g| g.region == c.region).map(|g| g.name.clone()).collect();
+            if names.is_empty() {
+                continue;
             }
-            Err(e) => {
-                for g in &mut m.groups {
-                    g.final_image = "unknown".into();
+            match census(c, &names).await {
+                Ok(running) => {
+                    let configured = configured_images(c, plan, names.clone()).await;
+                    for g in m.groups.iter_mut().filter(|g| g.region == c.region) {
+                        g.running = running.get(&g.name).cloned().unwrap_or_default();
+                        g.final_image = match g.running.len() {
+                            0 => configured.get(&g.name).cloned().unwrap_or_default(),
+                            1 => g.running.keys().next().cloned().unwrap_or_default(),
+                            _ => "mixed".into(),
+                        };
+                    }
                 }
-                progress.task(&plan.role).info(&format!("could not tell what the groups run now: {e}"));
+                Err(e) => {
+                    for g in m.groups.iter_mut().filter(|g| g.region == c.region) {
+                        g.final_image = "unknown".into();
+                    }
+                    progress.task(&plan.role).info(&format!("could not tell what the groups in {} run now: {e}", c.region));
+                }
             }
         }
     }
-    m.groups.sort_by(|a, b| b.canary.cmp(&a.canary).then(a.name.cmp(&b.name)));
+    m.groups.sort_by(|a, b| b.canary.cmp(&a.canary).then(a.name.cmp(&b.name)).then(a.region.cmp(&b.region)));
     match result {
         Ok(()) if m.status == RollStatus::Running && !m.leftovers.is_empty() => {
             m.status = RollStatus::Leftovers;
@@ -291,16 +394,121 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
     m
 }
 
-/// `bake roll --rollback`: every target group back to the previous image bake recorded on it.
+/// One region's rollout plan, after the checks that come before any change there: every
+/// instance type runs the image's architecture, and the gating alarms exist and are quiet.
+async fn prepare(f: &Found, plan: &Plan, req: &Request, ami: &str, arch: &str, roll_id: &str, many: bool) -> Result<RolloutPlan> {
+    let (c, groups) = (&f.c, &f.groups);
+    let region = c.region.as_str();
+    let mut types: Vec<String> = groups
+        .iter()
+        .flat_map(|g| match &g.source {
+            Source::Mixed { templates, .. } => templates.iter().flat_map(|t| t.instance_types.clone()).collect::<Vec<String>>(),
+            _ => g.instance_type.iter().cloned().collect(),
+        })
+        .collect();
+    types.sort();
+    types.dedup();
+    if !types.is_empty() {
+        let arch_of = architectures(c, &types).await.map_err(|e| Error::Other(format!("the groups' instance types: {e}; nothing changed")))?;
+        rollout::check_architectures(groups, ami, arch, &arch_of).map_err(|e| Error::Other(if many { format!("{region}: {e}") } else { e }))?;
+    }
+    if !plan.rollout.alarms.is_empty() {
+        let states = c.alarm_states(&plan.rollout.alarms).await?;
+        for a in &plan.rollout.alarms {
+            match states.get(a) {
+                None => {
+                    return Err(Error::Other(format!(
+                        "rollout.alarms of roles/{}.toml: CloudWatch has no alarm named {a} in {region}; nothing changed",
+                        plan.role
+                    )))
+                }
+                Some((state, reason)) if state == "ALARM" => {
+                    return Err(Error::Other(format!(
+                        "alarm {a} is in ALARM in {region} ({}): bake starts no roll while it fires; nothing changed",
+                        crate::error::one_line(reason)
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    // A canary need only be in one of the regions (checked across them before).
+    let mut spec = plan.rollout.clone();
+    if many {
+        spec.canaries.retain(|n| groups.iter().any(|g| &g.name == n));
+    }
+    rollout::plan(&plan.role, &plan.env, region, ami, roll_id, &spec, groups.clone(), PlanOptions { migrate_to_launch_template: req.migrate, patch: req.patch })
+        .map_err(|e| Error::Other(if many { format!("{region}: {e}") } else { e }))
+}
+
+/// `bake roll --rollback`: every target group, in every region the roll covers, back to the
+/// previous image bake recorded on it. Every group's way back is checked before any changes; with
+/// several regions, one whose groups bake never rolled is skipped.
+#[allow(clippy::too_many_arguments)] // the roll's context, passed through
 async fn rollback_on_demand(
-    c: &Clients,
     plan: &Plan,
-    groups: Vec<GroupState>,
+    found: Vec<Found>,
+    many: bool,
     progress: &Progress,
     cancel: Cancel,
     req: &Request,
+    failed: &Arc<tokio::sync::watch::Sender<bool>>,
     m: &mut RollManifest,
 ) -> Result<()> {
+    let mut sites = Vec::new();
+    for f in found {
+        if many && f.groups.iter().all(|g| !g.tags.contains_key(TAG_PREVIOUS_IMAGE)) {
+            progress.task(&plan.role).info(&format!("{} is skipped: bake never rolled its groups", f.c.region));
+            continue;
+        }
+        let gplans = back_plans(&f.c, plan, &f.groups, progress).await.map_err(|e| match e {
+            Error::Other(s) if many => Error::Other(format!("{}: {s}", f.c.region)),
+            e => e,
+        })?;
+        sites.push((f.c, gplans));
+    }
+    m.regions = sites.iter().map(|(c, _)| c.region.clone()).collect();
+    let mut failure = None;
+    for (c, gplans) in sites {
+        let cx = Rolling::new(&c, plan, req, progress, cancel.clone(), failed, many);
+        let rp = RolloutPlan {
+            role: plan.role.clone(),
+            env: plan.env.clone(),
+            region: c.region.clone(),
+            ami: String::new(),
+            roll_id: m.roll_id.clone(),
+            canaries: vec![],
+            rest: vec![],
+            concurrency: plan.rollout.concurrency.max(1),
+            canary_bake_time: crate::config::Secs(0),
+            alarms: Vec::new(),
+        };
+        for g in gplans {
+            cx.clear_in_progress(&g, &cx.reporter(&g.name)).await?;
+            let mut rec = GroupRecord {
+                name: g.name.clone(),
+                region: c.region.clone(),
+                canary: g.canary,
+                previous_image: g.new_image.clone(),
+                new_image: g.current_image.clone(),
+                ..Default::default()
+            };
+            if let Err(e) = restore(&cx, &rp, &g, &mut rec).await {
+                failure.get_or_insert(e.to_string());
+            }
+            m.groups.push(rec);
+        }
+        m.leftovers.extend(cx.take_leftovers());
+    }
+    match failure {
+        Some(e) => Err(Error::Other(e)),
+        None => Ok(()),
+    }
+}
+
+/// How each of a region's groups goes back: its previous version, configuration or versions,
+/// launching an image that still exists.
+async fn back_plans(c: &Clients, plan: &Plan, groups: &[GroupState], progress: &Progress) -> Result<Vec<GroupPlan>> {
     let missing: Vec<String> = groups.iter().flat_map(|g| rollout::not_opted_in(&plan.role, &plan.env, g)).collect();
     if !missing.is_empty() {
         return Err(Error::Other(format!(
@@ -311,7 +519,7 @@ async fn rollback_on_demand(
         )));
     }
     let mut gplans = Vec::new();
-    for g in &groups {
+    for g in groups {
         let recorded = g
             .tags
             .get(TAG_PREVIOUS_IMAGE)
@@ -391,53 +599,18 @@ async fn rollback_on_demand(
                 .task(&g.name)
                 .info(&format!("goes back to {prev_image}, what its previous configuration launches (its tag {TAG_PREVIOUS_IMAGE} says {recorded})"));
         }
-        gplans.push((
-            GroupPlan {
-                name: g.name.clone(),
-                canary: plan.rollout.canaries.contains(&g.name),
-                current_image: prev_image,
-                new_image: g.source.image().unwrap_or_default().to_string(),
-                change,
-                refresh: plan.rollout.refresh.clone(),
-                instances: g.instances,
-                warm_pool: g.warm_pool,
-                refresh_in_progress: g.refresh_in_progress.clone(),
-                notes: Vec::new(),
-            },
-            g.tags.contains_key(TAG_PREVIOUS_VERSION) && g.tags.contains_key(TAG_PREVIOUS_LC),
-        ));
-    }
-    let cx = Rolling::new(c, plan, req, progress, cancel);
-    let rp = RolloutPlan {
-        role: plan.role.clone(),
-        env: plan.env.clone(),
-        region: c.region.clone(),
-        ami: String::new(),
-        roll_id: m.roll_id.clone(),
-        canaries: vec![],
-        rest: vec![],
-        concurrency: plan.rollout.concurrency.max(1),
-        canary_bake_time: crate::config::Secs(0),
-        alarms: Vec::new(),
-    };
-    let mut failed = None;
-    for (g, _) in gplans {
-        cx.clear_in_progress(&g, &cx.reporter(&g.name)).await?;
-        let mut rec = GroupRecord {
+        gplans.push(GroupPlan {
             name: g.name.clone(),
-            canary: g.canary,
-            previous_image: g.new_image.clone(),
-            new_image: g.current_image.clone(),
-            ..Default::default()
-        };
-        if let Err(e) = restore(&cx, &rp, &g, &mut rec).await {
-            failed.get_or_insert(e.to_string());
-        }
-        m.groups.push(rec);
+            canary: plan.rollout.canaries.contains(&g.name),
+            current_image: prev_image,
+            new_image: g.source.image().unwrap_or_default().to_string(),
+            change,
+            refresh: plan.rollout.refresh.clone(),
+            instances: g.instances,
+            warm_pool: g.warm_pool,
+            refresh_in_progress: g.refresh_in_progress.clone(),
+            notes: Vec::new(),
+        });
     }
-    m.leftovers = cx.take_leftovers();
-    match failed {
-        Some(e) => Err(Error::Other(e)),
-        None => Ok(()),
-    }
+    Ok(gplans)
 }

@@ -300,6 +300,63 @@ pub fn check_architectures(groups: &[GroupState], image: &str, arch: &str, arch_
     Ok(())
 }
 
+/// The regions a roll covers, and whether the operator named them: `--region` alone; else
+/// `rollout.regions`; else the build region and every region the image is copied to.
+pub fn regions(home: &str, copies: &[String], narrowed: &[String], flag: Option<&str>) -> Result<(Vec<String>, bool), String> {
+    if let Some(r) = flag {
+        return Ok((vec![r.to_string()], true));
+    }
+    if !narrowed.is_empty() {
+        if let Some(r) = narrowed.iter().find(|r| r.as_str() != home && !copies.contains(r)) {
+            return Err(format!(
+                "rollout.regions names {r}, but the image is built in {home} and copied to {}: a roll goes only where the image is; nothing changed",
+                if copies.is_empty() { "no other region".to_string() } else { copies.join(", ") }
+            ));
+        }
+        return Ok((narrowed.to_vec(), true));
+    }
+    let mut out = vec![home.to_string()];
+    out.extend(copies.iter().filter(|r| r.as_str() != home).cloned());
+    Ok((out, false))
+}
+
+/// With several regions: every group the role names, and every canary, is in one of them; a
+/// region the operator named (`named`) has target groups. `found`: each region and the names of
+/// the groups found there.
+pub fn check_found(role: &str, env: &str, spec: &RolloutSpec, found: &[(String, Vec<String>)], named: bool) -> Result<(), String> {
+    let anywhere = |n: &String| found.iter().any(|(_, names)| names.contains(n));
+    let mut wanted: Vec<String> = spec.groups.clone();
+    if wanted.is_empty() && spec.group_tags.is_empty() {
+        wanted.push(format!("{role}_{env}"));
+    }
+    let regions: Vec<&str> = found.iter().map(|(r, _)| r.as_str()).collect();
+    let nowhere: Vec<&String> = wanted.iter().filter(|n| !anywhere(n)).collect();
+    if !nowhere.is_empty() && (!spec.groups.is_empty() || found.iter().all(|(_, names)| names.is_empty())) {
+        let what = if !spec.group_tags.is_empty() && spec.groups.is_empty() {
+            format!("no Auto Scaling group tagged {}", spec.group_tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
+        } else {
+            format!("no Auto Scaling group named {}", nowhere.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+        };
+        return Err(format!("{what} in {} (roles/{role}.toml rollout.groups, or the convention {role}_{env}); nothing changed", regions.join(", ")));
+    }
+    if found.iter().all(|(_, names)| names.is_empty()) {
+        return Err(format!(
+            "no Auto Scaling group tagged {} in {}; nothing changed",
+            spec.group_tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "),
+            regions.join(", ")
+        ));
+    }
+    if let Some(c) = spec.canaries.iter().find(|c| !anywhere(c)) {
+        return Err(format!("canary group {c} (rollout.canaries) is not among the target groups in {}; nothing changed", regions.join(", ")));
+    }
+    if named {
+        if let Some((r, _)) = found.iter().find(|(_, names)| names.is_empty()) {
+            return Err(format!("{r} (rollout.regions of roles/{role}.toml) has none of the role's Auto Scaling groups; nothing changed"));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PlanOptions {
     pub migrate_to_launch_template: bool,
@@ -552,6 +609,8 @@ mod tests {
             keep_version_alias: false,
             keep_launch_configurations: 3,
             alarms: vec![],
+            regions: vec![],
+            target_groups: vec![],
             refresh: RefreshSpec { min_healthy_percentage: 90, auto_rollback: true, skip_matching: true, ..Default::default() },
             patch_refresh: RefreshSpec { min_healthy_percentage: 50, ..Default::default() },
         }
@@ -770,5 +829,37 @@ mod tests {
         assert!(e.starts_with("group web-arm: instance type m6g.large of launch template web runs arm64, but ami-new is x86_64"), "{e}");
         let e = check_architectures(&[mixed("web-mixed", "ami-old", true)], "ami-new", "x86_64", &BTreeMap::new()).unwrap_err();
         assert!(e.contains("EC2 does not know instance type m5.large"), "{e}");
+    }
+
+    #[test]
+    fn a_roll_covers_the_build_region_and_every_copy_unless_narrowed() {
+        let copies = vec!["eu-west-1".to_string(), "us-east-1".to_string()];
+        assert_eq!(regions("us-east-1", &copies, &[], None).unwrap(), (vec!["us-east-1".to_string(), "eu-west-1".to_string()], false));
+        assert_eq!(regions("us-east-1", &copies, &[], Some("eu-west-1")).unwrap(), (vec!["eu-west-1".to_string()], true));
+        assert_eq!(regions("us-east-1", &copies, &["eu-west-1".to_string()], None).unwrap(), (vec!["eu-west-1".to_string()], true));
+        let e = regions("us-east-1", &copies, &["ap-south-1".to_string()], None).unwrap_err();
+        assert!(e.contains("rollout.regions names ap-south-1") && e.contains("nothing changed"), "{e}");
+    }
+
+    #[test]
+    fn across_regions_each_named_group_and_canary_is_somewhere() {
+        let mut s = spec();
+        s.groups = vec!["web_a".into(), "web_canary".into()];
+        let found = |a: &[&str], b: &[&str]| {
+            vec![("us-east-1".to_string(), a.iter().map(|s| s.to_string()).collect()), ("eu-west-1".to_string(), b.iter().map(|s| s.to_string()).collect())]
+        };
+        assert!(check_found("web", "prod", &s, &found(&["web_a"], &["web_canary"]), false).is_ok());
+        let e = check_found("web", "prod", &s, &found(&["web_a"], &[]), false).unwrap_err();
+        assert!(e.contains("no Auto Scaling group named web_canary in us-east-1, eu-west-1"), "{e}");
+        // A region the operator named must have some of the groups; one found by default need not.
+        assert!(check_found("web", "prod", &s, &found(&["web_a", "web_canary"], &[]), false).is_ok());
+        let e = check_found("web", "prod", &s, &found(&["web_a", "web_canary"], &[]), true).unwrap_err();
+        assert!(e.contains("eu-west-1 (rollout.regions of roles/web.toml) has none"), "{e}");
+        s.groups.clear();
+        s.group_tags = BTreeMap::from([("team".to_string(), "web".to_string())]);
+        let e = check_found("web", "prod", &s, &found(&[], &[]), false).unwrap_err();
+        assert!(e.contains("no Auto Scaling group tagged team=web in us-east-1, eu-west-1"), "{e}");
+        let e = check_found("web", "prod", &s, &found(&["web_a"], &[]), false).unwrap_err();
+        assert!(e.contains("canary group web_canary"), "{e}");
     }
 }

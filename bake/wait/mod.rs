@@ -111,18 +111,75 @@ pub async fn image(
     found.ok_or_else(|| gave_up(what, id, &c.region, format!("did not become available within {}", crate::config::Secs(timeout.as_secs()))))
 }
 
-/// Watches CloudWatch alarms `names` for `how_long`, every [`watcher::TICK`]: the first seen in
-/// ALARM, as a sentence naming it, its region and CloudWatch's reason; `None` when none fired.
-pub async fn alarms_quiet(c: &Clients, names: &[String], how_long: Duration) -> Result<Option<String>> {
+/// Something the canaries' bake time watches.
+pub enum Watch {
+    /// CloudWatch alarms in a region: none may go into ALARM.
+    Alarms { c: Clients, names: Vec<String> },
+    /// A target group: none of these instances (id, group) it holds may turn unhealthy.
+    Targets { c: Clients, arn: String, instances: Vec<(String, String)> },
+}
+
+impl std::fmt::Display for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Watch::Alarms { c, names } => write!(f, "alarms {} in {}", names.join(", "), c.region),
+            Watch::Targets { arn, instances, .. } => write!(f, "{} canary instance(s) in target group {arn}", instances.len()),
+        }
+    }
+}
+
+impl Watch {
+    /// What is wrong now, as a sentence naming it and its region; `None` when all is well.
+    async fn check(&self) -> Result<Option<String>> {
+        match self {
+            Watch::Alarms { c, names } => {
+                let states = c.alarm_states(names).await?;
+                Ok(states
+                    .iter()
+                    .find(|(_, (state, _))| state == "ALARM")
+                    .map(|(name, (_, reason))| format!("alarm {name} went into ALARM in {} ({})", c.region, crate::error::one_line(reason))))
+            }
+            Watch::Targets { c, arn, instances } => {
+                let r = c
+                    .elb
+                    .describe_target_health()
+                    .target_group_arn(arn)
+                    .send()
+                    .await
+                    .map_err(|e| Error::aws("elasticloadbalancing:DescribeTargetHealth", format!("target group {arn}"), &c.region, &e))?;
+                for d in r.target_health_descriptions() {
+                    let Some(id) = d.target().and_then(|t| t.id()) else { continue };
+                    let Some((_, group)) = instances.iter().find(|(i, _)| i == id) else { continue };
+                    let health = d.target_health();
+                    let state = health.and_then(|h| h.state()).map(|s| s.as_str()).unwrap_or_default();
+                    if matches!(state, "unhealthy" | "unhealthy.draining" | "unavailable") {
+                        let reason = health.and_then(|h| h.reason()).map(|r| r.as_str().to_string()).unwrap_or_default();
+                        let detail = health.and_then(|h| h.description()).unwrap_or_default();
+                        return Ok(Some(format!(
+                            "instance {id} of canary group {group} is {state} in target group {arn} ({})",
+                            crate::error::one_line(&format!("{reason}: {detail}"))
+                        )));
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Watches `watches` for `how_long`, every [`watcher::TICK`]: the first thing wrong, as a
+/// sentence; `None` when all stayed well.
+pub async fn canaries_healthy(watches: &[Watch], how_long: Duration) -> Result<Option<String>> {
     let end = Instant::now() + how_long;
-    if names.is_empty() {
+    if watches.is_empty() {
         tokio::time::sleep_until(end).await;
         return Ok(None);
     }
     loop {
-        let states = c.alarm_states(names).await?;
-        if let Some((name, (_, reason))) = states.iter().find(|(_, (state, _))| state == "ALARM") {
-            return Ok(Some(format!("alarm {name} went into ALARM in {} ({})", c.region, crate::error::one_line(reason))));
+        for w in watches {
+            if let Some(why) = w.check().await? {
+                return Ok(Some(why));
+            }
         }
         let now = Instant::now();
         if now >= end {

@@ -191,7 +191,7 @@ pub async fn baked_image(ec2: &aws_sdk_ec2::Client, source: &str, name: &str) ->
     img
 }
 
-/// An Auto Scaling group in us-east-1a on launch template `lt_id` at `version` (a number,
+/// An Auto Scaling group in zone `a` of the client's region on launch template `lt_id` at `version` (a number,
 /// `$Latest` or `$Default`): `size` instances, room for `max`, with `tags`.
 pub async fn template_group(
     asg: &aws_sdk_autoscaling::Client,
@@ -208,11 +208,38 @@ pub async fn template_group(
         .min_size(0)
         .max_size(max)
         .desired_capacity(size)
-        .availability_zones("us-east-1a")
+        .availability_zones(format!("{}a", asg.config().region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into())))
         .set_tags(Some(tags).filter(|t| !t.is_empty()))
         .send()
         .await
         .unwrap();
+}
+
+/// An Elastic Load Balancing target group `name` in the default VPC of us-east-1, with the
+/// groups `groups` attached (their instances registered): its ARN, and a client to read it.
+pub async fn target_group(sb: &sandbox::Sandbox, name: &str, groups: &[&str]) -> (aws_sdk_elasticloadbalancingv2::Client, String) {
+    let conf = sb.sdk_config("us-east-1").await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let vpcs = ec2.describe_vpcs().filters(aws_sdk_ec2::types::Filter::builder().name("is-default").values("true").build()).send().await.unwrap();
+    let vpc = vpcs.vpcs()[0].vpc_id().unwrap().to_string();
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(&conf);
+    let tg =
+        elb.create_target_group().name(name).protocol(aws_sdk_elasticloadbalancingv2::types::ProtocolEnum::Http).port(80).vpc_id(vpc).send().await.unwrap();
+    let arn = tg.target_groups()[0].target_group_arn().unwrap().to_string();
+    let asg = aws_sdk_autoscaling::Client::new(&conf);
+    for g in groups {
+        asg.attach_load_balancer_target_groups().auto_scaling_group_name(*g).target_group_arns(&arn).send().await.unwrap();
+    }
+    (elb, arn)
+}
+
+/// Each target of target group `arn`: instance → its health state.
+pub async fn target_states(elb: &aws_sdk_elasticloadbalancingv2::Client, arn: &str) -> std::collections::BTreeMap<String, String> {
+    let r = elb.describe_target_health().target_group_arn(arn).send().await.unwrap();
+    r.target_health_descriptions()
+        .iter()
+        .map(|d| (d.target().unwrap().id().unwrap().to_string(), d.target_health().unwrap().state().unwrap().as_str().to_string()))
+        .collect()
 }
 
 /// A CloudWatch alarm `name` (OK until a test sets its state), and a client to flip it.

@@ -35,6 +35,7 @@ import uuid
 from moto.autoscaling.models import ASG_NAME_TAG, FakeAutoScalingGroup, InstanceState, autoscaling_backends
 from moto.autoscaling.responses import AutoScalingResponse
 from moto.core.responses import ActionResult
+from moto.elbv2.models import FakeHealthStatus, FakeTargetGroup
 
 from . import ec2 as ec2_patch
 from . import images, pages, ssm
@@ -129,6 +130,9 @@ def launch_into(group, count, src=None, warmup=0.0):
         m = ssm.meta(inst.id)
         m.update(source=source_key(src), image=image, ready_at=now + warmup, group=group.name)
         ec2_patch.launched(inst, group.region)
+    if group.target_group_arns:
+        # Auto Scaling registers the instances it launches with the group's target groups.
+        group.autoscaling_backend.update_attached_target_groups(group.name)
     return reservation.instances
 
 
@@ -179,6 +183,36 @@ def _state_launch_configuration_name(self):
 
 InstanceState.launch_template = property(_state_launch_template)
 InstanceState.launch_configuration_name = property(_state_launch_configuration_name)
+
+
+def leave_target_groups(group, ids):
+    """Auto Scaling deregisters instances it terminates from the group's target groups (they drain)."""
+    if not group.target_group_arns:
+        return
+    for tg in group.autoscaling_backend.elbv2_backend.describe_target_groups(
+            load_balancer_arn=None, target_group_arns=group.target_group_arns, names=None):
+        tg.deregister_terminated_instances(ids)
+
+
+def target_health(self, target, ec2_backend):
+    """A registered instance from an image whose instances fail load balancer checks is
+    `unhealthy` (Target.FailedHealthChecks) once ready, `initial` until then (Elb.RegistrationInProgress),
+    whatever the group's own HealthCheckType: the target group checks it either way."""
+    h = _moto_health_for(self, target, ec2_backend)
+    if h.status != "healthy" or not target["Id"].startswith("i-"):
+        return h
+    m = STATE.instance_meta.get(target["Id"], {})
+    if STATE.now() < m.get("ready_at", 0):
+        return FakeHealthStatus(h.instance_id, h.port, h.health_check_port, "initial", "Elb.RegistrationInProgress",
+                                "Target registration is in progress")
+    if m.get("image") in STATE.elb_unhealthy_amis or m.get("image") in STATE.unhealthy_amis:
+        return FakeHealthStatus(h.instance_id, h.port, h.health_check_port, "unhealthy", "Target.FailedHealthChecks",
+                                "Health checks failed")
+    return h
+
+
+_moto_health_for = FakeTargetGroup.health_for
+FakeTargetGroup.health_for = target_health
 
 
 def failing_check(group, image):
@@ -538,6 +572,7 @@ class Refresh:
         return None
 
     def _terminate(self, ids):
+        leave_target_groups(self.group, ids)
         keep = [st for st in self.group.instance_states if st.instance.id not in ids]
         self.group.instance_states = keep
         live = [i for i in ids if self.group.ec2_backend.get_instance(i).state != "terminated"]
