@@ -149,3 +149,40 @@ print(f"one group {one:.2f}s, {sum(o['api_calls'].values())} API calls; {n} grou
       f"{calls} API calls, {calls/n:.1f} per group ({m['status']})")
 print("calls: " + ", ".join(f"{k} {v}" for k, v in sorted(m["api_calls"].items(), key=lambda kv: -kv[1])))
 PY
+
+echo "## bake roll: twenty groups over two regions (ten each, one canary) against one group"
+python3 - "$ami" <<'PY'
+import boto3, os, sys, time
+ami = sys.argv[1]
+kw = dict(endpoint_url=os.environ["AWS_ENDPOINT_URL"], aws_access_key_id="testing", aws_secret_access_key="testing")
+east = boto3.client("ec2", region_name="us-east-1", **kw)
+tags = {t["Key"]: t["Value"] for t in east.describe_images(ImageIds=[ami])["Images"][0]["Tags"]}
+west_ami = None
+for region in ("us-east-1", "us-west-2"):
+    ec2, asg, ssm = (boto3.client(s, region_name=region, **kw) for s in ("ec2", "autoscaling", "ssm"))
+    base = ssm.get_parameter(Name="/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id")["Parameter"]["Value"]
+    if region == "us-west-2":
+        # The bake's copy, as distribute makes it: the same tags, bake:id included.
+        west_ami = ec2.copy_image(SourceRegion="us-east-1", SourceImageId=ami, Name=f"copy-{ami}")["ImageId"]
+        ec2.create_tags(Resources=[west_ami], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        while ec2.describe_images(ImageIds=[west_ami])["Images"][0]["State"] != "available":
+            time.sleep(0.1)
+    lt = ec2.create_launch_template(
+        LaunchTemplateName="bench-wide", LaunchTemplateData={"ImageId": base, "InstanceType": "t3.small"},
+        TagSpecifications=[{"ResourceType": "launch-template", "Tags": [{"Key": "bake:role", "Value": "wide"}, {"Key": "bake:env", "Value": "staging"}]}])
+    for i in range(10):
+        asg.create_auto_scaling_group(
+            AutoScalingGroupName=f"wide_{region[-1]}{i:02d}", LaunchTemplate={"LaunchTemplateId": lt["LaunchTemplate"]["LaunchTemplateId"], "Version": "1"},
+            MinSize=0, MaxSize=4, DesiredCapacity=2, AvailabilityZones=[f"{region}a"],
+            Tags=[{"Key": k, "Value": v, "PropagateAtLaunch": False} for k, v in (("bench", "wide"), ("bake:role", "wide"), ("bake:env", "staging"))])
+PY
+rollout_wide='rollout = { group_tags = { bench = "wide" }, canaries = ["wide_100"], concurrency = 19, refresh = { min_healthy_percentage = 50, instance_warmup = "100s" } }'
+# boxoffice/staging copies to us-west-2: the roll covers both regions.
+sed -e "s/^\[env.staging\]$/[env.staging]\n$rollout_wide/" roles/boxoffice.toml >"$rollproj/roles/wide.toml"
+read -r wide _ < <(measure "$bake" --root "$rollproj" roll wide --env staging --ami "$ami" --manifest "$work/wide.json")
+python3 - "$work/wide.json" "$one" "$wide" <<'PY'
+import json, sys
+m, one, wide = json.load(open(sys.argv[1])), float(sys.argv[2]), float(sys.argv[3])
+calls, n = sum(m["api_calls"].values()), len(m["groups"])
+print(f"{n} groups in {', '.join(m['regions'])}: {wide:.2f}s = {wide/one:.2f}x one group; {calls} API calls, {calls/n:.1f} per group ({m['status']})")
+PY

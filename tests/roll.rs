@@ -193,10 +193,11 @@ async fn rolls_launch_template_and_launch_configuration_groups() {
     let after = sb.live();
     assert_eq!(after.len(), before.len() + 1, "{after:?}");
     // Two more rolls: bake keeps the last 2 launch configurations it made for the group.
+    // (Named: images made in the same second have the same CreationDate, so "the newest" is a tie.)
     let newer = baked_image(&c, "kaiju-staging-2").await;
-    assert_eq!(bake(&sb, root, &["roll", "kaiju", "--env", "staging"]).status.code(), Some(0));
+    assert_eq!(bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &newer]).status.code(), Some(0));
     let newest = baked_image(&c, "kaiju-staging-3").await;
-    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging"]);
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &newest]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let lcs = c.asg.describe_launch_configurations().send().await.unwrap();
     let mine: BTreeSet<String> = lcs
@@ -349,7 +350,7 @@ async fn a_refresh_in_progress_is_waited_for_or_replaced_never_doubled() {
     // Replace it: cancelled, then the rollout.
     let newer = baked_image(&c, "kaiju-staging-2").await;
     busy().await.unwrap();
-    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--replace-in-progress", "--output", "json"]);
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--replace-in-progress", "--ami", &newer, "--output", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(images_of(&c, "kaiju_staging").await, BTreeSet::from([newer.clone()]));
     let rs = sb.control("GET", "/_sandbox/refreshes?group=kaiju_staging", None)["refreshes"].as_array().unwrap().clone();
@@ -520,7 +521,8 @@ async fn the_record_is_a_census_of_what_runs_and_leftovers_exit_1() {
         "/_sandbox/faults",
         Some(json!({"faults": [{"service": "autoscaling", "action": "DeleteLaunchConfiguration", "rate": 1.0, "kind": "denied"}]})),
     );
-    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
+    // Named: made within the second of the first image, "the newest" would be a tie.
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &newer, "--output", "json"]);
     sb.control("DELETE", "/_sandbox/faults", None);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");

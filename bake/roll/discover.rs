@@ -27,12 +27,20 @@ pub async fn newest_image(c: &Clients, role: &str, env: &str) -> Result<String> 
             ],
         )
         .await?;
-    images
-        .iter()
-        .filter(|i| i.state() == Some(&ImageState::Available))
-        .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
-        .and_then(|i| i.image_id().map(str::to_string))
-        .ok_or_else(|| Error::Other(format!("no image of {role}/{env} in {}: bake one first, or give --ami", c.region)))
+    let available: Vec<&aws_sdk_ec2::types::Image> = images.iter().filter(|i| i.state() == Some(&ImageState::Available)).collect();
+    let newest = available.iter().map(|i| i.creation_date()).max().flatten();
+    let ids: Vec<&str> = available.iter().filter(|i| i.creation_date().is_some() && i.creation_date() == newest).filter_map(|i| i.image_id()).collect();
+    match ids.as_slice() {
+        [] => Err(Error::Other(format!("no image of {role}/{env} in {}: bake one first, or give --ami", c.region))),
+        [one] => Ok(one.to_string()),
+        // CreationDate counts seconds: two images of one second cannot be told apart.
+        many => Err(Error::Other(format!(
+            "the newest images of {role}/{env} in {} ({}) were made in the same second ({}): give --ami",
+            c.region,
+            many.join(", "),
+            newest.unwrap_or_default()
+        ))),
+    }
 }
 
 /// The copy in `c`'s region of the bake whose id is `bake_id` (image.regions): `None` when that
