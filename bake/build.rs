@@ -56,8 +56,16 @@ pub fn plans(project: &Project, req: &Request, vars: &VarInputs) -> std::result:
             skipped.push(name.clone());
             continue;
         }
-        match rf.resolve(&req.env, vars).and_then(|r| project.plan_with(&rf, &r, &mut cache, &policies)) {
-            Ok(p) => plans.push(p),
+        // One plan per architecture the role bakes.
+        match rf.resolve_all(&req.env, vars) {
+            Ok(roles) => {
+                for r in roles {
+                    match project.plan_with(&rf, &r, &mut cache, &policies) {
+                        Ok(p) => plans.push(p),
+                        Err(p) => problems.extend(p),
+                    }
+                }
+            }
             Err(p) => problems.extend(p),
         }
     }
@@ -87,7 +95,7 @@ pub fn git_sha(root: &Path) -> Option<String> {
 #[allow(clippy::too_many_arguments)]
 async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: Progress, cancel: Cancel, active: Active, git: Option<String>) -> Manifest {
     let started = Instant::now();
-    let label = format!("{}/{}", plan.role, plan.env);
+    let label = plan.label();
     let report = progress.task(&label);
     let aws = base.counted();
     let mut manifest = Manifest {
@@ -109,8 +117,13 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
     };
     manifest.region = region.clone();
     // Held to the end of this bake (its roll included): one bake of a role and env at a time here.
-    let what = format!("bake {} {}/{}", if req.patch.is_some() { "patch" } else { "build" }, plan.role, plan.env);
-    let _lock = match crate::lock::acquire(&root, &plan.role, &plan.env, &what, req.wait_for_lock, &report, cancel.clone()).await {
+    let what = format!("bake {} {}", if req.patch.is_some() { "patch" } else { "build" }, plan.label());
+    // Each architecture of a role is its own bake, under its own lock.
+    let lock_env = match &plan.arch {
+        Some(a) if plan.architectures.len() > 1 => format!("{}.{a}", plan.env),
+        _ => plan.env.clone(),
+    };
+    let _lock = match crate::lock::acquire(&root, &plan.role, &lock_env, &what, req.wait_for_lock, &report, cancel.clone()).await {
         Ok(l) => l,
         Err(e) => {
             manifest.status = if matches!(e, Error::Interrupted) { Status::Interrupted } else { Status::Failed };
@@ -181,7 +194,7 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
             migrate: false,
             in_progress: crate::roll::InProgress::Fail,
             timeout: std::time::Duration::from_secs(3 * 3600),
-            region: Some(manifest.region.clone()),
+            region: req.region.clone(),
             patch: false,
         };
         let r = crate::roll::run(&base, &plan, &rreq, progress.clone(), cancel.clone()).await;

@@ -120,9 +120,9 @@ pub struct RollManifest {
     pub region: String,
     /// Every region the roll covered (each group's region is in its record).
     pub regions: Vec<String>,
-    /// Region → the image rolled there (each region its own copy).
+    /// Region → architecture → the image rolled there (each region its own copy).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub images: BTreeMap<String, String>,
+    pub images: BTreeMap<String, BTreeMap<String, String>>,
     pub ami: String,
     pub status: RollStatus,
     pub error: Option<String>,

@@ -34,9 +34,27 @@ pub struct Plan {
     pub notify: NotifySpec,
     /// Hash of everything that decides the image's content, and nothing else.
     pub fingerprint: String,
+    /// The architecture this plan bakes, for a role with `[architectures]` (its image is tagged
+    /// `bake:arch`; each architecture is its own bake).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    /// Every architecture the role bakes (a roll gives each group the image of its instance
+    /// types' architecture).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub architectures: Vec<String>,
     /// The role's variables (for the image name at build time); not printed.
     #[serde(skip)]
     pub vars: BTreeMap<String, String>,
+}
+
+impl Plan {
+    /// `role/env`, and the architecture when the role bakes several.
+    pub fn label(&self) -> String {
+        match &self.arch {
+            Some(a) if self.architectures.len() > 1 => format!("{}/{} ({a})", self.role, self.env),
+            _ => format!("{}/{}", self.role, self.env),
+        }
+    }
 }
 
 #[derive(Serialize, Clone, Debug, PartialEq)]
@@ -280,6 +298,8 @@ pub fn build(rf: &RoleFile, role: &Role, cookbooks: &BTreeMap<String, Cookbook>,
         rollout: role.rollout.clone(),
         notify: role.notify.clone(),
         fingerprint,
+        arch: role.arch.clone(),
+        architectures: role.architectures.clone(),
         vars: role.vars.clone(),
     })
 }
@@ -421,7 +441,7 @@ impl fmt::Display for Plan {
             )?;
         }
         let i = &self.image;
-        let sample = json!({"role": self.role, "env": self.env, "vars": self.vars, "timestamp": "<timestamp>", "bake_id": "<bake id>"});
+        let sample = json!({"role": self.role, "env": self.env, "vars": self.vars, "timestamp": "<timestamp>", "bake_id": "<bake id>", "arch": self.arch.clone().unwrap_or_default()});
         let name = template::render_plain(&i.name, &sample).unwrap_or_else(|_| i.name.clone());
         writeln!(f, "image:       {name}")?;
         if !i.regions.is_empty() {

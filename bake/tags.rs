@@ -13,6 +13,8 @@ pub const CREATED: &str = "bake:created";
 
 /// An image (and its snapshots) that is a finished bake's product.
 pub const COMPLETE: &str = "bake:complete";
+/// The architecture of an image of a role that bakes several.
+pub const ARCH: &str = "bake:arch";
 pub const SOURCE_AMI: &str = "bake:source-ami";
 pub const FINGERPRINT: &str = "bake:fingerprint";
 pub const COOKBOOKS: &str = "bake:cookbooks";

@@ -857,7 +857,7 @@ async fn a_roll_covers_every_region_with_a_copy_and_a_failure_puts_every_region_
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let m = json_out(&out);
     assert_eq!(m["regions"], json!(["us-east-1", "us-west-2"]), "{m}");
-    assert_eq!(m["images"], json!({"us-east-1": new, "us-west-2": new_west}), "{m}");
+    assert_eq!(m["images"], json!({"us-east-1": {"x86_64": new}, "us-west-2": {"x86_64": new_west}}), "{m}");
     let groups = m["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 3, "{m}");
     assert_eq!((groups[0]["name"].as_str(), groups[0]["canary"].as_bool()), (Some("kaiju_canary"), Some(true)), "{m}");

@@ -211,6 +211,11 @@ impl RoleFile {
     pub fn resolve(&self, env: &str, inputs: &VarInputs) -> Result<Role, Problems> {
         resolve::resolve(self, env, inputs)
     }
+
+    /// The role once per architecture it bakes.
+    pub fn resolve_all(&self, env: &str, inputs: &VarInputs) -> Result<Vec<Role>, Problems> {
+        resolve::resolve_all(self, env, inputs)
+    }
 }
 
 fn has_path(t: &toml::Table, path: &KeyPath) -> bool {

@@ -104,7 +104,44 @@ pub fn valid_iam_name(s: &str) -> bool {
 const VOLUME_TYPES: &[&str] = &["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"];
 const ARCHES: &[&str] = &["x86_64", "arm64", "i386", "x86_64_mac", "arm64_mac"];
 
+/// The architectures a role may bake (EC2's `ArchitectureValues` that Linux builders run).
+pub const BAKED_ARCHES: &[&str] = &["x86_64", "arm64"];
+
+/// A role in one env, for one of its architectures (`arch`; `None`: the first, or the role's only
+/// one). See [`resolve_all`].
 pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Problems> {
+    resolve_arch(rf, env, inputs, None)
+}
+
+/// The role once per architecture it bakes (`[architectures]`), or once.
+pub fn resolve_all(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Vec<Role>, Problems> {
+    let first = resolve(rf, env, inputs)?;
+    if first.architectures.len() <= 1 {
+        return Ok(vec![first]);
+    }
+    let mut out = Vec::new();
+    let mut problems = Problems::default();
+    for a in first.architectures.clone() {
+        match resolve_arch(rf, env, inputs, Some(&a)) {
+            Ok(r) => out.push(r),
+            Err(p) => problems.extend(p),
+        }
+    }
+    // Each architecture's image needs its own parameter (and, checked with the name, its own name).
+    if problems.is_empty() {
+        let params: std::collections::BTreeSet<&str> = out.iter().map(|r| r.image.ssm_parameter.as_str()).collect();
+        if params.len() < out.len() {
+            problems.push(rf.problem_at(
+                env,
+                &KeyPath::root().key("image").key("ssm_parameter"),
+                "with several architectures each image needs its own parameter: put {{arch}} in it",
+            ));
+        }
+    }
+    problems.into_result(out)
+}
+
+fn resolve_arch(rf: &RoleFile, env: &str, inputs: &VarInputs, arch: Option<&str>) -> Result<Role, Problems> {
     let Some(overlay) = rf.overlay(env) else {
         return Err(rf.file.problem(&KeyPath::root().key("env"), format!("no environment `{env}` in this role (it has: {})", list_or_none(&rf.envs))).into());
     };
@@ -116,11 +153,60 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
     let root = KeyPath::root();
     let p = |path: &KeyPath, msg: String| -> Problem { rf.problem_at(env, path, msg) };
 
+    // Architectures: each bakes from its own source on its own instance type; the rest of the
+    // role is shared. The chosen one's source and instance type stand in for [source] and
+    // builder.instance_type.
+    let mut architectures: Vec<String> = Vec::new();
+    let mut chosen: Option<String> = None;
+    if let Some(a) = merged.remove("architectures") {
+        let ap = root.key("architectures");
+        match a {
+            toml::Value::Table(t) if !t.is_empty() => {
+                for (name, v) in &t {
+                    if !BAKED_ARCHES.contains(&name.as_str()) {
+                        problems
+                            .push(p(&ap.key(name), format!("`{}` is not an architecture bake builds ({})", name.escape_default(), BAKED_ARCHES.join(", "))));
+                    }
+                    match v {
+                        toml::Value::Table(e) => {
+                            for k in e.keys().filter(|k| !["source", "instance_type"].contains(&k.as_str())) {
+                                problems.push(p(&ap.key(name).key(k), "unknown key: an architecture has a source and an instance_type".into()));
+                            }
+                            if !e.contains_key("source") {
+                                problems.push(p(&ap.key(name), "needs a source (ssm_parameter, filter or ami)".into()));
+                            }
+                        }
+                        _ => problems.push(p(&ap.key(name), "must be a table: { source = { ... }, instance_type = \"...\" }".into())),
+                    }
+                }
+                architectures = t.keys().cloned().collect();
+                if merged.contains_key("source") {
+                    problems.push(p(&root.key("source"), "with [architectures], each architecture names its own source".into()));
+                }
+                let pick = arch.map(str::to_string).unwrap_or_else(|| architectures[0].clone());
+                if let Some(toml::Value::Table(e)) = t.get(&pick) {
+                    if let Some(src) = e.get("source") {
+                        merged.insert("source".into(), src.clone());
+                    }
+                    if let Some(it) = e.get("instance_type") {
+                        let b = merged.entry("builder").or_insert_with(|| toml::Value::Table(Default::default()));
+                        if let toml::Value::Table(b) = b {
+                            b.insert("instance_type".into(), it.clone());
+                        }
+                    }
+                }
+                chosen = Some(pick);
+            }
+            _ => problems.push(p(&ap, "must name at least one architecture: [architectures.x86_64], [architectures.arm64]".into())),
+        }
+    }
+    let several = architectures.len() > 1;
+
     // Variables, then every string rendered with them (the image name waits for build time).
     let defaults: BTreeMap<String, String> =
         merged.get("vars").and_then(|v| v.as_table()).map(|t| t.iter().filter_map(|(k, v)| scalar(v).map(|s| (k.clone(), s))).collect()).unwrap_or_default();
     let vars = inputs.resolve(&defaults);
-    let ctx = json!({"role": rf.name, "env": env, "vars": vars});
+    let ctx = json!({"role": rf.name, "env": env, "vars": vars, "arch": chosen.clone().unwrap_or_default()});
     let mut rendered = toml::Value::Table(merged);
     let mut errs = Vec::new();
     render_strings(&mut rendered, &root, &ctx, &["image.name", "vars"], &mut errs);
@@ -180,7 +266,10 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
     }
 
     // source: exactly one
-    let sp = root.key("source");
+    let sp = match &chosen {
+        Some(a) => root.key("architectures").key(a).key("source"),
+        None => root.key("source"),
+    };
     let kinds = [source.ssm_parameter.is_some(), source.filter.is_some(), source.ami.is_some()];
     let mut source_owners = Vec::new();
     if let Some(owners) = &source.owners {
@@ -362,10 +451,13 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
 
     // image
     let ip = root.key("image");
-    let name = image.name.clone().unwrap_or_else(|| DEFAULT_IMAGE_NAME.into());
+    let name = image.name.clone().unwrap_or_else(|| if several { DEFAULT_IMAGE_NAME_ARCH.into() } else { DEFAULT_IMAGE_NAME.into() });
+    if several && !name.contains("arch") {
+        problems.push(p(&ip.key("name"), "with several architectures each image needs its own name: put {{arch}} in it".into()));
+    }
     // Rendered for two bakes: the name must differ between them (a real {{timestamp}} or
     // {{bake_id}}, not the word), and be a valid AMI name for both.
-    let sample = |timestamp: &str, bake_id: &str| json!({"role": rf.name, "env": env, "vars": vars, "timestamp": timestamp, "bake_id": bake_id});
+    let sample = |timestamp: &str, bake_id: &str| json!({"role": rf.name, "env": env, "vars": vars, "timestamp": timestamp, "bake_id": bake_id, "arch": chosen.clone().unwrap_or_default()});
     match (
         template::render_plain(&name, &sample("20261121T232813Z", "b-0123456789ab")),
         template::render_plain(&name, &sample("20991231T235959Z", "b-fedcba987654")),
@@ -435,7 +527,10 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
         }
         _ => {}
     }
-    let parameter = image.ssm_parameter.clone().unwrap_or_else(|| template::render_plain(DEFAULT_PARAMETER, &ctx).unwrap_or_default());
+    let parameter = image
+        .ssm_parameter
+        .clone()
+        .unwrap_or_else(|| template::render_plain(if several { DEFAULT_PARAMETER_ARCH } else { DEFAULT_PARAMETER }, &ctx).unwrap_or_default());
     if let Some(why) = limits::parameter_name_problem(&parameter) {
         problems.push(p(&ip.key("ssm_parameter"), format!("`{}` {why}", parameter.chars().take(80).collect::<String>().escape_default())));
     } else if parameter.starts_with("/bake/") && !parameter.starts_with(&format!("/bake/{}/", rf.name)) {
@@ -609,6 +704,8 @@ pub fn resolve(rf: &RoleFile, env: &str, inputs: &VarInputs) -> Result<Role, Pro
         rollout: rollout_spec,
         notify: NotifySpec { sns_topic_arn: notify.sns_topic_arn, webhook_url: notify.webhook_url, on },
         vars,
+        arch: chosen,
+        architectures,
     })
 }
 

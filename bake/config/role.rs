@@ -135,7 +135,7 @@ pub struct NotifyLayer {
 
 /// The sections a role file (and each of its env overlays) may have, with their types. Each
 /// section is checked on its own, so one file can report several problems at once.
-pub const SECTIONS: &[&str] = &["description", "run_list", "source", "builder", "image", "attributes", "rollout", "vars", "notify", "env"];
+pub const SECTIONS: &[&str] = &["description", "run_list", "source", "architectures", "builder", "image", "attributes", "rollout", "vars", "notify", "env"];
 
 // ---------------------------------------------------------------------------------------------
 // What one role looks like in one env, after merging, defaults and checks.
@@ -270,6 +270,10 @@ pub struct Role {
     pub notify: NotifySpec,
     /// Effective variables (defaults, env, files, flags).
     pub vars: BTreeMap<String, String>,
+    /// The architecture this role is resolved for, when it declares `[architectures]`.
+    pub arch: Option<String>,
+    /// Every architecture the role declares (empty: it bakes its source's).
+    pub architectures: Vec<String>,
 }
 
 pub const DEFAULT_INSTANCE_TYPE: &str = "t3.small";
@@ -278,3 +282,6 @@ pub const DEFAULT_READY_TIMEOUT: Secs = Secs(15 * 60);
 pub const DEFAULT_IMAGE_TIMEOUT: Secs = Secs(60 * 60);
 pub const DEFAULT_IMAGE_NAME: &str = "{{role}}-{{env}}-{{timestamp}}";
 pub const DEFAULT_PARAMETER: &str = "/bake/{{role}}/{{env}}/ami-id";
+/// With several architectures: one image, name and parameter each.
+pub const DEFAULT_IMAGE_NAME_ARCH: &str = "{{role}}-{{env}}-{{arch}}-{{timestamp}}";
+pub const DEFAULT_PARAMETER_ARCH: &str = "/bake/{{role}}/{{env}}/{{arch}}/ami-id";

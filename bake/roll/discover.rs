@@ -16,26 +16,34 @@ use crate::tags;
 
 /// The newest finished image bake made for this role and env.
 pub async fn newest_image(c: &Clients, role: &str, env: &str) -> Result<String> {
-    let images = c
-        .images(
-            &format!("images of {role}/{env}"),
-            &["self".to_string()],
-            vec![
-                Filter::builder().name(format!("tag:{}", tags::ROLE)).values(role).build(),
-                Filter::builder().name(format!("tag:{}", tags::ENV)).values(env).build(),
-                Filter::builder().name(format!("tag:{}", tags::COMPLETE)).values("true").build(),
-            ],
-        )
-        .await?;
+    newest_image_of(c, role, env, None).await
+}
+
+/// [`newest_image`] of one architecture (`bake:arch`) of a role that bakes several.
+pub async fn newest_image_of(c: &Clients, role: &str, env: &str, arch: Option<&str>) -> Result<String> {
+    let mut filters = vec![
+        Filter::builder().name(format!("tag:{}", tags::ROLE)).values(role).build(),
+        Filter::builder().name(format!("tag:{}", tags::ENV)).values(env).build(),
+        Filter::builder().name(format!("tag:{}", tags::COMPLETE)).values("true").build(),
+    ];
+    if let Some(a) = arch {
+        filters.push(Filter::builder().name(format!("tag:{}", tags::ARCH)).values(a).build());
+    }
+    let what = match arch {
+        Some(a) => format!("{role}/{env} ({a})"),
+        None => format!("{role}/{env}"),
+    };
+    let images = c.images(&format!("images of {what}"), &["self".to_string()], filters).await?;
+
     let available: Vec<&aws_sdk_ec2::types::Image> = images.iter().filter(|i| i.state() == Some(&ImageState::Available)).collect();
     let newest = available.iter().map(|i| i.creation_date()).max().flatten();
     let ids: Vec<&str> = available.iter().filter(|i| i.creation_date().is_some() && i.creation_date() == newest).filter_map(|i| i.image_id()).collect();
     match ids.as_slice() {
-        [] => Err(Error::Other(format!("no image of {role}/{env} in {}: bake one first, or give --ami", c.region))),
+        [] => Err(Error::Other(format!("no image of {what} in {}: bake one first, or give --ami", c.region))),
         [one] => Ok(one.to_string()),
         // CreationDate counts seconds: two images of one second cannot be told apart.
         many => Err(Error::Other(format!(
-            "the newest images of {role}/{env} in {} ({}) were made in the same second ({}): give --ami",
+            "the newest images of {what} in {} ({}) were made in the same second ({}): give --ami",
             c.region,
             many.join(", "),
             newest.unwrap_or_default()

@@ -410,7 +410,8 @@ pub(super) async fn roll_group(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, 
             );
             let mut made = BTreeMap::new();
             for t in templates {
-                let n = cx.new_template_version(plan, &t.id, &t.name, t.from, &g.new_image, *set_default).await?;
+                let image = if t.image.is_empty() { &g.new_image } else { &t.image };
+                let n = cx.new_template_version(plan, &t.id, &t.name, t.from, image, *set_default).await?;
                 made.insert(t.id.clone(), n);
             }
             rec.new = versions_text(templates, |t| made.get(&t.id).copied().unwrap_or(0));

@@ -4,6 +4,7 @@
 //! theirs. Instance refresh replaces the instances; when any group fails, every group that moved
 //! goes back to its previous image.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ mod launch_config;
 pub mod plan;
 
 pub use discover::newest_image;
-use discover::{architectures, census, check_image, configured_images, copy_of, discover_in, image_facts, template_version};
+use discover::{architectures, census, check_image, configured_images, copy_of, discover_in, image_facts, newest_image_of, template_version};
 use group::{restore, roll_group, Rolling};
 use plan::{self as rollout, Change, GroupPlan, GroupState, PlanOptions, RolloutPlan, Source};
 
@@ -276,42 +277,71 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
         // The image: the one asked for or the newest in the build region; every other region
         // rolls the copy of the same bake.
         let home_c = aws.clients(&home);
-        let ami = match &req.ami {
-            Some(a) => a.clone(),
-            None => newest_image(&home_c, &plan.role, &plan.env).await?,
-        };
-        let facts = image_facts(&home_c, &ami).await?;
-        m.ami = ami.clone();
-        let mut sites_images: Vec<(Found, String, String)> = Vec::new();
-        for f in found.drain(..) {
-            let region = f.c.region.clone();
-            let image = if region == home {
-                Some(ami.clone())
-            } else {
-                match &facts.bake_id {
-                    Some(id) => copy_of(&f.c, &plan.role, &plan.env, id).await?,
-                    None => None,
+        // Architecture → (image, the bake that made it): the one asked for, or the newest of each
+        // architecture the role bakes.
+        let mut home_images: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
+        match (&req.ami, plan.architectures.len() > 1) {
+            (Some(a), _) => {
+                let facts = image_facts(&home_c, a).await?;
+                home_images.insert(facts.arch, (a.clone(), facts.bake_id));
+            }
+            (None, false) => {
+                let a = newest_image(&home_c, &plan.role, &plan.env).await?;
+                let facts = image_facts(&home_c, &a).await?;
+                home_images.insert(facts.arch, (a, facts.bake_id));
+            }
+            (None, true) => {
+                for arch in &plan.architectures {
+                    match newest_image_of(&home_c, &plan.role, &plan.env, Some(arch)).await {
+                        Ok(a) => {
+                            let facts = image_facts(&home_c, &a).await?;
+                            home_images.insert(facts.arch, (a, facts.bake_id));
+                        }
+                        Err(e) => progress.task(&plan.role).info(&format!("{e}: groups that need {arch} cannot roll")),
+                    }
                 }
-            };
-            match image {
-                Some(i) => {
-                    let arch = if region == home { facts.arch.clone() } else { check_image(&f.c, &i).await? };
-                    sites_images.push((f, i, arch));
+                if home_images.is_empty() {
+                    return Err(Error::Other(format!("no image of {}/{} in {home}: bake one first, or give --ami", plan.role, plan.env)));
                 }
-                None if named => {
-                    return Err(Error::Other(format!(
-                        "{region} (rollout.regions of roles/{}.toml) has no copy of {ami}{}; nothing changed",
-                        plan.role,
-                        if facts.bake_id.is_none() { ", an image bake did not make" } else { "" }
-                    )))
-                }
-                None => progress.task(&plan.role).info(&format!("{region} is skipped: it has no copy of {ami}")),
             }
         }
+        m.ami = home_images.values().map(|(a, _)| a.as_str()).collect::<Vec<_>>().join(",");
+        let mut sites_images: Vec<(Found, BTreeMap<String, String>)> = Vec::new();
+        'regions: for f in found.drain(..) {
+            let region = f.c.region.clone();
+            let mut here = BTreeMap::new();
+            for (arch, (image, bake_id)) in &home_images {
+                let copy = if region == home {
+                    Some(image.clone())
+                } else {
+                    match bake_id {
+                        Some(id) => copy_of(&f.c, &plan.role, &plan.env, id).await?,
+                        None => None,
+                    }
+                };
+                match copy {
+                    Some(i) => {
+                        here.insert(arch.clone(), i);
+                    }
+                    None if named => {
+                        return Err(Error::Other(format!(
+                            "{region} (rollout.regions of roles/{}.toml) has no copy of {image}{}; nothing changed",
+                            plan.role,
+                            if bake_id.is_none() { ", an image bake did not make" } else { "" }
+                        )))
+                    }
+                    None => {
+                        progress.task(&plan.role).info(&format!("{region} is skipped: it has no copy of {image}"));
+                        continue 'regions;
+                    }
+                }
+            }
+            sites_images.push((f, here));
+        }
         let mut sites: Vec<Site> = Vec::new();
-        for (f, image, arch) in sites_images {
-            let rp = prepare(&f, plan, req, &image, &arch, roll_id.as_str(), many).await?;
-            m.images.insert(f.c.region.clone(), image);
+        for (f, images) in sites_images {
+            let rp = prepare(&f, plan, req, &images, roll_id.as_str(), many).await?;
+            m.images.insert(f.c.region.clone(), images);
             let cx = Rolling::new(&f.c, plan, req, &progress, cancel.clone(), &failed, many);
             sites.push(Site { cx, plan: rp });
         }
@@ -395,10 +425,12 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
 }
 
 /// One region's rollout plan, after the checks that come before any change there: every
-/// instance type runs the image's architecture, and the gating alarms exist and are quiet.
-async fn prepare(f: &Found, plan: &Plan, req: &Request, ami: &str, arch: &str, roll_id: &str, many: bool) -> Result<RolloutPlan> {
+/// instance type runs the architecture of one of the images (`images`: architecture → image), each
+/// group and template gets its architecture's, and the gating alarms exist and are quiet.
+async fn prepare(f: &Found, plan: &Plan, req: &Request, images: &BTreeMap<String, String>, roll_id: &str, many: bool) -> Result<RolloutPlan> {
     let (c, groups) = (&f.c, &f.groups);
     let region = c.region.as_str();
+    let here = |e: String| Error::Other(if many { format!("{region}: {e}") } else { e });
     let mut types: Vec<String> = groups
         .iter()
         .flat_map(|g| match &g.source {
@@ -408,10 +440,12 @@ async fn prepare(f: &Found, plan: &Plan, req: &Request, ami: &str, arch: &str, r
         .collect();
     types.sort();
     types.dedup();
-    if !types.is_empty() {
-        let arch_of = architectures(c, &types).await.map_err(|e| Error::Other(format!("the groups' instance types: {e}; nothing changed")))?;
-        rollout::check_architectures(groups, ami, arch, &arch_of).map_err(|e| Error::Other(if many { format!("{region}: {e}") } else { e }))?;
-    }
+    let arch_of = if types.is_empty() {
+        BTreeMap::new()
+    } else {
+        architectures(c, &types).await.map_err(|e| Error::Other(format!("the groups' instance types: {e}; nothing changed")))?
+    };
+    let chosen = rollout::choose_images(groups, images, &arch_of).map_err(here)?;
     if !plan.rollout.alarms.is_empty() {
         let states = c.alarm_states(&plan.rollout.alarms).await?;
         for a in &plan.rollout.alarms {
@@ -437,8 +471,19 @@ async fn prepare(f: &Found, plan: &Plan, req: &Request, ami: &str, arch: &str, r
     if many {
         spec.canaries.retain(|n| groups.iter().any(|g| &g.name == n));
     }
-    rollout::plan(&plan.role, &plan.env, region, ami, roll_id, &spec, groups.clone(), PlanOptions { migrate_to_launch_template: req.migrate, patch: req.patch })
-        .map_err(|e| Error::Other(if many { format!("{region}: {e}") } else { e }))
+    let ami = images.values().next().cloned().unwrap_or_default();
+    rollout::plan(
+        &plan.role,
+        &plan.env,
+        region,
+        &ami,
+        roll_id,
+        &spec,
+        groups.clone(),
+        &chosen,
+        PlanOptions { migrate_to_launch_template: req.migrate, patch: req.patch },
+    )
+    .map_err(here)
 }
 
 /// `bake roll --rollback`: every target group, in every region the roll covers, back to the
@@ -558,7 +603,7 @@ async fn back_plans(c: &Clients, plan: &Plan, groups: &[GroupState], progress: &
                             g.name, t.name
                         ))
                     })?;
-                    moves.push(rollout::TemplateMove { id: t.id.clone(), name: t.name.clone(), from: f });
+                    moves.push(rollout::TemplateMove { id: t.id.clone(), name: t.name.clone(), from: f, image: String::new() });
                 }
                 Change::Mixed { templates: moves, set_default: false, policy: policy.clone() }
             }

@@ -65,6 +65,8 @@ pub struct TemplateMove {
     pub id: String,
     pub name: String,
     pub from: i64,
+    /// The image its new version launches (its instance types' architecture's).
+    pub image: String,
 }
 
 /// The tag recording a mixed group's versions before a roll: `id=from,id=from`.
@@ -256,48 +258,83 @@ pub fn not_opted_in(role: &str, env: &str, g: &GroupState) -> Vec<String> {
     out
 }
 
-/// Refuses, before anything changes, a mixed-instances group with an instance type that cannot
-/// run the image: `arch` is the image's architecture, `arch_of` each instance type's (as
-/// DescribeInstanceTypes answered).
-pub fn check_architectures(groups: &[GroupState], image: &str, arch: &str, arch_of: &BTreeMap<String, Vec<String>>) -> Result<(), String> {
-    let refuse = |g: &GroupState, ty: &str, what: String| -> Result<(), String> {
-        match arch_of.get(ty) {
-            Some(a) if a.iter().any(|a| a == arch) => Ok(()),
-            Some(a) => Err(format!(
-                "group {}: instance type {ty} of {what} runs {}, but {image} is {arch}: a role bakes one architecture; give the group an instance type that runs {arch}, or roll an image built for {}; nothing changed",
-                g.name,
-                a.join("/"),
-                a.join("/")
-            )),
-            None => Err(format!("group {}: EC2 does not know instance type {ty} ({what}); nothing changed", g.name)),
+/// The images a group gets: one for the group (a mixed group's policy template), and a mixed
+/// group's per template (by id).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct GroupImages {
+    pub main: String,
+    pub templates: BTreeMap<String, String>,
+}
+
+/// Gives each group, and each template of a mixed-instances group, the image of its instance
+/// types' architecture. `images`: architecture → image (one per architecture the role bakes);
+/// `arch_of`: each instance type's architectures, as DescribeInstanceTypes answered. Refuses,
+/// before anything changes, a type no image runs (a Graviton override for an x86_64-only role), a
+/// template whose types share no architecture, and an unknown type.
+pub fn choose_images(
+    groups: &[GroupState],
+    images: &BTreeMap<String, String>,
+    arch_of: &BTreeMap<String, Vec<String>>,
+) -> Result<BTreeMap<String, GroupImages>, String> {
+    let baked = images.iter().map(|(a, i)| format!("{i} ({a})")).collect::<Vec<_>>().join(", ");
+    let pick = |g: &GroupState, types: &[String], what: &str| -> Result<String, String> {
+        let only = (images.len() == 1).then(|| images.iter().next()).flatten();
+        if types.is_empty() {
+            return match only {
+                Some((_, i)) => Ok(i.clone()),
+                None => Err(format!("group {}: {what} names no instance type, so bake cannot tell which of {baked} it needs; nothing changed", g.name)),
+            };
         }
-    };
-    for g in groups {
-        match (&g.source, &g.instance_type) {
-            (Source::LaunchTemplate { name, .. }, Some(ty)) => refuse(g, ty, format!("launch template {name}"))?,
-            (Source::LaunchConfiguration { name, .. }, Some(ty)) => refuse(g, ty, format!("launch configuration {name}"))?,
-            _ => {}
-        }
-        let Source::Mixed { templates, .. } = &g.source else { continue };
-        for t in templates {
-            for ty in &t.instance_types {
-                match arch_of.get(ty) {
-                    Some(a) if a.iter().any(|a| a == arch) => {}
-                    Some(a) => {
-                        return Err(format!(
-                            "group {}: instance type {ty} of launch template {} runs {}, but {image} is {arch}: a role bakes one architecture; take the override out of the group, or roll an image built for {} to it; nothing changed",
-                            g.name,
-                            t.name,
-                            a.join("/"),
-                            a.join("/")
-                        ))
-                    }
-                    None => return Err(format!("group {}: EC2 does not know instance type {ty} (launch template {}); nothing changed", g.name, t.name)),
-                }
+        let mut common: Option<Vec<String>> = None;
+        for ty in types {
+            let a = arch_of.get(ty).ok_or_else(|| format!("group {}: EC2 does not know instance type {ty} ({what}); nothing changed", g.name))?;
+            if !a.iter().any(|x| images.contains_key(x)) {
+                return Err(match only {
+                    Some((arch, image)) => format!(
+                        "group {}: instance type {ty} of {what} runs {}, but {image} is {arch}: give the group an instance type that runs {arch}, or bake the role for {} too ([architectures]); nothing changed",
+                        g.name,
+                        a.join("/"),
+                        a.join("/")
+                    ),
+                    None => format!("group {}: instance type {ty} of {what} runs {}, but the role's images are {baked}; nothing changed", g.name, a.join("/")),
+                });
             }
+            common = Some(match common {
+                None => a.clone(),
+                Some(c) => c.into_iter().filter(|x| a.contains(x)).collect(),
+            });
         }
+        common.unwrap_or_default().iter().find_map(|a| images.get(a)).cloned().ok_or_else(|| {
+            let kinds: Vec<String> = types.iter().map(|t| format!("{t} {}", arch_of.get(t).map(|a| a.join("/")).unwrap_or_default())).collect();
+            format!("group {}: {what} launches instance types of different architectures ({}): one template holds one image; give each architecture its own template; nothing changed", g.name, kinds.join(", "))
+        })
+    };
+    let mut out = BTreeMap::new();
+    for g in groups {
+        let chosen = match &g.source {
+            Source::LaunchTemplate { name, .. } => {
+                GroupImages { main: pick(g, &g.instance_type.iter().cloned().collect::<Vec<_>>(), &format!("launch template {name}"))?, ..Default::default() }
+            }
+            Source::LaunchConfiguration { name, .. } => GroupImages {
+                main: pick(g, &g.instance_type.iter().cloned().collect::<Vec<_>>(), &format!("launch configuration {name}"))?,
+                ..Default::default()
+            },
+            Source::Mixed { templates, .. } => {
+                let mut gi = GroupImages::default();
+                for t in templates {
+                    let image = pick(g, &t.instance_types, &format!("launch template {}", t.name))?;
+                    if t.main {
+                        gi.main = image.clone();
+                    }
+                    gi.templates.insert(t.id.clone(), image);
+                }
+                gi
+            }
+            Source::Unsupported { .. } => continue,
+        };
+        out.insert(g.name.clone(), chosen);
     }
-    Ok(())
+    Ok(out)
 }
 
 /// The regions a roll covers, and whether the operator named them: `--region` alone; else
@@ -374,6 +411,7 @@ pub fn plan(
     roll_id: &str,
     spec: &RolloutSpec,
     groups: Vec<GroupState>,
+    images: &BTreeMap<String, GroupImages>,
     opts: PlanOptions,
 ) -> Result<RolloutPlan, String> {
     if groups.is_empty() {
@@ -401,10 +439,14 @@ pub fn plan(
     for g in groups {
         let mut notes = Vec::new();
         let mut refresh = refresh.clone();
+        // The image of the group's architecture (of each template's, for a mixed group).
+        let chosen = images.get(&g.name);
+        let target = chosen.map(|c| c.main.clone()).unwrap_or_else(|| ami.to_string());
+        let image_of = |id: &str| chosen.and_then(|c| c.templates.get(id)).cloned().unwrap_or_else(|| target.clone());
         let (change, current) = match &g.source {
             Source::Unsupported { why } => return Err(format!("group {} cannot be rolled: {why}", g.name)),
-            Source::Mixed { templates, image, .. } if templates.iter().all(|t| t.image == ami) => (Change::Nothing, image.clone()),
-            Source::LaunchTemplate { image, .. } | Source::LaunchConfiguration { image, .. } if image == ami => (Change::Nothing, image.clone()),
+            Source::Mixed { templates, image, .. } if templates.iter().all(|t| t.image == image_of(&t.id)) => (Change::Nothing, image.clone()),
+            Source::LaunchTemplate { image, .. } | Source::LaunchConfiguration { image, .. } if *image == target => (Change::Nothing, image.clone()),
             Source::Mixed { templates, image, policy } => {
                 let aliased: Vec<String> =
                     templates.iter().filter(|t| t.configured.starts_with('$')).map(|t| format!("{} ({})", t.name, t.configured)).collect();
@@ -416,7 +458,8 @@ pub fn plan(
                         aliased.join(", ")
                     ));
                 }
-                let moves = templates.iter().map(|t| TemplateMove { id: t.id.clone(), name: t.name.clone(), from: t.version }).collect();
+                let moves =
+                    templates.iter().map(|t| TemplateMove { id: t.id.clone(), name: t.name.clone(), from: t.version, image: image_of(&t.id) }).collect();
                 (Change::Mixed { templates: moves, set_default: spec.set_default_version, policy: policy.clone() }, image.clone())
             }
             Source::LaunchTemplate { id, name, version, configured, image } => {
@@ -451,7 +494,7 @@ pub fn plan(
                     // back nor skips matching instances: every instance is replaced.
                     refresh.auto_rollback = false;
                     refresh.skip_matching = false;
-                    (Change::LaunchConfiguration { from: name.clone(), to: launch_configuration_name(&g.name, ami, roll_id) }, image.clone())
+                    (Change::LaunchConfiguration { from: name.clone(), to: launch_configuration_name(&g.name, &target, roll_id) }, image.clone())
                 }
             }
         };
@@ -474,7 +517,7 @@ pub fn plan(
             canary: spec.canaries.contains(&g.name),
             name: g.name,
             current_image: current,
-            new_image: ami.to_string(),
+            new_image: target.clone(),
             change,
             refresh,
             instances: g.instances,
@@ -542,7 +585,11 @@ fn write_group(f: &mut fmt::Formatter<'_>, g: &GroupPlan) -> fmt::Result {
         Change::MigrateToTemplate { from, template } => format!("launch configuration {from} → new launch template {template}"),
         Change::Mixed { templates, set_default, .. } => format!(
             "mixed instances policy: new versions of {}{}",
-            templates.iter().map(|t| format!("{} (from v{})", t.name, t.from)).collect::<Vec<_>>().join(", "),
+            templates
+                .iter()
+                .map(|t| if t.image == g.new_image { format!("{} (from v{})", t.name, t.from) } else { format!("{} (from v{}, {})", t.name, t.from, t.image) })
+                .collect::<Vec<_>>()
+                .join(", "),
             if *set_default { ", made default" } else { "" }
         ),
         Change::Nothing => "already on this image: nothing to do".into(),
@@ -659,6 +706,7 @@ mod tests {
             "b-0123456789ab",
             &spec(),
             vec![lt("web_main", "ami-old"), lt("web_canary", "ami-old"), lc, lt("web_done", "ami-new")],
+            &BTreeMap::new(),
             PlanOptions::default(),
         )
         .unwrap();
@@ -677,14 +725,25 @@ mod tests {
 
     #[test]
     fn bad_targets_are_errors() {
-        assert!(plan("web", "production", "us-east-1", "ami-1", "b-0123456789ab", &spec(), vec![], PlanOptions::default()).is_err());
-        let e = plan("web", "production", "us-east-1", "ami-1", "b-0123456789ab", &spec(), vec![lt("other", "ami-0")], PlanOptions::default()).unwrap_err();
+        assert!(plan("web", "production", "us-east-1", "ami-1", "b-0123456789ab", &spec(), vec![], &BTreeMap::new(), PlanOptions::default()).is_err());
+        let e =
+            plan("web", "production", "us-east-1", "ami-1", "b-0123456789ab", &spec(), vec![lt("other", "ami-0")], &BTreeMap::new(), PlanOptions::default())
+                .unwrap_err();
         assert!(e.contains("canary group web_canary"), "{e}");
         let mut s = spec();
         s.canaries.clear();
-        let p =
-            plan("web", "production", "us-east-1", "ami-1", "b-0123456789ab", &s, vec![lt("g", "ami-0")], PlanOptions { patch: true, ..Default::default() })
-                .unwrap();
+        let p = plan(
+            "web",
+            "production",
+            "us-east-1",
+            "ami-1",
+            "b-0123456789ab",
+            &s,
+            vec![lt("g", "ami-0")],
+            &BTreeMap::new(),
+            PlanOptions { patch: true, ..Default::default() },
+        )
+        .unwrap();
         assert_eq!(p.rest[0].refresh.min_healthy_percentage, 50, "patch preferences");
     }
 
@@ -696,14 +755,24 @@ mod tests {
         if let Source::LaunchTemplate { configured, .. } = &mut latest.source {
             *configured = "$Latest".into();
         }
-        let p = plan("web", "production", "us-east-1", "ami-1", "b-0123456789ab", &s, vec![latest.clone(), lt("numbered", "ami-0")], PlanOptions::default())
-            .unwrap();
+        let p = plan(
+            "web",
+            "production",
+            "us-east-1",
+            "ami-1",
+            "b-0123456789ab",
+            &s,
+            vec![latest.clone(), lt("numbered", "ami-0")],
+            &BTreeMap::new(),
+            PlanOptions::default(),
+        )
+        .unwrap();
         let (l, n) = (&p.rest[0], &p.rest[1]);
         assert!(!l.refresh.auto_rollback && n.refresh.auto_rollback, "AWS refuses AutoRollback for $Latest/$Default groups only");
         assert!(matches!(&l.change, Change::TemplateVersion { alias: None, .. }), "it moves to the numbered version");
         assert!(p.to_string().contains("uses $Latest (v3): it moves to the new numbered version"), "{p}");
         s.keep_version_alias = true;
-        let p = plan("web", "production", "us-east-1", "ami-1", "b-0123456789ab", &s, vec![latest], PlanOptions::default()).unwrap();
+        let p = plan("web", "production", "us-east-1", "ami-1", "b-0123456789ab", &s, vec![latest], &BTreeMap::new(), PlanOptions::default()).unwrap();
         assert!(matches!(&p.rest[0].change, Change::TemplateVersion { alias: Some(a), .. } if a == "$Latest"));
         assert!(p.to_string().contains("every group on $Latest of web gets the image at its next launch"), "{p}");
     }
@@ -715,10 +784,10 @@ mod tests {
         let mut g = lt("g", "ami-0");
         g.protected = 2;
         g.standby = 1;
-        let p = plan("web", "production", "us-east-1", "ami-1", "b-0123456789ab", &s, vec![g.clone()], PlanOptions::default()).unwrap();
+        let p = plan("web", "production", "us-east-1", "ami-1", "b-0123456789ab", &s, vec![g.clone()], &BTreeMap::new(), PlanOptions::default()).unwrap();
         assert!(p.to_string().contains("2 instance(s) protected from scale-in and 1 in Standby: replaced too"), "{p}");
         s.refresh.protected_instances = "wait".into();
-        let p = plan("web", "production", "us-east-1", "ami-1", "b-0123456789ab", &s, vec![g], PlanOptions::default()).unwrap();
+        let p = plan("web", "production", "us-east-1", "ami-1", "b-0123456789ab", &s, vec![g], &BTreeMap::new(), PlanOptions::default()).unwrap();
         assert!(p.to_string().contains("AWS waits for them an hour, then the refresh fails"), "{p}");
     }
 
@@ -738,6 +807,7 @@ mod tests {
             "b-0123456789ab",
             &s,
             vec![other_team, untagged_template, lt("ok", "ami-0")],
+            &BTreeMap::new(),
             PlanOptions::default(),
         )
         .unwrap_err();
@@ -783,7 +853,18 @@ mod tests {
     #[test]
     fn a_mixed_group_moves_every_template_and_its_policy_names_the_new_versions() {
         let spec = RolloutSpec { canaries: vec![], ..spec() };
-        let p = plan("web", "production", "us-east-1", "ami-new", "b-1", &spec, vec![mixed("web-mixed", "ami-old", true)], PlanOptions::default()).unwrap();
+        let p = plan(
+            "web",
+            "production",
+            "us-east-1",
+            "ami-new",
+            "b-1",
+            &spec,
+            vec![mixed("web-mixed", "ami-old", true)],
+            &BTreeMap::new(),
+            PlanOptions::default(),
+        )
+        .unwrap();
         let g = &p.rest[0];
         let Change::Mixed { templates, policy, .. } = &g.change else { panic!("{:?}", g.change) };
         assert_eq!(templates.iter().map(|t| (t.id.as_str(), t.from)).collect::<Vec<_>>(), [("lt-1", 3), ("lt-arm", 4)]);
@@ -807,7 +888,18 @@ mod tests {
             assert_eq!(parse_previous_versions(bad), None, "{bad:?}");
         }
         // Already on the image everywhere: nothing.
-        let p = plan("web", "production", "us-east-1", "ami-new", "b-1", &spec, vec![mixed("web-mixed", "ami-new", true)], PlanOptions::default()).unwrap();
+        let p = plan(
+            "web",
+            "production",
+            "us-east-1",
+            "ami-new",
+            "b-1",
+            &spec,
+            vec![mixed("web-mixed", "ami-new", true)],
+            &BTreeMap::new(),
+            PlanOptions::default(),
+        )
+        .unwrap();
         assert_eq!(p.rest[0].change, Change::Nothing);
     }
 
@@ -815,20 +907,50 @@ mod tests {
     fn every_template_of_a_mixed_group_must_be_opted_in_and_run_the_images_architecture() {
         let mut g = mixed("web-mixed", "ami-old", true);
         g.mixed_template_tags.remove("lt-arm");
-        let e =
-            plan("web", "production", "us-east-1", "ami-new", "b-1", &RolloutSpec { canaries: vec![], ..spec() }, vec![g], PlanOptions::default()).unwrap_err();
+        let e = plan(
+            "web",
+            "production",
+            "us-east-1",
+            "ami-new",
+            "b-1",
+            &RolloutSpec { canaries: vec![], ..spec() },
+            vec![g],
+            &BTreeMap::new(),
+            PlanOptions::default(),
+        )
+        .unwrap_err();
         assert!(e.contains("launch template web-arm of group web-mixed lacks bake:role=web"), "{e}");
         let arch_of = BTreeMap::from([("m5.large".to_string(), vec!["x86_64".to_string()]), ("m6g.large".to_string(), vec!["arm64".to_string()])]);
-        let e = check_architectures(&[mixed("web-mixed", "ami-old", true)], "ami-new", "x86_64", &arch_of).unwrap_err();
+        let x86 = BTreeMap::from([("x86_64".to_string(), "ami-new".to_string())]);
+        let e = choose_images(&[mixed("web-mixed", "ami-old", true)], &x86, &arch_of).unwrap_err();
         assert!(e.starts_with("group web-mixed: instance type m6g.large of launch template web-arm runs arm64, but ami-new is x86_64"), "{e}");
-        assert!(check_architectures(&[mixed("web-mixed", "ami-old", false)], "ami-new", "x86_64", &arch_of).is_ok());
+        assert!(choose_images(&[mixed("web-mixed", "ami-old", false)], &x86, &arch_of).is_ok());
         // A plain launch-template group on a Graviton type: refused the same way.
         let mut plain = lt("web-arm", "ami-old");
         plain.instance_type = Some("m6g.large".into());
-        let e = check_architectures(&[plain], "ami-new", "x86_64", &arch_of).unwrap_err();
+        let e = choose_images(&[plain.clone()], &x86, &arch_of).unwrap_err();
         assert!(e.starts_with("group web-arm: instance type m6g.large of launch template web runs arm64, but ami-new is x86_64"), "{e}");
-        let e = check_architectures(&[mixed("web-mixed", "ami-old", true)], "ami-new", "x86_64", &BTreeMap::new()).unwrap_err();
+        let e = choose_images(&[mixed("web-mixed", "ami-old", true)], &x86, &BTreeMap::new()).unwrap_err();
         assert!(e.contains("EC2 does not know instance type m5.large"), "{e}");
+        // A role that bakes both: each template gets its architecture's image, and the plan moves
+        // the Graviton override's template to the arm64 image.
+        let both = BTreeMap::from([("x86_64".to_string(), "ami-x".to_string()), ("arm64".to_string(), "ami-a".to_string())]);
+        let chosen = choose_images(&[mixed("web-mixed", "ami-old", true), plain], &both, &arch_of).unwrap();
+        assert_eq!(chosen["web-mixed"].main, "ami-x");
+        assert_eq!(chosen["web-mixed"].templates, BTreeMap::from([("lt-1".to_string(), "ami-x".to_string()), ("lt-arm".to_string(), "ami-a".to_string())]));
+        assert_eq!(chosen["web-arm"].main, "ami-a");
+        let s = RolloutSpec { canaries: vec![], ..spec() };
+        let p = plan("web", "production", "us-east-1", "ami-x", "b-1", &s, vec![mixed("web-mixed", "ami-old", true)], &chosen, PlanOptions::default()).unwrap();
+        let Change::Mixed { templates, .. } = &p.rest[0].change else { panic!("{:?}", p.rest[0].change) };
+        assert_eq!(templates.iter().map(|t| (t.name.as_str(), t.image.as_str())).collect::<Vec<_>>(), [("web", "ami-x"), ("web-arm", "ami-a")]);
+        assert!(p.to_string().contains("web-arm (from v4, ami-a)"), "{p}");
+        // One template whose types run different architectures cannot hold one image.
+        let mut two = mixed("web-two", "ami-old", false);
+        if let Source::Mixed { templates, .. } = &mut two.source {
+            templates[0].instance_types.push("m6g.large".into());
+        }
+        let e = choose_images(&[two], &both, &arch_of).unwrap_err();
+        assert!(e.contains("launch template web launches instance types of different architectures (m5.large x86_64, m6g.large arm64)"), "{e}");
     }
 
     #[test]

@@ -78,6 +78,9 @@ impl Baking {
         t.insert("Name".to_string(), name.to_string());
         t.insert(crate::tags::SOURCE_AMI.to_string(), self.source.id.clone());
         t.insert(crate::tags::FINGERPRINT.to_string(), self.fingerprint.clone());
+        if let Some(a) = &self.plan.arch {
+            t.insert(crate::tags::ARCH.to_string(), a.clone());
+        }
         let mut cookbooks = self.plan.run_list.join(",");
         cookbooks.truncate(256);
         t.insert(crate::tags::COOKBOOKS.to_string(), cookbooks);

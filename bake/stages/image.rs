@@ -37,6 +37,7 @@ pub fn image_name(ctx: &Baking) -> Result<String> {
         "timestamp": timestamp(),
         "bake_id": ctx.id.to_string(),
         "vars": &ctx.plan.vars,
+        "arch": ctx.plan.arch.clone().unwrap_or_default(),
     });
     crate::template::render_plain(&ctx.plan.image.name, &data).map_err(|e| Error::Other(format!("roles/{}.toml: image.name: {e}", ctx.plan.role)))
 }
