@@ -223,6 +223,33 @@ impl Clients {
         Ok(out)
     }
 
+    /// The targets of target group `arn` (DescribeTargetHealth, which is not paged): id, state,
+    /// reason and description of each.
+    pub async fn target_health(&self, arn: &str) -> Result<Vec<(String, String, String, String)>> {
+        let r = self
+            .elb
+            .describe_target_health()
+            .target_group_arn(arn)
+            .send()
+            .await
+            .map_err(|e| Error::aws("elasticloadbalancing:DescribeTargetHealth", format!("target group {arn}"), &self.region, &e))?;
+        let mut out = Vec::new();
+        for d in r.target_health_descriptions() {
+            let id = required(d.target().and_then(|t| t.id()), "elasticloadbalancing:DescribeTargetHealth", "a target's id", &self.region)?;
+            let h = d.target_health();
+            let state = required(
+                h.and_then(|h| h.state()).map(|s| s.as_str()),
+                "elasticloadbalancing:DescribeTargetHealth",
+                &format!("the state of target {id}"),
+                &self.region,
+            )?;
+            let reason = h.and_then(|h| h.reason()).map(|r| r.as_str().to_string()).unwrap_or_default();
+            let detail = h.and_then(|h| h.description()).unwrap_or_default().to_string();
+            out.push((id, state, reason, detail));
+        }
+        Ok(out)
+    }
+
     /// Every launch configuration in the region.
     pub async fn launch_configurations(&self) -> Result<Vec<aws_sdk_autoscaling::types::LaunchConfiguration>> {
         self.asg

@@ -132,11 +132,30 @@ pub fn node_attributes(role: &Role, cookbooks: &[&Cookbook]) -> Json {
 /// Plans come from a project: its role, its cookbooks, its policies.
 impl Project {
     /// Loads what one role needs and builds its plan for `env`.
+    /// The role's plan, each of its architectures checked (the first's plan: the roll's and the
+    /// policies' view of the role).
     pub fn plan(&self, role: &str, env: &str, vars: &VarInputs) -> Result<Plan, Problems> {
+        let mut plans = self.plans(role, env, vars)?;
+        Ok(plans.remove(0))
+    }
+
+    /// One plan per architecture the role bakes (one for a role without `[architectures]`).
+    pub fn plans(&self, role: &str, env: &str, vars: &VarInputs) -> Result<Vec<Plan>, Problems> {
         let rf = self.role(role)?;
-        let resolved = rf.resolve(env, vars)?;
         let policies = self.policies()?;
-        self.plan_with(&rf, &resolved, &mut CookbookCache::default(), &policies)
+        let mut cache = CookbookCache::default();
+        let mut problems = Problems::default();
+        let mut plans = Vec::new();
+        for r in rf.resolve_all(env, vars)? {
+            match self.plan_with(&rf, &r, &mut cache, &policies) {
+                Ok(p) => plans.push(p),
+                Err(p) => problems.extend(p),
+            }
+        }
+        if plans.is_empty() && problems.is_empty() {
+            problems.push(crate::config::Problem::new(format!("roles/{role}.toml"), "", "no plan"));
+        }
+        problems.into_result(plans)
     }
 
     /// Builds a plan, loading cookbooks through `cache` (each is read once per cache).
@@ -388,7 +407,10 @@ pub fn bake_fingerprint(plan_fingerprint: &str, source_ami: &str) -> String {
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "Plan for role {} in env {}", self.role, self.env)?;
+        match &self.arch {
+            Some(a) if self.architectures.len() > 1 => writeln!(f, "Plan for role {} in env {}, architecture {a}", self.role, self.env)?,
+            _ => writeln!(f, "Plan for role {} in env {}", self.role, self.env)?,
+        }
         if !self.description.is_empty() {
             writeln!(f, "  {}", self.description)?;
         }

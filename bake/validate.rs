@@ -83,32 +83,37 @@ pub fn run(project: &Project, only: &[String], vars: &VarInputs) -> Report {
         report.roles += 1;
         for env in &rf.envs {
             report.envs += 1;
-            let role = match rf.resolve(env, vars) {
+            let roles = match rf.resolve_all(env, vars) {
                 Ok(r) => r,
                 Err(p) => {
                     report.add(&mut seen, p);
                     continue;
                 }
             };
-            let me = format!("{name}/{env}");
-            match publishers.get(&role.image.ssm_parameter) {
-                Some(other) => report.add(
-                    &mut seen,
-                    Problem::new(
-                        &rf.file.shown,
-                        "image.ssm_parameter",
-                        format!("{me} publishes `{}`, as {other} does; each role and env needs its own parameter", role.image.ssm_parameter),
-                    )
-                    .into(),
-                ),
-                None => {
-                    publishers.insert(role.image.ssm_parameter.clone(), me);
+            for role in roles {
+                let me = match &role.arch {
+                    Some(a) if role.architectures.len() > 1 => format!("{name}/{env} ({a})"),
+                    _ => format!("{name}/{env}"),
+                };
+                match publishers.get(&role.image.ssm_parameter) {
+                    Some(other) => report.add(
+                        &mut seen,
+                        Problem::new(
+                            &rf.file.shown,
+                            "image.ssm_parameter",
+                            format!("{me} publishes `{}`, as {other} does; each role and env needs its own parameter", role.image.ssm_parameter),
+                        )
+                        .into(),
+                    ),
+                    None => {
+                        publishers.insert(role.image.ssm_parameter.clone(), me);
+                    }
                 }
-            }
-            let Some(policies) = &policies else { continue };
-            match project.plan_with(&rf, &role, &mut cache, policies) {
-                Ok(plan) => report.steps += plan.steps.len(),
-                Err(p) => report.add(&mut seen, p),
+                let Some(policies) = &policies else { continue };
+                match project.plan_with(&rf, &role, &mut cache, policies) {
+                    Ok(plan) => report.steps += plan.steps.len(),
+                    Err(p) => report.add(&mut seen, p),
+                }
             }
         }
     }

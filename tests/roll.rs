@@ -805,6 +805,38 @@ async fn unhealthy_canary_targets_put_the_canary_back_and_start_nothing_else() {
     assert_eq!(images_of(&c, "kaiju_canary").await, BTreeSet::from([old.clone()]), "the canary is back");
     assert_eq!(images_of(&c, "kaiju_rest").await, BTreeSet::from([old.clone()]), "nothing else started");
     assert!(common::target_states(&elb, &arn).await.values().all(|s| s != "unhealthy"), "the unhealthy instances left the target group");
+    // A target group that holds none of the canaries' instances cannot vouch for them: the roll stops.
+    sb.control("POST", "/_sandbox/elb_unhealthy_amis", Some(json!({"amis": []})));
+    let (_, rest_only) = common::target_group(&sb, "kaiju-rest", &["kaiju_rest"]).await;
+    let rollout = |tg: &str| {
+        format!(
+            r#"{{ groups = ["kaiju_canary", "kaiju_rest"], canaries = ["kaiju_canary"], canary_bake_time = "60s", target_groups = ["{tg}"], refresh = {{ min_healthy_percentage = 50 }} }}"#
+        )
+    };
+    set_rollout(root, &rollout(&rest_only));
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &new]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("target group {rest_only} holds none of the canaries' instances in us-east-1 (kaiju_canary)")), "{err}");
+    assert_eq!(images_of(&c, "kaiju_canary").await, BTreeSet::from([old.clone()]), "the canary is back");
+    assert_eq!(images_of(&c, "kaiju_rest").await, BTreeSet::from([old.clone()]), "nothing else started");
+    // One in a region the roll does not cover, or that does not exist: refused before anything changes.
+    for (tg, why) in [
+        (arn.replace("us-east-1", "eu-west-1"), "is in eu-west-1, but this roll covers us-east-1"),
+        (format!("{}/0000000000000000", arn.rsplit_once('/').unwrap().0), "TargetGroupNotFound"),
+    ] {
+        set_rollout(root, &rollout(&tg));
+        sb.control("DELETE", "/_sandbox/calls", None);
+        let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &new]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(why) && err.contains("nothing changed"), "{err}");
+        assert!(sb.calls()["mutating"].as_array().unwrap().is_empty(), "{}", sb.calls()["mutating"]);
+    }
+    set_rollout(root, &rollout(&arn));
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &new, "--plan"]);
+    assert!((text(&out.stdout) + &text(&out.stderr)).contains(&format!("watched in target group {arn}")), "{}", text(&out.stderr));
+
     // The roller policy reads target health (ELBv2's Describe actions take no resource).
     let out = bake(&sb, root, &["policy", "roller", "--role", "kaiju", "--env", "staging"]);
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -892,6 +924,13 @@ async fn a_roll_covers_every_region_with_a_copy_and_a_failure_puts_every_region_
     assert_eq!(images_of(&west, "kaiju_staging").await, BTreeSet::from([new_west.clone()]), "us-west-2 is back");
     assert_eq!(images_of(&c, "kaiju_staging").await, BTreeSet::from([new.clone()]), "us-east-1 is back");
     assert_eq!(images_of(&c, "kaiju_canary").await, BTreeSet::from([new.clone()]), "the canary is back");
+
+    // --region rolls one region: the canary, only in us-east-1, is not needed there.
+    // (The role names no builder.region: --region is also where its --ami is.)
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--region", "us-west-2", "--ami", &new_west, "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let m = json_out(&out);
+    assert_eq!((m["regions"].clone(), m["groups"].as_array().unwrap().len()), (json!(["us-west-2"]), 1), "{m}");
 
     // rollout.regions narrows the roll; a region without a copy is refused before anything changes.
     set_rollout(root, r#"{ groups = ["kaiju_staging"], regions = ["us-west-2"], refresh = { min_healthy_percentage = 50 } }"#);

@@ -84,10 +84,11 @@ pub fn validate(g: &Global, a: &ValidateArgs) -> ExitStatus {
 pub fn plan(g: &Global, a: &RoleEnv) -> ExitStatus {
     settle((|| {
         let vars = var_inputs(g)?;
-        let plan = Project::new(&g.root).plan(&a.role, &a.env, &vars)?;
-        match g.output {
-            Output::Json => out(&json(&plan)),
-            Output::Text => out(&plan.to_string()),
+        let plans = Project::new(&g.root).plans(&a.role, &a.env, &vars)?;
+        match (g.output, plans.as_slice()) {
+            (Output::Json, [one]) => out(&json(one)),
+            (Output::Json, many) => out(&json(&many)),
+            (Output::Text, many) => out(&many.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")),
         }
         Ok(())
     })())

@@ -85,7 +85,9 @@ fn report(g: &Global, m: &RollManifest, manifest_file: Option<&std::path::Path>)
                         1 => format!("now on {}", gr.final_image),
                         _ => format!("now mixed: {}", gr.running.iter().map(|(i, n)| format!("{i} ×{n}")).collect::<Vec<_>>().join(", ")),
                     };
-                    let region = if m.regions.len() > 1 { format!(" ({})", gr.region) } else { String::new() };
+                    // The region, when the roll covered several or one other than the build region.
+                    let elsewhere = m.regions.len() > 1 || m.regions.first().is_some_and(|r| *r != m.region);
+                    let region = if elsewhere { format!(" ({})", gr.region) } else { String::new() };
                     text.push_str(&format!("{}{region}{}: {} ({now})\n", gr.name, if gr.canary { " [canary]" } else { "" }, gr.outcome));
                 }
                 if !text.is_empty() {

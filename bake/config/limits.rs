@@ -262,6 +262,9 @@ pub fn target_group_arn_problem(arn: &str) -> Option<String> {
     if !known_region(region) || partition(region) != *part {
         return Some(format!("`{arn}` names region `{region}`, which partition {part} does not have"));
     }
+    if let Some(why) = region_problem(region) {
+        return Some(format!("`{arn}`: {why}"));
+    }
     let r: Vec<&str> = resource.split('/').collect();
     let [kind, name, id] = r.as_slice() else { return bad() };
     let name_ok =
@@ -271,6 +274,10 @@ pub fn target_group_arn_problem(arn: &str) -> Option<String> {
     }
     None
 }
+
+/// bake watches at most this many target groups (one DescribeTargetHealth each a second during
+/// the canaries' bake time; alarms are capped at 10 by AWS, target groups by bake alike).
+pub const TARGET_GROUPS: usize = 10;
 
 /// The region of a target group ARN [`target_group_arn_problem`] accepted.
 pub fn target_group_region(arn: &str) -> &str {

@@ -634,6 +634,13 @@ fn resolve_arch(rf: &RoleFile, env: &str, inputs: &VarInputs, arch: Option<&str>
         problems.push(p(&rp.key("regions"), "is empty: leave it out to roll every region where the image is".into()));
     }
     let target_groups = rollout.target_groups.clone().unwrap_or_default();
+    if rollout.target_groups.is_some() && target_groups.is_empty() {
+        problems.push(p(&rp.key("target_groups"), "is empty: leave it out, or name the target groups to watch".into()));
+    } else if target_groups.len() > limits::TARGET_GROUPS {
+        problems.push(p(&rp.key("target_groups"), format!("{} target groups: bake watches at most {}", target_groups.len(), limits::TARGET_GROUPS)));
+    } else if !target_groups.is_empty() && (rollout.canaries.as_ref().is_none_or(|c| c.is_empty()) || rollout.canary_bake_time.is_none_or(|t| t.0 == 0)) {
+        problems.push(p(&rp.key("target_groups"), "are watched during the canaries' bake time: set rollout.canaries and rollout.canary_bake_time too".into()));
+    }
     let mut seen = std::collections::BTreeSet::new();
     for (i, a) in target_groups.iter().enumerate() {
         if let Some(why) = limits::target_group_arn_problem(a) {

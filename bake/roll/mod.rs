@@ -86,6 +86,11 @@ async fn execute(sites: &[Site], spec: &RolloutSpec, role: &str, progress: &Prog
             let Site { cx, plan } = &sites[i];
             let mut rec = GroupRecord::default();
             let r = roll_group(cx, plan, &g, &mut rec).instrument(tracing::debug_span!("group", name = %g.name, region = %cx.c.region)).await;
+            // With several regions a group's name may be in each: its failure names its region.
+            let r = match r {
+                Err(Error::Other(e)) if sites.len() > 1 => Err(Error::Other(format!("{}: {e}", cx.c.region))),
+                r => r,
+            };
             rec.region = cx.c.region.clone();
             if let Err(e) = &r {
                 cx.fail();
@@ -112,21 +117,21 @@ async fn execute(sites: &[Site], spec: &RolloutSpec, role: &str, progress: &Prog
     // canaries' bake time stops the roll.
     let mut gate: Option<String> = None;
     if canaries_ok && !*cancel.borrow() && !rest.is_empty() && spec.canary_bake_time.0 > 0 && !canaries.is_empty() {
-        let (watches, unwatched) = canary_watches(sites, spec, &canaries).await;
-        let task = progress.task(role);
-        for n in unwatched {
-            task.info(&n);
-        }
-        let watching: Vec<String> = watches.iter().map(|w| w.to_string()).collect();
-        let watching = if watching.is_empty() { String::new() } else { format!(", watching {}", watching.join("; ")) };
-        task.info(&format!("canaries healthy; waiting {} before the rest{watching}", spec.canary_bake_time));
-        tokio::select! {
-            r = crate::wait::canaries_healthy(&watches, spec.canary_bake_time.as_duration()) => match r {
-                Ok(None) => {}
-                Ok(Some(hurt)) => gate = Some(format!("{hurt}, during the canaries' bake time: the canaries go back and no other group starts")),
-                Err(e) => gate = Some(format!("watching the canaries failed: {e}")),
-            },
-            _ = cancelled(cancel.clone()) => {},
+        match canary_watches(sites, spec, &canaries).await {
+            Err(e) => gate = Some(format!("{e}: the canaries go back and no other group starts")),
+            Ok(watches) => {
+                let watching: Vec<String> = watches.iter().map(|w| w.to_string()).collect();
+                let watching = if watching.is_empty() { String::new() } else { format!(", watching {}", watching.join("; ")) };
+                progress.task(role).info(&format!("canaries healthy; waiting {} before the rest{watching}", spec.canary_bake_time));
+                tokio::select! {
+                    r = crate::wait::canaries_healthy(&watches, spec.canary_bake_time.as_duration()) => match r {
+                        Ok(None) => {}
+                        Ok(Some(hurt)) => gate = Some(format!("{hurt}, during the canaries' bake time: the canaries go back and no other group starts")),
+                        Err(e) => gate = Some(format!("watching the canaries failed: {e}")),
+                    },
+                    _ = cancelled(cancel.clone()) => {},
+                }
+            }
         }
     }
     if canaries_ok && gate.is_none() && !*cancel.borrow() && !rest.is_empty() {
@@ -175,11 +180,11 @@ async fn execute(sites: &[Site], spec: &RolloutSpec, role: &str, progress: &Prog
 }
 
 /// What the canaries' bake time watches: the role's alarms in every region rolled, and each
-/// target group (rollout.target_groups) for the canary instances registered in it; what cannot be
-/// watched, as sentences.
-async fn canary_watches(sites: &[Site], spec: &RolloutSpec, canaries: &[(usize, GroupPlan)]) -> (Vec<crate::wait::Watch>, Vec<String>) {
+/// target group (rollout.target_groups) for the canary instances registered in it. A target group
+/// that holds none of them cannot tell whether they are healthy: that stops the roll (the
+/// canaries go back), as an error.
+async fn canary_watches(sites: &[Site], spec: &RolloutSpec, canaries: &[(usize, GroupPlan)]) -> std::result::Result<Vec<crate::wait::Watch>, String> {
     let mut watches = Vec::new();
-    let mut unwatched = Vec::new();
     if !spec.alarms.is_empty() {
         for s in sites {
             watches.push(crate::wait::Watch::Alarms { c: s.cx.c.clone(), names: spec.alarms.clone() });
@@ -187,35 +192,33 @@ async fn canary_watches(sites: &[Site], spec: &RolloutSpec, canaries: &[(usize, 
     }
     for arn in &spec.target_groups {
         let region = crate::config::limits::target_group_region(arn);
-        let Some((i, site)) = sites.iter().enumerate().find(|(_, s)| s.cx.c.region == region) else {
-            unwatched.push(format!("target group {arn} is in {region}, which this roll does not cover: not watched"));
-            continue;
-        };
+        // Checked before the roll started: every target group is in a region it covers.
+        let Some((i, site)) = sites.iter().enumerate().find(|(_, s)| s.cx.c.region == region) else { continue };
         let names: Vec<String> = canaries.iter().filter(|(j, _)| *j == i).map(|(_, g)| g.name.clone()).collect();
-        let mut instances = Vec::new();
+        let mut members: Vec<(String, String)> = Vec::new();
         if !names.is_empty() {
-            match site.cx.c.groups_named(&names).await {
-                Ok(groups) => {
-                    for g in groups {
-                        let name = g.auto_scaling_group_name().unwrap_or_default().to_string();
-                        for inst in g.instances() {
-                            let leaving = inst.lifecycle_state().is_some_and(|s| s.as_str().starts_with("Terminat"));
-                            if let (Some(id), false) = (inst.instance_id(), leaving) {
-                                instances.push((id.to_string(), name.clone()));
-                            }
-                        }
+            let groups = site.cx.c.groups_named(&names).await.map_err(|e| format!("listing the canaries' instances failed: {e}"))?;
+            for g in groups {
+                let name = g.auto_scaling_group_name().unwrap_or_default().to_string();
+                for inst in g.instances() {
+                    let leaving = inst.lifecycle_state().is_some_and(|s| s.as_str().starts_with("Terminat"));
+                    if let (Some(id), false) = (inst.instance_id(), leaving) {
+                        members.push((id.to_string(), name.clone()));
                     }
                 }
-                Err(e) => unwatched.push(format!("target group {arn}: the canaries' instances could not be listed ({e}): not watched")),
             }
         }
-        if instances.is_empty() {
-            unwatched.push(format!("target group {arn}: no canary instance in {region} to watch"));
-            continue;
+        let registered = site.cx.c.target_health(arn).await.map_err(|e| format!("reading target group {arn} failed: {e}"))?;
+        members.retain(|(id, _)| registered.iter().any(|(t, ..)| t == id));
+        if members.is_empty() {
+            return Err(format!(
+                "target group {arn} holds none of the canaries' instances in {region} ({}), so it cannot tell whether they are healthy",
+                if names.is_empty() { "no canary rolled there".to_string() } else { names.join(", ") }
+            ));
         }
-        watches.push(crate::wait::Watch::Targets { c: site.cx.c.clone(), arn: arn.clone(), instances });
+        watches.push(crate::wait::Watch::Targets { c: site.cx.c.clone(), arn: arn.clone(), instances: members });
     }
-    (watches, unwatched)
+    Ok(watches)
 }
 
 /// The groups a roll finds in one region.
@@ -230,7 +233,15 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
     let aws = base.counted();
     let roll_id = BakeId::new();
     let mut m = RollManifest { roll_id: roll_id.to_string(), role: plan.role.clone(), env: plan.env.clone(), ..Default::default() };
-    let home = req.region.clone().or_else(|| plan.builder.spec.region.clone()).or_else(|| aws.default_region());
+    // The build region: where the image the roll names is, its copies found from it. `--region`
+    // only picks what to roll, unless it names a region the role does not copy to (then that
+    // region's own images).
+    let build = plan.builder.spec.region.clone().or_else(|| aws.default_region());
+    let home = match (&req.region, build) {
+        (Some(r), Some(b)) if *r == b || plan.image.regions.contains(r) => Some(b),
+        (Some(r), _) => Some(r.clone()),
+        (None, b) => b,
+    };
     let Some(home) = home else {
         m.status = RollStatus::Failed;
         m.error = Some("no region: give --region, set builder.region in the role, or configure AWS_REGION".into());
@@ -242,28 +253,39 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
     let mut covered: Vec<Clients> = Vec::new();
     let result: Result<()> = async {
         crate::aws::usable_region(home.clone(), "--region, builder.region or the AWS configuration")?;
-        let (regions, named) = rollout::regions(&home, &plan.image.regions, &plan.rollout.regions, req.region.as_deref()).map_err(Error::Other)?;
-        let many = regions.len() > 1;
-        // The groups in each region, concurrently; with several regions a group named in the role
-        // need only be in one of them.
-        let found = futures::future::join_all(regions.iter().map(|r| {
+        let regions =
+            rollout::regions(&plan.role, &home, &plan.image.regions, &plan.rollout.regions, req.region.as_deref()).map_err(Error::Other)?;
+        let named = regions.named;
+        // The groups in every region they may be in, concurrently: a group or canary the role
+        // names need only be in one of them (a role built and rolled in one region: in that one).
+        // `--region` rolls what that region has of them.
+        let strict = regions.candidates.len() == 1 && plan.image.regions.is_empty();
+        let found = futures::future::join_all(regions.candidates.iter().map(|r| {
             let c = aws.clients(r);
-            async move { discover_in(&c, plan, !many).await.map(|groups| Found { c, groups }) }
+            async move { discover_in(&c, plan, strict).await.map(|groups| Found { c, groups }) }
         }))
         .await
         .into_iter()
         .collect::<Result<Vec<Found>>>()?;
-        if many {
+        if !strict && req.region.is_none() {
             rollout::check_found(
                 &plan.role,
                 &plan.env,
                 &plan.rollout,
                 &found.iter().map(|f| (f.c.region.clone(), f.groups.iter().map(|g| g.name.clone()).collect())).collect::<Vec<_>>(),
-                named,
             )
             .map_err(Error::Other)?;
         }
+        let found: Vec<Found> = found.into_iter().filter(|f| regions.roll.contains(&f.c.region)).collect();
         for f in found.iter().filter(|f| f.groups.is_empty()) {
+            if named {
+                return Err(Error::Other(format!(
+                    "{} ({} of roles/{}.toml) has none of the role's Auto Scaling groups; nothing changed",
+                    f.c.region,
+                    if req.region.is_some() { "--region" } else { "rollout.regions" },
+                    plan.role
+                )));
+            }
             progress.task(&plan.role).info(&format!("{} is skipped: none of the role's Auto Scaling groups is there", f.c.region));
         }
         let mut found: Vec<Found> = found.into_iter().filter(|f| !f.groups.is_empty()).collect();
@@ -331,7 +353,7 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
                         )))
                     }
                     None => {
-                        progress.task(&plan.role).info(&format!("{region} is skipped: it has no copy of {image}"));
+                        progress.task(&plan.role).info(&format!("{region} is skipped: it has no available copy of {image} (a copy still pending or failed is not rolled)"));
                         continue 'regions;
                     }
                 }
@@ -340,13 +362,26 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
         }
         let mut sites: Vec<Site> = Vec::new();
         for (f, images) in sites_images {
-            let rp = prepare(&f, plan, req, &images, roll_id.as_str(), many).await?;
+            let rp = prepare(&f, plan, req, &images, roll_id.as_str(), many, !strict).await?;
             m.images.insert(f.c.region.clone(), images);
             let cx = Rolling::new(&f.c, plan, req, &progress, cancel.clone(), &failed, many);
             sites.push(Site { cx, plan: rp });
         }
         m.regions = sites.iter().map(|s| s.cx.c.region.clone()).collect();
         covered = sites.iter().map(|s| s.cx.c.clone()).collect();
+        // The target groups watched during the canaries' bake time are in regions this roll
+        // covers, and exist: checked before anything changes.
+        for arn in &plan.rollout.target_groups {
+            let region = crate::config::limits::target_group_region(arn);
+            let Some(site) = sites.iter().find(|s| s.cx.c.region == region) else {
+                return Err(Error::Other(format!(
+                    "target group {arn} (rollout.target_groups of roles/{}.toml) is in {region}, but this roll covers {}: its canaries could not be watched; nothing changed",
+                    plan.role,
+                    m.regions.join(", ")
+                )));
+            };
+            site.cx.c.target_health(arn).await.map_err(|e| Error::Other(format!("{e}; nothing changed")))?;
+        }
         if req.plan_only {
             m.status = RollStatus::Planned;
             for s in &sites {
@@ -427,7 +462,8 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
 /// One region's rollout plan, after the checks that come before any change there: every
 /// instance type runs the architecture of one of the images (`images`: architecture → image), each
 /// group and template gets its architecture's, and the gating alarms exist and are quiet.
-async fn prepare(f: &Found, plan: &Plan, req: &Request, images: &BTreeMap<String, String>, roll_id: &str, many: bool) -> Result<RolloutPlan> {
+#[allow(clippy::too_many_arguments)] // the roll's context, passed through
+async fn prepare(f: &Found, plan: &Plan, req: &Request, images: &BTreeMap<String, String>, roll_id: &str, many: bool, spread: bool) -> Result<RolloutPlan> {
     let (c, groups) = (&f.c, &f.groups);
     let region = c.region.as_str();
     let here = |e: String| Error::Other(if many { format!("{region}: {e}") } else { e });
@@ -466,9 +502,10 @@ async fn prepare(f: &Found, plan: &Plan, req: &Request, images: &BTreeMap<String
             }
         }
     }
-    // A canary need only be in one of the regions (checked across them before).
+    // A canary need only be in one of the regions (checked across them before, unless --region
+    // picked this one).
     let mut spec = plan.rollout.clone();
-    if many {
+    if spread {
         spec.canaries.retain(|n| groups.iter().any(|g| &g.name == n));
     }
     let ami = images.values().next().cloned().unwrap_or_default();
@@ -503,7 +540,9 @@ async fn rollback_on_demand(
     let mut sites = Vec::new();
     for f in found {
         if many && f.groups.iter().all(|g| !g.tags.contains_key(TAG_PREVIOUS_IMAGE)) {
-            progress.task(&plan.role).info(&format!("{} is skipped: bake never rolled its groups", f.c.region));
+            progress
+                .task(&plan.role)
+                .info(&format!("{} is skipped: none of its groups has a previous image recorded by bake (tag {TAG_PREVIOUS_IMAGE})", f.c.region));
             continue;
         }
         let gplans = back_plans(&f.c, plan, &f.groups, progress).await.map_err(|e| match e {
@@ -527,6 +566,7 @@ async fn rollback_on_demand(
             concurrency: plan.rollout.concurrency.max(1),
             canary_bake_time: crate::config::Secs(0),
             alarms: Vec::new(),
+            target_groups: Vec::new(),
         };
         for g in gplans {
             cx.clear_in_progress(&g, &cx.reporter(&g.name)).await?;

@@ -200,6 +200,9 @@ pub struct RolloutPlan {
     /// CloudWatch alarms that gate the roll (rollout.alarms).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub alarms: Vec<String>,
+    /// Target groups in this region whose canary instances are watched (rollout.target_groups).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub target_groups: Vec<String>,
 }
 
 impl RolloutPlan {
@@ -337,30 +340,48 @@ pub fn choose_images(
     Ok(out)
 }
 
-/// The regions a roll covers, and whether the operator named them: `--region` alone; else
-/// `rollout.regions`; else the build region and every region the image is copied to.
-pub fn regions(home: &str, copies: &[String], narrowed: &[String], flag: Option<&str>) -> Result<(Vec<String>, bool), String> {
-    if let Some(r) = flag {
-        return Ok((vec![r.to_string()], true));
-    }
-    if !narrowed.is_empty() {
-        if let Some(r) = narrowed.iter().find(|r| r.as_str() != home && !copies.contains(r)) {
-            return Err(format!(
-                "rollout.regions names {r}, but the image is built in {home} and copied to {}: a roll goes only where the image is; nothing changed",
-                if copies.is_empty() { "no other region".to_string() } else { copies.join(", ") }
-            ));
-        }
-        return Ok((narrowed.to_vec(), true));
-    }
-    let mut out = vec![home.to_string()];
-    out.extend(copies.iter().filter(|r| r.as_str() != home).cloned());
-    Ok((out, false))
+/// Where a roll looks and what it rolls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Regions {
+    /// Where the role's groups may be (the build region and every copy's): a group or canary the
+    /// role names must be in one of them.
+    pub candidates: Vec<String>,
+    /// What this roll covers.
+    pub roll: Vec<String>,
+    /// The operator chose `roll` (`--region`, rollout.regions): each must have the image and groups.
+    pub named: bool,
 }
 
-/// With several regions: every group the role names, and every canary, is in one of them; a
-/// region the operator named (`named`) has target groups. `found`: each region and the names of
-/// the groups found there.
-pub fn check_found(role: &str, env: &str, spec: &RolloutSpec, found: &[(String, Vec<String>)], named: bool) -> Result<(), String> {
+/// The regions of a roll: `--region` alone (one of rollout.regions when the role narrows them);
+/// else `rollout.regions`; else the build region and every region the image is copied to.
+pub fn regions(role: &str, home: &str, copies: &[String], narrowed: &[String], flag: Option<&str>) -> Result<Regions, String> {
+    let mut candidates = vec![home.to_string()];
+    candidates.extend(copies.iter().filter(|r| r.as_str() != home).cloned());
+    if let Some(r) = narrowed.iter().find(|r| !candidates.contains(r)) {
+        return Err(format!(
+            "rollout.regions of roles/{role}.toml names {r}, but the image is built in {home} and copied to {}: a roll goes only where the image is; nothing changed",
+            if copies.is_empty() { "no other region".to_string() } else { copies.join(", ") }
+        ));
+    }
+    if let Some(r) = flag {
+        if !narrowed.is_empty() && !narrowed.iter().any(|n| n == r) {
+            return Err(format!("--region {r} is not one of rollout.regions ({}) of roles/{role}.toml; nothing changed", narrowed.join(", ")));
+        }
+        if !candidates.iter().any(|c| c == r) {
+            // A region the role does not copy to: the operator's to name (its own images there).
+            candidates = vec![r.to_string()];
+        }
+        return Ok(Regions { candidates, roll: vec![r.to_string()], named: true });
+    }
+    if !narrowed.is_empty() {
+        return Ok(Regions { candidates, roll: narrowed.to_vec(), named: true });
+    }
+    Ok(Regions { roll: candidates.clone(), candidates, named: false })
+}
+
+/// With several regions: every group the role names, and every canary, is in one of them.
+/// `found`: each region and the names of the groups found there.
+pub fn check_found(role: &str, env: &str, spec: &RolloutSpec, found: &[(String, Vec<String>)]) -> Result<(), String> {
     let anywhere = |n: &String| found.iter().any(|(_, names)| names.contains(n));
     let mut wanted: Vec<String> = spec.groups.clone();
     if wanted.is_empty() && spec.group_tags.is_empty() {
@@ -385,11 +406,6 @@ pub fn check_found(role: &str, env: &str, spec: &RolloutSpec, found: &[(String, 
     }
     if let Some(c) = spec.canaries.iter().find(|c| !anywhere(c)) {
         return Err(format!("canary group {c} (rollout.canaries) is not among the target groups in {}; nothing changed", regions.join(", ")));
-    }
-    if named {
-        if let Some((r, _)) = found.iter().find(|(_, names)| names.is_empty()) {
-            return Err(format!("{r} (rollout.regions of roles/{role}.toml) has none of the role's Auto Scaling groups; nothing changed"));
-        }
     }
     Ok(())
 }
@@ -544,6 +560,7 @@ pub fn plan(
         concurrency: spec.concurrency.max(1),
         canary_bake_time: spec.canary_bake_time,
         alarms: spec.alarms.clone(),
+        target_groups: spec.target_groups.iter().filter(|a| crate::config::limits::target_group_region(a) == region).cloned().collect(),
     })
 }
 
@@ -618,6 +635,9 @@ impl fmt::Display for RolloutPlan {
                 "gated by the alarms {}: AWS rolls a refresh back when one fires",
                 self.alarms.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")
             )?;
+        }
+        for t in &self.target_groups {
+            writeln!(f, "the canaries' instances watched in target group {t} during the bake time")?;
         }
         if !self.canaries.is_empty() {
             writeln!(f, "canaries first:")?;
@@ -956,11 +976,24 @@ mod tests {
     #[test]
     fn a_roll_covers_the_build_region_and_every_copy_unless_narrowed() {
         let copies = vec!["eu-west-1".to_string(), "us-east-1".to_string()];
-        assert_eq!(regions("us-east-1", &copies, &[], None).unwrap(), (vec!["us-east-1".to_string(), "eu-west-1".to_string()], false));
-        assert_eq!(regions("us-east-1", &copies, &[], Some("eu-west-1")).unwrap(), (vec!["eu-west-1".to_string()], true));
-        assert_eq!(regions("us-east-1", &copies, &["eu-west-1".to_string()], None).unwrap(), (vec!["eu-west-1".to_string()], true));
-        let e = regions("us-east-1", &copies, &["ap-south-1".to_string()], None).unwrap_err();
-        assert!(e.contains("rollout.regions names ap-south-1") && e.contains("nothing changed"), "{e}");
+        let v = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let all = v(&["us-east-1", "eu-west-1"]);
+        assert_eq!(regions("web", "us-east-1", &copies, &[], None).unwrap(), Regions { candidates: all.clone(), roll: all.clone(), named: false });
+        assert_eq!(
+            regions("web", "us-east-1", &copies, &[], Some("eu-west-1")).unwrap(),
+            Regions { candidates: all.clone(), roll: v(&["eu-west-1"]), named: true }
+        );
+        assert_eq!(
+            regions("web", "us-east-1", &copies, &v(&["eu-west-1"]), None).unwrap(),
+            Regions { candidates: all.clone(), roll: v(&["eu-west-1"]), named: true }
+        );
+        let e = regions("web", "us-east-1", &copies, &v(&["ap-south-1"]), None).unwrap_err();
+        assert!(e.contains("rollout.regions of roles/web.toml names ap-south-1") && e.contains("nothing changed"), "{e}");
+        let e = regions("web", "us-east-1", &copies, &v(&["us-east-1"]), Some("eu-west-1")).unwrap_err();
+        assert!(e.starts_with("--region eu-west-1 is not one of rollout.regions (us-east-1) of roles/web.toml"), "{e}");
+        // A region the role does not copy to, named on the command line: that region alone.
+        let r = regions("web", "us-east-1", &copies, &[], Some("ap-south-1")).unwrap();
+        assert_eq!((r.candidates, r.roll), (v(&["ap-south-1"]), v(&["ap-south-1"])));
     }
 
     #[test]
@@ -970,18 +1003,15 @@ mod tests {
         let found = |a: &[&str], b: &[&str]| {
             vec![("us-east-1".to_string(), a.iter().map(|s| s.to_string()).collect()), ("eu-west-1".to_string(), b.iter().map(|s| s.to_string()).collect())]
         };
-        assert!(check_found("web", "prod", &s, &found(&["web_a"], &["web_canary"]), false).is_ok());
-        let e = check_found("web", "prod", &s, &found(&["web_a"], &[]), false).unwrap_err();
+        assert!(check_found("web", "prod", &s, &found(&["web_a"], &["web_canary"])).is_ok());
+        let e = check_found("web", "prod", &s, &found(&["web_a"], &[])).unwrap_err();
         assert!(e.contains("no Auto Scaling group named web_canary in us-east-1, eu-west-1"), "{e}");
-        // A region the operator named must have some of the groups; one found by default need not.
-        assert!(check_found("web", "prod", &s, &found(&["web_a", "web_canary"], &[]), false).is_ok());
-        let e = check_found("web", "prod", &s, &found(&["web_a", "web_canary"], &[]), true).unwrap_err();
-        assert!(e.contains("eu-west-1 (rollout.regions of roles/web.toml) has none"), "{e}");
+        assert!(check_found("web", "prod", &s, &found(&["web_a", "web_canary"], &[])).is_ok());
         s.groups.clear();
         s.group_tags = BTreeMap::from([("team".to_string(), "web".to_string())]);
-        let e = check_found("web", "prod", &s, &found(&[], &[]), false).unwrap_err();
+        let e = check_found("web", "prod", &s, &found(&[], &[])).unwrap_err();
         assert!(e.contains("no Auto Scaling group tagged team=web in us-east-1, eu-west-1"), "{e}");
-        let e = check_found("web", "prod", &s, &found(&["web_a"], &[]), false).unwrap_err();
+        let e = check_found("web", "prod", &s, &found(&["web_a"], &[])).unwrap_err();
         assert!(e.contains("canary group web_canary"), "{e}");
     }
 }

@@ -140,21 +140,9 @@ impl Watch {
                     .map(|(name, (_, reason))| format!("alarm {name} went into ALARM in {} ({})", c.region, crate::error::one_line(reason))))
             }
             Watch::Targets { c, arn, instances } => {
-                let r = c
-                    .elb
-                    .describe_target_health()
-                    .target_group_arn(arn)
-                    .send()
-                    .await
-                    .map_err(|e| Error::aws("elasticloadbalancing:DescribeTargetHealth", format!("target group {arn}"), &c.region, &e))?;
-                for d in r.target_health_descriptions() {
-                    let Some(id) = d.target().and_then(|t| t.id()) else { continue };
-                    let Some((_, group)) = instances.iter().find(|(i, _)| i == id) else { continue };
-                    let health = d.target_health();
-                    let state = health.and_then(|h| h.state()).map(|s| s.as_str()).unwrap_or_default();
-                    if matches!(state, "unhealthy" | "unhealthy.draining" | "unavailable") {
-                        let reason = health.and_then(|h| h.reason()).map(|r| r.as_str().to_string()).unwrap_or_default();
-                        let detail = health.and_then(|h| h.description()).unwrap_or_default();
+                for (id, state, reason, detail) in c.target_health(arn).await? {
+                    let Some((_, group)) = instances.iter().find(|(i, _)| *i == id) else { continue };
+                    if matches!(state.as_str(), "unhealthy" | "unhealthy.draining" | "unavailable") {
                         return Ok(Some(format!(
                             "instance {id} of canary group {group} is {state} in target group {arn} ({})",
                             crate::error::one_line(&format!("{reason}: {detail}"))
