@@ -103,6 +103,7 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
         patch: req.patch.clone(),
         role: plan.role.clone(),
         env: plan.env.clone(),
+        arch: plan.arch.clone().filter(|_| plan.architectures.len() > 1),
         started_at: journal::now_rfc3339(),
         plan_fingerprint: plan.fingerprint.clone(),
         git_sha: git.clone(),

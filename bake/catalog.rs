@@ -16,6 +16,9 @@ pub struct ImageInfo {
     pub name: String,
     pub role: String,
     pub env: String,
+    /// The architecture, for a role that bakes several (`bake:arch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
     /// bake or patch
     pub kind: String,
     pub created: String,
@@ -63,6 +66,7 @@ async fn images(c: &Clients, role: Option<&str>, env: Option<&str>) -> Result<Ve
                 name: i.name().unwrap_or_default().to_string(),
                 role: tag(i, crate::tags::ROLE).unwrap_or_default().to_string(),
                 env: tag(i, crate::tags::ENV).unwrap_or_default().to_string(),
+                arch: tag(i, crate::tags::ARCH).map(str::to_string),
                 kind: tag(i, crate::tags::KIND).unwrap_or("bake").to_string(),
                 age_days: age_days(&created),
                 created,
@@ -178,13 +182,13 @@ pub struct Decision {
     pub why: String,
 }
 
-/// Pure: per role, env and region, keep the newest `keep` and whatever is in use or young;
+/// Pure: per role, env, region (and architecture), keep the newest `keep` and whatever is in use or young;
 /// delete the rest. `images` is newest first within each group (as `list` returns them).
 pub fn decide(images: Vec<ImageInfo>, keep: &dyn Fn(&str, &str) -> usize, older_than_days: Option<f64>) -> Vec<Decision> {
-    let mut seen: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    let mut seen: BTreeMap<(String, String, String, Option<String>), usize> = BTreeMap::new();
     let mut out = Vec::new();
     for i in images {
-        let n = seen.entry((i.role.clone(), i.env.clone(), i.region.clone())).or_default();
+        let n = seen.entry((i.role.clone(), i.env.clone(), i.region.clone(), i.arch.clone())).or_default();
         *n += 1;
         let k = keep(&i.role, &i.env);
         let (delete, why) = if !i.used_by.is_empty() {
@@ -242,5 +246,10 @@ mod tests {
         let d = decide(imgs, &|_, _| 2, Some(30.0));
         let del: Vec<&str> = d.iter().filter(|x| x.delete).map(|x| x.image.id.as_str()).collect();
         assert_eq!(del, ["d"], "e is younger than 30 days");
+        // A role that bakes two architectures keeps the newest of each.
+        let arch = |id: &str, a: &str| ImageInfo { arch: Some(a.into()), ..img(id, 10.0, &[]) };
+        let d = decide(vec![arch("x1", "x86_64"), arch("a1", "arm64"), arch("x2", "x86_64"), arch("a2", "arm64")], &|_, _| 1, None);
+        let del: Vec<&str> = d.iter().filter(|x| x.delete).map(|x| x.image.id.as_str()).collect();
+        assert_eq!(del, ["x2", "a2"]);
     }
 }

@@ -12,6 +12,9 @@ pub struct Manifest {
     pub bake_id: String,
     pub role: String,
     pub env: String,
+    /// The architecture baked, for a role that bakes several (`[architectures]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
     pub region: String,
     pub status: Status,
     pub error: Option<String>,

@@ -59,9 +59,26 @@ pub fn packages(arg: &str) -> Result<Vec<String>, String> {
 }
 
 /// The plan of a patch of `role` in `env` from `parent`.
-pub fn plan(project: &Project, role: &str, env: &str, vars: &VarInputs, what: &What, parent: &str, cves: &[String]) -> Result<Plan, Problems> {
+/// For a role that bakes several architectures, `arch` says which (its parent is of that one).
+#[allow(clippy::too_many_arguments)] // plain inputs of a pure function
+pub fn plan(
+    project: &Project,
+    role: &str,
+    env: &str,
+    arch: Option<&str>,
+    vars: &VarInputs,
+    what: &What,
+    parent: &str,
+    cves: &[String],
+) -> Result<Plan, Problems> {
     let rf = project.role(role)?;
-    let mut r = rf.resolve(env, vars)?;
+    let roles = rf.resolve_all(env, vars)?;
+    let mut r = match arch {
+        Some(a) => roles.into_iter().find(|r| r.arch.as_deref() == Some(a)).ok_or_else(|| {
+            Problems::from(crate::config::Problem::new(format!("roles/{role}.toml"), "architectures", format!("the role does not bake `{a}`")))
+        })?,
+        None => roles.into_iter().next().ok_or_else(|| Problems::from(crate::config::Problem::new(format!("roles/{role}.toml"), "", "no plan")))?,
+    };
     r.source = SourceSpec::Ami { id: parent.to_string() };
     r.run_list = vec!["security-patch".to_string()];
     let (packages, all) = match what {

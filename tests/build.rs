@@ -831,3 +831,80 @@ fn a_builder_lost_mid_step_fails_the_bake_at_once_and_leaves_nothing() {
     );
     assert_eq!(live(&sb), before, "everything the bake made is gone");
 }
+
+/// A role that bakes two architectures (`[architectures]`): one bake each, at once, on an
+/// instance type of its architecture, each image tagged `bake:arch` and published under its own
+/// parameter; a rerun reuses both. The sandbox, like EC2, refuses an instance type that cannot
+/// run the source image's architecture.
+#[test]
+fn a_role_with_two_architectures_bakes_an_image_for_each() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let x86 = "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id";
+    let arm = "/aws/service/canonical/ubuntu/server/22.04/stable/current/arm64/hvm/ebs-gp3/ami-id";
+    edit(
+        root,
+        "roles/kaiju.toml",
+        &format!("[source]\nssm_parameter = \"{x86}\"\n"),
+        &format!("[architectures.x86_64]\nsource = {{ ssm_parameter = \"{x86}\" }}\n\n[architectures.arm64]\nsource = {{ ssm_parameter = \"{arm}\" }}\ninstance_type = \"t4g.small\"\n"),
+    );
+    edit(root, "roles/kaiju.toml", "name = \"kaiju-{{env}}-{{timestamp}}\"", "name = \"kaiju-{{env}}-{{arch}}-{{timestamp}}\"");
+    let plan = bake(&sb, root, &["plan", "kaiju", "--env", "staging"]);
+    let plan_text = text(&plan.stdout);
+    assert!(plan_text.contains("Plan for role kaiju in env staging, architecture arm64"), "{plan_text}");
+    assert!(plan_text.contains("published:   /bake/kaiju/staging/arm64/ami-id"), "{plan_text}");
+    // The operator may publish both parameters (and launch both sources).
+    let policy = text(&bake(&sb, root, &["policy", "operator", "--role", "kaiju", "--env", "staging"]).stdout);
+    for a in ["x86_64", "arm64"] {
+        assert!(policy.contains(&format!("parameter/bake/kaiju/staging/{a}/ami-id")), "{a}: {policy}");
+    }
+    let before = live(&sb);
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let ms = json_out(&out);
+    let ms = ms.as_array().unwrap();
+    assert_eq!(ms.len(), 2);
+    let mut expected = before.clone();
+    for m in ms {
+        let arch = m["arch"].as_str().unwrap();
+        assert_eq!(m["status"], "succeeded", "{m}");
+        assert_eq!(m["builder"]["instance_type"], if arch == "arm64" { "t4g.small" } else { "t3.small" }, "{m}");
+        assert_eq!(m["parameters"][0]["name"], format!("/bake/kaiju/staging/{arch}/ami-id"), "{m}");
+        let ami = m["images"]["us-east-1"]["ami_id"].as_str().unwrap();
+        let all = describe(&sb, "");
+        let img = all.as_array().unwrap().iter().find(|i| i["id"] == ami).unwrap();
+        assert_eq!(img["architecture"], arch, "{img}");
+        assert_eq!(img["tags"]["bake:arch"], arch, "{img}");
+        assert!(img["name"].as_str().unwrap().starts_with(&format!("kaiju-staging-{arch}-")), "{img}");
+        expected.extend(products(m));
+    }
+    assert_ne!(ms[0]["bake_id"], ms[1]["bake_id"], "each architecture is its own bake");
+    assert_eq!(live(&sb), expected, "exactly the two bakes' products were added");
+    let again = json_out(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]));
+    assert!(again.as_array().unwrap().iter().all(|m| m["status"] == "reused"), "{again}");
+
+    // A patch is of one architecture, from that architecture's newest image.
+    let out = bake(&sb, root, &["patch", "kaiju", "--env", "staging", "--packages", "openssl"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("bakes x86_64, arm64: give --arch"), "{}", text(&out.stderr));
+    let arm_image = ms.iter().find(|m| m["arch"] == "arm64").unwrap()["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
+    let out = bake(&sb, root, &["patch", "kaiju", "--env", "staging", "--arch", "arm64", "--packages", "openssl", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let p = json_out(&out);
+    assert_eq!((p["arch"].as_str(), p["patch"]["parent"].as_str()), (Some("arm64"), Some(arm_image.as_str())), "{p}");
+    assert_eq!(p["builder"]["instance_type"], "t4g.small", "{p}");
+
+    // An arm64 source on an x86_64 builder: EC2 refuses the launch, and the bake fails cleanly.
+    edit(root, "roles/kaiju.toml", "instance_type = \"t4g.small\"\n", "instance_type = \"t3.small\"\n");
+    let before = live(&sb);
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--force"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("does not match the architecture 'arm64' of the specified AMI"), "{}", text(&out.stderr));
+    let after = live(&sb);
+    assert!(
+        after.len() >= before.len()
+            && after.iter().all(|r| before.contains(r) || r.starts_with("image ") || r.starts_with("snapshot ") || r.starts_with("ssm-parameter ")),
+        "only the x86_64 bake's products: {after:?}"
+    );
+}

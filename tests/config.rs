@@ -252,7 +252,8 @@ fn every_example_step_is_valid_shell() {
     // The security patch, both ways.
     for (n, what) in [("packages", bake::patch::What::Packages(vec!["openssl".into(), "libssl3".into()])), ("all", bake::patch::What::All)] {
         let plan =
-            bake::patch::plan(&project, "boxoffice", "production", &VarInputs::default(), &what, "ami-0123456789abcdef0", &["CVE-2024-5535".into()]).unwrap();
+            bake::patch::plan(&project, "boxoffice", "production", None, &VarInputs::default(), &what, "ami-0123456789abcdef0", &["CVE-2024-5535".into()])
+                .unwrap();
         assert_eq!(plan.steps.len(), 1);
         let f = tmp.path().join(format!("patch-{n}.sh"));
         std::fs::write(&f, &plan.steps[0].script).unwrap();

@@ -942,3 +942,54 @@ async fn a_roll_covers_every_region_with_a_copy_and_a_failure_puts_every_region_
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("us-west-2 (rollout.regions of roles/kaiju.toml) has no copy of"), "{}", text(&out.stderr));
 }
+
+/// A role that bakes x86_64 and arm64: a roll gives each group, and each template of a mixed
+/// group, the image of its instance types' architecture — a Graviton override's template the
+/// arm64 image, the rest the x86_64 one; a plain group on a Graviton type the arm64 image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_with_two_architectures_gives_each_template_its_architectures_image() {
+    let Rig { sb, c, dir, old } = rig().await;
+    let root = dir.path();
+    let arm_param = "/aws/service/canonical/ubuntu/server/22.04/stable/current/arm64/hvm/ebs-gp3/ami-id";
+    let old_arm = param(&c, arm_param).await;
+    common::edit(
+        root,
+        "roles/kaiju.toml",
+        &format!("[source]\nssm_parameter = \"{UBUNTU_2204}\"\n"),
+        &format!(
+            "[architectures.x86_64]\nsource = {{ ssm_parameter = \"{UBUNTU_2204}\" }}\n\n[architectures.arm64]\nsource = {{ ssm_parameter = \"{arm_param}\" }}\ninstance_type = \"t4g.small\"\n"
+        ),
+    );
+    common::edit(root, "roles/kaiju.toml", "name = \"kaiju-{{env}}-{{timestamp}}\"", "name = \"kaiju-{{env}}-{{arch}}-{{timestamp}}\"");
+    let main = template(&c, "kaiju-multi-main", &old, ec2_t::InstanceType::T3Small).await;
+    let arm = template(&c, "kaiju-multi-arm", &old_arm, ec2_t::InstanceType::M6gLarge).await;
+    mixed_group(&c, "kaiju_multi", &main, &arm, "m6g.large").await;
+    let plain = template(&c, "kaiju-multi-plain", &old_arm, ec2_t::InstanceType::M6gLarge).await;
+    common::template_group(&c.asg, "kaiju_multi_plain", &plain, "1", 1, 2, common::opted_in_group("kaiju_multi_plain", "kaiju", "staging")).await;
+    set_rollout(root, r#"{ groups = ["kaiju_multi", "kaiju_multi_plain"], refresh = { min_healthy_percentage = 50 } }"#);
+    // One image per architecture, as bake tags them.
+    let arch_tag = |a: &str| ec2_t::Tag::builder().key("bake:arch").value(a).build();
+    let new_x86 = baked_image(&c, "kaiju-staging-x86_64-1").await;
+    c.ec2.create_tags().resources(&new_x86).tags(arch_tag("x86_64")).send().await.unwrap();
+    let new_arm = common::baked_image(&c.ec2, &old_arm, "kaiju-staging-arm64-1").await;
+    c.ec2.create_tags().resources(&new_arm).tags(arch_tag("arm64")).send().await.unwrap();
+
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--plan"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains(&format!("kaiju-multi-arm (from v1, {new_arm})")), "{shown}");
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let m = json_out(&out);
+    assert_eq!(m["images"]["us-east-1"], json!({"arm64": new_arm, "x86_64": new_x86}), "{m}");
+    assert_eq!(policy_versions(&c, "kaiju_multi").await, [(main.clone(), "2".to_string()), (arm.clone(), "2".to_string())]);
+    assert_eq!(version_image(&c, &main, "2").await, new_x86, "the policy's own template: x86_64");
+    assert_eq!(version_image(&c, &arm, "2").await, new_arm, "the Graviton override's template: arm64");
+    assert_eq!(version_image(&c, &plain, "2").await, new_arm, "a plain group on a Graviton type: arm64");
+    assert_eq!(images_of(&c, "kaiju_multi_plain").await, BTreeSet::from([new_arm.clone()]));
+    // --ami of one architecture: a group that needs the other is refused before anything changes.
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &old]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(e.contains("instance type m6g.large of launch template kaiju-multi-arm runs arm64, but") && e.contains("nothing changed"), "{e}");
+}

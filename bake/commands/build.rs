@@ -71,6 +71,9 @@ pub struct PatchArgs {
     /// Start from this image (default: the newest one bake made for the role and env)
     #[arg(long, value_name = "AMI_ID")]
     pub from: Option<String>,
+    /// Which architecture to patch, for a role that bakes several (x86_64, arm64)
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
     #[command(flatten)]
     pub bake: BakeOptions,
 }
@@ -146,9 +149,28 @@ pub fn patch(g: &Global, a: &PatchArgs) -> ExitStatus {
         Err(p) => return problems(&p),
     };
     // Bad configuration is reported before anything reaches AWS.
-    let base = match project.plan(role, env, &vars) {
+    let plans = match project.plans(role, env, &vars) {
         Ok(p) => p,
         Err(p) => return problems(&p),
+    };
+    let arches: Vec<String> = plans.iter().filter_map(|p| p.arch.clone()).collect();
+    let arch = match (&a.arch, plans.len() > 1) {
+        (None, true) => {
+            eprintln!("error: roles/{role}.toml bakes {}: give --arch (each architecture is patched from its own image)", arches.join(", "));
+            return ExitStatus::Usage;
+        }
+        (Some(x), true) if !arches.contains(x) => {
+            eprintln!("error: roles/{role}.toml bakes {}, not {x}", arches.join(", "));
+            return ExitStatus::Usage;
+        }
+        (Some(x), false) => {
+            eprintln!("error: --arch {x}: roles/{role}.toml bakes one architecture ([architectures] names several)");
+            return ExitStatus::Usage;
+        }
+        (x, _) => x.clone(),
+    };
+    let Some(base) = plans.into_iter().find(|p| arch.is_none() || p.arch == arch) else {
+        return failed(format!("roles/{role}.toml has no plan for that architecture"));
     };
     let progress = crate::progress::Progress::new(g.quiet, g.output == Output::Json);
     let rt = runtime();
@@ -160,7 +182,7 @@ pub fn patch(g: &Global, a: &PatchArgs) -> ExitStatus {
                 let aws = crate::aws::Aws::load(&conn).await;
                 let region = g.region.clone().or_else(|| base.builder.spec.region.clone()).or_else(|| aws.default_region());
                 match region {
-                    Some(region) => crate::roll::newest_image(&aws.clients(&region), role, env).await,
+                    Some(region) => crate::roll::newest_image_of(&aws.clients(&region), role, env, arch.as_deref()).await,
                     None => Err(crate::error::Error::Other("no region: give --region, set builder.region in the role, or configure AWS_REGION".into())),
                 }
             });
@@ -170,7 +192,7 @@ pub fn patch(g: &Global, a: &PatchArgs) -> ExitStatus {
             }
         }
     };
-    let plan = match crate::patch::plan(&project, role, env, &vars, &what, &parent, &a.cves) {
+    let plan = match crate::patch::plan(&project, role, env, arch.as_deref(), &vars, &what, &parent, &a.cves) {
         Ok(p) => p,
         Err(p) => return problems(&p),
     };

@@ -72,7 +72,10 @@ fn scope(g: &Global, s: &Scope, default_region: Option<String>) -> Result<Where,
             if g.region.is_none() {
                 regions.extend(resolved.image.regions.iter().cloned());
             }
-            parameters.insert(resolved.image.ssm_parameter.clone());
+            // Each architecture's parameter holds an image in use.
+            for variant in rf.resolve_all(e, &vars)? {
+                parameters.insert(variant.image.ssm_parameter.clone());
+            }
             if let Some(k) = resolved.image.keep {
                 keep.insert((r.clone(), e.clone()), k as usize);
             }

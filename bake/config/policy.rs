@@ -315,9 +315,10 @@ pub fn operator_context(
             Some(e) => vec![e.to_string()],
             None => rf.envs.clone(),
         };
+        // Every architecture's source, builder type and parameter.
         for e in &envs {
-            match rf.resolve(e, vars) {
-                Ok(r) => resolved.push((rf.file.shown.clone(), r)),
+            match rf.resolve_all(e, vars) {
+                Ok(rs) => resolved.extend(rs.into_iter().map(|r| (rf.file.shown.clone(), r))),
                 Err(p) => problems.extend(p),
             }
         }
@@ -567,8 +568,15 @@ pub fn boundary_context(project: &super::Project, account: Option<&str>, vars: &
             }
         };
         for env in rf.envs.clone() {
-            match rf.resolve(&env, vars).and_then(|r| project.plan_with(&rf, &r, &mut cache, &policies)) {
-                Ok(plan) => docs.extend(plan.builder.inline_policy),
+            match rf.resolve_all(&env, vars) {
+                Ok(rs) => {
+                    for r in rs {
+                        match project.plan_with(&rf, &r, &mut cache, &policies) {
+                            Ok(plan) => docs.extend(plan.builder.inline_policy),
+                            Err(p) => problems.extend(p),
+                        }
+                    }
+                }
                 Err(p) => problems.extend(p),
             }
         }

@@ -24,8 +24,8 @@ mod group;
 mod launch_config;
 pub mod plan;
 
-pub use discover::newest_image;
-use discover::{architectures, census, check_image, configured_images, copy_of, discover_in, image_facts, newest_image_of, template_version};
+use discover::{architectures, census, check_image, configured_images, copy_of, discover_in, image_facts, template_version};
+pub use discover::{newest_image, newest_image_of};
 use group::{restore, roll_group, Rolling};
 use plan::{self as rollout, Change, GroupPlan, GroupState, PlanOptions, RolloutPlan, Source};
 

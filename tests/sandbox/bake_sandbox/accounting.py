@@ -74,6 +74,7 @@ def images(region=None):
             if ami.owner_id != ACCOUNT:
                 continue
             out.append({"id": ami.id, "region": r, "name": ami.name, "state": ami.state,
+                        "architecture": getattr(ami, "architecture", None),
                         "tags": dict(b.tags.get(ami.id, {})), "snapshot": ami.ebs_snapshot.id,
                         "snapshot_tags": dict(b.tags.get(ami.ebs_snapshot.id, {})),
                         "snapshot_encrypted": bool(getattr(ami.ebs_snapshot, "encrypted", False)),

@@ -108,7 +108,7 @@ def launch_into(group, count, src=None, warmup=0.0):
         profile = {"Name": lc.iam_instance_profile} if lc.iam_instance_profile else {}
         user_data = lc.user_data
         sgs = lc.security_groups
-    refused = images.launchable(group.region, image)
+    refused = images.launchable(group.region, image, kwargs.get("instance_type"))
     if refused:
         # The launch fails (a failed scaling activity on AWS); nothing is launched.
         STATE.launch_failures.append({"group": group.name, "image": image, "why": refused[1], "at": STATE.now()})

@@ -68,7 +68,7 @@ def run_instances(self):
         if not iam.profile_usable(profile):
             what = f"name ({name})" if name else f"arn ({arn})"
             raise err("InvalidParameterValue", f"Value {what} for parameter iamInstanceProfile is invalid. Invalid IAM Instance Profile {what.split(' ')[0]}")
-    refused = images.launchable(self.region, self._get_param("ImageId"))
+    refused = images.launchable(self.region, self._get_param("ImageId"), self._get_param("InstanceType"))
     if refused:
         raise err(*refused)
     result = _orig_run(self)

@@ -122,8 +122,9 @@ def enable_image(self):
     return ActionResult({"Return": True})
 
 
-def launchable(region, image_id):
-    """None when an instance may launch from `image_id`, else (code, message)."""
+def launchable(region, image_id, instance_type=None):
+    """None when an instance (of `instance_type`, when known) may launch from `image_id`, else
+    (code, message). The type must run the image's architecture, as EC2 checks."""
     ami = ec2_backends[ACCOUNT][region].amis.get(image_id)
     if ami is None:
         # Deregistered (or never there): RunInstances answers InvalidAMIID.NotFound, and an Auto
@@ -132,6 +133,15 @@ def launchable(region, image_id):
     if ami.state == "disabled":
         # Not documented which code; the sandbox answers as for an image that can't be used.
         return "InvalidAMIID.Unavailable", f"The image id '[{image_id}]' is disabled and can't be used to launch instances"
+    if instance_type:
+        from moto.ec2.models.instance_types import INSTANCE_TYPES
+        runs = (INSTANCE_TYPES.get(instance_type) or {}).get("ProcessorInfo", {}).get("SupportedArchitectures") or []
+        arch = getattr(ami, "architecture", None)
+        if runs and arch and arch not in runs:
+            return ("InvalidParameterValue",
+                    f"The architecture '{runs[0]}' of the specified instance type does not match the architecture '{arch}' "
+                    "of the specified AMI. Specify an instance type and an AMI that have matching architectures, and try again. "
+                    "You can use 'describe-instance-types' or 'describe-images' to discover the architecture of the instance type or AMI.")
     return None
 
 
