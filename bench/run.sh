@@ -157,6 +157,7 @@ ami = sys.argv[1]
 kw = dict(endpoint_url=os.environ["AWS_ENDPOINT_URL"], aws_access_key_id="testing", aws_secret_access_key="testing")
 east = boto3.client("ec2", region_name="us-east-1", **kw)
 tags = {t["Key"]: t["Value"] for t in east.describe_images(ImageIds=[ami])["Images"][0]["Tags"]}
+tags["bake:role"] = "wide"  # the copy bake would have made for role wide (the image is another role's)
 west_ami = None
 for region in ("us-east-1", "us-west-2"):
     ec2, asg, ssm = (boto3.client(s, region_name=region, **kw) for s in ("ec2", "autoscaling", "ssm"))

@@ -853,6 +853,11 @@ async fn faults_throttle_fail_and_slow_calls_by_seeded_chance() {
     assert_eq!(e.code(), Some("ThrottlingException"));
     let e = c.iam.list_roles().send().await.unwrap_err();
     assert_eq!(e.code(), Some("InternalFailure"));
+    // Elastic Load Balancing speaks the query protocol: its faults are XML errors the SDK reads.
+    sb.control("POST", "/_sandbox/faults", Some(json!({"faults": [{"service": "elasticloadbalancing", "action": "DescribeTargetHealth", "rate": 1.0, "kind": "throttle"}]})));
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(&sb.sdk_config("us-east-1").await);
+    let e = elb.describe_target_health().target_group_arn("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/x/0123456789abcdef").send().await.unwrap_err();
+    assert_eq!(e.code(), Some("Throttling"));
     let calls = sb.calls();
     assert!(calls["by_action"]["ec2:DescribeImages"].as_u64().unwrap() >= 2, "the SDK retried: {}", calls["by_action"]);
     // 20% throttling and 5xx everywhere: the SDK's retries carry every call through.

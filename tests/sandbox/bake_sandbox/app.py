@@ -16,7 +16,7 @@ from . import authz  # IAM enforcing mode (off unless sandbox.py --enforce-iam)
 from . import consistency  # noqa: F401,E402  (eventual consistency: wraps the patched actions, so last)
 from .state import LOCK, STATE
 
-QUERY = {"ec2", "iam", "autoscaling", "sts", "sns"}
+QUERY = {"ec2", "iam", "autoscaling", "sts", "sns", "elasticloadbalancing"}
 
 ERROR_XML_EC2 = (
     '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'

@@ -125,8 +125,8 @@ def _fault(rule):
         raise BadRequest("a fault is a JSON object")
     _only(rule, {"service", "action", "region", "rate", "kind", "latency_ms", "seed"}, "fault")
     service = rule.get("service", "*")
-    if service not in ("*", "ec2", "ssm", "iam", "autoscaling", "sts", "sns"):
-        raise BadRequest(f"fault service {service!r} is not one of *, ec2, ssm, iam, autoscaling, sts, sns")
+    if service not in ("*", "ec2", "ssm", "iam", "autoscaling", "sts", "sns", "elasticloadbalancing"):
+        raise BadRequest(f"fault service {service!r} is not one of *, ec2, ssm, iam, autoscaling, sts, sns, elasticloadbalancing")
     kind = rule.get("kind")
     if kind is not None and kind not in FAULT_KINDS:
         raise BadRequest(f"fault kind {kind!r} is not one of {', '.join(FAULT_KINDS)}")
