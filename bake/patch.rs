@@ -111,7 +111,7 @@ pub fn plan(
         };
         p.steps = vec![s];
         p.run_list = vec!["patch".into()];
-        p.fingerprint = plan::fingerprint(&p.source, &p.builder, &p.steps);
+        p.fingerprint = plan::fingerprint_of(&p.source, &p.builder, &p.steps, p.arch.as_deref().filter(|_| p.architectures.len() > 1));
     }
     let mut tags: BTreeMap<String, String> = p.image.tags.clone();
     tags.insert(crate::tags::KIND.into(), "patch".into());

@@ -47,6 +47,19 @@ async fn bake_in(b: Bake<'_>, manifest: &mut Manifest, cancel: Cancel) -> Result
     let source = stages::source::resolve(&c, &plan.source).instrument(tracing::debug_span!("stage", name = "source")).await?;
     manifest.source = Some(source.record(&plan.source));
     manifest.stages.insert("source".into(), t.elapsed().as_secs_f64());
+    // An architecture's bake starts from an image of that architecture: a mislabelled source
+    // would publish an image under the wrong architecture's parameter.
+    if let Some(a) = plan.arch.as_ref().filter(|_| plan.architectures.len() > 1) {
+        if source.architecture != *a {
+            return Err(Error::Other(format!(
+                "source image {} ({}) is {}, not {a}: roles/{}.toml architectures.{a} must name a {a} source; nothing was created",
+                source.id,
+                source.name,
+                if source.architecture.is_empty() { "of no stated architecture" } else { source.architecture.as_str() },
+                plan.role
+            )));
+        }
+    }
     if opts.patch {
         manifest.lineage = stages::source::lineage(&c, &source.id).await;
     }

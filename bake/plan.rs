@@ -304,7 +304,8 @@ pub fn build(rf: &RoleFile, role: &Role, cookbooks: &BTreeMap<String, Cookbook>,
     }
 
     let builder = BuilderPlan { spec: role.builder.clone(), managed_policies: vec![SSM_CORE_POLICY.to_string()], inline_policy };
-    let fingerprint = fingerprint(&role.source, &builder, &steps);
+    let arch = role.arch.as_deref().filter(|_| role.architectures.len() > 1);
+    let fingerprint = fingerprint_of(&role.source, &builder, &steps, arch);
     Ok(Plan {
         role: role.name.clone(),
         env: role.env.clone(),
@@ -383,7 +384,14 @@ pub fn policy_context(role: &Role, node: &Json) -> Json {
 /// content, name, order and reboot flag, plus bake's format version. Names, tags, regions,
 /// shares, timeouts, instance type and rollout do not change what the image holds.
 pub fn fingerprint(source: &SourceSpec, builder: &BuilderPlan, steps: &[PlannedStep]) -> String {
-    let doc = json!({
+    fingerprint_of(source, builder, steps, None)
+}
+
+/// [`fingerprint`] of one architecture of a role that bakes several: the architecture is part of
+/// what the image is (so an image of one is never reused for the other, nor one made before the
+/// role declared architectures).
+pub fn fingerprint_of(source: &SourceSpec, builder: &BuilderPlan, steps: &[PlannedStep], arch: Option<&str>) -> String {
+    let mut doc = json!({
         "format": FORMAT,
         "source": source,
         "volume": {
@@ -394,6 +402,9 @@ pub fn fingerprint(source: &SourceSpec, builder: &BuilderPlan, steps: &[PlannedS
         },
         "steps": steps.iter().map(|s| json!([s.cookbook, s.step, s.sha256, s.reboot])).collect::<Vec<_>>(),
     });
+    if let Some(a) = arch {
+        doc["arch"] = json!(a);
+    }
     let canon = serde_json::to_string(&doc).unwrap_or_default(); // ok: plain JSON values
     format!("sha256:{}", &sha256_hex(canon.as_bytes()))
 }
@@ -463,7 +474,10 @@ impl fmt::Display for Plan {
             )?;
         }
         let i = &self.image;
-        let sample = json!({"role": self.role, "env": self.env, "vars": self.vars, "timestamp": "<timestamp>", "bake_id": "<bake id>", "arch": self.arch.clone().unwrap_or_default()});
+        let mut sample = json!({"role": self.role, "env": self.env, "vars": self.vars, "timestamp": "<timestamp>", "bake_id": "<bake id>"});
+        if let Some(a) = &self.arch {
+            sample["arch"] = json!(a);
+        }
         let name = template::render_plain(&i.name, &sample).unwrap_or_else(|_| i.name.clone());
         writeln!(f, "image:       {name}")?;
         if !i.regions.is_empty() {

@@ -880,6 +880,7 @@ fn a_role_with_two_architectures_bakes_an_image_for_each() {
         expected.extend(products(m));
     }
     assert_ne!(ms[0]["bake_id"], ms[1]["bake_id"], "each architecture is its own bake");
+    assert_ne!(ms[0]["fingerprint"], ms[1]["fingerprint"], "the architecture is part of the fingerprint");
     assert_eq!(live(&sb), expected, "exactly the two bakes' products were added");
     let again = json_out(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]));
     assert!(again.as_array().unwrap().iter().all(|m| m["status"] == "reused"), "{again}");
@@ -894,6 +895,27 @@ fn a_role_with_two_architectures_bakes_an_image_for_each() {
     let p = json_out(&out);
     assert_eq!((p["arch"].as_str(), p["patch"]["parent"].as_str()), (Some("arm64"), Some(arm_image.as_str())), "{p}");
     assert_eq!(p["builder"]["instance_type"], "t4g.small", "{p}");
+
+    // A mislabelled source (the amd64 image under architectures.arm64) is refused before anything
+    // is created: its image would be published as arm64.
+    edit(
+        root,
+        "roles/kaiju.toml",
+        &format!("source = {{ ssm_parameter = \"{arm}\" }}\ninstance_type = \"t4g.small\""),
+        &format!("source = {{ ssm_parameter = \"{x86}\" }}\ninstance_type = \"t3.small\""),
+    );
+    let before = live(&sb);
+    sb.control("DELETE", "/_sandbox/calls", None);
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("kaiju/staging (arm64): source image") && text(&out.stderr).contains("is x86_64, not arm64"), "{}", text(&out.stderr));
+    assert_eq!(live(&sb), before, "nothing created");
+    edit(
+        root,
+        "roles/kaiju.toml",
+        &format!("source = {{ ssm_parameter = \"{x86}\" }}\ninstance_type = \"t3.small\""),
+        &format!("source = {{ ssm_parameter = \"{arm}\" }}\ninstance_type = \"t4g.small\""),
+    );
 
     // An arm64 source on an x86_64 builder: EC2 refuses the launch, and the bake fails cleanly.
     edit(root, "roles/kaiju.toml", "instance_type = \"t4g.small\"\n", "instance_type = \"t3.small\"\n");

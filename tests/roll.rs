@@ -987,9 +987,10 @@ async fn a_role_with_two_architectures_gives_each_template_its_architectures_ima
     assert_eq!(version_image(&c, &arm, "2").await, new_arm, "the Graviton override's template: arm64");
     assert_eq!(version_image(&c, &plain, "2").await, new_arm, "a plain group on a Graviton type: arm64");
     assert_eq!(images_of(&c, "kaiju_multi_plain").await, BTreeSet::from([new_arm.clone()]));
-    // --ami of one architecture: a group that needs the other is refused before anything changes.
-    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &old]);
-    assert_eq!(out.status.code(), Some(1));
-    let e = text(&out.stderr);
-    assert!(e.contains("instance type m6g.large of launch template kaiju-multi-arm runs arm64, but") && e.contains("nothing changed"), "{e}");
+    // --ami pins its own architecture; the other rolls its newest.
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &old, "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json_out(&out)["images"]["us-east-1"], json!({"arm64": new_arm, "x86_64": old}));
+    assert_eq!(version_image(&c, &main, "3").await, old, "x86_64 pinned");
+    assert_eq!(version_image(&c, &arm, "3").await, new_arm, "arm64 the newest");
 }

@@ -854,9 +854,18 @@ async fn faults_throttle_fail_and_slow_calls_by_seeded_chance() {
     let e = c.iam.list_roles().send().await.unwrap_err();
     assert_eq!(e.code(), Some("InternalFailure"));
     // Elastic Load Balancing speaks the query protocol: its faults are XML errors the SDK reads.
-    sb.control("POST", "/_sandbox/faults", Some(json!({"faults": [{"service": "elasticloadbalancing", "action": "DescribeTargetHealth", "rate": 1.0, "kind": "throttle"}]})));
+    sb.control(
+        "POST",
+        "/_sandbox/faults",
+        Some(json!({"faults": [{"service": "elasticloadbalancing", "action": "DescribeTargetHealth", "rate": 1.0, "kind": "throttle"}]})),
+    );
     let elb = aws_sdk_elasticloadbalancingv2::Client::new(&sb.sdk_config("us-east-1").await);
-    let e = elb.describe_target_health().target_group_arn("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/x/0123456789abcdef").send().await.unwrap_err();
+    let e = elb
+        .describe_target_health()
+        .target_group_arn("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/x/0123456789abcdef")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some("Throttling"));
     let calls = sb.calls();
     assert!(calls["by_action"]["ec2:DescribeImages"].as_u64().unwrap() >= 2, "the SDK retried: {}", calls["by_action"]);
@@ -1821,17 +1830,8 @@ async fn a_rollback_restores_the_configuration_the_group_had_at_the_start() {
     profile(&c, "bake-asg", true).await;
     let lc_ami = ubuntu_2204(&c).await;
     let lt_ami = ubuntu(&c).await;
-    let bad = c
-        .ssm
-        .get_parameter()
-        .name("/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id")
-        .send()
-        .await
-        .unwrap()
-        .parameter
-        .unwrap()
-        .value
-        .unwrap();
+    // A third x86_64 image (an arm64 one would not even launch on the template's t3.small).
+    let bad = common::baked_image(&c.ec2, &lc_ami, "bad-image").await;
     sb.control("POST", "/_sandbox/unhealthy_amis", Some(json!({"amis": [bad]})));
     c.asg.create_launch_configuration().launch_configuration_name("migrate-lc").image_id(&lc_ami).instance_type("t3.micro").send().await.unwrap();
     let lt_id = imdsv2_template(&c, "migrate-lt", &lt_ami, "bake-asg").await;
@@ -2075,4 +2075,29 @@ async fn a_baking_refresh_rolls_back_when_its_alarm_fires() {
     let r = refresh_until_done(&c, "baking_production").await;
     assert_eq!(r.status(), Some(&asg_t::InstanceRefreshStatus::RollbackSuccessful), "{r:?}");
     assert!(group_images(&c, "baking_production").await.iter().all(|(_, i)| *i == ami));
+}
+
+/// EC2 refuses an instance type that cannot run the image's architecture ("The architecture
+/// 'x86_64' of the specified instance type does not match the architecture 'arm64' of the
+/// specified AMI", InvalidParameterValue); so does an Auto Scaling launch (a failed activity).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_type_must_run_the_images_architecture() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    let arm = c
+        .ssm
+        .get_parameter()
+        .name("/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id")
+        .send()
+        .await
+        .unwrap()
+        .parameter
+        .unwrap()
+        .value
+        .unwrap();
+    let e = c.ec2.run_instances().image_id(&arm).instance_type(ec2_t::InstanceType::T3Small).min_count(1).max_count(1).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidParameterValue"));
+    assert!(e.message().unwrap().contains("does not match the architecture 'arm64' of the specified AMI"), "{:?}", e.message());
+    let ok = c.ec2.run_instances().image_id(&arm).instance_type(ec2_t::InstanceType::T4gSmall).min_count(1).max_count(1).send().await.unwrap();
+    assert_eq!(ok.instances().len(), 1);
 }

@@ -211,6 +211,11 @@ fn report(g: &Global, manifests: &[Manifest], manifest_file: Option<&std::path::
             let mut text = String::new();
             for m in manifests {
                 let images: Vec<String> = m.images.iter().map(|(r, i)| format!("{} in {r}", i.ami_id)).collect();
+                let env = match &m.arch {
+                    Some(a) => format!("{} ({a})", m.env),
+                    None => m.env.clone(),
+                };
+                let m = &crate::manifest::Manifest { env, ..m.clone() };
                 match m.status {
                     Status::Succeeded => {
                         text.push_str(&format!("{}/{}: baked {} (bake {}, {:.0}s)\n", m.role, m.env, images.join(", "), m.bake_id, m.duration_secs))
@@ -229,7 +234,8 @@ fn report(g: &Global, manifests: &[Manifest], manifest_file: Option<&std::path::
     }
     for m in manifests {
         if m.status.is_failure() {
-            eprintln!("error: {}/{}: {}", m.role, m.env, m.error.clone().unwrap_or_else(|| m.status.to_string()));
+            let arch = m.arch.as_ref().map(|a| format!(" ({a})")).unwrap_or_default();
+            eprintln!("error: {}/{}{arch}: {}", m.role, m.env, m.error.clone().unwrap_or_else(|| m.status.to_string()));
         }
         for l in &m.leftovers {
             eprintln!("  left: {l}");

@@ -20,6 +20,9 @@ pub struct RenderArgs {
     /// Only this step, as COOKBOOK/STEP
     #[arg(long, value_name = "COOKBOOK/STEP")]
     pub step: Option<String>,
+    /// The architecture, for a role that bakes several (default: its first)
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +101,16 @@ pub fn render(g: &Global, a: &RenderArgs) -> ExitStatus {
     settle((|| {
         let RoleEnv { role, env } = &a.target;
         let vars = var_inputs(g)?;
-        let plan = Project::new(&g.root).plan(role, env, &vars)?;
+        let plans = Project::new(&g.root).plans(role, env, &vars)?;
+        let arches: Vec<String> = plans.iter().filter(|p| p.architectures.len() > 1).filter_map(|p| p.arch.clone()).collect();
+        let plan = match &a.arch {
+            None => plans.into_iter().next(),
+            Some(x) => plans.into_iter().find(|p| p.arch.as_ref() == Some(x) && p.architectures.len() > 1),
+        };
+        let Some(plan) = plan else {
+            let why = if arches.is_empty() { "bakes one architecture: leave --arch out".to_string() } else { format!("bakes {}", arches.join(", ")) };
+            return Err(Problem::new(format!("roles/{role}.toml"), "architectures", format!("{why} (--arch {})", a.arch.clone().unwrap_or_default())).into());
+        };
         if let Some(id) = &a.step {
             let Some(s) = plan.steps.iter().find(|s| s.id() == *id) else {
                 let ids: Vec<String> = plan.steps.iter().map(|s| s.id()).collect();

@@ -158,6 +158,7 @@ fn resolve_arch(rf: &RoleFile, env: &str, inputs: &VarInputs, arch: Option<&str>
     // builder.instance_type.
     let mut architectures: Vec<String> = Vec::new();
     let mut chosen: Option<String> = None;
+    let before_arch = problems.len();
     if let Some(a) = merged.remove("architectures") {
         let ap = root.key("architectures");
         match a {
@@ -197,16 +198,22 @@ fn resolve_arch(rf: &RoleFile, env: &str, inputs: &VarInputs, arch: Option<&str>
                 }
                 chosen = Some(pick);
             }
-            _ => problems.push(p(&ap, "must name at least one architecture: [architectures.x86_64], [architectures.arm64]".into())),
+            toml::Value::Table(_) => problems.push(p(&ap, "must name at least one architecture: [architectures.x86_64], [architectures.arm64]".into())),
+            _ => problems.push(p(&ap, "must be a table of architectures: [architectures.x86_64], [architectures.arm64]".into())),
         }
     }
     let several = architectures.len() > 1;
+    let arch_reported = problems.len() > before_arch;
 
     // Variables, then every string rendered with them (the image name waits for build time).
     let defaults: BTreeMap<String, String> =
         merged.get("vars").and_then(|v| v.as_table()).map(|t| t.iter().filter_map(|(k, v)| scalar(v).map(|s| (k.clone(), s))).collect()).unwrap_or_default();
     let vars = inputs.resolve(&defaults);
-    let ctx = json!({"role": rf.name, "env": env, "vars": vars, "arch": chosen.clone().unwrap_or_default()});
+    // `{{arch}}` exists only for a role that declares architectures (strict: elsewhere an error).
+    let mut ctx = json!({"role": rf.name, "env": env, "vars": vars});
+    if let Some(a) = &chosen {
+        ctx["arch"] = json!(a);
+    }
     let mut rendered = toml::Value::Table(merged);
     let mut errs = Vec::new();
     render_strings(&mut rendered, &root, &ctx, &["image.name", "vars"], &mut errs);
@@ -320,13 +327,18 @@ fn resolve_arch(rf: &RoleFile, env: &str, inputs: &VarInputs, arch: Option<&str>
                 if name.is_empty() {
                     problems.push(p(&fp, "a filter needs a name pattern (e.g. ubuntu/images/*ubuntu-noble-24.04-amd64-server-*)".into()));
                 }
-                let architecture = f.architecture.unwrap_or_else(|| "x86_64".into());
+                // Under [architectures.<arch>] the filter's architecture is that one.
+                let architecture = f.architecture.or_else(|| chosen.clone()).unwrap_or_else(|| "x86_64".into());
                 if !ARCHES.contains(&architecture.as_str()) {
                     problems.push(p(&fp.key("architecture"), format!("`{architecture}` is not one of {}", ARCHES.join(", "))));
+                } else if let Some(a) = chosen.as_ref().filter(|a| **a != architecture) {
+                    problems.push(p(&fp.key("architecture"), format!("`{architecture}` under architectures.{a}: the source must be {a}")));
                 }
                 SourceSpec::Filter { owners, name, architecture }
             }
         }
+        // An architecture without a source was reported as such.
+        0 if arch_reported => SourceSpec::Ami { id: String::new() },
         0 => {
             problems.push(p(&sp, "a role needs a source: exactly one of ssm_parameter, filter or ami".into()));
             SourceSpec::Ami { id: String::new() }
@@ -457,7 +469,13 @@ fn resolve_arch(rf: &RoleFile, env: &str, inputs: &VarInputs, arch: Option<&str>
     }
     // Rendered for two bakes: the name must differ between them (a real {{timestamp}} or
     // {{bake_id}}, not the word), and be a valid AMI name for both.
-    let sample = |timestamp: &str, bake_id: &str| json!({"role": rf.name, "env": env, "vars": vars, "timestamp": timestamp, "bake_id": bake_id, "arch": chosen.clone().unwrap_or_default()});
+    let sample = |timestamp: &str, bake_id: &str| {
+        let mut v = json!({"role": rf.name, "env": env, "vars": vars, "timestamp": timestamp, "bake_id": bake_id});
+        if let Some(a) = &chosen {
+            v["arch"] = json!(a);
+        }
+        v
+    };
     match (
         template::render_plain(&name, &sample("20261121T232813Z", "b-0123456789ab")),
         template::render_plain(&name, &sample("20991231T235959Z", "b-fedcba987654")),

@@ -404,10 +404,14 @@ pub(super) async fn roll_group(cx: &Rolling, plan: &RolloutPlan, g: &GroupPlan, 
         Change::Mixed { templates, set_default, policy } => {
             rec.kind = "mixed-instances".into();
             rec.previous = versions_text(templates, |t| t.from);
-            rep.stage(
-                "template",
-                &format!("new versions of {} with {}", templates.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "), g.new_image),
-            );
+            let with = |t: &rollout::TemplateMove| {
+                if t.image.is_empty() || t.image == g.new_image {
+                    t.name.clone()
+                } else {
+                    format!("{} (with {})", t.name, t.image)
+                }
+            };
+            rep.stage("template", &format!("new versions of {} with {}", templates.iter().map(with).collect::<Vec<_>>().join(", "), g.new_image));
             let mut made = BTreeMap::new();
             for t in templates {
                 let image = if t.image.is_empty() { &g.new_image } else { &t.image };

@@ -303,9 +303,24 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
         // architecture the role bakes.
         let mut home_images: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
         match (&req.ami, plan.architectures.len() > 1) {
-            (Some(a), _) => {
+            (Some(a), false) => {
                 let facts = image_facts(&home_c, a).await?;
                 home_images.insert(facts.arch, (a.clone(), facts.bake_id));
+            }
+            // A role of several architectures: --ami pins its own; the others roll their newest.
+            (Some(a), true) => {
+                let facts = image_facts(&home_c, a).await?;
+                let pinned = facts.arch.clone();
+                home_images.insert(facts.arch, (a.clone(), facts.bake_id));
+                for arch in plan.architectures.iter().filter(|x| **x != pinned) {
+                    match newest_image_of(&home_c, &plan.role, &plan.env, Some(arch)).await {
+                        Ok(i) => {
+                            let f = image_facts(&home_c, &i).await?;
+                            home_images.insert(f.arch, (i, f.bake_id));
+                        }
+                        Err(e) => progress.task(&plan.role).info(&format!("{e}: groups that need {arch} cannot roll")),
+                    }
+                }
             }
             (None, false) => {
                 let a = newest_image(&home_c, &plan.role, &plan.env).await?;
@@ -509,6 +524,7 @@ async fn prepare(f: &Found, plan: &Plan, req: &Request, images: &BTreeMap<String
         spec.canaries.retain(|n| groups.iter().any(|g| &g.name == n));
     }
     let ami = images.values().next().cloned().unwrap_or_default();
+    let shown = if images.len() > 1 { images.iter().map(|(a, i)| format!("{i} ({a})")).collect::<Vec<_>>().join(", ") } else { ami.clone() };
     rollout::plan(
         &plan.role,
         &plan.env,
@@ -520,6 +536,7 @@ async fn prepare(f: &Found, plan: &Plan, req: &Request, images: &BTreeMap<String
         &chosen,
         PlanOptions { migrate_to_launch_template: req.migrate, patch: req.patch },
     )
+    .map(|rp| RolloutPlan { ami: shown, ..rp })
     .map_err(here)
 }
 

@@ -31,14 +31,16 @@ pub fn unique_name(name: &str, bake_id: &str) -> String {
 }
 
 pub fn image_name(ctx: &Baking) -> Result<String> {
-    let data = serde_json::json!({
+    let mut data = serde_json::json!({
         "role": ctx.plan.role,
         "env": ctx.plan.env,
         "timestamp": timestamp(),
         "bake_id": ctx.id.to_string(),
         "vars": &ctx.plan.vars,
-        "arch": ctx.plan.arch.clone().unwrap_or_default(),
     });
+    if let Some(a) = &ctx.plan.arch {
+        data["arch"] = serde_json::json!(a);
+    }
     crate::template::render_plain(&ctx.plan.image.name, &data).map_err(|e| Error::Other(format!("roles/{}.toml: image.name: {e}", ctx.plan.role)))
 }
 
