@@ -682,6 +682,13 @@ async fn a_mixed_instances_group_rolls_every_template_and_rolls_back_and_a_forei
     let e = text(&out.stderr);
     assert!(e.contains("group kaiju_plain_arm: instance type m6g.large of launch template kaiju-plain-arm runs arm64") && e.contains("nothing changed"), "{e}");
     assert_eq!(c.ec2.describe_launch_template_versions().launch_template_id(&plain).send().await.unwrap().launch_template_versions().len(), 1);
+    // An override of a type EC2 does not know: named with its group and template.
+    mixed_group(&c, "kaiju_unknown", &main, &other, "x9z.mega").await;
+    common::edit(root, "roles/kaiju.toml", r#"groups = ["kaiju_plain_arm"]"#, r#"groups = ["kaiju_unknown"]"#);
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &new]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(e.contains("group kaiju_unknown: EC2 does not know instance type x9z.mega (launch template kaiju-mixed-other); nothing changed"), "{e}");
 }
 
 /// How many instances a group's warm pool holds, and the images they run.

@@ -115,7 +115,10 @@ pub fn ls(g: &Global, s: &Scope) -> ExitStatus {
             for i in &images {
                 text.push_str(&format!(
                     "{:<22} {:<12} {:<22} {:>5.1}d  {:<6} {:<22} {:<18} {:<25} {}\n",
-                    format!("{}/{}", i.role, i.env),
+                    match &i.arch {
+                        Some(a) => format!("{}/{} ({a})", i.role, i.env),
+                        None => format!("{}/{}", i.role, i.env),
+                    },
                     i.region,
                     i.id,
                     i.age_days,
@@ -147,12 +150,13 @@ pub fn prune(g: &Global, a: &PruneArgs) -> ExitStatus {
         let mut text = String::new();
         for d in &decisions {
             text.push_str(&format!(
-                "{} {} {} ({}/{}, {:.1} days): {}\n",
+                "{} {} {} ({}/{}{}, {:.1} days): {}\n",
                 if d.delete { "remove" } else { "keep  " },
                 d.image.id,
                 d.image.region,
                 d.image.role,
                 d.image.env,
+                d.image.arch.as_ref().map(|a| format!(" {a}")).unwrap_or_default(),
                 d.image.age_days,
                 d.why
             ));

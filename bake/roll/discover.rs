@@ -116,27 +116,47 @@ pub(super) async fn template_version(c: &Clients, id: &str, version: &str) -> Re
     Ok((v.version_number().unwrap_or(0), image, itype))
 }
 
-/// The architectures each instance type runs (DescribeInstanceTypes, every page).
+/// The architectures each instance type runs (DescribeInstanceTypes, every page). A type EC2 does
+/// not know is left out (the plan then names the group and template that use it): EC2 refuses the
+/// whole call for one unknown type, so the types of that call are asked one by one.
 pub(super) async fn architectures(c: &Clients, types: &[String]) -> Result<BTreeMap<String, Vec<String>>> {
     let mut out = BTreeMap::new();
     // DescribeInstanceTypes takes at most 100 types a call.
     for chunk in types.chunks(100) {
-        let wanted: Vec<aws_sdk_ec2::types::InstanceType> = chunk.iter().map(|t| aws_sdk_ec2::types::InstanceType::from(t.as_str())).collect();
-        let found: Vec<aws_sdk_ec2::types::InstanceTypeInfo> = c
-            .ec2
-            .describe_instance_types()
-            .set_instance_types(Some(wanted))
-            .into_paginator()
-            .items()
-            .send()
-            .try_collect()
-            .await
-            .map_err(|e| Error::aws("ec2:DescribeInstanceTypes", format!("instance types {}", chunk.join(", ")), &c.region, &e))?;
-        for t in found {
-            let Some(name) = t.instance_type() else { continue };
-            let arch = t.processor_info().map(|p| p.supported_architectures().iter().map(|a| a.as_str().to_string()).collect()).unwrap_or_default();
-            out.insert(name.as_str().to_string(), arch);
+        match instance_types(c, chunk).await {
+            Ok(found) => out.extend(found),
+            Err(e) if e.code() == Some("InvalidInstanceType") => {
+                for t in chunk {
+                    match instance_types(c, std::slice::from_ref(t)).await {
+                        Ok(found) => out.extend(found),
+                        Err(e) if e.code() == Some("InvalidInstanceType") => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Err(e) => return Err(e),
         }
+    }
+    Ok(out)
+}
+
+async fn instance_types(c: &Clients, types: &[String]) -> Result<BTreeMap<String, Vec<String>>> {
+    let wanted: Vec<aws_sdk_ec2::types::InstanceType> = types.iter().map(|t| aws_sdk_ec2::types::InstanceType::from(t.as_str())).collect();
+    let found: Vec<aws_sdk_ec2::types::InstanceTypeInfo> = c
+        .ec2
+        .describe_instance_types()
+        .set_instance_types(Some(wanted))
+        .into_paginator()
+        .items()
+        .send()
+        .try_collect()
+        .await
+        .map_err(|e| Error::aws("ec2:DescribeInstanceTypes", format!("instance types {}", types.join(", ")), &c.region, &e))?;
+    let mut out = BTreeMap::new();
+    for t in found {
+        let Some(name) = t.instance_type() else { continue };
+        let arch = t.processor_info().map(|p| p.supported_architectures().iter().map(|a| a.as_str().to_string()).collect()).unwrap_or_default();
+        out.insert(name.as_str().to_string(), arch);
     }
     Ok(out)
 }
