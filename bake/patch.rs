@@ -91,7 +91,10 @@ pub fn plan(
     let policies = project.policies()?;
     let mut p = project.plan_with(&rf, &r, &mut CookbookCache::default(), &policies)?;
     if let What::Script(file, content) = what {
-        let step = &p.steps[0];
+        // The security-patch cookbook's step gives the script its timeout.
+        let Some(step) = p.steps.first() else {
+            return Err(crate::config::Problem::new("cookbooks/security-patch", "", "has no step: the patch script takes its first step's timeout").into());
+        };
         let header = format!(
             "#!/bin/bash\nset -euo pipefail\n# bake: role={} env={} patch script {}\n# Delivered by bake patch; do not edit on the builder.\n",
             p.role,

@@ -42,22 +42,18 @@ where
     }
 }
 
+/// The image a public parameter names.
+async fn published(c: &Clients, name: &str) -> String {
+    c.ssm.get_parameter().name(name).send().await.unwrap().parameter.unwrap().value.unwrap()
+}
+
 async fn ubuntu(c: &Clients) -> String {
-    c.ssm.get_parameter().name(UBUNTU_2404).send().await.unwrap().parameter.unwrap().value.unwrap()
+    published(c, UBUNTU_2404).await
 }
 
 /// Canonical's 22.04 image: another image than `ubuntu`, to move groups onto.
 async fn ubuntu_2204(c: &Clients) -> String {
-    c.ssm
-        .get_parameter()
-        .name("/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id")
-        .send()
-        .await
-        .unwrap()
-        .parameter
-        .unwrap()
-        .value
-        .unwrap()
+    published(c, "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp3/ami-id").await
 }
 
 /// A launch template as bake's users write them: t3.small, instance profile `profile`, IMDSv2
@@ -2084,17 +2080,7 @@ async fn a_baking_refresh_rolls_back_when_its_alarm_fires() {
 async fn an_instance_type_must_run_the_images_architecture() {
     let sb = Sandbox::start();
     let c = clients(&sb).await;
-    let arm = c
-        .ssm
-        .get_parameter()
-        .name("/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id")
-        .send()
-        .await
-        .unwrap()
-        .parameter
-        .unwrap()
-        .value
-        .unwrap();
+    let arm = published(&c, "/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id").await;
     let e = c.ec2.run_instances().image_id(&arm).instance_type(ec2_t::InstanceType::T3Small).min_count(1).max_count(1).send().await.unwrap_err();
     assert_eq!(e.code(), Some("InvalidParameterValue"));
     assert!(e.message().unwrap().contains("does not match the architecture 'arm64' of the specified AMI"), "{:?}", e.message());

@@ -76,7 +76,7 @@ pub fn partition(r: &str) -> &'static str {
 /// partition (bake's policies, managed policy ARNs and copies are written for that partition).
 pub fn region_problem(r: &str) -> Option<String> {
     if !known_region(r) {
-        return Some(format!("`{r}` is not a region AWS has (e.g. us-east-1, eu-west-1; the SDK's partitions list them)"));
+        return Some(format!("`{}` is not a region AWS has (e.g. us-east-1, eu-west-1; the SDK's partitions list them)", r.escape_default()));
     }
     match partition(r) {
         "aws" => None,

@@ -418,20 +418,25 @@ pub(super) fn is_active(s: Option<&InstanceRefreshStatus>) -> bool {
     )
 }
 
-/// What the instances of each group run: image → instances, for every instance that is not
-/// terminating (an instance EC2 does not list yet counts as `unknown`).
-pub(super) async fn census(c: &Clients, names: &[String]) -> Result<BTreeMap<String, BTreeMap<String, u32>>> {
-    let groups = c.groups_named(names).await?;
-    let mut members: Vec<(String, String)> = Vec::new();
-    for g in &groups {
-        let name = g.auto_scaling_group_name().unwrap_or_default();
+/// The instances of groups `names` that are not leaving: (instance id, group).
+pub(super) async fn members(c: &Clients, names: &[String]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for g in c.groups_named(names).await? {
+        let name = g.auto_scaling_group_name().unwrap_or_default().to_string();
         for i in g.instances() {
-            let state = i.lifecycle_state().map(|s| s.as_str()).unwrap_or_default();
-            if let (Some(id), false) = (i.instance_id(), state.starts_with("Terminat")) {
-                members.push((name.to_string(), id.to_string()));
+            let leaving = i.lifecycle_state().is_some_and(|s| s.as_str().starts_with("Terminat"));
+            if let (Some(id), false) = (i.instance_id(), leaving) {
+                out.push((id.to_string(), name.clone()));
             }
         }
     }
+    Ok(out)
+}
+
+/// What the instances of each group run: image → instances, for every instance that is not
+/// terminating (an instance EC2 does not list yet counts as `unknown`).
+pub(super) async fn census(c: &Clients, names: &[String]) -> Result<BTreeMap<String, BTreeMap<String, u32>>> {
+    let members: Vec<(String, String)> = members(c, names).await?.into_iter().map(|(id, group)| (group, id)).collect();
     let mut image_of: BTreeMap<String, String> = BTreeMap::new();
     let ids: Vec<String> = members.iter().map(|(_, i)| i.clone()).collect();
     for chunk in ids.chunks(crate::config::limits::EC2_FILTER_VALUES) {

@@ -24,7 +24,7 @@ mod group;
 mod launch_config;
 pub mod plan;
 
-use discover::{architectures, census, check_image, configured_images, copy_of, discover_in, image_facts, template_version};
+use discover::{architectures, census, check_image, configured_images, copy_of, discover_in, image_facts, members, template_version};
 pub use discover::{newest_image, newest_image_of};
 use group::{restore, roll_group, Rolling};
 use plan::{self as rollout, Change, GroupPlan, GroupState, PlanOptions, RolloutPlan, Source};
@@ -195,19 +195,11 @@ async fn canary_watches(sites: &[Site], spec: &RolloutSpec, canaries: &[(usize, 
         // Checked before the roll started: every target group is in a region it covers.
         let Some((i, site)) = sites.iter().enumerate().find(|(_, s)| s.cx.c.region == region) else { continue };
         let names: Vec<String> = canaries.iter().filter(|(j, _)| *j == i).map(|(_, g)| g.name.clone()).collect();
-        let mut members: Vec<(String, String)> = Vec::new();
-        if !names.is_empty() {
-            let groups = site.cx.c.groups_named(&names).await.map_err(|e| format!("listing the canaries' instances failed: {e}"))?;
-            for g in groups {
-                let name = g.auto_scaling_group_name().unwrap_or_default().to_string();
-                for inst in g.instances() {
-                    let leaving = inst.lifecycle_state().is_some_and(|s| s.as_str().starts_with("Terminat"));
-                    if let (Some(id), false) = (inst.instance_id(), leaving) {
-                        members.push((id.to_string(), name.clone()));
-                    }
-                }
-            }
-        }
+        let mut members = if names.is_empty() {
+            Vec::new()
+        } else {
+            members(&site.cx.c, &names).await.map_err(|e| format!("listing the canaries' instances failed: {e}"))?
+        };
         let registered = site.cx.c.target_health(arn).await.map_err(|e| format!("reading target group {arn} failed: {e}"))?;
         members.retain(|(id, _)| registered.iter().any(|(t, ..)| t == id));
         if members.is_empty() {
@@ -302,45 +294,32 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
         // Architecture → (image, the bake that made it): the one asked for, or the newest of each
         // architecture the role bakes.
         let mut home_images: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
-        match (&req.ami, plan.architectures.len() > 1) {
-            (Some(a), false) => {
-                let facts = image_facts(&home_c, a).await?;
-                home_images.insert(facts.arch, (a.clone(), facts.bake_id));
-            }
-            // A role of several architectures: --ami pins its own; the others roll their newest.
-            (Some(a), true) => {
-                let facts = image_facts(&home_c, a).await?;
-                let pinned = facts.arch.clone();
-                home_images.insert(facts.arch, (a.clone(), facts.bake_id));
-                for arch in plan.architectures.iter().filter(|x| **x != pinned) {
-                    match newest_image_of(&home_c, &plan.role, &plan.env, Some(arch)).await {
-                        Ok(i) => {
-                            let f = image_facts(&home_c, &i).await?;
-                            home_images.insert(f.arch, (i, f.bake_id));
-                        }
-                        Err(e) => progress.task(&plan.role).info(&format!("{e}: groups that need {arch} cannot roll")),
-                    }
+        let several = plan.architectures.len() > 1;
+        // --ami pins the image of its own architecture.
+        if let Some(a) = &req.ami {
+            let facts = image_facts(&home_c, a).await?;
+            home_images.insert(facts.arch, (a.clone(), facts.bake_id));
+        }
+        // The newest of every other architecture the role bakes (of the role, with one).
+        let wanted: Vec<Option<&str>> = if several {
+            plan.architectures.iter().filter(|a| !home_images.contains_key(*a)).map(|a| Some(a.as_str())).collect()
+        } else if home_images.is_empty() {
+            vec![None]
+        } else {
+            vec![]
+        };
+        for arch in wanted {
+            match newest_image_of(&home_c, &plan.role, &plan.env, arch).await {
+                Ok(i) => {
+                    let f = image_facts(&home_c, &i).await?;
+                    home_images.insert(f.arch, (i, f.bake_id));
                 }
+                Err(e) if several => progress.task(&plan.role).info(&format!("{e}: groups that need {} cannot roll", arch.unwrap_or_default())),
+                Err(e) => return Err(e),
             }
-            (None, false) => {
-                let a = newest_image(&home_c, &plan.role, &plan.env).await?;
-                let facts = image_facts(&home_c, &a).await?;
-                home_images.insert(facts.arch, (a, facts.bake_id));
-            }
-            (None, true) => {
-                for arch in &plan.architectures {
-                    match newest_image_of(&home_c, &plan.role, &plan.env, Some(arch)).await {
-                        Ok(a) => {
-                            let facts = image_facts(&home_c, &a).await?;
-                            home_images.insert(facts.arch, (a, facts.bake_id));
-                        }
-                        Err(e) => progress.task(&plan.role).info(&format!("{e}: groups that need {arch} cannot roll")),
-                    }
-                }
-                if home_images.is_empty() {
-                    return Err(Error::Other(format!("no image of {}/{} in {home}: bake one first, or give --ami", plan.role, plan.env)));
-                }
-            }
+        }
+        if home_images.is_empty() {
+            return Err(Error::Other(format!("no image of {}/{} in {home}: bake one first, or give --ami", plan.role, plan.env)));
         }
         m.ami = home_images.values().map(|(a, _)| a.as_str()).collect::<Vec<_>>().join(",");
         let mut sites_images: Vec<(Found, BTreeMap<String, String>)> = Vec::new();
