@@ -62,6 +62,9 @@ impl Intercept for Counting {
 #[derive(Clone, Debug)]
 pub struct Clients {
     pub region: String,
+    /// Another account's (rollout.accounts), reached through its assumed role; None: the account
+    /// bake's own credentials are for.
+    pub account: Option<String>,
     /// The configuration the clients came from (the shared watchers make their own, uncounted).
     pub base: SdkConfig,
     /// The counter of whoever these clients serve (a watcher's calls on their behalf count here).
@@ -80,6 +83,8 @@ pub struct Clients {
 pub struct Aws {
     base: SdkConfig,
     pub calls: CallCounter,
+    /// Set when these credentials are a role assumed in another account.
+    pub account: Option<String>,
 }
 
 /// How bake reaches AWS (from the command line).
@@ -151,7 +156,32 @@ impl Aws {
             loader = loader.endpoint_url(e);
             let _ = crate::error::ENDPOINT.set(e.clone());
         }
-        Aws { base: loader.load().await, calls: CallCounter::default() }
+        Aws { base: loader.load().await, calls: CallCounter::default(), account: None }
+    }
+
+    /// The same connection in another account, as `role_arn` (with `external_id`): credentials
+    /// from STS AssumeRole, renewed before they expire (a roll may outlast one session). The role
+    /// is assumed at once (a denial is an error here, before anything changes) and must belong to
+    /// `account`. Calls count on this connection's counter.
+    pub async fn assume(&self, account: &str, role_arn: &str, external_id: Option<&str>, session: &str) -> Result<Aws> {
+        let mut b = aws_config::sts::AssumeRoleProvider::builder(role_arn).session_name(session).configure(&self.base);
+        if let Some(x) = external_id {
+            b = b.external_id(x);
+        }
+        let provider = b.build().await;
+        let base = self.base.to_builder().credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(provider)).build();
+        let assumed = Aws { base, calls: self.calls.clone(), account: Some(account.to_string()) };
+        let region = self.default_region().unwrap_or_else(|| "us-east-1".into());
+        let who = assumed.clients(&region).sts.get_caller_identity().send().await.map_err(|e| {
+            Error::Other(format!(
+                "assuming {role_arn} for account {account} failed: {}",
+                crate::error::one_line(&aws_smithy_types::error::display::DisplayErrorContext(&e).to_string())
+            ))
+        })?;
+        match who.account() {
+            Some(a) if a == account => Ok(assumed),
+            other => Err(Error::Other(format!("{role_arn} answers as account {}, not {account}", other.unwrap_or("(none)")))),
+        }
     }
 
     /// The region from the command line or the AWS configuration, if any.
@@ -166,7 +196,7 @@ impl Aws {
 
     /// The same connection with a fresh call counter (one per bake).
     pub fn counted(&self) -> Aws {
-        Aws { base: self.base.clone(), calls: CallCounter::default() }
+        Aws { base: self.base.clone(), calls: CallCounter::default(), account: self.account.clone() }
     }
 
     pub fn clients(&self, region: &str) -> Clients {
@@ -174,6 +204,7 @@ impl Aws {
         let counting = || Counting(self.calls.clone());
         Clients {
             region: region.to_string(),
+            account: self.account.clone(),
             base: self.base.clone(),
             calls: self.calls.clone(),
             ec2: aws_sdk_ec2::Client::from_conf(aws_sdk_ec2::config::Builder::from(&self.base).region(region_v.clone()).interceptor(counting()).build()),
@@ -196,6 +227,15 @@ impl Aws {
 /// Every list bake reads goes through the SDK's paginators: here, every page, or an error naming
 /// the call, what it looked for and the region.
 impl Clients {
+    /// Where these clients act, for messages and records: the region, with the account when it
+    /// is another one (`us-west-2 of 210987654321`).
+    pub fn place(&self) -> String {
+        match &self.account {
+            Some(a) => format!("{} of {a}", self.region),
+            None => self.region.clone(),
+        }
+    }
+
     /// The CloudWatch alarms (metric and composite) with these names: name → (state, reason),
     /// every page; a name CloudWatch does not know is absent.
     pub async fn alarm_states(&self, names: &[String]) -> Result<BTreeMap<String, (String, String)>> {

@@ -107,6 +107,9 @@ pub struct ImageRecord {
 #[derive(Serialize, Clone, Debug)]
 pub struct ParameterRecord {
     pub region: String,
+    /// Another account's parameter (rollout.accounts); absent for bake's own account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     pub name: String,
     /// What bake wrote to the parameter (a write that was not the version after the one bake read
     /// is reported: another writer came in between).
@@ -121,9 +124,11 @@ pub struct RollManifest {
     pub env: String,
     /// The build region (where the image the roll names is).
     pub region: String,
-    /// Every region the roll covered (each group's region is in its record).
+    /// Every region the roll covered (each group's region is in its record); another account's
+    /// as `REGION of ACCOUNT`.
     pub regions: Vec<String>,
-    /// Region → architecture → the image rolled there (each region its own copy).
+    /// Region (or `REGION of ACCOUNT`) → architecture → the image rolled there (each region its
+    /// own copy, which other accounts launch shared).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub images: BTreeMap<String, BTreeMap<String, String>>,
     pub ami: String,
@@ -140,6 +145,9 @@ pub struct RollManifest {
 pub struct GroupRecord {
     pub name: String,
     pub region: String,
+    /// Another account's group (rollout.accounts); absent for bake's own account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     pub canary: bool,
     /// launch-template or launch-configuration
     pub kind: String,

@@ -60,6 +60,10 @@ async fn bake_in(b: Bake<'_>, manifest: &mut Manifest, cancel: Cancel) -> Result
             )));
         }
     }
+    // Every workload account's role can be assumed: a denial is found before anything exists.
+    for a in &plan.rollout.accounts {
+        stages::distribute::assume(aws, a, &plan.role, "check").await.map_err(|e| Error::Other(format!("{e}; nothing was created")))?;
+    }
     if opts.patch {
         manifest.lineage = stages::source::lineage(&c, &source.id).await;
     }

@@ -145,6 +145,9 @@ async fn kaiju_everything(sb: &Sandbox, root: &Path) {
     let conf = sb.sdk_config("us-east-1").await;
     let topic = aws_sdk_sns::Client::new(&conf).create_topic().name("bakes").send().await.unwrap().topic_arn.unwrap();
     let key = sb.aws_json("kms", "TrentService.CreateKey", &json!({"Description": "ebs"}))["KeyMetadata"]["Arn"].as_str().unwrap().to_string();
+    // The copy is shared too: under a customer managed key of its own region.
+    let west_key =
+        sb.aws_json_in("us-west-2", "kms", "TrentService.CreateKey", &json!({"Description": "ebs"}))["KeyMetadata"]["Arn"].as_str().unwrap().to_string();
     let (status, _) = sb.call("PUT", "/bake-steps", None);
     assert_eq!(status, 200, "the step output bucket");
     edit(
@@ -157,7 +160,7 @@ async fn kaiju_everything(sb: &Sandbox, root: &Path) {
         root,
         "roles/kaiju.toml",
         "image = { regions = [\"us-west-2\"] }",
-        "image = { regions = [\"us-west-2\"], share_accounts = [\"111122223333\"], deprecate_after_days = 30, keep = 1 }",
+        &format!("image = {{ regions = [\"us-west-2\"], kms_keys = {{ us-west-2 = \"{west_key}\" }}, share_accounts = [\"111122223333\"], deprecate_after_days = 30, keep = 1 }}"),
     );
     edit(
         root,

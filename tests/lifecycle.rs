@@ -333,6 +333,15 @@ fn a_new_region_share_or_deprecation_redistributes_the_unchanged_image_without_b
     let sb = Sandbox::start();
     let dir = project_copy();
     let root = dir.path();
+    // A shared image is under customer managed keys: AWS shares none under the AWS managed key.
+    let key = sb.aws_json("kms", "TrentService.CreateKey", &json!({"Description": "golden"}))["KeyMetadata"]["Arn"].as_str().unwrap().to_string();
+    common::edit(root, "roles/kaiju.toml", "instance_type = \"t3.small\"", &format!("instance_type = \"t3.small\"\nkms_key_id = \"{key}\""));
+    common::edit(
+        root,
+        "roles/kaiju.toml",
+        "image = { regions = [\"us-west-2\"] }",
+        "image = { regions = [\"us-west-2\"], kms_keys = { us-west-2 = \"alias/golden\", eu-west-1 = \"alias/golden\" } }",
+    );
     let first = json_ok(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]));
     assert_eq!(first["status"], "succeeded");
     let home = first["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
@@ -340,8 +349,8 @@ fn a_new_region_share_or_deprecation_redistributes_the_unchanged_image_without_b
     common::edit(
         root,
         "roles/kaiju.toml",
-        "image = { regions = [\"us-west-2\"] }",
-        "image = { regions = [\"us-west-2\", \"eu-west-1\"], share_accounts = [\"111122223333\"], deprecate_after_days = 30 }",
+        "image = { regions = [\"us-west-2\"], ",
+        "image = { regions = [\"us-west-2\", \"eu-west-1\"], share_accounts = [\"111122223333\"], deprecate_after_days = 30, ",
     );
     sb.control("DELETE", "/_sandbox/calls", None);
     let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);

@@ -1001,3 +1001,123 @@ async fn a_role_with_two_architectures_gives_each_template_its_architectures_ima
     assert_eq!(version_image(&c, &main, "3").await, old, "x86_64 pinned");
     assert_eq!(version_image(&c, &arm, "3").await, new_arm, "arm64 the newest");
 }
+
+/// Clients for a workload account: a session of its role, assumed with its external id.
+async fn account_cloud(sb: &Sandbox, role_arn: &str, external_id: &str) -> Cloud {
+    let sts = aws_sdk_sts::Client::new(&sb.sdk_config("us-east-1").await);
+    let out = sts.assume_role().role_arn(role_arn).role_session_name("set-up").external_id(external_id).send().await.unwrap();
+    let c = out.credentials.unwrap();
+    let creds = common::sandbox::Creds {
+        access_key_id: c.access_key_id,
+        secret_access_key: c.secret_access_key,
+        session_token: Some(c.session_token),
+        arn: out.assumed_role_user.unwrap().arn,
+    };
+    common::Clients::new(&sb.sdk_config_as("us-east-1", &creds).await)
+}
+
+/// Golden images baked in a tools account, run in a workload account (rollout.accounts): the
+/// build shares the image (and its snapshot, under a customer managed key) with the account and
+/// publishes the parameter there through the assumed role; the roll moves the account's group
+/// with the assumed credentials, after the canary at home. A wrong external id is refused before
+/// anything exists; an image no longer shared is refused before anything changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_accounts_group_rolls_through_assume_role_on_the_shared_image() {
+    const B: &str = "210987654321";
+    let Rig { sb, c, dir, old } = rig().await;
+    let root = dir.path();
+    let key = sb.aws_json("kms", "TrentService.CreateKey", &json!({"Description": "golden images"}))["KeyMetadata"]["Arn"].as_str().unwrap().to_string();
+    let role_arn = sb.control("POST", "/_sandbox/accounts", Some(json!({"account": B, "role": "bake-target", "external_id": "tools-7"})))["arn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    common::edit(root, "roles/kaiju.toml", "instance_type = \"t3.small\"", &format!("instance_type = \"t3.small\"\nkms_key_id = \"{key}\""));
+    common::edit(root, "roles/kaiju.toml", "image = { regions = [\"us-west-2\"] }\n", "");
+    lt_group(&c, "kaiju_canary", &old, 1, "1").await;
+    let rollout = |external_id: &str| {
+        format!(
+            r#"{{ groups = ["kaiju_canary", "kaiju_staging"], canaries = ["kaiju_canary"], refresh = {{ min_healthy_percentage = 50 }}, accounts = {{ "{B}" = {{ role_arn = "{role_arn}", external_id = "{external_id}" }} }} }}"#
+        )
+    };
+
+    // The account's role does not trust this external id: nothing is created.
+    set_rollout(root, &rollout("not-ours"));
+    let before = sb.live().len();
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("rollout.accounts.{B} of roles/kaiju.toml")) && err.contains("AccessDenied") && err.contains("nothing was created"), "{err}");
+    assert_eq!(sb.live().len(), before, "nothing was created");
+
+    // Built: shared with the account, the parameter published there too.
+    set_rollout(root, &rollout("tools-7"));
+    let first = json_out(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]));
+    assert_eq!(first["status"], "succeeded", "{first}");
+    let first_ami = first["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
+    let there: Vec<&Value> = first["parameters"].as_array().unwrap().iter().filter(|p| p["account"] == B).collect();
+    assert_eq!(there.len(), 1, "{first}");
+    let name = there[0]["name"].as_str().unwrap().to_string();
+    let b = account_cloud(&sb, &role_arn, "tools-7").await;
+    assert_eq!(param(&b, &name).await, first_ami, "the account's parameter names the image");
+    let seen = b.ec2.describe_images().image_ids(&first_ami).send().await.unwrap();
+    assert_eq!(seen.images()[0].owner_id(), Some("123456789012"), "the account sees the tools account's image");
+    assert!(seen.images()[0].tags().is_empty(), "but not the owner's tags");
+
+    // The account's group runs the first image; a second bake is rolled there.
+    lt_group(&b, "kaiju_staging", &first_ami, 2, "1").await;
+    let second = json_out(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--force", "--output", "json"]));
+    assert_eq!(second["status"], "succeeded", "{second}");
+    let ami = second["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
+    assert_eq!(param(&b, &name).await, ami);
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let m = json_out(&out);
+    assert_eq!(m["regions"], json!(["us-east-1", format!("us-east-1 of {B}")]), "{m}");
+    let groups = m["groups"].as_array().unwrap();
+    assert_eq!((groups[0]["name"].as_str(), groups[0].get("account")), (Some("kaiju_canary"), None), "the canary at home first: {m}");
+    assert_eq!(
+        (groups[1]["name"].as_str(), groups[1]["account"].as_str(), groups[1]["final_image"].as_str()),
+        (Some("kaiju_staging"), Some(B), Some(ami.as_str())),
+        "{m}"
+    );
+    assert_eq!(images_of(&b, "kaiju_staging").await, BTreeSet::from([ami.clone()]));
+    assert_eq!(images_of(&c, "kaiju_canary").await, BTreeSet::from([ami.clone()]));
+    assert!(text(&bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &first_ami]).stdout).contains(&format!("kaiju_staging (us-east-1 of {B}): ")));
+
+    // No longer shared: refused before anything changes.
+    c.ec2
+        .modify_image_attribute()
+        .image_id(&ami)
+        .launch_permission(ec2_t::LaunchPermissionModifications::builder().remove(ec2_t::LaunchPermission::builder().user_id(B).build()).build())
+        .send()
+        .await
+        .unwrap();
+    sb.control("DELETE", "/_sandbox/calls", None);
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &ami]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("image {ami} is not shared with account {B} in us-east-1")) && err.contains("nothing changed"), "{err}");
+    assert!(sb.calls()["mutating"].as_array().unwrap().iter().all(|c| !c.as_str().unwrap_or_default().contains("autoscaling")), "{}", sb.calls());
+    assert_eq!(images_of(&b, "kaiju_staging").await, BTreeSet::from([first_ami.clone()]));
+
+    // What each account's role needs.
+    let roller = bake(&sb, root, &["policy", "roller", "--role", "kaiju"]);
+    let roller: Value = serde_json::from_slice(&roller.stdout).unwrap();
+    let assume =
+        roller["Statement"].as_array().unwrap().iter().find(|s| s["Sid"] == "AssumeWorkloadAccountRoles").expect("the roller assumes the account's role");
+    assert_eq!(assume["Resource"], json!([role_arn]));
+    let target = bake(&sb, root, &["policy", "target", "--role", "kaiju", "--account", B]);
+    assert_eq!(target.status.code(), Some(0), "{}", text(&target.stderr));
+    let target: Value = serde_json::from_slice(&target.stdout).unwrap();
+    let sids: Vec<&str> = target["Statement"].as_array().unwrap().iter().map(|s| s["Sid"].as_str().unwrap()).collect();
+    assert!(sids.contains(&"PublishParameterHere") && !sids.contains(&"AssumeWorkloadAccountRoles"), "{sids:?}");
+    assert!(target.to_string().contains(&format!("arn:aws:ssm:*:{B}:parameter{name}")), "{target}");
+    assert!(!target.to_string().contains("123456789012"), "only the workload account's resources: {target}");
+    let none = bake(&sb, root, &["policy", "target", "--role", "kaiju", "--account", "111122223333"]);
+    assert_eq!(none.status.code(), Some(1), "{}", text(&none.stderr));
+
+    // Left behind: the products (images, snapshots, parameters in both accounts) and nothing else.
+    let live = sb.live();
+    assert!(live.iter().all(|r| ["image", "snapshot", "ssm-parameter"].contains(&r["type"].as_str().unwrap())), "{live:?}");
+    assert!(live.iter().any(|r| r["type"] == "ssm-parameter" && r["account"] == B), "{live:?}");
+}

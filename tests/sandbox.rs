@@ -2087,3 +2087,105 @@ async fn an_instance_type_must_run_the_images_architecture() {
     let ok = c.ec2.run_instances().image_id(&arm).instance_type(ec2_t::InstanceType::T4gSmall).min_count(1).max_count(1).send().await.unwrap();
     assert_eq!(ok.instances().len(), 1);
 }
+
+/// An image of the home account from an instance whose root volume is encrypted with `kms` (the
+/// account's AWS managed key when None): (image, snapshot), available.
+async fn encrypted_image(c: &Clients, name: &str, kms: Option<&str>) -> (String, String) {
+    let ebs = ec2_t::EbsBlockDevice::builder().encrypted(true).volume_size(8).set_kms_key_id(kms.map(str::to_string)).build();
+    let id = c
+        .ec2
+        .run_instances()
+        .image_id(ubuntu(c).await)
+        .min_count(1)
+        .max_count(1)
+        .instance_type(ec2_t::InstanceType::T3Micro)
+        .block_device_mappings(ec2_t::BlockDeviceMapping::builder().device_name("/dev/sda1").ebs(ebs).build())
+        .send()
+        .await
+        .unwrap()
+        .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string();
+    let image = c.ec2.create_image().instance_id(&id).name(name).tag_specifications(tags(ec2_t::ResourceType::Image)).send().await.unwrap().image_id.unwrap();
+    until(10, "the image", || async {
+        let d = c.ec2.describe_images().image_ids(&image).send().await.unwrap();
+        (d.images()[0].state() == Some(&ec2_t::ImageState::Available)).then_some(())
+    })
+    .await;
+    let d = c.ec2.describe_images().image_ids(&image).send().await.unwrap();
+    let snap = d.images()[0].block_device_mappings()[0].ebs().unwrap().snapshot_id().unwrap().to_string();
+    (image, snap)
+}
+
+fn share(c: &Clients, image: &str, account: &str, add: bool) -> aws_sdk_ec2::operation::modify_image_attribute::builders::ModifyImageAttributeFluentBuilder {
+    let p = ec2_t::LaunchPermission::builder().user_id(account).build();
+    let m = if add { ec2_t::LaunchPermissionModifications::builder().add(p) } else { ec2_t::LaunchPermissionModifications::builder().remove(p) };
+    c.ec2.modify_image_attribute().image_id(image).launch_permission(m.build())
+}
+
+/// Other accounts, as AWS has them: AssumeRole only into a role that exists and trusts the
+/// caller (external id included), its session acting in the role's account; an image is seen
+/// and launched there only while shared with it (without the owner's tags), and only its owner
+/// changes or deregisters it; a snapshot under the AWS managed key cannot be shared, nor
+/// launched from another account; a snapshot's permissions are added or removed, not both.
+/// https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/sharingamis-explicit.html
+/// https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_ModifySnapshotAttribute.html
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_account_assumes_a_trusting_role_and_sees_only_what_is_shared_with_it() {
+    const B: &str = "210987654321";
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    let sts = aws_sdk_sts::Client::new(&sb.sdk_config("us-east-1").await);
+    let arn = format!("arn:aws:iam::{B}:role/bake-target");
+    let e = sts.assume_role().role_arn(&arn).role_session_name("set-up").send().await.unwrap_err();
+    assert_eq!(e.code(), Some("AccessDenied"), "no such role: {e:?}");
+    sb.control("POST", "/_sandbox/accounts", Some(json!({"account": B, "role": "bake-target", "external_id": "x-1"})));
+    let e = sts.assume_role().role_arn(&arn).role_session_name("set-up").external_id("x-2").send().await.unwrap_err();
+    assert_eq!(e.code(), Some("AccessDenied"), "the trust policy's external id: {e:?}");
+    let out = sts.assume_role().role_arn(&arn).role_session_name("set-up").external_id("x-1").send().await.unwrap();
+    let cr = out.credentials.unwrap();
+    let creds = common::sandbox::Creds {
+        access_key_id: cr.access_key_id,
+        secret_access_key: cr.secret_access_key,
+        session_token: Some(cr.session_token),
+        arn: out.assumed_role_user.unwrap().arn,
+    };
+    let conf = sb.sdk_config_as("us-east-1", &creds).await;
+    assert_eq!(aws_sdk_sts::Client::new(&conf).get_caller_identity().send().await.unwrap().account(), Some(B));
+    let b = Clients::new(&conf);
+
+    let key = sb.aws_json("kms", "TrentService.CreateKey", &json!({"Description": "shared"}))["KeyMetadata"]["Arn"].as_str().unwrap().to_string();
+    let (image, snap) = encrypted_image(&c, "shared-1", Some(&key)).await;
+    let e = b.ec2.describe_images().image_ids(&image).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidAMIID.NotFound"), "not shared yet");
+    share(&c, &image, B, true).send().await.unwrap();
+    let seen = b.ec2.describe_images().image_ids(&image).send().await.unwrap();
+    assert_eq!((seen.images()[0].owner_id(), seen.images()[0].tags().len()), (Some("123456789012"), 0), "shared, without the owner's tags");
+    let own = b.ec2.describe_images().owners("self").send().await.unwrap();
+    assert!(own.images().is_empty(), "not the account's own");
+    b.ec2.run_instances().image_id(&image).min_count(1).max_count(1).instance_type(ec2_t::InstanceType::T3Micro).send().await.unwrap();
+    assert_eq!(b.ec2.deregister_image().image_id(&image).send().await.unwrap_err().code(), Some("AuthFailure"));
+    assert_eq!(share(&b, &image, "111122223333", true).send().await.unwrap_err().code(), Some("AuthFailure"));
+
+    // Snapshots: add or remove, not both; not under the AWS managed key.
+    let perm = |a: &str| ec2_t::CreateVolumePermission::builder().user_id(a).build();
+    let both = ec2_t::CreateVolumePermissionModifications::builder().add(perm(B)).remove(perm("111122223333")).build();
+    let e = c.ec2.modify_snapshot_attribute().snapshot_id(&snap).create_volume_permission(both).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidParameterCombination"));
+    let add = ec2_t::CreateVolumePermissionModifications::builder().add(perm(B)).build();
+    c.ec2.modify_snapshot_attribute().snapshot_id(&snap).create_volume_permission(add.clone()).send().await.unwrap();
+    assert_eq!(b.ec2.describe_snapshots().snapshot_ids(&snap).send().await.unwrap().snapshots().len(), 1, "shared with the account");
+    let (managed, managed_snap) = encrypted_image(&c, "managed-1", None).await;
+    let e = c.ec2.modify_snapshot_attribute().snapshot_id(&managed_snap).create_volume_permission(add).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidParameter"), "{e:?}");
+    share(&c, &managed, B, true).send().await.unwrap();
+    let e = b.ec2.run_instances().image_id(&managed).min_count(1).max_count(1).instance_type(ec2_t::InstanceType::T3Micro).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidParameterValue"), "the owner's AWS managed key: {e:?}");
+
+    // Unshared (or deregistered): gone from the account.
+    share(&c, &image, B, false).send().await.unwrap();
+    assert_eq!(b.ec2.describe_images().image_ids(&image).send().await.unwrap_err().code(), Some("InvalidAMIID.NotFound"));
+    c.ec2.deregister_image().image_id(&managed).send().await.unwrap();
+    assert_eq!(b.ec2.describe_images().image_ids(&managed).send().await.unwrap_err().code(), Some("InvalidAMIID.NotFound"));
+}

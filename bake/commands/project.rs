@@ -31,6 +31,8 @@ pub enum PolicyKind {
     Operator,
     /// What whoever rolls needs besides: roll, build --roll, patch --roll
     Roller,
+    /// What the role bake assumes in a workload account needs (--account, one of rollout.accounts)
+    Target,
     /// One role's builder policy
     Builder,
     /// The permissions boundary of every builder role (what `bake bootstrap` creates)
@@ -164,6 +166,13 @@ pub fn policy(g: &Global, a: &PolicyArgs) -> ExitStatus {
                 let policies = project.policies()?;
                 let name = if a.kind == PolicyKind::Operator { "operator" } else { "roller" };
                 policies.render(name, &ctx).map_err(Problems::from)?.unwrap_or_default()
+            }
+            PolicyKind::Target => {
+                let Some(account) = account else {
+                    return Err(Problem::new("(command line)", "", "bake policy target needs --account ACCOUNT (one of a role's rollout.accounts)").into());
+                };
+                let ctx = crate::config::policy::target_context(&project, role, env, account, &vars)?;
+                project.policies()?.render("roller", &ctx).map_err(Problems::from)?.unwrap_or_default()
             }
             PolicyKind::Boundary => {
                 if role.is_some() {

@@ -87,7 +87,11 @@ fn report(g: &Global, m: &RollManifest, manifest_file: Option<&std::path::Path>)
                     };
                     // The region, when the roll covered several or one other than the build region.
                     let elsewhere = m.regions.len() > 1 || m.regions.first().is_some_and(|r| *r != m.region);
-                    let region = if elsewhere { format!(" ({})", gr.region) } else { String::new() };
+                    let region = match (&gr.account, elsewhere) {
+                        (Some(a), _) => format!(" ({} of {a})", gr.region),
+                        (None, true) => format!(" ({})", gr.region),
+                        (None, false) => String::new(),
+                    };
                     text.push_str(&format!("{}{region}{}: {} ({now})\n", gr.name, if gr.canary { " [canary]" } else { "" }, gr.outcome));
                 }
                 if !text.is_empty() {

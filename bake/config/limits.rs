@@ -279,6 +279,50 @@ pub fn target_group_arn_problem(arn: &str) -> Option<String> {
 /// the canaries' bake time; alarms are capped at 10 by AWS, target groups by bake alike).
 pub const TARGET_GROUPS: usize = 10;
 
+/// bake rolls at most this many other accounts in one roll (its own cap: each account's role is
+/// assumed, and its groups discovered, in every region the roll covers).
+pub const ROLL_ACCOUNTS: usize = 20;
+
+/// The account of a target group ARN [`target_group_arn_problem`] accepted.
+pub fn target_group_account(arn: &str) -> &str {
+    arn.split(':').nth(4).unwrap_or_default()
+}
+
+/// An AWS account id: 12 digits.
+pub fn is_account_id(a: &str) -> bool {
+    a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `arn:aws:iam::<account>:role/<path/><name>` of `account`: role names are 1–64 of letters,
+/// digits and `+=,.@_-`; a path is `/`-delimited, up to 512 characters, of printable ASCII
+/// (IAM API reference, CreateRole). Only the aws partition: bake's other checks are for it.
+pub fn role_arn_problem(arn: &str, account: &str) -> Option<String> {
+    let bad = || Some(format!("`{}` is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)", arn.escape_default()));
+    let Some(rest) = arn.strip_prefix("arn:aws:iam::") else { return bad() };
+    let Some((acct, resource)) = rest.split_once(':') else { return bad() };
+    let Some(path_name) = resource.strip_prefix("role/") else { return bad() };
+    let (path, name) = path_name.rsplit_once('/').unwrap_or(("", path_name));
+    let name_ok = (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
+    let path_ok = path.len() < 512 && path.bytes().all(|b| (0x21..=0x7e).contains(&b)) && !path.contains("//");
+    if !is_account_id(acct) || !name_ok || !path_ok {
+        return bad();
+    }
+    if acct != account {
+        return Some(format!("`{arn}` is a role of account {acct}, not of {account}"));
+    }
+    None
+}
+
+/// sts:AssumeRole's ExternalId: 2–1224 characters of letters, digits and `+=,.@:/-` and `_`
+/// (STS API reference, AssumeRole).
+pub fn external_id_problem(id: &str) -> Option<String> {
+    if (2..=1224).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@:/-_".contains(&b)) {
+        None
+    } else {
+        Some(format!("`{}` is not an external id (2-1224 of letters, digits and + = , . @ : / - _)", id.chars().take(80).collect::<String>().escape_default()))
+    }
+}
+
 /// The region of a target group ARN [`target_group_arn_problem`] accepted.
 pub fn target_group_region(arn: &str) -> &str {
     arn.split(':').nth(3).unwrap_or_default()

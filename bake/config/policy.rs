@@ -291,6 +291,23 @@ pub fn operator_context(
     account: Option<&str>,
     vars: &super::VarInputs,
 ) -> Result<Json, Problems> {
+    operator_or_target_context(project, role, env, account, false, vars)
+}
+
+/// The context of `bake policy target --account ID`: the roller's policy in that workload account,
+/// for the roles (and envs) whose rollout.accounts name it, with their parameter published there.
+pub fn target_context(project: &super::Project, role: Option<&str>, env: Option<&str>, account: &str, vars: &super::VarInputs) -> Result<Json, Problems> {
+    operator_or_target_context(project, role, env, Some(account), true, vars)
+}
+
+fn operator_or_target_context(
+    project: &super::Project,
+    role: Option<&str>,
+    env: Option<&str>,
+    account: Option<&str>,
+    target: bool,
+    vars: &super::VarInputs,
+) -> Result<Json, Problems> {
     use super::role::{SourceSpec, SubnetSpec};
     let account = account.unwrap_or("*");
     if account != "*" && (account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit())) {
@@ -329,6 +346,20 @@ pub fn operator_context(
     if !problems.is_empty() {
         return Err(problems);
     }
+    // A workload account's role serves only the roles that roll there.
+    if target {
+        resolved.retain(|(_, r)| r.rollout.accounts.iter().any(|a| a.id == account));
+        if resolved.is_empty() {
+            return Err(Problem::new(
+                "(command line)",
+                "",
+                format!("--account {account}: no role{} lists it in rollout.accounts", role.map(|r| format!(" ({r})")).unwrap_or_default()),
+            )
+            .into());
+        }
+    }
+    let mut assume_role_arns: Vec<String> = Vec::new();
+    let mut target_parameter_arns: Vec<String> = Vec::new();
     let arn = |service: &str, rest: &str| format!("arn:aws:{service}:*:{account}:{rest}");
     // The account, in a condition value: the policy variable when the render is for any account.
     let account_or_variable = if account == "*" { "${aws:PrincipalAccount}".to_string() } else { account.to_string() };
@@ -451,6 +482,17 @@ pub fn operator_context(
         }
         // Target health of the canaries (ELBv2's Describe actions take no resource).
         target_health |= !r.rollout.target_groups.is_empty();
+        for a in &r.rollout.accounts {
+            push_unique(&mut assume_role_arns, a.role_arn.clone());
+        }
+        if target {
+            let name = &r.image.ssm_parameter;
+            push_unique(&mut target_parameter_arns, arn("ssm", &format!("parameter{name}")));
+            push_unique(&mut target_parameter_arns, arn("ssm", &format!("parameter/{name}")));
+        }
+    }
+    if target {
+        assume_role_arns.clear();
     }
     if !problems.is_empty() {
         return Err(problems);
@@ -493,6 +535,8 @@ pub fn operator_context(
         "sns_topic_arns": sns_topic_arns,
         "alarm_arns": alarm_arns,
         "target_health": target_health,
+        "assume_role_arns": assume_role_arns,
+        "target_parameter_arns": target_parameter_arns,
         "share_accounts": share_accounts,
         "copies": copies,
         "shares": shares,

@@ -564,7 +564,7 @@ fn resolve_arch(rf: &RoleFile, env: &str, inputs: &VarInputs, arch: Option<&str>
     if image_description.chars().count() > limits::AMI_DESCRIPTION {
         problems.push(p(&ip.key("description"), format!("is {} characters; AWS allows {}", image_description.chars().count(), limits::AMI_DESCRIPTION)));
     }
-    let image_spec = ImageSpec {
+    let mut image_spec = ImageSpec {
         name,
         description: image_description,
         tags,
@@ -667,6 +667,80 @@ fn resolve_arch(rf: &RoleFile, env: &str, inputs: &VarInputs, arch: Option<&str>
             problems.push(p(&rp.key("target_groups").index(i), format!("`{a}` is listed twice")));
         }
     }
+    // Workload accounts: each id, the role assumed there, its regions (where the image is).
+    let mut accounts = Vec::new();
+    if rollout.accounts.as_ref().is_some_and(|a| a.is_empty()) {
+        problems.push(p(&rp.key("accounts"), "is empty: leave it out, or give each account's role_arn".into()));
+    }
+    if rollout.accounts.as_ref().is_some_and(|a| a.len() > limits::ROLL_ACCOUNTS) {
+        problems.push(p(&rp.key("accounts"), format!("bake rolls at most {} other accounts in one roll", limits::ROLL_ACCOUNTS)));
+    }
+    for (id, a) in rollout.accounts.iter().flatten() {
+        let ap = rp.key("accounts").key(id);
+        if !limits::is_account_id(id) {
+            problems.push(p(&ap, format!("`{}` is not a 12-digit account id", id.escape_default())));
+            continue;
+        }
+        let role_arn = match &a.role_arn {
+            None => {
+                problems.push(p(
+                    &ap.key("role_arn"),
+                    "is missing: the ARN of the role bake assumes in that account (bake policy target prints what it needs)".into(),
+                ));
+                continue;
+            }
+            Some(r) => r.clone(),
+        };
+        if let Some(why) = limits::role_arn_problem(&role_arn, id) {
+            problems.push(p(&ap.key("role_arn"), why));
+        }
+        if let Some(why) = a.external_id.as_deref().and_then(limits::external_id_problem) {
+            problems.push(p(&ap.key("external_id"), why));
+        }
+        let regions = a.regions.clone().unwrap_or_default();
+        if a.regions.as_ref().is_some_and(|r| r.is_empty()) {
+            problems.push(p(&ap.key("regions"), "is empty: leave it out to roll every region the roll covers".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, r) in regions.iter().enumerate() {
+            if !is_region(r) {
+                problems.push(p(&ap.key("regions").index(i), region_problem(r)));
+            } else if !seen.insert(r) {
+                problems.push(p(&ap.key("regions").index(i), format!("`{r}` is listed twice")));
+            } else if builder.region.as_ref().is_some_and(|h| h != r) && !role_regions.contains(r) {
+                problems.push(p(
+                    &ap.key("regions").index(i),
+                    format!("`{r}` has no copy of the image: the build region or one of image.regions ({})", role_regions.join(", ")),
+                ));
+            } else if !narrowed.is_empty() && !narrowed.contains(r) {
+                problems.push(p(&ap.key("regions").index(i), format!("`{r}` is not one of rollout.regions ({})", narrowed.join(", "))));
+            }
+        }
+        accounts.push(TargetAccount { id: id.clone(), role_arn, external_id: a.external_id.clone(), regions });
+    }
+    // Every account the roll covers can launch the image: it is shared with them.
+    for a in &accounts {
+        if !image_spec.share_accounts.contains(&a.id) {
+            image_spec.share_accounts.push(a.id.clone());
+        }
+    }
+    // An image encrypted with the AWS managed key (aws/ebs) cannot be shared: "You can't share
+    // snapshots that are encrypted with the default AWS managed key" (EBS user guide). Every
+    // region's image needs a customer managed key the accounts may use.
+    let shared = !(image_spec.share_accounts.is_empty() && image_spec.share_organizations.is_empty() && image_spec.share_ous.is_empty());
+    if shared && encrypted {
+        let why =
+            "shares an image encrypted with the AWS managed key (aws/ebs), which other accounts cannot use: set a customer managed key the accounts may use";
+        let sharing_key = if rollout.accounts.is_some() && image.share_accounts.is_none() { "rollout.accounts" } else { "image.share_accounts" };
+        if builder.kms_key_id.is_none() {
+            problems.push(p(&bp.key("kms_key_id"), format!("is missing: {sharing_key} {why} (builder.kms_key_id)")));
+        }
+        for r in &role_regions {
+            if !image_spec.kms_keys.contains_key(r) {
+                problems.push(p(&ip.key("kms_keys").key(r), format!("is missing: {sharing_key} {why} in {r} too (KMS keys are regional)")));
+            }
+        }
+    }
     // Canaries are among the targets; with only names (no tag filter) that can be checked here.
     for (k, v) in rollout.group_tags.iter().flatten() {
         if let Some(why) = limits::tag_problem(k, v) {
@@ -692,6 +766,7 @@ fn resolve_arch(rf: &RoleFile, env: &str, inputs: &VarInputs, arch: Option<&str>
         alarms,
         regions: narrowed,
         target_groups,
+        accounts,
         refresh: refresh_main,
         patch_refresh: patch_spec,
     };

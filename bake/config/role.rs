@@ -120,9 +120,22 @@ pub struct RolloutLayer {
     /// Elastic Load Balancing target groups (ARNs; the region is the ARN's) whose targets among
     /// the canaries' instances must stay healthy during the canaries' bake time.
     pub target_groups: Option<Vec<String>>,
+    /// Workload accounts (12-digit id → how bake works there): the image is shared with each,
+    /// its parameter published there and its groups rolled with the assumed role's credentials.
+    pub accounts: Option<BTreeMap<String, AccountLayer>>,
     pub refresh: Option<RefreshLayer>,
     /// Refresh preferences for `bake patch --roll`, merged over `refresh`.
     pub patch: Option<RefreshLayer>,
+}
+
+/// `[rollout.accounts.<id>]`: the role bake assumes there.
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct AccountLayer {
+    pub role_arn: Option<String>,
+    pub external_id: Option<String>,
+    /// The regions rolled there (default: every region the roll covers).
+    pub regions: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default, Clone, Debug)]
@@ -238,8 +251,20 @@ pub struct RolloutSpec {
     /// `rollout.regions` (empty: every region where the image and groups are).
     pub regions: Vec<String>,
     pub target_groups: Vec<String>,
+    /// Other accounts the roll covers, by id.
+    pub accounts: Vec<TargetAccount>,
     pub refresh: RefreshSpec,
     pub patch_refresh: RefreshSpec,
+}
+
+/// A workload account: bake assumes `role_arn` there (with `external_id` when given).
+#[derive(Serialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct TargetAccount {
+    pub id: String,
+    pub role_arn: String,
+    pub external_id: Option<String>,
+    /// Empty: every region the roll covers.
+    pub regions: Vec<String>,
 }
 
 #[derive(Serialize, Clone, Debug, PartialEq, Eq, Default)]

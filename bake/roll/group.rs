@@ -75,7 +75,7 @@ impl Rolling {
             report: progress.clone(),
             cancel,
             failed: failed.clone(),
-            suffix: if many { format!(" ({})", c.region) } else { String::new() },
+            suffix: if many { format!(" ({})", c.place()) } else { String::new() },
             timeout: req.timeout,
             in_progress: req.in_progress,
             keep_lcs: plan.rollout.keep_launch_configurations.max(1),
@@ -87,7 +87,7 @@ impl Rolling {
 
     /// Records something the roll made and could not remove.
     pub(super) fn left(&self, what: String) {
-        self.report.task(&self.c.region).info(&format!("left behind: {what}"));
+        self.report.task(&self.c.place()).info(&format!("left behind: {what}"));
         if let Ok(mut l) = self.leftovers.lock() {
             l.push(what);
         }

@@ -85,13 +85,14 @@ async fn execute(sites: &[Site], spec: &RolloutSpec, role: &str, progress: &Prog
         stream::iter(gs.into_iter().map(|(i, g)| async move {
             let Site { cx, plan } = &sites[i];
             let mut rec = GroupRecord::default();
-            let r = roll_group(cx, plan, &g, &mut rec).instrument(tracing::debug_span!("group", name = %g.name, region = %cx.c.region)).await;
-            // With several regions a group's name may be in each: its failure names its region.
+            let r = roll_group(cx, plan, &g, &mut rec).instrument(tracing::debug_span!("group", name = %g.name, region = %cx.c.place())).await;
+            // With several regions (or accounts) a group's name may be in each: its failure names its place.
             let r = match r {
-                Err(Error::Other(e)) if sites.len() > 1 => Err(Error::Other(format!("{}: {e}", cx.c.region))),
+                Err(Error::Other(e)) if sites.len() > 1 => Err(Error::Other(format!("{}: {e}", cx.c.place()))),
                 r => r,
             };
             rec.region = cx.c.region.clone();
+            rec.account = cx.c.account.clone();
             if let Err(e) = &r {
                 cx.fail();
                 if rec.error.is_none() {
@@ -141,6 +142,7 @@ async fn execute(sites: &[Site], spec: &RolloutSpec, role: &str, progress: &Prog
             let rec = GroupRecord {
                 name: g.name.clone(),
                 region: sites[i].cx.c.region.clone(),
+                account: sites[i].cx.c.account.clone(),
                 canary: false,
                 outcome: GroupOutcome::NotStarted,
                 previous_image: g.current_image.clone(),
@@ -193,7 +195,7 @@ async fn canary_watches(sites: &[Site], spec: &RolloutSpec, canaries: &[(usize, 
     for arn in &spec.target_groups {
         let region = crate::config::limits::target_group_region(arn);
         // Checked before the roll started: every target group is in a region it covers.
-        let Some((i, site)) = sites.iter().enumerate().find(|(_, s)| s.cx.c.region == region) else { continue };
+        let Some((i, site)) = sites.iter().enumerate().find(|(_, s)| holds_target_group(&s.cx.c, arn, spec)) else { continue };
         let names: Vec<String> = canaries.iter().filter(|(j, _)| *j == i).map(|(_, g)| g.name.clone()).collect();
         let mut members = if names.is_empty() {
             Vec::new()
@@ -211,6 +213,30 @@ async fn canary_watches(sites: &[Site], spec: &RolloutSpec, canaries: &[(usize, 
         watches.push(crate::wait::Watch::Targets { c: site.cx.c.clone(), arn: arn.clone(), instances: members });
     }
     Ok(watches)
+}
+
+/// Whether target group `arn` is where these clients act: its region, and its account (one of
+/// rollout.accounts, or else bake's own).
+fn holds_target_group(c: &Clients, arn: &str, spec: &RolloutSpec) -> bool {
+    let account = crate::config::limits::target_group_account(arn);
+    let theirs = spec.accounts.iter().any(|a| a.id == account);
+    c.region == crate::config::limits::target_group_region(arn) && (if theirs { c.account.as_deref() == Some(account) } else { c.account.is_none() })
+}
+
+/// Another account (`c`'s) can launch `ami`: bake shared it there (every account in
+/// rollout.accounts, when the image was built or redistributed).
+async fn shared_with(c: &Clients, ami: &str, account: &str, role: &str) -> Result<()> {
+    match c.ec2.describe_images().image_ids(ami).send().await {
+        Ok(r) if r.images().iter().any(|i| i.image_id() == Some(ami) && i.state() == Some(&aws_sdk_ec2::types::ImageState::Available)) => Ok(()),
+        Ok(_) => Err(Error::Other(format!("image {ami} is not available to account {account} in {}; nothing changed", c.region))),
+        Err(e) if e.as_service_error().and_then(|s| aws_sdk_ec2::error::ProvideErrorMetadata::code(s)).is_some_and(|c| c.starts_with("InvalidAMIID")) => {
+            Err(Error::Other(format!(
+                "image {ami} is not shared with account {account} in {}: `bake build {role}` shares it with every account in rollout.accounts; nothing changed",
+                c.region
+            )))
+        }
+        Err(e) => Err(Error::aws("ec2:DescribeImages", format!("image {ami} (as account {account})"), &c.region, &e)),
+    }
 }
 
 /// The groups a roll finds in one region.
@@ -251,26 +277,35 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
         // The groups in every region they may be in, concurrently: a group or canary the role
         // names need only be in one of them (a role built and rolled in one region: in that one).
         // `--region` rolls what that region has of them.
-        let strict = regions.candidates.len() == 1 && plan.image.regions.is_empty();
-        let found = futures::future::join_all(regions.candidates.iter().map(|r| {
-            let c = aws.clients(r);
-            async move { discover_in(&c, plan, strict).await.map(|groups| Found { c, groups }) }
-        }))
-        .await
-        .into_iter()
-        .collect::<Result<Vec<Found>>>()?;
+        let strict = regions.candidates.len() == 1 && plan.image.regions.is_empty() && plan.rollout.accounts.is_empty();
+        // Every other account's role is assumed first: a denial stops the roll before anything
+        // changes. Each covers its own regions (default: all the roll's candidates).
+        let mut places: Vec<Clients> = regions.candidates.iter().map(|r| aws.clients(r)).collect();
+        for a in &plan.rollout.accounts {
+            let there = aws
+                .assume(&a.id, &a.role_arn, a.external_id.as_deref(), &format!("bake-{}", roll_id.as_str()))
+                .await
+                .map_err(|e| Error::Other(format!("rollout.accounts.{} of roles/{}.toml: {e}; nothing changed", a.id, plan.role)))?;
+            for r in regions.candidates.iter().filter(|r| a.regions.is_empty() || a.regions.contains(r)) {
+                places.push(there.clients(r));
+            }
+        }
+        let found = futures::future::join_all(places.into_iter().map(|c| async move { discover_in(&c, plan, strict).await.map(|groups| Found { c, groups }) }))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<Found>>>()?;
         if !strict && req.region.is_none() {
             rollout::check_found(
                 &plan.role,
                 &plan.env,
                 &plan.rollout,
-                &found.iter().map(|f| (f.c.region.clone(), f.groups.iter().map(|g| g.name.clone()).collect())).collect::<Vec<_>>(),
+                &found.iter().map(|f| (f.c.place(), f.groups.iter().map(|g| g.name.clone()).collect())).collect::<Vec<_>>(),
             )
             .map_err(Error::Other)?;
         }
         let found: Vec<Found> = found.into_iter().filter(|f| regions.roll.contains(&f.c.region)).collect();
         for f in found.iter().filter(|f| f.groups.is_empty()) {
-            if named {
+            if named && f.c.account.is_none() {
                 return Err(Error::Other(format!(
                     "{} ({} of roles/{}.toml) has none of the role's Auto Scaling groups; nothing changed",
                     f.c.region,
@@ -278,12 +313,12 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
                     plan.role
                 )));
             }
-            progress.task(&plan.role).info(&format!("{} is skipped: none of the role's Auto Scaling groups is there", f.c.region));
+            progress.task(&plan.role).info(&format!("{} is skipped: none of the role's Auto Scaling groups is there", f.c.place()));
         }
         let mut found: Vec<Found> = found.into_iter().filter(|f| !f.groups.is_empty()).collect();
         // Region names in messages and progress only when the roll covers more than one.
         let many = found.len() > 1;
-        m.regions = found.iter().map(|f| f.c.region.clone()).collect();
+        m.regions = found.iter().map(|f| f.c.place()).collect();
         covered = found.iter().map(|f| f.c.clone()).collect();
         if req.rollback {
             return rollback_on_demand(plan, found, many, &progress, cancel.clone(), req, &failed, &mut m).await;
@@ -327,14 +362,19 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
             let region = f.c.region.clone();
             let mut here = BTreeMap::new();
             for (arch, (image, bake_id)) in &home_images {
+                // Copies are this account's images: another account's groups get the same one,
+                // shared with it.
                 let copy = if region == home {
                     Some(image.clone())
                 } else {
                     match bake_id {
-                        Some(id) => copy_of(&f.c, &plan.role, &plan.env, id).await?,
+                        Some(id) => copy_of(&aws.clients(&region), &plan.role, &plan.env, id).await?,
                         None => None,
                     }
                 };
+                if let (Some(i), Some(account)) = (&copy, &f.c.account) {
+                    shared_with(&f.c, i, account, &plan.role).await?;
+                }
                 match copy {
                     Some(i) => {
                         here.insert(arch.clone(), i);
@@ -347,7 +387,7 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
                         )))
                     }
                     None => {
-                        progress.task(&plan.role).info(&format!("{region} is skipped: it has no available copy of {image} (a copy still pending or failed is not rolled)"));
+                        progress.task(&plan.role).info(&format!("{} is skipped: it has no available copy of {image} (a copy still pending or failed is not rolled)", f.c.place()));
                         continue 'regions;
                     }
                 }
@@ -357,17 +397,17 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
         let mut sites: Vec<Site> = Vec::new();
         for (f, images) in sites_images {
             let rp = prepare(&f, plan, req, &images, roll_id.as_str(), many, !strict).await?;
-            m.images.insert(f.c.region.clone(), images);
+            m.images.insert(f.c.place(), images);
             let cx = Rolling::new(&f.c, plan, req, &progress, cancel.clone(), &failed, many);
             sites.push(Site { cx, plan: rp });
         }
-        m.regions = sites.iter().map(|s| s.cx.c.region.clone()).collect();
+        m.regions = sites.iter().map(|s| s.cx.c.place()).collect();
         covered = sites.iter().map(|s| s.cx.c.clone()).collect();
         // The target groups watched during the canaries' bake time are in regions this roll
         // covers, and exist: checked before anything changes.
         for arn in &plan.rollout.target_groups {
             let region = crate::config::limits::target_group_region(arn);
-            let Some(site) = sites.iter().find(|s| s.cx.c.region == region) else {
+            let Some(site) = sites.iter().find(|s| holds_target_group(&s.cx.c, arn, &plan.rollout)) else {
                 return Err(Error::Other(format!(
                     "target group {arn} (rollout.target_groups of roles/{}.toml) is in {region}, but this roll covers {}: its canaries could not be watched; nothing changed",
                     plan.role,
@@ -383,6 +423,7 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
                     m.groups.push(GroupRecord {
                         name: g.name.clone(),
                         region: s.cx.c.region.clone(),
+                        account: s.cx.c.account.clone(),
                         canary: g.canary,
                         previous_image: g.current_image.clone(),
                         new_image: g.new_image.clone(),
@@ -404,14 +445,15 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
     // What each group runs when the roll ends: a census of its instances, not what was meant.
     if m.status != RollStatus::Planned && !m.groups.is_empty() {
         for c in &covered {
-            let names: Vec<String> = m.groups.iter().filter(|g| g.region == c.region).map(|g| g.name.clone()).collect();
+            let at = |g: &GroupRecord| g.region == c.region && g.account == c.account;
+            let names: Vec<String> = m.groups.iter().filter(|g| at(g)).map(|g| g.name.clone()).collect();
             if names.is_empty() {
                 continue;
             }
             match census(c, &names).await {
                 Ok(running) => {
                     let configured = configured_images(c, plan, names.clone()).await;
-                    for g in m.groups.iter_mut().filter(|g| g.region == c.region) {
+                    for g in m.groups.iter_mut().filter(|g| at(g)) {
                         g.running = running.get(&g.name).cloned().unwrap_or_default();
                         g.final_image = match g.running.len() {
                             0 => configured.get(&g.name).cloned().unwrap_or_default(),
@@ -421,15 +463,15 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
                     }
                 }
                 Err(e) => {
-                    for g in m.groups.iter_mut().filter(|g| g.region == c.region) {
+                    for g in m.groups.iter_mut().filter(|g| at(g)) {
                         g.final_image = "unknown".into();
                     }
-                    progress.task(&plan.role).info(&format!("could not tell what the groups in {} run now: {e}", c.region));
+                    progress.task(&plan.role).info(&format!("could not tell what the groups in {} run now: {e}", c.place()));
                 }
             }
         }
     }
-    m.groups.sort_by(|a, b| b.canary.cmp(&a.canary).then(a.name.cmp(&b.name)).then(a.region.cmp(&b.region)));
+    m.groups.sort_by(|a, b| b.canary.cmp(&a.canary).then(a.name.cmp(&b.name)).then(a.account.cmp(&b.account)).then(a.region.cmp(&b.region)));
     match result {
         Ok(()) if m.status == RollStatus::Running && !m.leftovers.is_empty() => {
             m.status = RollStatus::Leftovers;
@@ -460,7 +502,8 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
 async fn prepare(f: &Found, plan: &Plan, req: &Request, images: &BTreeMap<String, String>, roll_id: &str, many: bool, spread: bool) -> Result<RolloutPlan> {
     let (c, groups) = (&f.c, &f.groups);
     let region = c.region.as_str();
-    let here = |e: String| Error::Other(if many { format!("{region}: {e}") } else { e });
+    let place = c.place();
+    let here = |e: String| Error::Other(if many { format!("{place}: {e}") } else { e });
     let mut types: Vec<String> = groups
         .iter()
         .flat_map(|g| match &g.source {
@@ -538,16 +581,16 @@ async fn rollback_on_demand(
         if many && f.groups.iter().all(|g| !g.tags.contains_key(TAG_PREVIOUS_IMAGE)) {
             progress
                 .task(&plan.role)
-                .info(&format!("{} is skipped: none of its groups has a previous image recorded by bake (tag {TAG_PREVIOUS_IMAGE})", f.c.region));
+                .info(&format!("{} is skipped: none of its groups has a previous image recorded by bake (tag {TAG_PREVIOUS_IMAGE})", f.c.place()));
             continue;
         }
         let gplans = back_plans(&f.c, plan, &f.groups, progress).await.map_err(|e| match e {
-            Error::Other(s) if many => Error::Other(format!("{}: {s}", f.c.region)),
+            Error::Other(s) if many => Error::Other(format!("{}: {s}", f.c.place())),
             e => e,
         })?;
         sites.push((f.c, gplans));
     }
-    m.regions = sites.iter().map(|(c, _)| c.region.clone()).collect();
+    m.regions = sites.iter().map(|(c, _)| c.place()).collect();
     let mut failure = None;
     for (c, gplans) in sites {
         let cx = Rolling::new(&c, plan, req, progress, cancel.clone(), failed, many);
@@ -569,6 +612,7 @@ async fn rollback_on_demand(
             let mut rec = GroupRecord {
                 name: g.name.clone(),
                 region: c.region.clone(),
+                account: c.account.clone(),
                 canary: g.canary,
                 previous_image: g.new_image.clone(),
                 new_image: g.current_image.clone(),

@@ -678,6 +678,7 @@ mod tests {
             alarms: vec![],
             regions: vec![],
             target_groups: vec![],
+            accounts: vec![],
             refresh: RefreshSpec { min_healthy_percentage: 90, auto_rollback: true, skip_matching: true, ..Default::default() },
             patch_refresh: RefreshSpec { min_healthy_percentage: 50, ..Default::default() },
         }

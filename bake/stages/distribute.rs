@@ -155,15 +155,20 @@ async fn share_and_deprecate(ctx: &Baking, c: &Clients, image: &str, snaps: &[St
     let vol_add: Vec<CreateVolumePermission> = spec.share_accounts.iter().map(|a| CreateVolumePermission::builder().user_id(a).build()).collect();
     let vol_remove: Vec<CreateVolumePermission> =
         remove.iter().filter_map(|p| p.user_id()).map(|a| CreateVolumePermission::builder().user_id(a).build()).collect();
-    if !vol_add.is_empty() || !vol_remove.is_empty() {
+    // "You may add or remove [...] account IDs from a snapshot's list of create volume
+    // permissions, but you cannot do both in a single operation" (ModifySnapshotAttribute).
+    for (add, remove) in [(vol_add, Vec::new()), (Vec::new(), vol_remove)] {
+        if add.is_empty() && remove.is_empty() {
+            continue;
+        }
         for s in snaps {
             c.ec2
                 .modify_snapshot_attribute()
                 .snapshot_id(s)
                 .create_volume_permission(
                     CreateVolumePermissionModifications::builder()
-                        .set_add(Some(vol_add.clone()).filter(|a| !a.is_empty()))
-                        .set_remove(Some(vol_remove.clone()).filter(|r| !r.is_empty()))
+                        .set_add(Some(add.clone()).filter(|a| !a.is_empty()))
+                        .set_remove(Some(remove.clone()).filter(|r| !r.is_empty()))
                         .build(),
                 )
                 .send()
@@ -186,10 +191,13 @@ async fn share_and_deprecate(ctx: &Baking, c: &Clients, image: &str, snaps: &[St
     Ok(())
 }
 
-/// Points the role's SSM parameter at the image in one region, journaling what it held before.
+/// Points the role's SSM parameter at the image in one region, journaling what it held before
+/// (in bake's own account: a failed bake restores it). In another account (`c.account`) the
+/// parameter is written last and not restored: it names an image bake already keeps.
 async fn publish(ctx: &Baking, c: &Clients, image: &str) -> Result<ParameterRecord> {
     let name = ctx.plan.image.ssm_parameter.clone();
-    let region = c.region.as_str();
+    let place = c.place();
+    let region = place.as_str();
     // What it holds, and its version: the write must be the next version, or another writer
     // came in between (and `previous` below is not what bake replaced).
     let (previous, version) = match c.ssm.get_parameter().name(&name).send().await {
@@ -197,13 +205,15 @@ async fn publish(ctx: &Baking, c: &Clients, image: &str) -> Result<ParameterReco
         Err(e) if e.as_service_error().map(|s| s.is_parameter_not_found()).unwrap_or(false) => (None, Some(0)),
         Err(e) => return Err(Error::aws("ssm:GetParameter", format!("parameter {name}"), region, &e)),
     };
-    ctx.journal.append(Entry::Published {
-        region: region.to_string(),
-        name: name.clone(),
-        value: image.to_string(),
-        previous: previous.clone(),
-        at: journal::now_rfc3339(),
-    })?;
+    if c.account.is_none() {
+        ctx.journal.append(Entry::Published {
+            region: region.to_string(),
+            name: name.clone(),
+            value: image.to_string(),
+            previous: previous.clone(),
+            at: journal::now_rfc3339(),
+        })?;
+    }
     let description = format!("{}/{}: the newest image bake made (bake {})", ctx.plan.role, ctx.plan.env, ctx.id);
     let req = c.ssm.put_parameter().name(&name).value(image).r#type(ParameterType::String).data_type("aws:ec2:image").description(description);
     let r = if previous.is_some() {
@@ -223,7 +233,7 @@ async fn publish(ctx: &Baking, c: &Clients, image: &str) -> Result<ParameterReco
             "parameter {name} in {region}: another writer changed it between bake's read (version {v}) and its write (version {written}); it holds {image} now"
         ));
     }
-    Ok(ParameterRecord { region: region.to_string(), name, value: image.to_string() })
+    Ok(ParameterRecord { region: c.region.clone(), account: c.account.clone(), name, value: image.to_string() })
 }
 
 /// Copies the image to every region of the role that has none yet (a redistribution starts with
@@ -292,7 +302,28 @@ pub async fn run(ctx: &mut Baking) -> Result<()> {
         let p = publish(ctx, &c, id).await?;
         ctx.manifest.parameters.push(p);
     }
+    // Then every workload account's, in its regions, with its role.
+    for a in &ctx.plan.rollout.accounts {
+        let there = assume(&ctx.aws, a, &ctx.plan.role, ctx.id.as_str()).await?;
+        for (region, id) in images.iter().filter(|(r, _)| a.regions.is_empty() || a.regions.contains(r)) {
+            let p = publish(ctx, &there.clients(region), id).await.map_err(|e| {
+                let done: Vec<String> = ctx.manifest.parameters.iter().filter_map(|p| p.account.as_ref().map(|a| format!("{} of {a}", p.region))).collect();
+                Error::Other(format!(
+                    "{e}; the image is kept{}",
+                    if done.is_empty() { String::new() } else { format!(", and the parameter already names it in {}", done.join(", ")) }
+                ))
+            })?;
+            ctx.manifest.parameters.push(p);
+        }
+    }
     Ok(())
+}
+
+/// The connection as `a`'s role (rollout.accounts), or an error naming the role file's key.
+pub async fn assume(aws: &crate::aws::Aws, a: &crate::config::role::TargetAccount, role: &str, bake_id: &str) -> Result<crate::aws::Aws> {
+    aws.assume(&a.id, &a.role_arn, a.external_id.as_deref(), &format!("bake-{bake_id}"))
+        .await
+        .map_err(|e| Error::Other(format!("rollout.accounts.{} of roles/{role}.toml: {e}", a.id)))
 }
 
 /// The images of an unchanged role that exist (its region's first, then its copies), and what
@@ -354,6 +385,22 @@ pub async fn present(aws: &crate::aws::Aws, plan: &crate::plan::Plan, home: (&st
         };
         if value.as_deref() != Some(id) {
             gaps.push(format!("parameter {name} in {region} holds {}, not {id}", value.as_deref().unwrap_or("nothing")));
+        }
+    }
+    for a in &plan.rollout.accounts {
+        let there = assume(aws, a, &plan.role, "check").await?;
+        for (region, img) in found.iter().filter(|(r, _)| a.regions.is_empty() || a.regions.contains(r)) {
+            let c = there.clients(region);
+            let id = img.image_id().unwrap_or_default();
+            let name = &spec.ssm_parameter;
+            let value = match c.ssm.get_parameter().name(name).send().await {
+                Ok(r) => r.parameter().and_then(|p| p.value()).map(str::to_string),
+                Err(e) if e.as_service_error().map(|s| s.is_parameter_not_found()).unwrap_or(false) => None,
+                Err(e) => return Err(Error::aws("ssm:GetParameter", format!("parameter {name} of account {}", a.id), region, &e)),
+            };
+            if value.as_deref() != Some(id) {
+                gaps.push(format!("parameter {name} in {} holds {}, not {id}", c.place(), value.as_deref().unwrap_or("nothing")));
+            }
         }
     }
     Ok(Present { images, gaps })

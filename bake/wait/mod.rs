@@ -122,7 +122,7 @@ pub enum Watch {
 impl std::fmt::Display for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Watch::Alarms { c, names } => write!(f, "alarms {} in {}", names.join(", "), c.region),
+            Watch::Alarms { c, names } => write!(f, "alarms {} in {}", names.join(", "), c.place()),
             Watch::Targets { arn, instances, .. } => write!(f, "{} canary instance(s) in target group {arn}", instances.len()),
         }
     }
@@ -137,7 +137,7 @@ impl Watch {
                 Ok(states
                     .iter()
                     .find(|(_, (state, _))| state == "ALARM")
-                    .map(|(name, (_, reason))| format!("alarm {name} went into ALARM in {} ({})", c.region, crate::error::one_line(reason))))
+                    .map(|(name, (_, reason))| format!("alarm {name} went into ALARM in {} ({})", c.place(), crate::error::one_line(reason))))
             }
             Watch::Targets { c, arn, instances } => {
                 for (id, state, reason, detail) in c.target_health(arn).await? {

@@ -436,15 +436,16 @@ pub struct Region {
 
 static REGIONS: OnceLock<Mutex<BTreeMap<String, Arc<Region>>>> = OnceLock::new();
 
-/// The watchers of `c`'s region, made on first use (from `c`'s configuration, uncounted: each
-/// caller counts the calls made for it).
+/// The watchers of `c`'s region (and account: another account's are its own, with its
+/// credentials), made on first use (from `c`'s configuration, uncounted: each caller counts the
+/// calls made for it).
 pub fn of(c: &Clients) -> Arc<Region> {
     let all = REGIONS.get_or_init(Default::default);
     let mut map = match all.lock() {
         Ok(m) => m,
         Err(p) => p.into_inner(),
     };
-    map.entry(c.region.clone())
+    map.entry(c.place())
         .or_insert_with(|| {
             let region = aws_config::Region::new(c.region.clone());
             // One attempt a call: the watcher retries at its own pace, within its budget.
@@ -452,7 +453,7 @@ pub fn of(c: &Clients) -> Arc<Region> {
             let ec2 = aws_sdk_ec2::Client::from_conf(aws_sdk_ec2::config::Builder::from(&c.base).region(region.clone()).retry_config(once.clone()).build());
             let ssm = aws_sdk_ssm::Client::from_conf(aws_sdk_ssm::config::Builder::from(&c.base).region(region.clone()).retry_config(once.clone()).build());
             let asg = aws_sdk_autoscaling::Client::from_conf(aws_sdk_autoscaling::config::Builder::from(&c.base).region(region).retry_config(once).build());
-            let r = &c.region;
+            let r = &c.place();
             Arc::new(Region {
                 instances: Watcher::new(Instances(ec2.clone(), r.clone()), r),
                 images: Watcher::new(Images(ec2, r.clone()), r),

@@ -254,6 +254,11 @@ impl Sandbox {
     /// One call to an AWS JSON-protocol service the tests have no SDK crate for (KMS, say), with
     /// the root keys (whose signature the sandbox does not check): the JSON answer.
     pub fn aws_json(&self, service: &str, target: &str, body: &Value) -> Value {
+        self.aws_json_in(&self.region.clone(), service, target, body)
+    }
+
+    /// [`Sandbox::aws_json`] in `region`.
+    pub fn aws_json_in(&self, region: &str, service: &str, target: &str, body: &Value) -> Value {
         let payload = body.to_string();
         let mut s = TcpStream::connect(&self.host_port).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -263,7 +268,7 @@ impl Sandbox {
              Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/{}/{service}/aws4_request, SignedHeaders=host, Signature=0\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n{payload}",
             self.host_port,
-            self.region,
+            region,
             payload.len()
         )
         .unwrap();

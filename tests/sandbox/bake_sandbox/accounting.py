@@ -21,19 +21,27 @@ def _managed(tags):
     return any(isinstance(t, dict) and (t.get("Key") or t.get("key")) == TAG for t in tags or [])
 
 
+def _each(backends):
+    """(account, key, backend) for every account the sandbox has seen, the home account first."""
+    accounts = sorted(backends.keys(), key=lambda a: (a != ACCOUNT, a))
+    return [(acct, k, b) for acct in accounts for k, b in list(backends[acct].items())]
+
+
 def live_resources():
+    """Every account's: a resource in another account is marked with `account`."""
     out = []
-    for region, b in list(ec2_backends[ACCOUNT].items()):
+    for acct, region, b in _each(ec2_backends):
+        start = len(out)
         tags = b.tags  # resource id -> {key: value}
         for res in b.reservations.values():
             for i in res.instances:
                 if i.state != "terminated" and TAG in tags.get(i.id, {}):
                     out.append({"type": "instance", "id": i.id, "region": region, "state": i.state})
         for ami in b.amis.values():
-            if TAG in tags.get(ami.id, {}):
+            if ami.owner_id == acct and TAG in tags.get(ami.id, {}):
                 out.append({"type": "image", "id": ami.id, "region": region, "state": ami.state})
         for snap in b.snapshots.values():
-            if TAG in tags.get(snap.id, {}):
+            if snap.owner_id == acct and TAG in tags.get(snap.id, {}):
                 out.append({"type": "snapshot", "id": snap.id, "region": region})
         for vol in b.volumes.values():
             if TAG in tags.get(vol.id, {}):
@@ -45,11 +53,15 @@ def live_resources():
         for lt in b.launch_templates.values():
             if TAG in tags.get(lt.id, {}):
                 out.append({"type": "launch-template", "id": lt.id, "region": region, "name": lt.name})
-    for region, a in list(autoscaling_backends[ACCOUNT].items()):
+        _mark(out, start, acct)
+    for acct, region, a in _each(autoscaling_backends):
+        start = len(out)
         for name in a.launch_configurations:
             if BAKE_LC.search(name):
                 out.append({"type": "launch-configuration", "id": name, "region": region})
-    for part, iam in list(iam_backends[ACCOUNT].items()):
+        _mark(out, start, acct)
+    for acct, part, iam in _each(iam_backends):
+        start = len(out)
         for role in iam.roles.values():
             if _managed(role.tags):
                 out.append({"type": "iam-role", "id": role.name, "path": role.path})
@@ -57,12 +69,21 @@ def live_resources():
             if _managed(prof.tags):
                 out.append({"type": "instance-profile", "id": prof.name, "path": prof.path,
                             "roles": [r.name for r in prof.roles]})
-    for region, s in list(ssm_backends[ACCOUNT].items()):
+        _mark(out, start, acct)
+    for acct, region, s in _each(ssm_backends):
+        start = len(out)
         for name in list(s._parameters.keys()):
             tags = s._resource_tags.get("Parameter", {}).get(name, {}) if hasattr(s, "_resource_tags") else {}
             if TAG in tags:
                 out.append({"type": "ssm-parameter", "id": name, "region": region})
+        _mark(out, start, acct)
     return out
+
+
+def _mark(out, start, acct):
+    if acct != ACCOUNT:
+        for r in out[start:]:
+            r["account"] = acct
 
 
 def images(region=None):

@@ -108,7 +108,7 @@ def launch_into(group, count, src=None, warmup=0.0):
         profile = {"Name": lc.iam_instance_profile} if lc.iam_instance_profile else {}
         user_data = lc.user_data
         sgs = lc.security_groups
-    refused = images.launchable(group.region, image, kwargs.get("instance_type"))
+    refused = images.launchable(group.region, image, kwargs.get("instance_type"), b.account_id)
     if refused:
         # The launch fails (a failed scaling activity on AWS); nothing is launched.
         STATE.launch_failures.append({"group": group.name, "image": image, "why": refused[1], "at": STATE.now()})
@@ -443,7 +443,7 @@ class Refresh:
         # "If any of the alarms go into the ALARM state, the instance refresh fails" (and rolls back
         # with AutoRollback): Auto Scaling user guide, "Add alarms to an instance refresh".
         if self.rollback is None:
-            fired = firing_alarm(self.group.region, self.prefs)
+            fired = firing_alarm(self.group.region, self.prefs, self.group.ec2_backend.account_id)
             if fired:
                 return self._fail(f"Alarm {fired} is in the ALARM state.")
         if self.status == "Baking":
@@ -640,8 +640,8 @@ class Refresh:
             self.group.launch_configuration_name = None
 
 
-def _refreshes(group_name, region):
-    return STATE.refreshes.setdefault((region, group_name), [])
+def _refreshes(group_name, region, account=ACCOUNT):
+    return STATE.refreshes.setdefault((account, region, group_name), [])
 
 
 def _group(self, name):
@@ -654,7 +654,7 @@ def _group(self, name):
 def start_instance_refresh(self):
     name = self._get_param("AutoScalingGroupName")
     group = _group(self, name)
-    refreshes = _refreshes(name, self.region)
+    refreshes = _refreshes(name, self.region, self.current_account)
     if any(r.status in ACTIVE for r in refreshes):
         raise err("InstanceRefreshInProgress",
                   "An Instance Refresh is already in progress and blocks the execution of this Instance Refresh.")
@@ -720,7 +720,7 @@ def describe_instance_refreshes(self):
     ids = self._get_param("InstanceRefreshIds") or []
     # MaxRecords: "The default value is 50 and the maximum value is 100."
     size = pages.limit(self._get_int_param("MaxRecords"), 1, 100, "maxRecords", "autoscaling") or 50
-    rs = [r for r in reversed(_refreshes(name, self.region)) if not ids or r.id in ids]
+    rs = [r for r in reversed(_refreshes(name, self.region, self.current_account)) if not ids or r.id in ids]
     chunk, nxt = pages.page(rs, self._get_param("NextToken"), size, "DescribeInstanceRefreshes",
                             pages.query_key(self), "autoscaling")
     return ActionResult({"InstanceRefreshes": [r.describe() for r in chunk], "NextToken": nxt})
@@ -729,7 +729,7 @@ def describe_instance_refreshes(self):
 def cancel_instance_refresh(self):
     name = self._get_param("AutoScalingGroupName")
     _group(self, name)
-    active = [r for r in _refreshes(name, self.region) if r.status in ACTIVE]
+    active = [r for r in _refreshes(name, self.region, self.current_account) if r.status in ACTIVE]
     if not active:
         raise err("ActiveInstanceRefreshNotFound", "No in progress or pending Instance Refresh found for Auto Scaling group " + name)
     r = active[-1]
@@ -744,7 +744,7 @@ def cancel_instance_refresh(self):
 def rollback_instance_refresh(self):
     name = self._get_param("AutoScalingGroupName")
     _group(self, name)
-    active = [r for r in _refreshes(name, self.region) if r.status in ACTIVE]
+    active = [r for r in _refreshes(name, self.region, self.current_account) if r.status in ACTIVE]
     if not active:
         raise err("ActiveInstanceRefreshNotFound", "No in progress Instance Refresh found for Auto Scaling group " + name)
     r = active[-1]
@@ -783,7 +783,7 @@ def play(r, due):
 
 def tick(state, now):
     # Keep group members' health current for Describe calls outside a refresh.
-    for region, a in list(autoscaling_backends[ACCOUNT].items()):
+    for region, a in [(r, a) for acct in list(autoscaling_backends.keys()) for r, a in list(autoscaling_backends[acct].items())]:
         for g in a.autoscaling_groups.values():
             for st in g.instance_states:
                 _health(st, now)
@@ -944,13 +944,13 @@ AutoScalingResponse.delete_warm_pool = delete_warm_pool
 
 # -- alarms ------------------------------------------------------------------------------------
 
-def firing_alarm(region, prefs):
+def firing_alarm(region, prefs, account=ACCOUNT):
     """The first alarm of the refresh's AlarmSpecification that is in ALARM, if any."""
     names = (prefs.get("AlarmSpecification") or {}).get("Alarms") or []
     if not names:
         return None
     from moto.cloudwatch.models import cloudwatch_backends
-    alarms = cloudwatch_backends[ACCOUNT][region].alarms
+    alarms = cloudwatch_backends[account][region].alarms
     for n in names:
         a = alarms.get(n)
         if a is not None and a.state_value == "ALARM":

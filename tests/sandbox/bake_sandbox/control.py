@@ -4,7 +4,7 @@ import json
 import re
 import urllib.parse
 
-from . import accounting, ec2, seed
+from . import accounting, accounts, ec2, seed
 from .state import DEFAULT_DELAYS, STATE, State
 
 
@@ -293,9 +293,9 @@ def _resources(environ, query):
 def _refreshes(environ, query):
     group = query.get("group", [None])[0]
     out = []
-    for (region, name), rs in STATE.refreshes.items():
+    for (account, region, name), rs in STATE.refreshes.items():
         if group in (None, name):
-            out += [{"id": r.id, "group": name, "region": region, "status": r.status, "history": r.history,
+            out += [{"id": r.id, "group": name, "region": region, "account": account, "status": r.status, "history": r.history,
                      "started": r.t_start, "ended": r.t_end}
                     for r in rs]
     return _json(200, {"refreshes": out})
@@ -315,6 +315,15 @@ def _canonical_publish(environ, query):
         raise BadRequest(f"region must be one of {', '.join(seed.REGIONS)}")
     ami = seed.publish(region, release, build)
     return _json(200, {"ami": ami, "parameter": seed.parameter_name(release)})
+
+
+def _accounts(environ, query):
+    data = _body(environ)
+    _only(data, {"account", "role", "trust", "external_id"}, "body")
+    try:
+        return _json(200, accounts.create_account_role(data))
+    except ValueError as e:
+        raise BadRequest(str(e))
 
 
 def _rule_list(name, parse):
@@ -351,6 +360,7 @@ ROUTES = {
     "/refreshes": {"GET": _refreshes},
     "/sns/messages": {"GET": lambda environ, query: _json(200, {"messages": STATE.published})},
     "/canonical/publish": {"POST": _canonical_publish},
+    "/accounts": {"POST": _accounts},
     "/images": {"GET": lambda environ, query: _json(200, {"images": accounting.images(query.get("region", [None])[0])})},
 }
 

@@ -55,7 +55,7 @@ _orig_start = InstanceResponse.start_instances
 
 
 def run_instances(self):
-    b = ec2_backends[ACCOUNT][self.region]
+    b = ec2_backends[self.current_account][self.region]
     token = self._get_param("ClientToken")
     if token:
         rid = STATE.client_tokens.get((self.region, "RunInstances", token))
@@ -68,7 +68,7 @@ def run_instances(self):
         if not iam.profile_usable(profile):
             what = f"name ({name})" if name else f"arn ({arn})"
             raise err("InvalidParameterValue", f"Value {what} for parameter iamInstanceProfile is invalid. Invalid IAM Instance Profile {what.split(' ')[0]}")
-    refused = images.launchable(self.region, self._get_param("ImageId"), self._get_param("InstanceType"))
+    refused = images.launchable(self.region, self._get_param("ImageId"), self._get_param("InstanceType"), self.current_account)
     if refused:
         raise err(*refused)
     result = _orig_run(self)
@@ -87,7 +87,7 @@ def _ids(self):
 def _linger(self, delay_key, final, transient, transient_code, final_code, ids=None, region=None):
     """moto moves an instance to its final state at once; show `transient` for the
     configured delay first, as EC2 does, so waiters have something to wait for."""
-    b = ec2_backends[ACCOUNT][region or self.region]
+    b = ec2_backends[self.current_account][region or self.region]
     delay = STATE.delays[delay_key]
     for iid in ids if ids is not None else _ids(self):
         inst = b.get_instance(iid)
@@ -213,7 +213,7 @@ def _set_snapshot_encryption(b, ami, encrypted, kms_key_id, size=None):
 
 def create_image(self):
     region = self.region
-    b = ec2_backends[ACCOUNT][region]
+    b = ec2_backends[self.current_account][region]
     instance_id = self._get_param("InstanceId")
     name = self._get_param("Name")
     description = self._get_param("Description", "")
@@ -222,7 +222,7 @@ def create_image(self):
     inst = b.get_instance(instance_id)
     if inst.state not in ("running", "stopped"):
         raise err("IncorrectState", f"Instance '{instance_id}' is not in a state from which it can be imaged.")
-    if any(a.name == name and a.owner_id == ACCOUNT for a in b.amis.values()):
+    if any(a.name == name and a.owner_id == self.current_account for a in b.amis.values()):
         raise err("InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI "
                   f"{next(a.id for a in b.amis.values() if a.name == name)}")
     self.error_on_dryrun()
@@ -247,7 +247,7 @@ def create_image(self):
 
 def copy_image(self):
     region = self.region
-    b = ec2_backends[ACCOUNT][region]
+    b = ec2_backends[self.current_account][region]
     token = self._get_param("ClientToken")
     if token:
         existing = STATE.client_tokens.get((region, "CopyImage", token))
@@ -257,7 +257,7 @@ def copy_image(self):
     source_region = self._get_param("SourceRegion")
     name = self._get_param("Name")
     check_image_name(name, self._get_param("Description") or "")
-    src_backend = ec2_backends[ACCOUNT][source_region]
+    src_backend = ec2_backends[self.current_account][source_region]
     src = src_backend.amis.get(source_id)
     if src is None:
         raise err("InvalidAMIID.NotFound", f"The image id '[{source_id}]' does not exist")
@@ -274,7 +274,11 @@ def copy_image(self):
     for k, v in tags.get("snapshot", {}).items():
         b.create_tags([ami.ebs_snapshot.id], {k: v})
     encrypted = bool(self._get_param("Encrypted")) or bool(getattr(src.ebs_snapshot, "encrypted", False))
-    kms = self._get_param("KmsKeyId") or (getattr(src.ebs_snapshot, "kms_key_id", None) if encrypted else None)
+    # KMS keys are regional: a copy to another region without KmsKeyId is encrypted with that
+    # region's default key ("The default KMS key for Amazon EBS is used unless you specify a
+    # non-default KMS key using KmsKeyId"); only a copy within the region can keep the source's key.
+    same_region = source_region == region
+    kms = self._get_param("KmsKeyId") or (getattr(src.ebs_snapshot, "kms_key_id", None) if encrypted and same_region else None)
     _set_snapshot_encryption(b, ami, encrypted, kms, getattr(src.ebs_snapshot.volume, "size", None))
     ami.root_device_name = src.root_device_name
     STATE.bear(ami.id)
@@ -303,7 +307,7 @@ Ami.block_device_mappings = property(_bdm)
 
 
 def _ami(self, image_id):
-    b = ec2_backends[ACCOUNT][self.region]
+    b = ec2_backends[self.current_account][self.region]
     ami = b.amis.get(image_id)
     if ami is None:
         raise err("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
@@ -332,7 +336,7 @@ def _merge(base, over):
 
 
 def create_launch_template_version(self):
-    b = ec2_backends[ACCOUNT][self.region]
+    b = ec2_backends[self.current_account][self.region]
     name = self._get_param("LaunchTemplateName")
     tmpl_id = self._get_param("LaunchTemplateId")
     template = b.get_launch_template_by_name(name) if name else b.get_launch_template(tmpl_id)
@@ -345,7 +349,7 @@ def create_launch_template_version(self):
     return ActionResult({
         "LaunchTemplateVersion": {
             "CreateTime": version.create_time,
-            "CreatedBy": f"arn:aws:iam::{ACCOUNT}:root",
+            "CreatedBy": f"arn:aws:iam::{self.current_account}:root",
             "DefaultVersion": template.is_default(version),
             "LaunchTemplateData": version.data,
             "LaunchTemplateId": template.id,
@@ -359,7 +363,7 @@ def create_launch_template_version(self):
 def delete_security_group(self):
     """As AWS: a group still used by an instance (any state but terminated: a shutting-down
     instance still holds its network interface) can't be deleted (DependencyViolation)."""
-    b = ec2_backends[ACCOUNT][self.region]
+    b = ec2_backends[self.current_account][self.region]
     gid = self._get_param("GroupId")
     group = b.get_security_group_by_name_or_id(gid or self._get_param("GroupName") or "")
     if group is not None:

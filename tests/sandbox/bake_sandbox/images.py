@@ -14,7 +14,7 @@ Sources (each behaviour's test in tests/sandbox.rs cites the same):
 from datetime import datetime, timedelta, timezone
 
 from dateutil.relativedelta import relativedelta
-from moto.core.responses import ActionResult
+from moto.core.responses import ActionResult, EmptyResult
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.amis import Ami
 from moto.ec2.responses.amis import AmisResponse
@@ -33,13 +33,54 @@ def _meta(ami_id):
 
 
 def _ami(self, image_id, owned=False):
-    b = ec2_backends[ACCOUNT][self.region]
+    b = ec2_backends[self.current_account][self.region]
     ami = b.amis.get(image_id)
     if ami is None:
         raise err("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
-    if owned and ami.owner_id != ACCOUNT:
+    if owned and ami.owner_id != self.current_account:
         raise err("AuthFailure", f"Not authorized for image:{image_id}")
     return ami
+
+
+# -- images shared with other accounts ---------------------------------------------------------
+# moto keeps images per account and region, and another account never sees them. On AWS an account
+# named in an image's launch permissions finds it by id (and with ExecutableUsers), launches from
+# it, and sees its own tags on it, not the owner's; only the owner can change or deregister it.
+# The sandbox puts a *view* of the image into each such account's backend: the same object state
+# (one shared __dict__: a state change, a new launch permission, a deregistration show at once)
+# read through that account's backend for tags.
+
+_VIEW_CLASSES = {}
+
+
+def _view_of(ami, backend):
+    key = (backend.account_id, backend.region_name)
+    cls = _VIEW_CLASSES.get(key)
+    if cls is None or cls.viewer is not backend:  # a reset makes new backends
+        cls = type("SharedAmi", (Ami,), {"ec2_backend": property(lambda self, b=backend: b), "shared_view": True, "viewer": backend})
+        _VIEW_CLASSES[key] = cls
+    view = object.__new__(cls)
+    view.__dict__ = ami.__dict__
+    return view
+
+
+def sync_shares(owner_account, region, ami):
+    """Every account in the image's launch permissions (by account id) sees it; no other does."""
+    wanted = set()
+    if ami.state != "disabled" and ami.id in ec2_backends[owner_account][region].amis:
+        wanted = {lp.get("UserId") for lp in ami.launch_permissions if lp.get("UserId")} - {owner_account}
+    for account in list(ec2_backends.keys()):
+        if account == owner_account:
+            continue
+        b = ec2_backends[account][region]
+        present = ami.id in b.amis and getattr(b.amis[ami.id], "shared_view", False)
+        if account in wanted and not present:
+            b.amis[ami.id] = _view_of(ami, b)
+        elif account not in wanted and present:
+            del b.amis[ami.id]
+    for account in wanted - set(ec2_backends.keys()):
+        b = ec2_backends[account][region]
+        b.amis[ami.id] = _view_of(ami, b)
 
 
 def _iso(mono_t):
@@ -88,15 +129,22 @@ _orig_deregister = AmisResponse.deregister_image
 
 def deregister_image(self):
     image_id = self._get_param("ImageId")
-    b = ec2_backends[ACCOUNT][self.region]
-    if image_id in b.amis:
+    b = ec2_backends[self.current_account][self.region]
+    ami = b.amis.get(image_id)
+    if ami is not None and ami.owner_id != self.current_account:
+        raise err("AuthFailure", f"Not authorized for image:{image_id}")
+    if ami is not None:
         value, blocked = protection(image_id)
         if blocked:
             # The error code is not documented; the sandbox's choice (EC2's code for a refused change).
             raise err("OperationNotPermitted",
                       f"The image {image_id} can't be deregistered because deregistration protection is "
                       f"on ({value}). Disable it first with DisableImageDeregistrationProtection.")
-    return _orig_deregister(self)
+    result = _orig_deregister(self)
+    if ami is not None:
+        ami.launch_permissions = []
+        sync_shares(self.current_account, self.region, ami)
+    return result
 
 
 # -- disabled images ----------------------------------------------------------------------------
@@ -109,6 +157,7 @@ def disable_image(self):
     # "Sets the AMI state to disabled and removes all launch permissions from the AMI."
     ami.state = "disabled"
     ami.launch_permissions = []
+    sync_shares(self.current_account, self.region, ami)
     return ActionResult({"Return": True})
 
 
@@ -122,14 +171,20 @@ def enable_image(self):
     return ActionResult({"Return": True})
 
 
-def launchable(region, image_id, instance_type=None):
-    """None when an instance (of `instance_type`, when known) may launch from `image_id`, else
-    (code, message). The type must run the image's architecture, as EC2 checks."""
-    ami = ec2_backends[ACCOUNT][region].amis.get(image_id)
+def launchable(region, image_id, instance_type=None, account=ACCOUNT):
+    """None when `account` may launch an instance (of `instance_type`, when known) from `image_id`,
+    else (code, message). The type must run the image's architecture, as EC2 checks."""
+    ami = ec2_backends[account][region].amis.get(image_id)
     if ami is None:
         # Deregistered (or never there): RunInstances answers InvalidAMIID.NotFound, and an Auto
         # Scaling launch from it fails.
         return "InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist"
+    snap = getattr(ami, "ebs_snapshot", None)
+    if ami.owner_id != account and snap is not None and getattr(snap, "encrypted", False) \
+            and default_key(ami.owner_id, region, getattr(snap, "kms_key_id", None)):
+        # The owner's AWS managed key can't be used by another account (and such a snapshot can't be shared).
+        return ("InvalidParameterValue",
+                f"The image {image_id} is encrypted with the AWS managed key of account {ami.owner_id}, which account {account} can't use")
     if ami.state == "disabled":
         # Not documented which code; the sandbox answers as for an image that can't be used.
         return "InvalidAMIID.Unavailable", f"The image id '[{image_id}]' is disabled and can't be used to launch instances"
@@ -201,7 +256,7 @@ _orig_modify = AmisResponse.modify_image_attribute
 
 
 def modify_image_attribute(self):
-    ami = _ami(self, self._get_param("ImageId"))
+    ami = _ami(self, self._get_param("ImageId"), owned=True)
     lp = self._get_param("LaunchPermission", {}) or {}
     adds = list(lp.get("Add", []) or [])
     if self._get_param("OperationType") == "add":
@@ -214,13 +269,87 @@ def modify_image_attribute(self):
         raise err("OperationNotPermitted",
                   "You can't publicly share this image because block public access for AMIs is enabled for "
                   "this account. To publicly share the image, you must call the DisableImageBlockPublicAccess API.")
-    return _orig_modify(self)
+    for a in adds:
+        u = a.get("UserId")
+        if u is not None and not (len(u) == 12 and u.isdigit()):
+            raise err("InvalidAMIAttributeItemValue", f"Invalid attribute item value \"{u}\" for userId item type.")
+    result = _orig_modify(self)
+    sync_shares(self.current_account, self.region, ami)
+    return result
+
+
+# -- snapshot permissions ----------------------------------------------------------------------
+# https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_ModifySnapshotAttribute.html: "You may
+# add or remove specified Amazon Web Services account IDs from a snapshot's list of create volume
+# permissions, but you cannot do both in a single operation. [...] Encrypted snapshots [...] cannot
+# be made public. Snapshots encrypted with your default KMS key cannot be shared with other
+# accounts." (moto reads only UserIds/GroupNames and ignores CreateVolumePermission.)
+
+def default_key(account, region, kms_key_id):
+    """Whether an encrypted snapshot's key is the account's AWS managed key for EBS (aws/ebs,
+    which moto creates on first use, as AWS does)."""
+    if not kms_key_id or kms_key_id.endswith("alias/aws/ebs"):
+        return True
+    from moto.kms.models import kms_backends
+    kms = kms_backends[account][region]
+    if not kms.alias_exists("alias/aws/ebs"):
+        return False
+    managed = kms.describe_key("alias/aws/ebs")
+    return kms_key_id in (managed.id, managed.arn)
+
+
+def modify_snapshot_attribute(self):
+    b = ec2_backends[self.current_account][self.region]
+    snap_id = self._get_param("SnapshotId")
+    snap = b.snapshots.get(snap_id)
+    if snap is None:
+        raise err("InvalidSnapshot.NotFound", f"The snapshot '{snap_id}' does not exist.")
+    if snap.owner_id != self.current_account:
+        raise err("AuthFailure", f"Not authorized for snapshot:{snap_id}")
+    attribute = self._get_param("Attribute")
+    if attribute not in (None, "createVolumePermission"):
+        raise err("InvalidParameterValue", f"Value ({attribute}) for parameter attribute is invalid. Only createVolumePermission can be modified.")
+    cvp = self._get_param("CreateVolumePermission", {}) or {}
+    add = [dict(x) for x in cvp.get("Add", []) or []]
+    remove = [dict(x) for x in cvp.get("Remove", []) or []]
+    op = self._get_param("OperationType")
+    legacy = [{"UserId": u} for u in self._get_param("UserIds", []) or []] + [{"Group": g} for g in self._get_param("GroupNames", []) or []]
+    if legacy:
+        if op not in ("add", "remove"):
+            raise err("MissingParameter", "The request must contain the parameter operationType")
+        (add if op == "add" else remove).extend(legacy)
+    if add and remove:
+        raise err("InvalidParameterCombination",
+                  "You may add or remove create volume permissions, but you cannot do both in a single operation.")
+    if len(add) + len(remove) > 500:
+        raise err("InvalidParameterValue", "You can make up to 500 modifications to a snapshot in a single operation.")
+    for p in add + remove:
+        u, g = p.get("UserId"), p.get("Group")
+        if g is not None and g != "all":
+            raise err("InvalidAMIAttributeItemValue", f"Invalid attribute item value \"{g}\" for UserGroup item type.")
+        if u is not None and not (len(u) == 12 and u.isdigit()):
+            raise err("InvalidAMIAttributeItemValue", f"Invalid attribute item value \"{u}\" for userId item type.")
+    if add and getattr(snap, "encrypted", False):
+        if any(p.get("Group") == "all" for p in add):
+            raise err("InvalidParameter", "Encrypted snapshots cannot be made public.")
+        if default_key(self.current_account, self.region, getattr(snap, "kms_key_id", None)):
+            raise err("InvalidParameter", "Snapshots encrypted with the AWS Managed CMK can't be shared. Specify another snapshot.")
+    self.error_on_dryrun()
+    for p in add:
+        if p.get("UserId"):
+            snap.create_volume_permission_userids.add(p["UserId"])
+        if p.get("Group"):
+            snap.create_volume_permission_groups.add(p["Group"])
+    for p in remove:
+        snap.create_volume_permission_userids.discard(p.get("UserId"))
+        snap.create_volume_permission_groups.discard(p.get("Group"))
+    return EmptyResult()
 
 
 # -- deprecation --------------------------------------------------------------------------------
 
 def enable_image_deprecation(self):
-    ami = _ami(self, self._get_param("ImageId"))
+    ami = _ami(self, self._get_param("ImageId"), owned=True)
     when = self._get_param("DeprecateAt")
     if when is None:
         raise err("MissingParameter", "The request must contain the parameter DeprecateAt")
@@ -272,6 +401,10 @@ def describe_images(self):
         out["NextToken"] = nxt
     return ActionResult(out)
 
+
+from moto.ec2.responses.elastic_block_store import ElasticBlockStore as _EBS  # noqa: E402
+
+_EBS.modify_snapshot_attribute = modify_snapshot_attribute
 
 for _name, _fn in {
     "enable_image_deregistration_protection": enable_image_deregistration_protection,

@@ -27,7 +27,7 @@ from moto.ec2.responses.launch_templates import LaunchTemplates
 from moto.ec2.responses.security_groups import SecurityGroups
 from moto.iam.responses import IamResponse
 
-from .state import ACCOUNT, STATE, err
+from .state import STATE, err
 
 # The code each service answers a bad token with.
 TOKEN_ERROR = {"ec2": "InvalidParameterValue", "autoscaling": "InvalidNextToken", "ssm": "InvalidNextToken",
@@ -178,17 +178,34 @@ def describe_instances(self):
 
 def describe_snapshots(self):
     size = limit(self._get_int_param("MaxResults"), 5, 1000, "maxResults", "ec2", cap=True)
-    snaps = self.ec2_backend.describe_snapshots(snapshot_ids=self._get_param("SnapshotIds", []),
-                                                filters=self._filters_from_querystring())
-    owners = {ACCOUNT if o == "self" else o for o in self._get_param("OwnerIds", []) or []}
+    me = self.current_account
+    # The account's own snapshots and, from other accounts in the region, those shared with it
+    # (moto keeps each account's apart and finds only its own by id).
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.utils import generic_filter
+    ids = self._get_param("SnapshotIds", []) or []
+    snaps = list(self.ec2_backend.snapshots.values())
+    for acct in list(ec2_backends.keys()):
+        if acct != me:
+            snaps += [s for s in ec2_backends[acct][self.region].snapshots.values()
+                      if "all" in s.create_volume_permission_groups or me in s.create_volume_permission_userids]
+    if ids:
+        snaps = [s for s in snaps if s.id in ids]
+        missing = [i for i in ids if i not in {s.id for s in snaps}]
+        if missing:
+            raise err("InvalidSnapshot.NotFound", f"The snapshot '{missing[0]}' does not exist.")
+    filters = self._filters_from_querystring()
+    if filters:
+        snaps = generic_filter(filters, snaps)
+    owners = {me if o == "self" else o for o in self._get_param("OwnerIds", []) or []}
 
     def visible(snap):
         # "Describes ... snapshots available to you": yours, public ones, and ones shared with you;
         # OwnerIds narrows to those owners (moto ignores it and shows every owner's).
         if owners:
             return snap.owner_id in owners
-        return snap.owner_id == ACCOUNT or "all" in snap.create_volume_permission_groups \
-            or ACCOUNT in snap.create_volume_permission_userids
+        return snap.owner_id == me or "all" in snap.create_volume_permission_groups \
+            or me in snap.create_volume_permission_userids
     snaps = sorted((s for s in snaps if visible(s) and not STATE.fresh(s.id)), key=lambda s: s.id)
     chunk, nxt = page(snaps, self._get_param("NextToken"), size, "DescribeSnapshots", query_key(self), ec2=True)
     return ActionResult({"Snapshots": chunk, "NextToken": nxt})
