@@ -187,3 +187,65 @@ m, one, wide = json.load(open(sys.argv[1])), float(sys.argv[2]), float(sys.argv[
 calls, n = sum(m["api_calls"].values()), len(m["groups"])
 print(f"{n} groups in {', '.join(m['regions'])}: {wide:.2f}s = {wide/one:.2f}x one group; {calls} API calls, {calls/n:.1f} per group ({m['status']})")
 PY
+
+echo "## bake roll: twenty groups over two regions and two accounts (five in each, one canary) against one group"
+acct=210987654321
+role_arn=$(curl -s -X POST -H 'Content-Type: application/json' -d "{\"account\": \"$acct\", \"role\": \"bake-target\"}" "$AWS_ENDPOINT_URL/_sandbox/accounts" \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["arn"])')
+accts_ami=$(python3 - "$ami" "$acct" "$role_arn" <<'PY'
+import boto3, os, sys, time
+ami, acct, role_arn = sys.argv[1:4]
+kw = dict(endpoint_url=os.environ["AWS_ENDPOINT_URL"], aws_access_key_id="testing", aws_secret_access_key="testing")
+home = {r: {s: boto3.client(s, region_name=r, **kw) for s in ("ec2", "autoscaling", "ssm", "kms")} for r in ("us-east-1", "us-west-2")}
+# The bake's images as a shared bake has them: under a customer managed key in each region (AWS
+# shares nothing under aws/ebs), tagged for role accts, shared with the workload account.
+tags = {t["Key"]: t["Value"] for t in home["us-east-1"]["ec2"].describe_images(ImageIds=[ami])["Images"][0]["Tags"]}
+tags["bake:role"] = "accts"
+def copy(region, source_region, source):
+    ec2 = home[region]["ec2"]
+    key = home[region]["kms"].create_key(Description="golden")["KeyMetadata"]["Arn"]
+    new = ec2.copy_image(SourceRegion=source_region, SourceImageId=source, Name=f"accts-{region}-{ami}", Encrypted=True, KmsKeyId=key)["ImageId"]
+    while ec2.describe_images(ImageIds=[new])["Images"][0]["State"] != "available":
+        time.sleep(0.1)
+    ec2.create_tags(Resources=[new], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+    ec2.modify_image_attribute(ImageId=new, LaunchPermission={"Add": [{"UserId": acct}]})
+    return new
+east = copy("us-east-1", "us-east-1", ami)
+copy("us-west-2", "us-east-1", east)
+c = boto3.client("sts", region_name="us-east-1", **kw).assume_role(RoleArn=role_arn, RoleSessionName="bench")["Credentials"]
+kb = dict(endpoint_url=os.environ["AWS_ENDPOINT_URL"], aws_access_key_id=c["AccessKeyId"], aws_secret_access_key=c["SecretAccessKey"], aws_session_token=c["SessionToken"])
+for who, creds in (("h", kw), ("w", kb)):
+    for region in ("us-east-1", "us-west-2"):
+        ec2, asg = boto3.client("ec2", region_name=region, **creds), boto3.client("autoscaling", region_name=region, **creds)
+        ssm = boto3.client("ssm", region_name=region, **creds)
+        base = ssm.get_parameter(Name="/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id")["Parameter"]["Value"]
+        lt = ec2.create_launch_template(
+            LaunchTemplateName="bench-accts", LaunchTemplateData={"ImageId": base, "InstanceType": "t3.small"},
+            TagSpecifications=[{"ResourceType": "launch-template", "Tags": [{"Key": "bake:role", "Value": "accts"}, {"Key": "bake:env", "Value": "staging"}]}])
+        for i in range(5):
+            asg.create_auto_scaling_group(
+                AutoScalingGroupName=f"accts_{who}{region[-1]}{i}", LaunchTemplate={"LaunchTemplateId": lt["LaunchTemplate"]["LaunchTemplateId"], "Version": "1"},
+                MinSize=0, MaxSize=4, DesiredCapacity=2, AvailabilityZones=[f"{region}a"],
+                Tags=[{"Key": k, "Value": v, "PropagateAtLaunch": False} for k, v in (("bench", "accts"), ("bake:role", "accts"), ("bake:env", "staging"))])
+print(east)
+PY
+)
+python3 - "$rollproj/roles/accts.toml" "$acct" "$role_arn" <<'PY'
+import sys
+path, acct, role_arn = sys.argv[1:4]
+key = "mrk-1234abcd12ab34cd56ef1234567890ab"
+s = open("roles/boxoffice.toml").read()
+s = s.replace("encrypted = true\n", f'encrypted = true\nkms_key_id = "{key}"\n', 1)
+s = s.replace('[env.staging]\nimage = { regions = ["us-west-2"] }', f'[env.staging]\nimage = {{ regions = ["us-west-2"], kms_keys = {{ us-west-2 = "{key}" }} }}\n'
+              f'rollout = {{ group_tags = {{ bench = "accts" }}, canaries = ["accts_h10"], concurrency = 19, '
+              f'refresh = {{ min_healthy_percentage = 50, instance_warmup = "100s" }}, accounts = {{ "{acct}" = {{ role_arn = "{role_arn}" }} }} }}', 1)
+open(path, "w").write(s)
+PY
+read -r accts _ < <(measure "$bake" --root "$rollproj" roll accts --env staging --ami "$accts_ami" --manifest "$work/accts.json")
+python3 - "$work/accts.json" "$one" "$accts" <<'PY'
+import json, sys
+m, one, wall = json.load(open(sys.argv[1])), float(sys.argv[2]), float(sys.argv[3])
+calls, n = sum(m["api_calls"].values()), len(m["groups"])
+print(f"{n} groups in {'; '.join(m['regions'])}: {wall:.2f}s = {wall/one:.2f}x one group; {calls} API calls, {calls/n:.1f} per group, "
+      f"{sum(v for k, v in m['api_calls'].items() if k.startswith('sts'))} STS ({m['status']})")
+PY

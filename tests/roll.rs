@@ -1069,6 +1069,10 @@ async fn a_second_accounts_group_rolls_through_assume_role_on_the_shared_image()
     assert_eq!(second["status"], "succeeded", "{second}");
     let ami = second["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
     assert_eq!(param(&b, &name).await, ami);
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--plan"]);
+    let plan = text(&out.stderr) + &text(&out.stdout);
+    assert!(plan.contains(&format!("Rollout of {ami} to role kaiju in env staging (us-east-1 of {B})")), "{plan}");
+    assert!(plan.contains(&format!("Rollout of {ami} to role kaiju in env staging (us-east-1)")), "{plan}");
     let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let m = json_out(&out);

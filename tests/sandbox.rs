@@ -2154,6 +2154,10 @@ async fn another_account_assumes_a_trusting_role_and_sees_only_what_is_shared_wi
     let conf = sb.sdk_config_as("us-east-1", &creds).await;
     assert_eq!(aws_sdk_sts::Client::new(&conf).get_caller_identity().send().await.unwrap().account(), Some(B));
     let b = Clients::new(&conf);
+    // What every account sees: Canonical's public images and parameters.
+    let ubuntu_there = published(&b, UBUNTU_2404).await;
+    assert_eq!(ubuntu_there, ubuntu(&c).await);
+    assert_eq!(b.ec2.describe_images().image_ids(&ubuntu_there).send().await.unwrap().images()[0].owner_id(), Some("099720109477"));
 
     let key = sb.aws_json("kms", "TrentService.CreateKey", &json!({"Description": "shared"}))["KeyMetadata"]["Arn"].as_str().unwrap().to_string();
     let (image, snap) = encrypted_image(&c, "shared-1", Some(&key)).await;

@@ -558,7 +558,13 @@ async fn prepare(f: &Found, plan: &Plan, req: &Request, images: &BTreeMap<String
         &chosen,
         PlanOptions { migrate_to_launch_template: req.migrate, patch: req.patch },
     )
-    .map(|rp| RolloutPlan { ami: shown, ..rp })
+    .map(|rp| RolloutPlan {
+        ami: shown,
+        // Another account's plan says so; its target groups are the ones in that account.
+        target_groups: rp.target_groups.iter().filter(|a| holds_target_group(c, a, &plan.rollout)).cloned().collect(),
+        region: place.clone(),
+        ..rp
+    })
     .map_err(here)
 }
 

@@ -91,6 +91,8 @@ def create_account_role(body):
              "Action": "sts:AssumeRole"}
     if body.get("external_id"):
         trust["Condition"] = {"StringEquals": {"sts:ExternalId": body["external_id"]}}
+    from . import seed
+    seed.join(account)
     iam = iam_backends[account]["aws"]
     name = body.get("role") or "bake-target"
     role = next((r for r in iam.roles.values() if r.name == name), None)

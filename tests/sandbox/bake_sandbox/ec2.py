@@ -87,7 +87,8 @@ def _ids(self):
 def _linger(self, delay_key, final, transient, transient_code, final_code, ids=None, region=None):
     """moto moves an instance to its final state at once; show `transient` for the
     configured delay first, as EC2 does, so waiters have something to wait for."""
-    b = ec2_backends[self.current_account][region or self.region]
+    # `self` is None when the sandbox itself acts (an interruption): the home account's instance.
+    b = ec2_backends[self.current_account if self is not None else ACCOUNT][region or self.region]
     delay = STATE.delays[delay_key]
     for iid in ids if ids is not None else _ids(self):
         inst = b.get_instance(iid)

@@ -53,7 +53,7 @@ def _ami(self, image_id, owned=False):
 _VIEW_CLASSES = {}
 
 
-def _view_of(ami, backend):
+def view_of(ami, backend):
     key = (backend.account_id, backend.region_name)
     cls = _VIEW_CLASSES.get(key)
     if cls is None or cls.viewer is not backend:  # a reset makes new backends
@@ -75,12 +75,12 @@ def sync_shares(owner_account, region, ami):
         b = ec2_backends[account][region]
         present = ami.id in b.amis and getattr(b.amis[ami.id], "shared_view", False)
         if account in wanted and not present:
-            b.amis[ami.id] = _view_of(ami, b)
+            b.amis[ami.id] = view_of(ami, b)
         elif account not in wanted and present:
             del b.amis[ami.id]
     for account in wanted - set(ec2_backends.keys()):
         b = ec2_backends[account][region]
-        b.amis[ami.id] = _view_of(ami, b)
+        b.amis[ami.id] = view_of(ami, b)
 
 
 def _iso(mono_t):

@@ -12,6 +12,7 @@ from moto.iam.aws_managed_policies import aws_managed_policies_data
 from moto.iam.models import AWSManagedPolicy, iam_backends
 from moto.ssm.models import Parameter, ssm_backends
 
+from . import images
 from .state import ACCOUNT, CANONICAL, REGIONS, STATE
 
 RELEASES = {"22.04": "jammy", "24.04": "noble"}
@@ -75,7 +76,25 @@ def publish(region, release, build, arch="amd64"):
     b = ec2_backends[ACCOUNT][region]
     ami = _register(b, release, build, arch)
     _set_parameter(region, parameter_name(release, arch), ami.id)
+    for account in list(ec2_backends.keys()):
+        if account != ACCOUNT:
+            other = ec2_backends[account][region]
+            other.amis[ami.id] = images.view_of(ami, other)
     return ami.id
+
+
+def join(account):
+    """Another account sees what every account sees: Canonical's public images and the public
+    parameters naming them (one list of versions, so a new build shows everywhere)."""
+    for region in REGIONS:
+        home, other = ec2_backends[ACCOUNT][region], ec2_backends[account][region]
+        for ami in list(home.amis.values()):
+            if ami.owner_id == CANONICAL and ami.id not in other.amis:
+                other.amis[ami.id] = images.view_of(ami, other)
+        s, o = ssm_backends[ACCOUNT][region], ssm_backends[account][region]
+        for name in list(s._parameters.keys()):
+            if name.startswith("/aws/service/"):
+                o._parameters[name] = s._parameters[name]
 
 
 def seed():
