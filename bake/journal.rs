@@ -142,8 +142,21 @@ pub fn now_rfc3339() -> String {
     aws_smithy_types::DateTime::from(std::time::SystemTime::now()).fmt(aws_smithy_types::date_time::Format::DateTime).unwrap_or_default()
 }
 
+/// Where this process keeps its local state (journals, locks): `--state-dir` or `BAKE_STATE_DIR`
+/// when given (a container whose project folder is read-only), else `<root>/.bake`.
+static STATE_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the local state folder for this process (once, from the command line).
+pub fn set_state_dir(dir: PathBuf) {
+    let _ = STATE_DIR.set(dir);
+}
+
+pub fn state_dir(root: &Path) -> PathBuf {
+    STATE_DIR.get().cloned().unwrap_or_else(|| root.join(".bake"))
+}
+
 pub fn journal_dir(root: &Path) -> PathBuf {
-    root.join(".bake").join("journal")
+    state_dir(root).join("journal")
 }
 
 pub fn journal_path(root: &Path, id: &BakeId) -> PathBuf {
@@ -159,7 +172,13 @@ pub struct Journal {
 impl Journal {
     pub fn create(root: &Path, id: &BakeId) -> Result<Journal> {
         let dir = journal_dir(root);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::local("cannot create the journal folder", &dir, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::local(
+                "cannot create the journal folder (give bake a writable folder for its journals and locks with --state-dir DIR or BAKE_STATE_DIR)",
+                &dir,
+                e,
+            )
+        })?;
         Self::open(&journal_path(root, id))
     }
 

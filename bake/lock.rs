@@ -1,5 +1,5 @@
 //! One bake of a role and env at a time on this machine: an advisory lock on
-//! `.bake/locks/<role>.<env>.lock` (the operating system releases it when the process ends, even
+//! `.bake/locks/<role>.<env>.lock` (under the local state folder, `--state-dir`) (the operating system releases it when the process ends, even
 //! killed), holding who has it. A second bake waits, saying who it waits for, or with `--no-wait`
 //! stops; after waiting it finds the first one's image and reuses it.
 
@@ -18,7 +18,7 @@ pub struct Held {
 }
 
 pub fn lock_path(root: &Path, role: &str, env: &str) -> PathBuf {
-    root.join(".bake").join("locks").join(format!("{role}.{env}.lock"))
+    crate::journal::state_dir(root).join("locks").join(format!("{role}.{env}.lock"))
 }
 
 /// Who holds the lock, as its holder wrote it (one line).
@@ -49,15 +49,19 @@ pub async fn acquire(root: &Path, role: &str, env: &str, what: &str, wait: bool,
     let path = lock_path(root, role, env);
     let open = || -> Result<File> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Other(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::Other(format!(
+                    "cannot create {}: {e}; give bake a writable folder for its journals and locks with --state-dir DIR or BAKE_STATE_DIR",
+                    dir.display()
+                ))
+            })?;
         }
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::Other(format!("cannot open the lock {}: {e}", path.display())))
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| {
+            Error::Other(format!(
+                "cannot open the lock {}: {e}; give bake a writable folder for its journals and locks with --state-dir DIR or BAKE_STATE_DIR",
+                path.display()
+            ))
+        })
     };
     let mut file = open()?;
     match file.try_lock() {

@@ -930,3 +930,66 @@ fn a_role_with_two_architectures_bakes_an_image_for_each() {
         "only the x86_64 bake's products: {after:?}"
     );
 }
+
+/// The way the shipped container runs bake (deploy/ecs/Dockerfile): as uid 1000, the project
+/// folder read-only (root's). Without a state folder bake stops before any AWS call, saying how
+/// to give it one, and nothing is created; with BAKE_STATE_DIR (as the image sets it) it bakes,
+/// its journal there, and nothing is written into the project.
+#[test]
+fn bake_runs_as_the_container_runs_it_non_root_with_a_read_only_project() {
+    use std::process::Command;
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    let root = dir.path();
+    let work = tempfile::tempdir().unwrap();
+    let bin = work.path().join("bake");
+    std::fs::copy(env!("CARGO_BIN_EXE_bake"), &bin).unwrap();
+    let state = work.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let sh = |args: &[&str]| assert!(Command::new(args[0]).args(&args[1..]).status().unwrap().success(), "{args:?}");
+    let is_root = text(&Command::new("id").arg("-u").output().unwrap().stdout).trim() == "0";
+    // The administrator's one-time set-up, then: everyone may read the project, nobody writes it.
+    let out = common::bake_cmd_unprepared(&sb, root, &["bootstrap"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    sh(&["chmod", "755", work.path().to_str().unwrap()]);
+    sh(&["chmod", "-R", "a+rX,a-w", root.to_str().unwrap()]);
+    if is_root {
+        sh(&["chown", "1000:1000", state.to_str().unwrap()]);
+    }
+    let run = |state_dir: Option<&Path>, args: &[&str]| -> Output {
+        let mut cmd = if is_root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=1000", "--regid=1000", "--clear-groups", "--"]).arg(&bin);
+            c
+        } else {
+            Command::new(&bin)
+        };
+        cmd.arg("--root").arg(root).args(args).current_dir(root);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("BAKE_") || k.starts_with("AWS_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in sb.env() {
+            cmd.env(k, v);
+        }
+        cmd.env("HOME", work.path());
+        if let Some(d) = state_dir {
+            cmd.env("BAKE_STATE_DIR", d);
+        }
+        cmd.output().unwrap()
+    };
+    let before = live(&sb);
+    let out = run(None, &["build", "kaiju", "--env", "staging"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Permission denied") && err.contains("BAKE_STATE_DIR") && err.lines().count() == 1, "{err}");
+    assert_eq!(live(&sb), before, "nothing was created");
+    let out = run(Some(&state), &["build", "kaiju", "--env", "staging", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let m = json_out(&out);
+    assert_only_products_added(&sb, &before, &m);
+    assert!(state.join("journal").join(format!("{}.jsonl", m["bake_id"].as_str().unwrap())).exists(), "the journal is in the state folder");
+    assert!(!root.join(".bake").exists(), "nothing written into the project");
+    sh(&["chmod", "-R", "u+w", root.to_str().unwrap()]);
+}

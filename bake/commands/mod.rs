@@ -60,6 +60,10 @@ pub struct Global {
     /// Read variables from a TOML file (repeatable; a later file wins)
     #[arg(long = "var-file", global = true, value_name = "FILE")]
     pub var_files: Vec<PathBuf>,
+    /// Where bake keeps its local state, journals and locks (default: DIR/.bake under --root):
+    /// a writable folder when the project folder is read-only (a container)
+    #[arg(long, global = true, env = "BAKE_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -302,6 +306,9 @@ fn preflight(g: &Global, command: &Command) -> Option<String> {
 
 pub fn run(cli: Cli) -> ExitCode {
     let g = cli.global;
+    if let Some(d) = &g.state_dir {
+        crate::journal::set_state_dir(d.clone());
+    }
     if let Some(why) = preflight(&g, &cli.command) {
         eprintln!("error: {why}");
         return ExitStatus::Usage.into();
