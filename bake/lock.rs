@@ -74,7 +74,7 @@ pub async fn acquire(root: &Path, role: &str, env: &str, what: &str, wait: bool,
     }
     let who = holder(&mut file);
     if !wait {
-        return Err(Error::Other(format!("{role}/{env} is being baked here already: {who}; without --no-wait this bake waits for it")));
+        return Err(Error::Other(format!("{role}/{env} is being changed here already: {who}; without --no-wait this run waits for it")));
     }
     report.info(&format!("waiting for {who} to finish ({})", path.display()));
     // Polled (every 250 ms), so that Ctrl-C is seen at once.

@@ -796,7 +796,7 @@ fn a_second_bake_of_a_role_waits_for_the_first_then_reuses_its_image() {
     let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--no-wait"]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("kaiju/staging is being baked here already: bake build kaiju/staging (pid "), "{err}");
+    assert!(err.contains("kaiju/staging is being changed here already: bake build kaiju/staging (pid "), "{err}");
     // Without --no-wait it waits, saying for whom, then finds the first one's image.
     let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]);
     let first = first.wait_with_output().unwrap();

@@ -96,7 +96,7 @@ fn a_patch_starts_from_the_golden_image_and_runs_only_the_patch_step() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_patch_rolls_with_the_roles_patch_preferences() {
+async fn a_patch_rolls_with_the_roles_patch_preferences_and_a_roll_waits_for_a_running_patch() {
     let sb = Sandbox::start();
     sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
     // Set-up uses what it creates at once, which AWS does not promise.
@@ -141,6 +141,23 @@ async fn a_patch_rolls_with_the_roles_patch_preferences() {
     let r = asg.describe_instance_refreshes().auto_scaling_group_name("kaiju_staging").send().await.unwrap();
     let prefs = r.instance_refreshes()[0].preferences().unwrap();
     assert_eq!(prefs.min_healthy_percentage(), Some(40), "the role's patch preferences");
+
+    // A roll waits for a patch of the same role and env running here (or stops with --no-wait),
+    // then rolls what the patch made.
+    sb.control("POST", "/_sandbox/delays", Some(json!({"command_duration": 0.5})));
+    let (running, _) =
+        common::spawn_until(&sb, root, &["patch", "kaiju", "--env", "staging", "--packages", "libssl3", "--manifest", "p2.json"], "started (journal");
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--no-wait"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("kaiju/staging is being changed here already: bake patch kaiju/staging (pid "), "{err}");
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
+    let running = running.wait_with_output().unwrap();
+    assert_eq!(running.status.code(), Some(0), "{}", text(&running.stderr));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("waiting for bake patch kaiju/staging (pid"), "{}", text(&out.stderr));
+    let p2: Value = serde_json::from_str(&std::fs::read_to_string(root.join("p2.json")).unwrap()).unwrap();
+    assert_eq!(json_ok(&out)["ami"], p2["images"]["us-east-1"]["ami_id"], "the roll rolled what the patch made");
 }
 
 /// An image that looks like one bake made (in `ec2`'s region), one second after the last.

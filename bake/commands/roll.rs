@@ -37,6 +37,9 @@ pub struct RollArgs {
     /// Also write the roll's manifest (JSON) to this file
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
+    /// Stop (exit 1) instead of waiting when a bake, patch or roll of this role and env runs here
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 pub fn roll(g: &Global, a: &RollArgs) -> ExitStatus {
@@ -65,6 +68,24 @@ pub fn roll(g: &Global, a: &RollArgs) -> ExitStatus {
     let m = runtime().block_on(async {
         let aws = crate::aws::Aws::load(&super::connection(g)).await;
         let cancel = crate::signals::watch(std::sync::Arc::default());
+        // One change of a role and env at a time: a roll waits for a bake or patch of it (every
+        // architecture's) and for another roll, and holds their locks to its end. --plan changes
+        // nothing and takes none.
+        let mut held = Vec::new();
+        if !a.plan {
+            let what = format!("bake roll {}/{}", plan.role, plan.env);
+            let envs: Vec<String> =
+                if plan.architectures.len() > 1 { plan.architectures.iter().map(|x| format!("{}.{x}", plan.env)).collect() } else { vec![plan.env.clone()] };
+            for env in envs {
+                match crate::lock::acquire(&g.root, &plan.role, &env, &what, !a.no_wait, &progress.task(&plan.role), cancel.clone()).await {
+                    Ok(l) => held.push(l),
+                    Err(e) => {
+                        let status = if matches!(e, crate::error::Error::Interrupted) { RollStatus::Interrupted } else { RollStatus::Failed };
+                        return RollManifest { role: plan.role.clone(), env: plan.env.clone(), status, error: Some(e.to_string()), ..Default::default() };
+                    }
+                }
+            }
+        }
         crate::roll::run(&aws, &plan, &req, progress, cancel).await
     });
     report(g, &m, a.manifest.as_deref())
