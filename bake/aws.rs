@@ -161,27 +161,39 @@ impl Aws {
 
     /// The same connection in another account, as `role_arn` (with `external_id`): credentials
     /// from STS AssumeRole, renewed before they expire (a roll may outlast one session). The role
-    /// is assumed at once (a denial is an error here, before anything changes) and must belong to
-    /// `account`. Calls count on this connection's counter.
+    /// is assumed at once, so that a denial is an error here (one line: STS's code and message),
+    /// before anything changes; it must belong to `account`, which must not be the account bake's
+    /// own credentials are for. Calls count on this connection's counter.
     pub async fn assume(&self, account: &str, role_arn: &str, external_id: Option<&str>, session: &str) -> Result<Aws> {
+        let region = self.default_region().unwrap_or_else(|| "us-east-1".into());
+        let c = self.clients(&region);
+        let home = memo("home account".into(), async {
+            let r = c.sts.get_caller_identity().send().await.map_err(|e| Error::aws("sts:GetCallerIdentity", "the caller", &region, &e))?;
+            required(r.account(), "sts:GetCallerIdentity", "an account", &region)
+        })
+        .await?;
+        if home == account {
+            return Err(Error::Other(format!(
+                "{account} is the account bake runs in: its groups roll and its parameter is published without rollout.accounts"
+            )));
+        }
+        let mut req = c.sts.assume_role().role_arn(role_arn).role_session_name(session);
+        if let Some(x) = external_id {
+            req = req.external_id(x);
+        }
+        let out = req.send().await.map_err(|e| Error::aws("sts:AssumeRole", format!("role {role_arn}"), &region, &e))?;
+        let who = out.assumed_role_user().map(|u| u.arn()).unwrap_or_default();
+        let answered = who.split(':').nth(4).unwrap_or_default();
+        if answered != account {
+            return Err(Error::Other(format!("{role_arn} answers as account {}, not {account}", if answered.is_empty() { "(none)" } else { answered })));
+        }
         let mut b = aws_config::sts::AssumeRoleProvider::builder(role_arn).session_name(session).configure(&self.base);
         if let Some(x) = external_id {
             b = b.external_id(x);
         }
         let provider = b.build().await;
         let base = self.base.to_builder().credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(provider)).build();
-        let assumed = Aws { base, calls: self.calls.clone(), account: Some(account.to_string()) };
-        let region = self.default_region().unwrap_or_else(|| "us-east-1".into());
-        let who = assumed.clients(&region).sts.get_caller_identity().send().await.map_err(|e| {
-            Error::Other(format!(
-                "assuming {role_arn} for account {account} failed: {}",
-                crate::error::one_line(&aws_smithy_types::error::display::DisplayErrorContext(&e).to_string())
-            ))
-        })?;
-        match who.account() {
-            Some(a) if a == account => Ok(assumed),
-            other => Err(Error::Other(format!("{role_arn} answers as account {}, not {account}", other.unwrap_or("(none)")))),
-        }
+        Ok(Aws { base, calls: self.calls.clone(), account: Some(account.to_string()) })
     }
 
     /// The region from the command line or the AWS configuration, if any.

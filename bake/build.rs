@@ -149,7 +149,18 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
     match result {
         Ok(()) => {
             let images: Vec<String> = manifest.images.iter().map(|(r, i)| format!("{} ({r})", i.ami_id)).collect();
-            if manifest.status == Status::Running && !manifest.leftovers.is_empty() {
+            if matches!(manifest.status, Status::Running | Status::Redistributed) && !manifest.unpublished.is_empty() {
+                let verb = if manifest.status == Status::Redistributed { "redistributed" } else { "baked" };
+                manifest.status = Status::Leftovers;
+                let e = format!(
+                    "{verb} {}, but {} workload account parameter(s) were not published (the image is kept; build again to publish them): {}",
+                    images.join(", "),
+                    manifest.unpublished.len(),
+                    manifest.unpublished.join("; ")
+                );
+                report.finish(&e);
+                manifest.error = Some(e);
+            } else if manifest.status == Status::Running && !manifest.leftovers.is_empty() {
                 manifest.status = Status::Leftovers;
                 let e = format!(
                     "baked {}, but cleanup left {} resource(s) behind; remove them with: bake cleanup {}",

@@ -155,16 +155,38 @@ async fn usage(c: &Clients, parameters: &BTreeSet<String>) -> Result<BTreeMap<St
     Ok(out)
 }
 
-/// Every finished bake image in `regions`, with what uses it, newest first.
-pub async fn list(aws: &Aws, regions: &[String], role: Option<&str>, env: Option<&str>, parameters: &BTreeSet<String>) -> Result<Vec<ImageInfo>> {
+/// Every finished bake image in `regions`, with what uses it (in this account and in every
+/// workload account of `accounts` that covers the region, through its role), newest first. An
+/// account whose role cannot be assumed is an error: what it runs would be unknown.
+pub async fn list(
+    aws: &Aws,
+    regions: &[String],
+    role: Option<&str>,
+    env: Option<&str>,
+    parameters: &BTreeSet<String>,
+    accounts: &[(crate::config::role::TargetAccount, BTreeSet<String>)],
+) -> Result<Vec<ImageInfo>> {
     let mut all = Vec::new();
+    let mut assumed: Vec<(&crate::config::role::TargetAccount, Aws)> = Vec::new();
     for region in regions {
         let c = aws.clients(region);
         let mut imgs = images(&c, role, env).await?;
         if imgs.is_empty() {
             continue;
         }
-        let used = usage(&c, parameters).await?;
+        let mut used = usage(&c, parameters).await?;
+        for (a, published) in accounts.iter().filter(|(a, _)| a.regions.is_empty() || a.regions.contains(region)) {
+            if !assumed.iter().any(|(x, _)| x.id == a.id) {
+                let there = aws.assume(&a.id, &a.role_arn, a.external_id.as_deref(), "bake-catalog").await.map_err(|e| {
+                    Error::Other(format!("rollout.accounts.{}: {e}; what that account runs is unknown, so nothing was listed or removed", a.id))
+                })?;
+                assumed.push((a, there));
+            }
+            let Some((_, there)) = assumed.iter().find(|(x, _)| x.id == a.id) else { continue };
+            for (image, users) in usage(&there.clients(region), published).await? {
+                used.entry(image).or_default().extend(users.into_iter().map(|u| format!("{u} (account {})", a.id)));
+            }
+        }
         for i in &mut imgs {
             i.used_by = used.get(&i.id).cloned().unwrap_or_default();
         }

@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod recovery;
+pub mod remote;
 pub mod roll;
 pub mod signals;
 pub mod stages;

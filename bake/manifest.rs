@@ -22,6 +22,10 @@ pub struct Manifest {
     /// finishes it).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub leftovers: Vec<String>,
+    /// Workload accounts' parameters (rollout.accounts) bake could not point at the image, one
+    /// sentence each: the image is kept (others may name it already); a rerun publishes them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unpublished: Vec<String>,
     pub started_at: String,
     pub finished_at: String,
     pub duration_secs: f64,

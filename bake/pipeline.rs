@@ -195,7 +195,7 @@ async fn finish(ctx: &mut Baking, result: Result<()>) -> Result<()> {
                 ctx.report.info(&format!("cleanup left {e}"));
             }
             ctx.manifest.leftovers = errs.iter().map(|e| e.to_string()).collect();
-            let status = if errs.is_empty() { Finish::Succeeded } else { Finish::Leftovers };
+            let status = if errs.is_empty() && ctx.manifest.unpublished.is_empty() { Finish::Succeeded } else { Finish::Leftovers };
             ctx.journal.append(Entry::Finished { status, at: journal::now_rfc3339() })?;
         }
         Err(e) => {

@@ -1047,6 +1047,7 @@ async fn a_second_accounts_group_rolls_through_assume_role_on_the_shared_image()
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("rollout.accounts.{B} of roles/kaiju.toml")) && err.contains("AccessDenied") && err.contains("nothing was created"), "{err}");
+    assert!(!err.contains("SdkBody") && !err.contains("Response {"), "one sentence, no dump: {err}");
     assert_eq!(sb.live().len(), before, "nothing was created");
 
     // Built: shared with the account, the parameter published there too.
@@ -1103,6 +1104,19 @@ async fn a_second_accounts_group_rolls_through_assume_role_on_the_shared_image()
     assert!(err.contains(&format!("image {ami} is not shared with account {B} in us-east-1")) && err.contains("nothing changed"), "{err}");
     assert!(sb.calls()["mutating"].as_array().unwrap().iter().all(|c| !c.as_str().unwrap_or_default().contains("autoscaling")), "{}", sb.calls());
     assert_eq!(images_of(&b, "kaiju_staging").await, BTreeSet::from([first_ami.clone()]));
+    // Nor when the account could no longer launch what its group runs now (no way back).
+    let share = |image: &str, add: bool| {
+        let p = ec2_t::LaunchPermission::builder().user_id(B).build();
+        let m = if add { ec2_t::LaunchPermissionModifications::builder().add(p) } else { ec2_t::LaunchPermissionModifications::builder().remove(p) };
+        c.ec2.modify_image_attribute().image_id(image).launch_permission(m.build()).send()
+    };
+    share(&ami, true).await.unwrap();
+    share(&first_ami, false).await.unwrap();
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--ami", &ami]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("group kaiju_staging (us-east-1 of {B}) runs {first_ami}, which account {B} can no longer launch")), "{err}");
+    share(&first_ami, true).await.unwrap();
 
     // What each account's role needs.
     let roller = bake(&sb, root, &["policy", "roller", "--role", "kaiju"]);
@@ -1119,6 +1133,42 @@ async fn a_second_accounts_group_rolls_through_assume_role_on_the_shared_image()
     assert!(!target.to_string().contains("123456789012"), "only the workload account's resources: {target}");
     let none = bake(&sb, root, &["policy", "target", "--role", "kaiju", "--account", "111122223333"]);
     assert_eq!(none.status.code(), Some(1), "{}", text(&none.stderr));
+
+    // ls and prune count what the account runs: with the home canary gone, only the account's
+    // group runs the first image, and prune keeps it.
+    c.asg.delete_auto_scaling_group().auto_scaling_group_name("kaiju_canary").force_delete(true).send().await.unwrap();
+    let ls = json_out(&bake(&sb, root, &["ls", "kaiju", "--env", "staging", "--output", "json"]));
+    let used: Vec<String> = ls.as_array().unwrap().iter().find(|i| i["id"] == first_ami.as_str()).unwrap()["used_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert!(used.contains(&format!("group kaiju_staging (account {B})")), "{used:?}");
+    let out = bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--keep", "1", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(c.ec2.describe_images().image_ids(&first_ami).send().await.unwrap().images().len(), 1, "kept: the account runs it");
+
+    // A parameter the account cannot take (at its 100 versions, the oldest labelled): the bake
+    // ends `leftovers` (exit 1), keeps the image it published at home, and says what to do.
+    b.ssm.label_parameter_version().name(&name).parameter_version(1).labels("pinned").send().await.unwrap();
+    while b.ssm.get_parameter().name(&name).send().await.unwrap().parameter().unwrap().version() < 100 {
+        b.ssm.put_parameter().name(&name).value(&first_ami).r#type(aws_sdk_ssm::types::ParameterType::String).overwrite(true).send().await.unwrap();
+    }
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--force", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let third = json_out(&out);
+    assert_eq!(third["status"], "leftovers", "{third}");
+    assert!(third["error"].as_str().unwrap().contains("not published") && third["error"].as_str().unwrap().contains("the image is kept"), "{third}");
+    let kept = third["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
+    assert_eq!(c.ec2.describe_images().image_ids(&kept).send().await.unwrap().images()[0].state(), Some(&ec2_t::ImageState::Available));
+    assert_eq!(param(&c, &name).await, kept, "published at home");
+
+    // The account bake runs in is no workload account.
+    set_rollout(root, r#"{ groups = ["kaiju_staging"], accounts = { "123456789012" = { role_arn = "arn:aws:iam::123456789012:role/bake-self" } } }"#);
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--plan"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("123456789012 is the account bake runs in"), "{}", text(&out.stderr));
 
     // Left behind: the products (images, snapshots, parameters in both accounts) and nothing else.
     let live = sb.live();

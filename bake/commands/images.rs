@@ -37,6 +37,9 @@ pub struct PruneArgs {
 struct Where {
     regions: Vec<String>,
     parameters: std::collections::BTreeSet<String>,
+    /// Workload accounts (rollout.accounts) whose groups and parameters may use the images, each
+    /// with the parameters published there.
+    accounts: Vec<(crate::config::role::TargetAccount, std::collections::BTreeSet<String>)>,
     keep: std::collections::BTreeMap<(String, String), usize>,
 }
 
@@ -50,6 +53,7 @@ fn scope(g: &Global, s: &Scope, default_region: Option<String>) -> Result<Where,
     let mut regions = std::collections::BTreeSet::new();
     let mut parameters = std::collections::BTreeSet::new();
     let mut keep = std::collections::BTreeMap::new();
+    let mut accounts: Vec<(crate::config::role::TargetAccount, std::collections::BTreeSet<String>)> = Vec::new();
     for r in &roles {
         let rf = project.role(r)?;
         for e in rf.envs.iter().filter(|e| s.env.as_ref().map(|x| x == *e).unwrap_or(true)) {
@@ -72,9 +76,17 @@ fn scope(g: &Global, s: &Scope, default_region: Option<String>) -> Result<Where,
             if g.region.is_none() {
                 regions.extend(resolved.image.regions.iter().cloned());
             }
-            // Each architecture's parameter holds an image in use.
+            // Each architecture's parameter holds an image in use (here and in its accounts).
             for variant in rf.resolve_all(e, &vars)? {
                 parameters.insert(variant.image.ssm_parameter.clone());
+                for a in &variant.rollout.accounts {
+                    match accounts.iter_mut().find(|(x, _)| x.id == a.id) {
+                        Some((_, ps)) => {
+                            ps.insert(variant.image.ssm_parameter.clone());
+                        }
+                        None => accounts.push((a.clone(), [variant.image.ssm_parameter.clone()].into())),
+                    }
+                }
             }
             if let Some(k) = resolved.image.keep {
                 keep.insert((r.clone(), e.clone()), k as usize);
@@ -84,7 +96,7 @@ fn scope(g: &Global, s: &Scope, default_region: Option<String>) -> Result<Where,
     if let Some(r) = &g.region {
         regions = [r.clone()].into();
     }
-    Ok(Where { regions: regions.into_iter().collect(), parameters, keep })
+    Ok(Where { regions: regions.into_iter().collect(), parameters, accounts, keep })
 }
 
 /// The images bake made in the scope, with what uses each.
@@ -92,7 +104,7 @@ fn listed(g: &Global, s: &Scope) -> Result<(tokio::runtime::Runtime, crate::aws:
     let rt = runtime();
     let aws = rt.block_on(crate::aws::Aws::load(&super::connection(g)));
     let w = scope(g, s, aws.default_region()).map_err(|p| problems(&p))?;
-    let images = rt.block_on(crate::catalog::list(&aws, &w.regions, s.role.as_deref(), s.env.as_deref(), &w.parameters)).map_err(failed)?;
+    let images = rt.block_on(crate::catalog::list(&aws, &w.regions, s.role.as_deref(), s.env.as_deref(), &w.parameters, &w.accounts)).map_err(failed)?;
     Ok((rt, aws, w, images))
 }
 

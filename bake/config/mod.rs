@@ -9,6 +9,7 @@ pub mod policy;
 pub mod problem;
 mod resolve;
 pub mod role;
+pub mod state;
 pub mod tomlfile;
 pub mod vars;
 
@@ -22,6 +23,11 @@ pub use problem::{Problem, Problems};
 pub use role::Role;
 pub use tomlfile::{KeyPath, TomlFile};
 pub use vars::VarInputs;
+
+/// An S3 bucket name (resolve.rs's check, shared with bake.toml).
+pub(crate) fn resolve_bucket_name(s: &str) -> bool {
+    resolve::valid_bucket_name(s)
+}
 
 use role::{BuilderLayer, ImageLayer, NotifyLayer, RolloutLayer, SourceLayer, SECTIONS};
 

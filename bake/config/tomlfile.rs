@@ -54,7 +54,8 @@ impl std::fmt::Display for KeyPath {
                     if bare {
                         f.write_str(k)?;
                     } else {
-                        write!(f, "\"{}\"", k.replace('"', "\\\""))?;
+                        // Quoted as TOML writes it, control characters escaped: one line.
+                        write!(f, "\"{}\"", k.escape_default())?;
                     }
                 }
                 Seg::Index(i) => write!(f, "[{i}]")?,

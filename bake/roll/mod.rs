@@ -227,7 +227,25 @@ fn holds_target_group(c: &Clients, arn: &str, spec: &RolloutSpec) -> bool {
 /// rollout.accounts, when the image was built or redistributed).
 async fn shared_with(c: &Clients, ami: &str, account: &str, role: &str) -> Result<()> {
     match c.ec2.describe_images().image_ids(ami).send().await {
-        Ok(r) if r.images().iter().any(|i| i.image_id() == Some(ami) && i.state() == Some(&aws_sdk_ec2::types::ImageState::Available)) => Ok(()),
+        Ok(r) if r.images().iter().any(|i| i.image_id() == Some(ami) && i.state() == Some(&aws_sdk_ec2::types::ImageState::Available)) => {
+            // Its snapshots too: an account launches an encrypted image only with them (and the
+            // key) shared, and AWS shares none under the AWS managed key.
+            let snaps: Vec<String> = r.images().iter().flat_map(crate::aws::snapshot_ids).collect();
+            if snaps.is_empty() {
+                return Ok(());
+            }
+            match c.ec2.describe_snapshots().set_snapshot_ids(Some(snaps.clone())).send().await {
+                Ok(_) => Ok(()),
+                Err(e) if e.as_service_error().and_then(|s| aws_sdk_ec2::error::ProvideErrorMetadata::code(s)).is_some_and(|c| c.starts_with("InvalidSnapshot")) => {
+                    Err(Error::Other(format!(
+                        "the snapshots of image {ami} ({}) are not shared with account {account} in {}, so it cannot launch it (AWS shares none under the AWS managed key): `bake build {role}` shares them; nothing changed",
+                        snaps.join(", "),
+                        c.region
+                    )))
+                }
+                Err(e) => Err(Error::aws("ec2:DescribeSnapshots", format!("the snapshots of image {ami} (as account {account})"), &c.region, &e)),
+            }
+        }
         Ok(_) => Err(Error::Other(format!("image {ami} is not available to account {account} in {}; nothing changed", c.region))),
         Err(e) if e.as_service_error().and_then(|s| aws_sdk_ec2::error::ProvideErrorMetadata::code(s)).is_some_and(|c| c.starts_with("InvalidAMIID")) => {
             Err(Error::Other(format!(
@@ -237,6 +255,12 @@ async fn shared_with(c: &Clients, ami: &str, account: &str, role: &str) -> Resul
         }
         Err(e) => Err(Error::aws("ec2:DescribeImages", format!("image {ami} (as account {account})"), &c.region, &e)),
     }
+}
+
+fn way_back_lost(group: &str, place: &str, image: &str, account: &str) -> String {
+    format!(
+        "group {group} ({place}) runs {image}, which account {account} can no longer launch (not shared with it any more): a failed roll could not put it back; nothing changed"
+    )
 }
 
 /// The groups a roll finds in one region.
@@ -392,6 +416,24 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
                     }
                 }
             }
+            // The way back too: another account's groups must still be able to launch what they
+            // run now, or a failure could not put them back.
+            if let Some(account) = &f.c.account {
+                for g in &f.groups {
+                    let Some(cur) = g.source.image() else { continue };
+                    if here.values().any(|i| i == cur) {
+                        continue;
+                    }
+                    match f.c.ec2.describe_images().image_ids(cur).send().await {
+                        Ok(r) if !r.images().is_empty() => {}
+                        Ok(_) => return Err(Error::Other(way_back_lost(&g.name, &f.c.place(), cur, account))),
+                        Err(e) if e.as_service_error().and_then(|s| aws_sdk_ec2::error::ProvideErrorMetadata::code(s)).is_some_and(|c| c.starts_with("InvalidAMIID")) => {
+                            return Err(Error::Other(way_back_lost(&g.name, &f.c.place(), cur, account)))
+                        }
+                        Err(e) => return Err(Error::aws("ec2:DescribeImages", format!("image {cur} (as account {account})"), &f.c.region, &e)),
+                    }
+                }
+            }
             sites_images.push((f, here));
         }
         let mut sites: Vec<Site> = Vec::new();
@@ -525,13 +567,13 @@ async fn prepare(f: &Found, plan: &Plan, req: &Request, images: &BTreeMap<String
             match states.get(a) {
                 None => {
                     return Err(Error::Other(format!(
-                        "rollout.alarms of roles/{}.toml: CloudWatch has no alarm named {a} in {region}; nothing changed",
+                        "rollout.alarms of roles/{}.toml: CloudWatch has no alarm named {a} in {place}; nothing changed",
                         plan.role
                     )))
                 }
                 Some((state, reason)) if state == "ALARM" => {
                     return Err(Error::Other(format!(
-                        "alarm {a} is in ALARM in {region} ({}): bake starts no roll while it fires; nothing changed",
+                        "alarm {a} is in ALARM in {place} ({}): bake starts no roll while it fires; nothing changed",
                         crate::error::one_line(reason)
                     )))
                 }

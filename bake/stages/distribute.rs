@@ -302,19 +302,26 @@ pub async fn run(ctx: &mut Baking) -> Result<()> {
         let p = publish(ctx, &c, id).await?;
         ctx.manifest.parameters.push(p);
     }
-    // Then every workload account's, in its regions, with its role.
+    // Then every workload account's, in its regions, with its role. From here the image is the
+    // product whatever happens (a workload account may name it already): a parameter that cannot
+    // be written is reported (status leftovers, exit 1), not a reason to remove the image.
     for a in &ctx.plan.rollout.accounts {
-        let there = assume(&ctx.aws, a, &ctx.plan.role, ctx.id.as_str()).await?;
+        let there = match assume(&ctx.aws, a, &ctx.plan.role, ctx.id.as_str()).await {
+            Ok(t) => t,
+            Err(e) => {
+                ctx.manifest.unpublished.push(format!("parameter {} not published in account {}: {e}", ctx.plan.image.ssm_parameter, a.id));
+                continue;
+            }
+        };
         for (region, id) in images.iter().filter(|(r, _)| a.regions.is_empty() || a.regions.contains(r)) {
-            let p = publish(ctx, &there.clients(region), id).await.map_err(|e| {
-                let done: Vec<String> = ctx.manifest.parameters.iter().filter_map(|p| p.account.as_ref().map(|a| format!("{} of {a}", p.region))).collect();
-                Error::Other(format!(
-                    "{e}; the image is kept{}",
-                    if done.is_empty() { String::new() } else { format!(", and the parameter already names it in {}", done.join(", ")) }
-                ))
-            })?;
-            ctx.manifest.parameters.push(p);
+            match publish(ctx, &there.clients(region), id).await {
+                Ok(p) => ctx.manifest.parameters.push(p),
+                Err(e) => ctx.manifest.unpublished.push(format!("parameter {} not published in {region} of {}: {e}", ctx.plan.image.ssm_parameter, a.id)),
+            }
         }
+    }
+    for u in &ctx.manifest.unpublished {
+        ctx.report.info(u);
     }
     Ok(())
 }
