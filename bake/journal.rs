@@ -163,10 +163,13 @@ pub fn journal_path(root: &Path, id: &BakeId) -> PathBuf {
     journal_dir(root).join(format!("{id}.jsonl"))
 }
 
-/// An open journal, appended to with an fsync per entry.
+/// An open journal, appended to with an fsync per entry; with shared state (bake.toml [state])
+/// each entry is also an object in S3, written (created only if absent) before `append` returns.
 pub struct Journal {
     pub path: PathBuf,
     file: File,
+    /// (bake id, the next entry's slot) when entries also go to the shared state.
+    remote: Option<(String, u64)>,
 }
 
 impl Journal {
@@ -179,20 +182,57 @@ impl Journal {
                 e,
             )
         })?;
-        Self::open(&journal_path(root, id))
+        let mut j = Self::open_local(&journal_path(root, id))?;
+        if crate::remote::get().is_some() {
+            j.remote = Some((id.to_string(), 0));
+        }
+        Ok(j)
     }
 
-    /// Opens an existing journal to append to it (cleanup records what it deletes).
+    /// Opens an existing journal to append to it (cleanup records what it deletes); with shared
+    /// state, its entries continue after those already there.
     pub fn open(path: &Path) -> Result<Journal> {
+        let mut j = Self::open_local(path)?;
+        if let (Some(r), Some(id)) = (crate::remote::get(), path.file_stem().and_then(|s| s.to_str())) {
+            let next = crate::remote::block_on(r.list(&crate::remote::journal_prefix(id)))?.len() as u64;
+            j.remote = Some((id.to_string(), next));
+        }
+        Ok(j)
+    }
+
+    fn open_local(path: &Path) -> Result<Journal> {
         let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::local("cannot open the journal", path, e))?;
-        Ok(Journal { path: path.to_path_buf(), file })
+        Ok(Journal { path: path.to_path_buf(), file, remote: None })
     }
 
     pub fn append(&mut self, entry: &Entry) -> Result<()> {
         let mut line = serde_json::to_string(entry).map_err(|e| Error::local("cannot encode a journal entry for", &self.path, e))?;
         line.push('\n');
-        self.file.write_all(line.as_bytes()).and_then(|_| self.file.sync_data()).map_err(|e| Error::local("cannot write the journal", &self.path, e))
+        self.file.write_all(line.as_bytes()).and_then(|_| self.file.sync_data()).map_err(|e| Error::local("cannot write the journal", &self.path, e))?;
+        if let (Some(r), Some((id, next))) = (crate::remote::get(), self.remote.as_mut()) {
+            let slot = crate::remote::block_on(r.append_entry(id, *next, line.as_bytes()))?;
+            *next = slot + 1;
+        }
+        Ok(())
     }
+}
+
+/// With shared state: brings the local copy of `id`'s journal up to what the shared state holds
+/// (a bake that ran on another machine, or whose runner is gone). Reading prefers the remote.
+pub async fn pull(root: &Path, id: &BakeId) -> Result<()> {
+    let Some(r) = crate::remote::get() else { return Ok(()) };
+    let lines = r.journal_lines(id.as_str()).await?;
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let path = journal_path(root, id);
+    let local = std::fs::read_to_string(&path).unwrap_or_default();
+    if local.lines().count() < lines.len() {
+        let dir = journal_dir(root);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::local("cannot create the journal folder", &dir, e))?;
+        std::fs::write(&path, lines.join("\n") + "\n").map_err(|e| Error::local("cannot write the journal", &path, e))?;
+    }
+    Ok(())
 }
 
 /// A journal shared by the stages (copies run in parallel and journal as they go).
@@ -237,6 +277,7 @@ pub fn read(path: &Path) -> Result<Vec<Entry>> {
 /// Who started a bake, where.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Start {
+    pub role: String,
     pub bake_id: BakeId,
     pub region: String,
     pub regions: Vec<String>,
@@ -268,8 +309,15 @@ pub fn state(entries: &[Entry]) -> State {
     let mut s = State::default();
     for e in entries {
         match e {
-            Entry::Started { bake_id, region, pid, host, regions, .. } => {
-                s.started = Some(Start { bake_id: bake_id.clone(), region: region.clone(), regions: regions.clone(), pid: *pid, host: host.clone() })
+            Entry::Started { bake_id, role, region, pid, host, regions, .. } => {
+                s.started = Some(Start {
+                    bake_id: bake_id.clone(),
+                    role: role.clone(),
+                    region: region.clone(),
+                    regions: regions.clone(),
+                    pid: *pid,
+                    host: host.clone(),
+                })
             }
             Entry::Created { resource, at } => {
                 if !s.live.contains(resource) {

@@ -12,9 +12,32 @@ use crate::error::{Error, Result};
 use crate::progress::Reporter;
 use crate::signals::{cancelled, Cancel};
 
-/// Held while it lives.
+/// Held while it lives: a file lock here, or a lease in the shared state (bake.toml [state]),
+/// renewed while it lives and released when it goes.
 pub struct Held {
-    _file: File,
+    _file: Option<File>,
+    remote: Option<RemoteHeld>,
+}
+
+struct RemoteHeld {
+    key: String,
+    etag: std::sync::Arc<std::sync::Mutex<String>>,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(h) = self.remote.take() {
+            h.renew.abort();
+            let etag = h.etag.lock().map(|e| e.clone()).unwrap_or_default();
+            if let Some(r) = crate::remote::get() {
+                // Released only if still ours (a lock taken over after an expired lease is not).
+                if let Err(e) = crate::remote::block_on(r.delete_if(&h.key, &etag)) {
+                    eprintln!("warning: could not release the lock {}: {e}; it frees itself when its lease ends", r.url(&h.key));
+                }
+            }
+        }
+    }
 }
 
 pub fn lock_path(root: &Path, role: &str, env: &str) -> PathBuf {
@@ -46,6 +69,15 @@ fn write_holder(file: &mut File, what: &str) {
 /// Held by someone else: with `wait`, waits (reporting who holds it) until it is free or the bake
 /// is cancelled; without, an error naming the holder.
 pub async fn acquire(root: &Path, role: &str, env: &str, what: &str, wait: bool, report: &Reporter, cancel: Cancel) -> Result<Held> {
+    acquire_for(root, role, env, what, None, wait, report, cancel).await
+}
+
+/// [`acquire`], naming the bake that holds it (so that `bake cleanup` elsewhere sees it runs).
+#[allow(clippy::too_many_arguments)] // the lock's identity and the caller's context
+pub async fn acquire_for(root: &Path, role: &str, env: &str, what: &str, bake_id: Option<&str>, wait: bool, report: &Reporter, cancel: Cancel) -> Result<Held> {
+    if let Some(r) = crate::remote::get() {
+        return acquire_remote(r, role, env, what, bake_id, wait, report, cancel).await;
+    }
     let path = lock_path(root, role, env);
     let open = || -> Result<File> {
         if let Some(dir) = path.parent() {
@@ -67,7 +99,7 @@ pub async fn acquire(root: &Path, role: &str, env: &str, what: &str, wait: bool,
     match file.try_lock() {
         Ok(()) => {
             write_holder(&mut file, what);
-            return Ok(Held { _file: file });
+            return Ok(Held { _file: Some(file), remote: None });
         }
         Err(TryLockError::WouldBlock) => {}
         Err(TryLockError::Error(e)) => return Err(Error::Other(format!("cannot lock {}: {e}", path.display()))),
@@ -87,10 +119,106 @@ pub async fn acquire(root: &Path, role: &str, env: &str, what: &str, wait: bool,
         match file.try_lock() {
             Ok(()) => {
                 write_holder(&mut file, what);
-                return Ok(Held { _file: file });
+                return Ok(Held { _file: Some(file), remote: None });
             }
             Err(TryLockError::WouldBlock) => {}
             Err(TryLockError::Error(e)) => return Err(Error::Other(format!("cannot lock {}: {e}", path.display()))),
+        }
+    }
+}
+
+fn holder_now(what: &str, bake_id: Option<&str>, lease: Duration) -> crate::remote::Holder {
+    crate::remote::Holder {
+        owner: std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() })),
+        host: crate::journal::hostname(),
+        pid: std::process::id(),
+        command: what.to_string(),
+        bake_id: bake_id.map(str::to_string),
+        since: crate::journal::now_rfc3339(),
+        expires: crate::remote::now_secs() + lease.as_secs(),
+    }
+}
+
+/// The lock in S3: created if absent (`If-None-Match: *`); a lease past its end is taken over
+/// (`If-Match` on what was read, so two takers cannot both win); renewed every third of the lease
+/// (`If-Match` on our own last write); released on drop. Waiting polls every second.
+#[allow(clippy::too_many_arguments)] // the lock's identity and the caller's context
+async fn acquire_remote(
+    r: &'static crate::remote::Remote,
+    role: &str,
+    env: &str,
+    what: &str,
+    bake_id: Option<&str>,
+    wait: bool,
+    report: &Reporter,
+    cancel: Cancel,
+) -> Result<Held> {
+    use crate::remote::Write;
+    let key = crate::remote::lock_key(role, env);
+    let mut told: Option<String> = None;
+    loop {
+        let mut me = holder_now(what, bake_id, r.lease);
+        let body = |h: &crate::remote::Holder| serde_json::to_vec(h).unwrap_or_default();
+        let won = match r.create(&key, body(&me)).await? {
+            Write::Done(etag) => Some(etag),
+            Write::Refused => match r.holder(&key).await? {
+                // Released between the two calls: try again at once.
+                None => continue,
+                Some((h, etag)) if h.expires <= crate::remote::now_secs() => {
+                    me.since = crate::journal::now_rfc3339();
+                    match r.replace(&key, body(&me), &etag).await? {
+                        Write::Done(new) => {
+                            report.info(&format!("took over the lock {} from {h}: its lease had ended", r.url(&key)));
+                            Some(new)
+                        }
+                        Write::Refused => None,
+                    }
+                }
+                Some((h, _)) => {
+                    if !wait {
+                        return Err(Error::Other(format!("{role}/{env} is being changed already: {h}; without --no-wait this run waits for it")));
+                    }
+                    let who = h.to_string();
+                    if told.as_deref() != Some(who.as_str()) {
+                        report.info(&format!("waiting for {who} to finish ({})", r.url(&key)));
+                        told = Some(who);
+                    }
+                    None
+                }
+            },
+        };
+        if let Some(etag) = won {
+            let etag = std::sync::Arc::new(std::sync::Mutex::new(etag));
+            let renew = tokio::spawn(renew(r, key.clone(), me, etag.clone()));
+            return Ok(Held { _file: None, remote: Some(RemoteHeld { key, etag, renew }) });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = cancelled(cancel.clone()) => return Err(Error::Interrupted),
+        }
+    }
+}
+
+/// Extends the lease every third of it while the work runs. A renewal refused means the lock is
+/// no longer ours (taken over after a lease missed): said loudly, once.
+async fn renew(r: &'static crate::remote::Remote, key: String, mut me: crate::remote::Holder, etag: std::sync::Arc<std::sync::Mutex<String>>) {
+    let every = (r.lease / 3).max(Duration::from_millis(500));
+    loop {
+        tokio::time::sleep(every).await;
+        me.expires = crate::remote::now_secs() + r.lease.as_secs();
+        let current = etag.lock().map(|e| e.clone()).unwrap_or_default();
+        match r.replace(&key, serde_json::to_vec(&me).unwrap_or_default(), &current).await {
+            Ok(crate::remote::Write::Done(new)) => {
+                if let Ok(mut e) = etag.lock() {
+                    *e = new;
+                }
+            }
+            Ok(crate::remote::Write::Refused) => {
+                eprintln!("warning: the lock {} is no longer this run's (its lease ended and another run took it)", r.url(&key));
+                return;
+            }
+            // A failed renewal is tried again at the next tick, within the lease.
+            Err(e) => tracing::warn!(error = %e, "renewing the lock failed"),
         }
     }
 }

@@ -26,6 +26,8 @@ pub struct Outcome {
 /// Replays `id`'s journal (restoring parameters, removing what is live), then removes whatever
 /// still carries its tag. Safe to run again: what is gone counts as done.
 pub async fn replay(aws: &Aws, root: &Path, id: &BakeId, extra_regions: &[String]) -> Result<Outcome> {
+    // With shared state the journal may have been written on another machine: read it there.
+    journal::pull(root, id).await?;
     let path = journal::journal_path(root, id);
     let mut regions: BTreeSet<String> = extra_regions.iter().cloned().collect();
     let mut born = BTreeMap::new();
@@ -35,6 +37,15 @@ pub async fn replay(aws: &Aws, root: &Path, id: &BakeId, extra_regions: &[String
         if journal::is_running(&state) {
             let pid = state.started.as_ref().map(|s| s.pid).unwrap_or(0);
             return Err(Error::Other(format!("bake {id} is still running (pid {pid}); interrupt it, or wait for it to end")));
+        }
+        // On another machine: running while its process still renews its lock's lease.
+        if let (Some(r), Some(st), None) = (crate::remote::get(), &state.started, state.finished) {
+            if let Some(h) = r.running(&st.role, &st.host, st.pid).await? {
+                return Err(Error::Other(format!(
+                    "bake {id} is still running: {h}, its lock's lease current (until {}s from now); interrupt it, or wait for it to end",
+                    h.expires.saturating_sub(crate::remote::now_secs())
+                )));
+            }
         }
         if let Some(st) = &state.started {
             regions.insert(st.region.clone());

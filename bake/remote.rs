@@ -30,7 +30,7 @@ pub fn get() -> Option<&'static Remote> {
     REMOTE.get()
 }
 
-/// Connects to the project's state bucket and checks it answers (HeadBucket): an unreachable or
+/// Connects to the project's state bucket and checks it answers (one listing): an unreachable or
 /// missing bucket is an error here, before bake creates anything.
 pub async fn init(aws: &crate::aws::Aws, spec: &StateSpec) -> Result<&'static Remote> {
     if let Some(r) = REMOTE.get() {
@@ -54,12 +54,14 @@ pub async fn init(aws: &crate::aws::Aws, spec: &StateSpec) -> Result<&'static Re
         kms_key_id: spec.kms_key_id.clone(),
         lease: spec.lease,
     };
-    r.s3.head_bucket().bucket(&r.bucket).send().await.map_err(|e| {
+    // One listing under the prefix (what the operator policy allows: s3:ListBucket with an
+    // s3:prefix condition; HeadBucket would need the whole bucket's).
+    r.s3.list_objects_v2().bucket(&r.bucket).prefix(r.key("")).max_keys(1).send().await.map_err(|e| {
         Error::Other(format!(
             "the state bucket {} ({}: state.s3) cannot be used: {}; nothing was done",
             r.url(""),
             crate::config::state::FILE,
-            Error::aws("s3:HeadBucket", format!("bucket {}", r.bucket), &r.region, &e)
+            Error::aws("s3:ListObjectsV2", format!("bucket {}", r.bucket), &r.region, &e)
         ))
     })?;
     let _ = REMOTE.set(r);
@@ -74,21 +76,10 @@ pub enum Write {
     Refused,
 }
 
-fn status<E, R>(e: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> Option<u16>
-where
-    R: std::fmt::Debug,
-{
-    use aws_smithy_runtime_api::client::result::SdkError;
-    match e {
-        SdkError::ServiceError(s) => Some(raw_status(s.raw())),
-        _ => None,
-    }
-}
-
-fn raw_status<R: std::fmt::Debug>(raw: &R) -> u16 {
-    // HttpResponse's status, without depending on its concrete type here.
-    let s = format!("{raw:?}");
-    s.split("StatusCode(").nth(1).and_then(|t| t.split(')').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+/// The HTTP status of a failed call's answer (412: a condition failed; 409: a concurrent
+/// conditional write won; 404: nothing there), when there was an answer.
+fn status<E>(e: &aws_smithy_runtime_api::client::result::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
 }
 
 impl Remote {
@@ -170,5 +161,118 @@ impl Remote {
         let mut keys: Vec<String> = objects.iter().filter_map(|o| o.key()).filter_map(|k| k.get(strip..)).map(str::to_string).collect();
         keys.sort();
         Ok(keys)
+    }
+}
+
+/// Runs `f` to completion from synchronous code (the journal's append) inside or outside the
+/// async runtime.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| h.block_on(f)),
+        _ => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(f),
+            // No runtime can be made (no threads left): the caller's future cannot run at all.
+            Err(e) => panic!("cannot start a runtime for a state write: {e}"),
+        },
+    }
+}
+
+// -- locks ---------------------------------------------------------------------------------------
+
+/// Who holds a lock, as its holder wrote it.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
+pub struct Holder {
+    pub owner: String,
+    pub host: String,
+    pub pid: u32,
+    pub command: String,
+    #[serde(default)]
+    pub bake_id: Option<String>,
+    pub since: String,
+    /// Seconds since the epoch when the lease ends unless renewed.
+    pub expires: u64,
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} by {} on {} (pid {}) since {}", self.command, self.owner, self.host, self.pid, self.since)
+    }
+}
+
+pub fn lock_key(role: &str, env: &str) -> String {
+    format!("locks/{role}/{env}.json")
+}
+
+impl Remote {
+    /// Reads a lock: its holder and ETag; None when free.
+    pub async fn holder(&self, key: &str) -> Result<Option<(Holder, String)>> {
+        match self.read(key).await? {
+            None => Ok(None),
+            Some((body, etag)) => {
+                // Unreadable content is held by someone bake does not know: it expires at once.
+                let h = serde_json::from_slice(&body).unwrap_or_else(|_| Holder { command: "an unreadable lock".into(), ..Default::default() });
+                Ok(Some((h, etag)))
+            }
+        }
+    }
+
+    /// The unexpired lock of `role` held by the process `pid` on `host`, if any: a bake (or
+    /// roll) still running on that machine.
+    pub async fn running(&self, role: &str, host: &str, pid: u32) -> Result<Option<Holder>> {
+        for key in self.list(&format!("locks/{role}/")).await? {
+            if let Some((h, _)) = self.holder(&key).await? {
+                if h.host == host && h.pid == pid && h.expires > now_secs() {
+                    return Ok(Some(h));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+// -- journals and manifests ------------------------------------------------------------------
+
+pub fn journal_prefix(bake_id: &str) -> String {
+    format!("journal/{bake_id}/")
+}
+
+pub fn journal_key(bake_id: &str, n: u64) -> String {
+    format!("journal/{bake_id}/{n:08}.json")
+}
+
+impl Remote {
+    /// Appends one journal entry: the first free slot from `next` on, created only if absent,
+    /// so that two writers never overwrite each other's entries. The slot written.
+    pub async fn append_entry(&self, bake_id: &str, mut next: u64, line: &[u8]) -> Result<u64> {
+        for _ in 0..10_000 {
+            match self.create(&journal_key(bake_id, next), line.to_vec()).await? {
+                Write::Done(_) => return Ok(next),
+                Write::Refused => next += 1,
+            }
+        }
+        Err(Error::Other(format!("the journal of bake {bake_id} in {} has no free slot", self.url(""))))
+    }
+
+    /// A journal's entries, in order (one JSON line each).
+    pub async fn journal_lines(&self, bake_id: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for key in self.list(&journal_prefix(bake_id)).await? {
+            if let Some((body, _)) = self.read(&key).await? {
+                out.push(String::from_utf8_lossy(&body).trim_end().to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores a bake's or roll's record under `manifests/<role>/<env>/<id>.json`.
+    pub async fn put_manifest(&self, role: &str, env: &str, id: &str, record: &serde_json::Value) -> Result<()> {
+        let body = serde_json::to_vec(record).map_err(|e| Error::Other(format!("cannot encode the record of {id}: {e}")))?;
+        match self.create(&format!("manifests/{role}/{env}/{id}.json"), body).await? {
+            Write::Done(_) | Write::Refused => Ok(()),
+        }
     }
 }

@@ -51,6 +51,10 @@ impl Report {
 pub fn run(project: &Project, only: &[String], vars: &VarInputs) -> Report {
     let mut report = Report::default();
     let mut seen = BTreeSet::new();
+    // bake.toml (shared state), when there is one.
+    if let Err(p) = crate::config::state::load(&project.root) {
+        report.add(&mut seen, p);
+    }
     let roles = if only.is_empty() {
         match project.role_names() {
             Ok(r) => r,
@@ -162,6 +166,11 @@ pub fn run(project: &Project, only: &[String], vars: &VarInputs) -> Report {
                     }
                 }
                 Err(p) => report.add(&mut seen, p),
+            }
+        }
+        if let Ok(Some(ctx)) = crate::config::policy::state_context(project, None) {
+            if let Err(p) = policies.render("state", &ctx) {
+                report.add(&mut seen, p.into());
             }
         }
         if only.is_empty() {

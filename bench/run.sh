@@ -29,11 +29,12 @@ start_sandbox() {  # $1: state folder; prints seconds to ready
 measure() { python3 - "$@" <<'PY'
 import resource, subprocess, sys, time
 t = time.monotonic()
-p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 wall = time.monotonic() - t
 rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 if p.returncode != 0:
-    sys.exit(f"failed ({p.returncode}): {' '.join(sys.argv[1:])}")
+    tail = p.stderr.decode(errors="replace").strip().splitlines()[-3:]
+    sys.exit(f"failed ({p.returncode}): {' '.join(sys.argv[1:])}\n" + "\n".join(tail))
 print(f"{wall:.2f} {rss}")
 PY
 }
@@ -209,6 +210,8 @@ def copy(region, source_region, source):
         time.sleep(0.1)
     ec2.create_tags(Resources=[new], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
     ec2.modify_image_attribute(ImageId=new, LaunchPermission={"Add": [{"UserId": acct}]})
+    snap = ec2.describe_images(ImageIds=[new])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    ec2.modify_snapshot_attribute(SnapshotId=snap, CreateVolumePermission={"Add": [{"UserId": acct}]})
     return new
 east = copy("us-east-1", "us-east-1", ami)
 copy("us-west-2", "us-east-1", east)

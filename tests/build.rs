@@ -993,3 +993,135 @@ fn bake_runs_as_the_container_runs_it_non_root_with_a_read_only_project() {
     assert!(!root.join(".bake").exists(), "nothing written into the project");
     sh(&["chmod", "-R", "u+w", root.to_str().unwrap()]);
 }
+
+/// A project whose state is shared in the sandbox's S3 (`bake.toml [state]`), with a short lease.
+fn share_state(root: &Path, bucket: &str) {
+    std::fs::write(root.join("bake.toml"), format!("[state]\ns3 = \"s3://{bucket}/team\"\nlease = \"3s\"\n")).unwrap();
+}
+
+/// Team state in S3, three folders standing for three machines: two runners baking one role at
+/// once (one bakes, the other waits, saying who holds the lock, then reuses the image); a runner
+/// killed with SIGKILL (the next run takes the lock over once its lease ends, and `bake cleanup`
+/// of the dead bake works from a third folder whose local state never saw it, the first folder's
+/// `.bake/` deleted); `bake ls --history` from anywhere. Nothing is left but products.
+#[test]
+fn shared_state_one_lock_for_every_folder_a_lease_for_the_dead_and_a_journal_anyone_can_replay() {
+    let sb = Sandbox::start();
+    let (status, _) = sb.call("PUT", "/bake-state", None);
+    assert_eq!(status, 200, "the state bucket");
+    let (a, b, c) = (project_copy(), project_copy(), project_copy());
+    for d in [&a, &b, &c] {
+        share_state(d.path(), "bake-state");
+    }
+    let before = live(&sb);
+    sb.control("POST", "/_sandbox/delays", Some(json!({"command_duration": 0.5})));
+    let (first, _) = spawn_until(&sb, a.path(), &["build", "kaiju", "--env", "staging", "--manifest", "first.json"], "started (journal");
+    let out = bake(&sb, b.path(), &["build", "kaiju", "--env", "staging", "--no-wait"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("kaiju/staging is being changed already: bake build kaiju/staging by ") && err.contains("(pid "), "{err}");
+    let out = bake(&sb, b.path(), &["build", "kaiju", "--env", "staging", "--output", "json"]);
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("waiting for bake build kaiju/staging by "), "{}", text(&out.stderr));
+    let f: Value = serde_json::from_str(&std::fs::read_to_string(a.path().join("first.json")).unwrap()).unwrap();
+    let m = json_out(&out);
+    assert_eq!((m["status"].as_str(), &m["images"]["us-east-1"]["ami_id"]), (Some("reused"), &f["images"]["us-east-1"]["ami_id"]));
+    sb.control("POST", "/_sandbox/delays", Some(json!({"command_duration": 0})));
+
+    // A runner dies mid-bake, its local state with it.
+    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=base step=updates", "duration": 600}]})));
+    let (mut dead, lines) = spawn_until(&sb, a.path(), &["build", "kaiju", "--env", "staging", "--force"], "base/updates");
+    let id = lines.iter().find_map(|l| l.split("bake b-").nth(1)).map(|rest| format!("b-{}", &rest[..12])).unwrap();
+    signal(&dead, libc::SIGKILL);
+    dead.wait().unwrap();
+    std::fs::remove_dir_all(a.path().join(".bake")).unwrap();
+    sb.control("DELETE", "/_sandbox/ssm/outcomes", None);
+    // Another runner waits for the lease to end, then takes the lock over.
+    let t = Instant::now();
+    let out = bake(&sb, b.path(), &["build", "kaiju", "--env", "staging", "--force", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("took over the lock s3://bake-state/team/locks/kaiju/staging.json"), "{}", text(&out.stderr));
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    let second = json_out(&out);
+    // The dead bake, cleaned up from a folder that never saw it: its journal is in S3.
+    assert!(!c.path().join(".bake").exists());
+    let out = bake(&sb, c.path(), &["cleanup", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("removed instance"), "{}", text(&out.stdout));
+    let mut expected = before.clone();
+    expected.extend(products(&f));
+    expected.extend(products(&second));
+    assert_eq!(live(&sb), expected, "only the two bakes' products are left");
+    // The history, from any folder: every bake, who ran it, from where.
+    let out = bake(&sb, c.path(), &["ls", "--history", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let h = json_out(&out);
+    let ids: Vec<&str> = h.as_array().unwrap().iter().map(|r| r["manifest"]["bake_id"].as_str().unwrap_or_default()).collect();
+    assert!(ids.contains(&f["bake_id"].as_str().unwrap()) && ids.contains(&second["bake_id"].as_str().unwrap()), "{h}");
+    assert!(h.as_array().unwrap().iter().all(|r| !r["by"]["host"].as_str().unwrap_or_default().is_empty()), "{h}");
+}
+
+/// A state bucket bake cannot use stops it before anything is created, in one line.
+#[test]
+fn an_unusable_state_bucket_stops_bake_before_anything_is_created() {
+    let sb = Sandbox::start();
+    let dir = project_copy();
+    share_state(dir.path(), "no-such-bucket");
+    let before = live(&sb);
+    let out = bake(&sb, dir.path(), &["build", "kaiju", "--env", "staging"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the state bucket s3://no-such-bucket/team/ (bake.toml: state.s3) cannot be used") && err.contains("NoSuchBucket"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(live(&sb), before, "nothing was created");
+}
+
+/// Two writers of one journal at once (a bake and a `bake cleanup` of it, say): every entry lands
+/// in its own object, none is overwritten.
+#[test]
+fn concurrent_journal_writers_never_overwrite_an_entry() {
+    use bake::journal::{BakeId, Entry, Journal, Kind, Resource};
+    let sb = Sandbox::start();
+    let (status, _) = sb.call("PUT", "/journals", None);
+    assert_eq!(status, 200);
+    for (k, v) in sb.env() {
+        std::env::set_var(k, v);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let spec = bake::config::state::StateSpec {
+        bucket: "journals".into(),
+        prefix: "t".into(),
+        region: Some("us-east-1".into()),
+        kms_key_id: None,
+        lease: Duration::from_secs(10),
+    };
+    let r = rt.block_on(async {
+        let aws = bake::aws::Aws::load(&bake::aws::Connection::default()).await;
+        bake::remote::init(&aws, &spec).await.unwrap()
+    });
+    let id = BakeId::new();
+    let writers: Vec<std::thread::JoinHandle<Vec<String>>> = (0..2)
+        .map(|w| {
+            let id = id.clone();
+            std::thread::spawn(move || {
+                let dir = tempfile::tempdir().unwrap();
+                bake::journal::set_state_dir(dir.path().to_path_buf());
+                let mut j = Journal::create(dir.path(), &id).unwrap();
+                let mut wrote = Vec::new();
+                for i in 0..15 {
+                    let e = Entry::Created { resource: Resource::new(Kind::Image, format!("ami-{w}{i:02}"), "us-east-1"), at: "2026-12-02T00:00:00Z".into() };
+                    j.append(&e).unwrap();
+                    wrote.push(serde_json::to_string(&e).unwrap());
+                }
+                wrote
+            })
+        })
+        .collect();
+    let mut wrote: Vec<String> = writers.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let mut stored = rt.block_on(r.journal_lines(id.as_str())).unwrap();
+    wrote.sort();
+    stored.sort();
+    assert_eq!(stored, wrote, "every entry of both writers, each once");
+}

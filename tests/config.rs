@@ -463,6 +463,24 @@ fn every_rendered_policy_passes_parliament_and_cloudsplaining_or_is_listed_with_
     assert!(have, "install the IAM linters: python3 -m pip install -r tests/policies/requirements.txt (or set BAKE_SKIP_POLICY_LINT=1)");
     let out = Command::new("python3").arg(repo().join("tests/policies/lint.py")).arg(env!("CARGO_BIN_EXE_bake")).arg(repo()).output().unwrap();
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    // With shared state (bake.toml [state], a KMS key by alias): the state policy too, and the
+    // operator's and roller's still fit.
+    let dir = project_copy();
+    std::fs::write(dir.path().join("bake.toml"), "[state]\ns3 = \"s3://acme-bake-state/golden\"\nregion = \"us-east-1\"\nkms_key_id = \"alias/bake-state\"\n")
+        .unwrap();
+    let out = Command::new("python3").arg(repo().join("tests/policies/lint.py")).arg(env!("CARGO_BIN_EXE_bake")).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let state = bake(dir.path(), &["policy", "state", "--account", "111122223333"]);
+    let doc: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap_or_else(|_| panic!("{}", text(&state.stderr)));
+    let resources: Vec<String> = doc["Statement"].as_array().unwrap().iter().map(|s| s["Resource"].to_string()).collect();
+    assert_eq!(
+        resources,
+        vec!["\"arn:aws:s3:::acme-bake-state/golden/*\"", "\"arn:aws:s3:::acme-bake-state\"", "\"arn:aws:kms:*:111122223333:key/*\""],
+        "{doc}"
+    );
+    assert_eq!(doc["Statement"][1]["Condition"]["StringLike"]["s3:prefix"], "golden/*");
+    let none = bake(&repo(), &["policy", "state"]);
+    assert_eq!(none.status.code(), Some(1), "no shared state, no policy: {}", text(&none.stderr));
 }
 
 #[test]

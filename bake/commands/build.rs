@@ -114,8 +114,24 @@ pub fn build(g: &Global, a: &BuildArgs) -> ExitStatus {
             eprintln!("note: role {s} has no environment {}: skipped", req.env);
         }
     }
-    let manifests = runtime().block_on(crate::build::run(&g.root, &super::connection(g), req, plans, progress));
+    let rt = runtime();
+    if let Err(code) = super::shared_state(g, &rt) {
+        return code;
+    }
+    let manifests = rt.block_on(crate::build::run(&g.root, &super::connection(g), req, plans, progress));
+    rt.block_on(record(&manifests));
     report(g, &manifests, a.bake.manifest.as_deref())
+}
+
+/// With shared state, each bake's manifest is kept there (`bake ls --history`).
+async fn record(manifests: &[crate::manifest::Manifest]) {
+    let Some(r) = crate::remote::get() else { return };
+    for m in manifests.iter().filter(|m| !m.bake_id.is_empty()) {
+        let rec = serde_json::json!({"kind": m.kind, "at": m.started_at, "by": super::who(), "manifest": m});
+        if let Err(e) = r.put_manifest(&m.role, &m.env, &m.bake_id, &rec).await {
+            eprintln!("warning: the record of bake {} was not kept in the shared state: {e}", m.bake_id);
+        }
+    }
 }
 
 pub fn patch(g: &Global, a: &PatchArgs) -> ExitStatus {
@@ -174,6 +190,9 @@ pub fn patch(g: &Global, a: &PatchArgs) -> ExitStatus {
     };
     let progress = crate::progress::Progress::new(g.quiet, g.output == Output::Json);
     let rt = runtime();
+    if let Err(code) = super::shared_state(g, &rt) {
+        return code;
+    }
     let conn = super::connection(g);
     let parent = match &a.from {
         Some(a) => a.clone(),
@@ -199,6 +218,7 @@ pub fn patch(g: &Global, a: &PatchArgs) -> ExitStatus {
     let mut req = request(g, &a.bake, vec![role.clone()], false, env, 1);
     req.patch = Some(crate::manifest::PatchRecord { parent, cves: a.cves.clone(), packages: what.label().split(',').map(str::to_string).collect() });
     let manifests = rt.block_on(crate::build::run(&g.root, &conn, req, vec![plan], progress));
+    rt.block_on(record(&manifests));
     report(g, &manifests, a.bake.manifest.as_deref())
 }
 

@@ -31,6 +31,9 @@ pub fn cleanup(g: &Global, a: &CleanupArgs) -> ExitStatus {
         return ExitStatus::Usage;
     };
     let rt = runtime();
+    if let Err(code) = super::shared_state(g, &rt) {
+        return code;
+    }
     let aws = rt.block_on(crate::aws::Aws::load(&super::connection(g)));
     let extra: Vec<String> = g.region.iter().cloned().collect();
     match rt.block_on(crate::recovery::replay(&aws, &g.root, &id, &extra)) {

@@ -16,6 +16,19 @@ pub struct Scope {
 }
 
 #[derive(Args, Debug)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub scope: Scope,
+    /// Past bakes, patches and rolls from the shared state (bake.toml [state]): who, from where,
+    /// status, image; newest first
+    #[arg(long)]
+    pub history: bool,
+    /// With --history: at most this many records
+    #[arg(long, default_value_t = 20, requires = "history")]
+    pub last: usize,
+}
+
+#[derive(Args, Debug)]
 pub struct PruneArgs {
     #[command(flatten)]
     pub scope: Scope,
@@ -108,7 +121,89 @@ fn listed(g: &Global, s: &Scope) -> Result<(tokio::runtime::Runtime, crate::aws:
     Ok((rt, aws, w, images))
 }
 
-pub fn ls(g: &Global, s: &Scope) -> ExitStatus {
+/// `bake ls --history`: the records kept in the shared state, newest first.
+fn history(g: &Global, a: &LsArgs) -> ExitStatus {
+    let rt = runtime();
+    match crate::config::state::load(&g.root) {
+        Err(p) => return problems(&p),
+        Ok(None) => {
+            return failed(format!(
+                "--history reads the shared state, and this project has no {} with a [state] (README: shared state)",
+                crate::config::state::FILE
+            ))
+        }
+        Ok(Some(_)) => {}
+    }
+    if let Err(code) = super::shared_state(g, &rt) {
+        return code;
+    }
+    let Some(r) = crate::remote::get() else { return failed("the shared state is not connected") };
+    let under = match (&a.scope.role, &a.scope.env) {
+        (Some(role), Some(env)) => format!("manifests/{role}/{env}/"),
+        (Some(role), None) => format!("manifests/{role}/"),
+        (None, _) => "manifests/".to_string(),
+    };
+    let records: Result<Vec<serde_json::Value>, crate::error::Error> = rt.block_on(async {
+        let mut out = Vec::new();
+        for key in r.list(&under).await? {
+            if a.scope.env.is_some() && a.scope.role.is_none() && key.split('/').nth(2).is_none_or(|e| Some(e) != a.scope.env.as_deref()) {
+                continue;
+            }
+            if let Some((body, _)) = r.read(&key).await? {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+                    out.push(v);
+                }
+            }
+        }
+        Ok(out)
+    });
+    let mut records = match records {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    let when = |v: &serde_json::Value| v["at"].as_str().unwrap_or_default().to_string();
+    records.sort_by_key(|v| std::cmp::Reverse(when(v)));
+    records.truncate(a.last);
+    match g.output {
+        Output::Json => out(&json(&records)),
+        Output::Text => {
+            if records.is_empty() {
+                out("no bake or roll recorded in the shared state");
+                return ExitStatus::Success;
+            }
+            let mut text = format!("{:<22} {:<8} {:<22} {:<13} {:<24} {:<16} {}\n", "WHEN", "KIND", "ROLE/ENV", "STATUS", "IMAGE", "ID", "BY");
+            for v in &records {
+                let m = &v["manifest"];
+                let image = m["ami"]
+                    .as_str()
+                    .map(str::to_string)
+                    .or_else(|| m["images"][m["region"].as_str().unwrap_or_default()]["ami_id"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let id = m["bake_id"].as_str().or_else(|| m["roll_id"].as_str()).unwrap_or_default();
+                text.push_str(&format!(
+                    "{:<22} {:<8} {:<22} {:<13} {:<24} {:<16} {}@{} ({})\n",
+                    when(v),
+                    v["kind"].as_str().unwrap_or_default(),
+                    format!("{}/{}", m["role"].as_str().unwrap_or_default(), m["env"].as_str().unwrap_or_default()),
+                    m["status"].as_str().unwrap_or_default(),
+                    image,
+                    id,
+                    v["by"]["user"].as_str().unwrap_or_default(),
+                    v["by"]["host"].as_str().unwrap_or_default(),
+                    v["by"]["folder"].as_str().unwrap_or_default(),
+                ));
+            }
+            out(text.trim_end());
+        }
+    }
+    ExitStatus::Success
+}
+
+pub fn ls(g: &Global, a: &LsArgs) -> ExitStatus {
+    if a.history {
+        return history(g, a);
+    }
+    let s = &a.scope;
     let images = match listed(g, s) {
         Ok((_, _, _, i)) => i,
         Err(code) => return code,

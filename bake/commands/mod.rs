@@ -109,7 +109,7 @@ pub enum Command {
     Patch(build::PatchArgs),
     /// List the images bake made, with their age, lineage, CVEs and what uses each
     #[command(after_help = "Examples:\n  bake ls\n  bake ls boxoffice --env production --output json")]
-    Ls(images::Scope),
+    Ls(images::LsArgs),
     /// Remove old images and their snapshots in every region; never one in use or among the newest
     #[command(
         after_help = "Examples:\n  bake prune --plan\n  bake prune boxoffice --env production --keep 5 --older-than 30d --yes\n\nAn image stays when a group, a launch template version a group uses, a launch configuration\nor the role's SSM parameter points at it, or when it is one of the newest N (--keep, else the\nrole's image.keep, else 3)."
@@ -239,6 +239,29 @@ fn runtime() -> tokio::runtime::Runtime {
             std::process::exit(1)
         }
     }
+}
+
+/// The project's shared state (bake.toml [state]), checked and connected before anything else
+/// reaches AWS: a bad setting or a bucket that cannot be used stops the command here.
+fn shared_state(g: &Global, rt: &tokio::runtime::Runtime) -> Result<(), ExitStatus> {
+    let spec = crate::config::state::load(&g.root).map_err(|p| problems(&p))?;
+    if let Some(s) = spec {
+        rt.block_on(async {
+            let aws = crate::aws::Aws::load(&connection(g)).await;
+            crate::remote::init(&aws, &s).await.map(|_| ())
+        })
+        .map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// Who runs bake, for the shared records: the user and the machine.
+fn who() -> serde_json::Value {
+    serde_json::json!({
+        "user": std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default(),
+        "host": crate::journal::hostname(),
+        "folder": std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
+    })
 }
 
 fn connection(g: &Global) -> crate::aws::Connection {

@@ -33,6 +33,8 @@ pub enum PolicyKind {
     Roller,
     /// What the role bake assumes in a workload account needs (--account, one of rollout.accounts)
     Target,
+    /// What the shared state of bake.toml [state] needs (attach it beside operator and roller)
+    State,
     /// One role's builder policy
     Builder,
     /// The permissions boundary of every builder role (what `bake bootstrap` creates)
@@ -173,6 +175,17 @@ pub fn policy(g: &Global, a: &PolicyArgs) -> ExitStatus {
                 };
                 let ctx = crate::config::policy::target_context(&project, role, env, account, &vars)?;
                 project.policies()?.render("roller", &ctx).map_err(Problems::from)?.unwrap_or_default()
+            }
+            PolicyKind::State => {
+                let Some(ctx) = crate::config::policy::state_context(&project, account)? else {
+                    return Err(Problem::new(
+                        "(command line)",
+                        "",
+                        "this project keeps no shared state (no bake.toml with a [state]): there is no state policy",
+                    )
+                    .into());
+                };
+                project.policies()?.render("state", &ctx).map_err(Problems::from)?.unwrap_or_default()
             }
             PolicyKind::Boundary => {
                 if role.is_some() {

@@ -65,7 +65,11 @@ pub fn roll(g: &Global, a: &RollArgs) -> ExitStatus {
         patch: false,
     };
     let progress = crate::progress::Progress::new(g.quiet, g.output == Output::Json);
-    let m = runtime().block_on(async {
+    let rt = runtime();
+    if let Err(code) = super::shared_state(g, &rt) {
+        return code;
+    }
+    let m = rt.block_on(async {
         let aws = crate::aws::Aws::load(&super::connection(g)).await;
         let cancel = crate::signals::watch(std::sync::Arc::default());
         // One change of a role and env at a time: a roll waits for a bake or patch of it (every
@@ -86,7 +90,15 @@ pub fn roll(g: &Global, a: &RollArgs) -> ExitStatus {
                 }
             }
         }
-        crate::roll::run(&aws, &plan, &req, progress, cancel).await
+        let m = crate::roll::run(&aws, &plan, &req, progress, cancel).await;
+        // With shared state the roll's record is kept there (`bake ls --history`).
+        if let (Some(r), false) = (crate::remote::get(), a.plan || m.roll_id.is_empty()) {
+            let rec = serde_json::json!({"kind": if a.rollback { "rollback" } else { "roll" }, "at": crate::journal::now_rfc3339(), "by": super::who(), "manifest": &m});
+            if let Err(e) = r.put_manifest(&m.role, &m.env, &m.roll_id, &rec).await {
+                eprintln!("warning: the record of roll {} was not kept in the shared state: {e}", m.roll_id);
+            }
+        }
+        m
     });
     report(g, &m, a.manifest.as_deref())
 }

@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 use super::problem::{display_path, Problem, Problems};
 use crate::template::{self, Flavor};
 
-pub const KINDS: &[&str] = &["builder", "operator", "roller", "boundary"];
+pub const KINDS: &[&str] = &["builder", "operator", "roller", "boundary", "state"];
 
 /// IAM's limit on a role's inline policies, whitespace excluded.
 pub const INLINE_POLICY_LIMIT: usize = 10_240;
@@ -292,6 +292,28 @@ pub fn operator_context(
     vars: &super::VarInputs,
 ) -> Result<Json, Problems> {
     operator_or_target_context(project, role, env, account, false, vars)
+}
+
+/// The context of `bake policy state`: bake.toml's shared state, its objects under the prefix,
+/// its listing, its key; None when the project has none.
+pub fn state_context(project: &super::Project, account: Option<&str>) -> Result<Option<Json>, Problems> {
+    let account = account.unwrap_or("*");
+    let Some(s) = super::state::load(&project.root)? else { return Ok(None) };
+    let under = if s.prefix.is_empty() { String::new() } else { format!("{}/", s.prefix) };
+    let kms = match &s.kms_key_id {
+        None => String::new(),
+        Some(k) if k.starts_with("arn:") && k.contains(":key/") => k.clone(),
+        // An alias or a key id: any key of the account, used only through S3.
+        Some(_) => format!("arn:aws:kms:*:{account}:key/*"),
+    };
+    Ok(Some(serde_json::json!({
+        "state_url": format!("s3://{}/{under}", s.bucket),
+        "state_object_arn": format!("arn:aws:s3:::{}/{under}*", s.bucket),
+        "state_bucket_arn": format!("arn:aws:s3:::{}", s.bucket),
+        "state_list_prefix": format!("{under}*"),
+        "state_kms_arn": kms,
+        "state_region": s.region.clone().unwrap_or_else(|| "*".into()),
+    })))
 }
 
 /// The context of `bake policy target --account ID`: the roller's policy in that workload account,

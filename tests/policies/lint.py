@@ -27,6 +27,8 @@ def documents(bake, root):
     """(kind, document) for every policy the project renders."""
     roles = sorted(f[:-5] for f in os.listdir(os.path.join(root, "roles")) if f.endswith(".toml"))
     yield "boundary", render(bake, root, "boundary")
+    if os.path.exists(os.path.join(root, "bake.toml")):
+        yield "state", render(bake, root, "state")
     for kind in ("operator", "roller"):
         yield kind, render(bake, root, kind)
         for role in roles:
