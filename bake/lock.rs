@@ -129,7 +129,7 @@ pub async fn acquire_for(root: &Path, role: &str, env: &str, what: &str, bake_id
 
 fn holder_now(what: &str, bake_id: Option<&str>, lease: Duration) -> crate::remote::Holder {
     crate::remote::Holder {
-        owner: std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() })),
+        owner: crate::remote::user(),
         host: crate::journal::hostname(),
         pid: std::process::id(),
         command: what.to_string(),
@@ -168,7 +168,7 @@ async fn acquire_remote(
                     me.since = crate::journal::now_rfc3339();
                     match r.replace(&key, body(&me), &etag).await? {
                         Write::Done(new) => {
-                            report.info(&format!("took over the lock {} from {h}: its lease had ended", r.url(&key)));
+                            report.info(&format!("took over the lock {} from {h}: its lease had ended unrenewed", r.url(&key)));
                             Some(new)
                         }
                         Write::Refused => None,
@@ -189,7 +189,7 @@ async fn acquire_remote(
         };
         if let Some(etag) = won {
             let etag = std::sync::Arc::new(std::sync::Mutex::new(etag));
-            let renew = tokio::spawn(renew(r, key.clone(), me, etag.clone()));
+            let renew = tokio::spawn(renew(r, key.clone(), format!("{role}/{env}"), me, etag.clone()));
             return Ok(Held { _file: None, remote: Some(RemoteHeld { key, etag, renew }) });
         }
         tokio::select! {
@@ -199,26 +199,41 @@ async fn acquire_remote(
     }
 }
 
-/// Extends the lease every third of it while the work runs. A renewal refused means the lock is
-/// no longer ours (taken over after a lease missed): said loudly, once.
-async fn renew(r: &'static crate::remote::Remote, key: String, mut me: crate::remote::Holder, etag: std::sync::Arc<std::sync::Mutex<String>>) {
+/// Extends the lease every third of it while the work runs. A lock that is no longer this run's
+/// (changed or removed by someone else, or not renewed for a whole lease) stops the run as Ctrl-C
+/// does — what it made is cleaned up, groups it moved go back — so that two runs never change one
+/// role and env at once.
+async fn renew(r: &'static crate::remote::Remote, key: String, what: String, mut me: crate::remote::Holder, etag: std::sync::Arc<std::sync::Mutex<String>>) {
     let every = (r.lease / 3).max(Duration::from_millis(500));
+    let mut renewed = std::time::Instant::now();
     loop {
         tokio::time::sleep(every).await;
         me.expires = crate::remote::now_secs() + r.lease.as_secs();
         let current = etag.lock().map(|e| e.clone()).unwrap_or_default();
-        match r.replace(&key, serde_json::to_vec(&me).unwrap_or_default(), &current).await {
+        let why = match r.replace(&key, serde_json::to_vec(&me).unwrap_or_default(), &current).await {
             Ok(crate::remote::Write::Done(new)) => {
                 if let Ok(mut e) = etag.lock() {
                     *e = new;
                 }
+                renewed = std::time::Instant::now();
+                continue;
             }
-            Ok(crate::remote::Write::Refused) => {
-                eprintln!("warning: the lock {} is no longer this run's (its lease ended and another run took it)", r.url(&key));
-                return;
-            }
+            Ok(crate::remote::Write::Refused) => "someone else changed or removed it".to_string(),
+            Err(e) if renewed.elapsed() >= r.lease => format!("it could not be renewed for a whole lease: {e}"),
             // A failed renewal is tried again at the next tick, within the lease.
-            Err(e) => tracing::warn!(error = %e, "renewing the lock failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the lock failed");
+                continue;
+            }
+        };
+        eprintln!(
+            "error: {what}: the lock {} is no longer this run's ({why}); stopping as on Ctrl-C, so that two runs never change {what} at once",
+            r.url(&key)
+        );
+        // SAFETY: a signal to this process; its handler (signals.rs) starts the orderly stop.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGTERM);
         }
+        return;
     }
 }

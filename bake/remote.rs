@@ -199,8 +199,16 @@ pub fn now_secs() -> u64 {
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.is_empty() {
+            return write!(f, "{} (last written {})", self.command, self.since);
+        }
         write!(f, "{} by {} on {} (pid {}) since {}", self.command, self.owner, self.host, self.pid, self.since)
     }
+}
+
+/// Who runs bake here: the user's name, or the uid.
+pub fn user() -> String {
+    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).ok().filter(|u| !u.is_empty()).unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }))
 }
 
 pub fn lock_key(role: &str, env: &str) -> String {
@@ -212,11 +220,28 @@ impl Remote {
     pub async fn holder(&self, key: &str) -> Result<Option<(Holder, String)>> {
         match self.read(key).await? {
             None => Ok(None),
-            Some((body, etag)) => {
-                // Unreadable content is held by someone bake does not know: it expires at once.
-                let h = serde_json::from_slice(&body).unwrap_or_else(|_| Holder { command: "an unreadable lock".into(), ..Default::default() });
-                Ok(Some((h, etag)))
-            }
+            Some((body, etag)) => match serde_json::from_slice(&body) {
+                Ok(h) => Ok(Some((h, etag))),
+                // Not bake's writing: held as if written by a run bake does not know, for one
+                // lease from when it was last written.
+                Err(_) => {
+                    let written = self
+                        .s3
+                        .head_object()
+                        .bucket(&self.bucket)
+                        .key(self.key(key))
+                        .send()
+                        .await
+                        .ok()
+                        .and_then(|o| o.last_modified().map(|t| t.secs().max(0) as u64))
+                        .unwrap_or_else(now_secs);
+                    let since = aws_smithy_types::DateTime::from_secs(written as i64).fmt(aws_smithy_types::date_time::Format::DateTime).unwrap_or_default();
+                    Ok(Some((
+                        Holder { command: "an unreadable lock object".into(), since, expires: written + self.lease.as_secs(), ..Default::default() },
+                        etag,
+                    )))
+                }
+            },
         }
     }
 

@@ -1125,3 +1125,29 @@ fn concurrent_journal_writers_never_overwrite_an_entry() {
     stored.sort();
     assert_eq!(stored, wrote, "every entry of both writers, each once");
 }
+
+/// A run whose shared lock is no longer its own (removed by hand here; taken over after a lease it
+/// missed, a laptop asleep) stops as on Ctrl-C — exit 130, what it made cleaned up — and says why:
+/// two runs never change one role and env at once.
+#[test]
+fn a_run_that_loses_its_shared_lock_stops_and_cleans_up() {
+    let sb = Sandbox::start();
+    let (status, _) = sb.call("PUT", "/bake-state", None);
+    assert_eq!(status, 200);
+    let dir = project_copy();
+    share_state(dir.path(), "bake-state");
+    let before = live(&sb);
+    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=base step=updates", "duration": 600}]})));
+    let (child, _) = spawn_until(&sb, dir.path(), &["build", "kaiju", "--env", "staging"], "base/updates");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conf = sb.sdk_config("us-east-1").await;
+        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build());
+        s3.delete_object().bucket("bake-state").key("team/locks/kaiju/staging.json").send().await.unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("is no longer this run's (someone else changed or removed it); stopping as on Ctrl-C"), "{err}");
+    assert_eq!(live(&sb), before, "what it made is gone");
+}

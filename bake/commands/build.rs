@@ -119,15 +119,15 @@ pub fn build(g: &Global, a: &BuildArgs) -> ExitStatus {
         return code;
     }
     let manifests = rt.block_on(crate::build::run(&g.root, &super::connection(g), req, plans, progress));
-    rt.block_on(record(&manifests));
+    rt.block_on(record(g, &manifests));
     report(g, &manifests, a.bake.manifest.as_deref())
 }
 
 /// With shared state, each bake's manifest is kept there (`bake ls --history`).
-async fn record(manifests: &[crate::manifest::Manifest]) {
+async fn record(g: &Global, manifests: &[crate::manifest::Manifest]) {
     let Some(r) = crate::remote::get() else { return };
     for m in manifests.iter().filter(|m| !m.bake_id.is_empty()) {
-        let rec = serde_json::json!({"kind": m.kind, "at": m.started_at, "by": super::who(), "manifest": m});
+        let rec = serde_json::json!({"kind": m.kind, "at": m.started_at, "by": super::who(g), "manifest": m});
         if let Err(e) = r.put_manifest(&m.role, &m.env, &m.bake_id, &rec).await {
             eprintln!("warning: the record of bake {} was not kept in the shared state: {e}", m.bake_id);
         }
@@ -218,7 +218,7 @@ pub fn patch(g: &Global, a: &PatchArgs) -> ExitStatus {
     let mut req = request(g, &a.bake, vec![role.clone()], false, env, 1);
     req.patch = Some(crate::manifest::PatchRecord { parent, cves: a.cves.clone(), packages: what.label().split(',').map(str::to_string).collect() });
     let manifests = rt.block_on(crate::build::run(&g.root, &conn, req, vec![plan], progress));
-    rt.block_on(record(&manifests));
+    rt.block_on(record(g, &manifests));
     report(g, &manifests, a.bake.manifest.as_deref())
 }
 

@@ -171,7 +171,7 @@ fn history(g: &Global, a: &LsArgs) -> ExitStatus {
                 out("no bake or roll recorded in the shared state");
                 return ExitStatus::Success;
             }
-            let mut text = format!("{:<22} {:<8} {:<22} {:<13} {:<24} {:<16} {}\n", "WHEN", "KIND", "ROLE/ENV", "STATUS", "IMAGE", "ID", "BY");
+            let mut text = format!("{:<28} {:<8} {:<22} {:<13} {:<24} {:<16} {}\n", "WHEN", "KIND", "ROLE/ENV", "STATUS", "IMAGE", "ID", "BY");
             for v in &records {
                 let m = &v["manifest"];
                 let image = m["ami"]
@@ -181,7 +181,7 @@ fn history(g: &Global, a: &LsArgs) -> ExitStatus {
                     .unwrap_or_default();
                 let id = m["bake_id"].as_str().or_else(|| m["roll_id"].as_str()).unwrap_or_default();
                 text.push_str(&format!(
-                    "{:<22} {:<8} {:<22} {:<13} {:<24} {:<16} {}@{} ({})\n",
+                    "{:<28} {:<8} {:<22} {:<13} {:<24} {:<16} {}@{} ({})\n",
                     when(v),
                     v["kind"].as_str().unwrap_or_default(),
                     format!("{}/{}", m["role"].as_str().unwrap_or_default(), m["env"].as_str().unwrap_or_default()),

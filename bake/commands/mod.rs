@@ -255,12 +255,12 @@ fn shared_state(g: &Global, rt: &tokio::runtime::Runtime) -> Result<(), ExitStat
     Ok(())
 }
 
-/// Who runs bake, for the shared records: the user and the machine.
-fn who() -> serde_json::Value {
+/// Who runs bake, for the shared records: the user, the machine and the project folder.
+fn who(g: &Global) -> serde_json::Value {
     serde_json::json!({
-        "user": std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default(),
+        "user": crate::remote::user(),
         "host": crate::journal::hostname(),
-        "folder": std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
+        "folder": std::fs::canonicalize(&g.root).unwrap_or_else(|_| g.root.clone()).display().to_string(),
     })
 }
 

@@ -93,7 +93,7 @@ pub fn roll(g: &Global, a: &RollArgs) -> ExitStatus {
         let m = crate::roll::run(&aws, &plan, &req, progress, cancel).await;
         // With shared state the roll's record is kept there (`bake ls --history`).
         if let (Some(r), false) = (crate::remote::get(), a.plan || m.roll_id.is_empty()) {
-            let rec = serde_json::json!({"kind": if a.rollback { "rollback" } else { "roll" }, "at": crate::journal::now_rfc3339(), "by": super::who(), "manifest": &m});
+            let rec = serde_json::json!({"kind": if a.rollback { "rollback" } else { "roll" }, "at": crate::journal::now_rfc3339(), "by": super::who(g), "manifest": &m});
             if let Err(e) = r.put_manifest(&m.role, &m.env, &m.roll_id, &rec).await {
                 eprintln!("warning: the record of roll {} was not kept in the shared state: {e}", m.roll_id);
             }
