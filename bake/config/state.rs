@@ -60,8 +60,16 @@ fn parse_url(url: &str) -> Result<(String, String), String> {
         return Err(format!("`{shown}`: `{}` is not an S3 bucket name (3-63 of a-z, 0-9, . and -)", bucket.escape_default()));
     }
     let prefix = prefix.trim_end_matches('/');
-    if prefix.len() > 512 || prefix.starts_with('/') || prefix.contains("//") || prefix.chars().any(|c| c.is_control() || c == '*' || c == '?' || c == '\\') {
-        return Err(format!("`{shown}`: the prefix must be plain key text (no wildcard, control character, `\\\\`, empty segment; at most 512 characters)"));
+    let odd_segment = prefix.split('/').any(|seg| seg == "." || seg == "..");
+    if prefix.len() > 512
+        || prefix.starts_with('/')
+        || prefix.contains("//")
+        || odd_segment
+        || prefix.chars().any(|c| c.is_control() || c == '*' || c == '?' || c == '\\')
+    {
+        return Err(format!(
+            "`{shown}`: the prefix must be plain key text (no wildcard, control character, `\\\\`, empty, `.` or `..` segment; at most 512 characters)"
+        ));
     }
     Ok((bucket.to_string(), prefix.to_string()))
 }
@@ -109,7 +117,17 @@ mod tests {
     fn locations_are_bucket_and_plain_prefix() {
         assert_eq!(parse_url("s3://acme-bake/golden/").unwrap(), ("acme-bake".into(), "golden".into()));
         assert_eq!(parse_url("s3://acme-bake").unwrap(), ("acme-bake".into(), String::new()));
-        for bad in ["acme-bake/x", "s3://Acme/x", "s3://ab", "s3://acme-bake/a*b", "s3://acme-bake//x", "s3://acme-bake/a\nb", "s3://"] {
+        for bad in [
+            "acme-bake/x",
+            "s3://Acme/x",
+            "s3://ab",
+            "s3://acme-bake/a*b",
+            "s3://acme-bake//x",
+            "s3://acme-bake/a\nb",
+            "s3://",
+            "s3://acme-bake/../x",
+            "s3://acme-bake/a/./b",
+        ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
     }
