@@ -165,14 +165,13 @@ impl Remote {
 }
 
 /// Runs `f` to completion from synchronous code (the journal's append) inside or outside the
-/// async runtime.
-pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+/// async runtime. No runtime to be had (no threads left) is an error, not a panic.
+pub fn block_on<T, F: std::future::Future<Output = Result<T>>>(f: F) -> Result<T> {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| h.block_on(f)),
         _ => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt.block_on(f),
-            // No runtime can be made (no threads left): the caller's future cannot run at all.
-            Err(e) => panic!("cannot start a runtime for a state write: {e}"),
+            Err(e) => Err(Error::Other(format!("cannot start a runtime to reach the shared state: {e}"))),
         },
     }
 }

@@ -1004,15 +1004,7 @@ async fn a_role_with_two_architectures_gives_each_template_its_architectures_ima
 
 /// Clients for a workload account: a session of its role, assumed with its external id.
 async fn account_cloud(sb: &Sandbox, role_arn: &str, external_id: &str) -> Cloud {
-    let sts = aws_sdk_sts::Client::new(&sb.sdk_config("us-east-1").await);
-    let out = sts.assume_role().role_arn(role_arn).role_session_name("set-up").external_id(external_id).send().await.unwrap();
-    let c = out.credentials.unwrap();
-    let creds = common::sandbox::Creds {
-        access_key_id: c.access_key_id,
-        secret_access_key: c.secret_access_key,
-        session_token: Some(c.session_token),
-        arn: out.assumed_role_user.unwrap().arn,
-    };
+    let creds = sb.assume_role_with(role_arn, "set-up", Some(external_id)).await;
     common::Clients::new(&sb.sdk_config_as("us-east-1", &creds).await)
 }
 

@@ -2143,14 +2143,7 @@ async fn another_account_assumes_a_trusting_role_and_sees_only_what_is_shared_wi
     sb.control("POST", "/_sandbox/accounts", Some(json!({"account": B, "role": "bake-target", "external_id": "x-1"})));
     let e = sts.assume_role().role_arn(&arn).role_session_name("set-up").external_id("x-2").send().await.unwrap_err();
     assert_eq!(e.code(), Some("AccessDenied"), "the trust policy's external id: {e:?}");
-    let out = sts.assume_role().role_arn(&arn).role_session_name("set-up").external_id("x-1").send().await.unwrap();
-    let cr = out.credentials.unwrap();
-    let creds = common::sandbox::Creds {
-        access_key_id: cr.access_key_id,
-        secret_access_key: cr.secret_access_key,
-        session_token: Some(cr.session_token),
-        arn: out.assumed_role_user.unwrap().arn,
-    };
+    let creds = sb.assume_role_with(&arn, "set-up", Some("x-1")).await;
     let conf = sb.sdk_config_as("us-east-1", &creds).await;
     assert_eq!(aws_sdk_sts::Client::new(&conf).get_caller_identity().send().await.unwrap().account(), Some(B));
     let b = Clients::new(&conf);

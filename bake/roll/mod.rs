@@ -236,7 +236,7 @@ async fn shared_with(c: &Clients, ami: &str, account: &str, role: &str) -> Resul
             }
             match c.ec2.describe_snapshots().set_snapshot_ids(Some(snaps.clone())).send().await {
                 Ok(_) => Ok(()),
-                Err(e) if e.as_service_error().and_then(|s| aws_sdk_ec2::error::ProvideErrorMetadata::code(s)).is_some_and(|c| c.starts_with("InvalidSnapshot")) => {
+                Err(e) if code_starts(&e, "InvalidSnapshot") => {
                     Err(Error::Other(format!(
                         "the snapshots of image {ami} ({}) are not shared with account {account} in {}, so it cannot launch it (AWS shares none under the AWS managed key): `bake build {role}` shares them; nothing changed",
                         snaps.join(", "),
@@ -247,14 +247,20 @@ async fn shared_with(c: &Clients, ami: &str, account: &str, role: &str) -> Resul
             }
         }
         Ok(_) => Err(Error::Other(format!("image {ami} is not available to account {account} in {}; nothing changed", c.region))),
-        Err(e) if e.as_service_error().and_then(|s| aws_sdk_ec2::error::ProvideErrorMetadata::code(s)).is_some_and(|c| c.starts_with("InvalidAMIID")) => {
-            Err(Error::Other(format!(
-                "image {ami} is not shared with account {account} in {}: `bake build {role}` shares it with every account in rollout.accounts; nothing changed",
-                c.region
-            )))
-        }
+        Err(e) if code_starts(&e, "InvalidAMIID") => Err(Error::Other(format!(
+            "image {ami} is not shared with account {account} in {}: `bake build {role}` shares it with every account in rollout.accounts; nothing changed",
+            c.region
+        ))),
         Err(e) => Err(Error::aws("ec2:DescribeImages", format!("image {ami} (as account {account})"), &c.region, &e)),
     }
+}
+
+/// Whether AWS answered `e` with an error code starting with `prefix` (EC2's `InvalidAMIID.*`).
+fn code_starts<E: aws_sdk_ec2::error::ProvideErrorMetadata>(
+    e: &aws_smithy_runtime_api::client::result::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+    prefix: &str,
+) -> bool {
+    e.as_service_error().and_then(|s| s.code()).is_some_and(|c| c.starts_with(prefix))
 }
 
 fn way_back_lost(group: &str, place: &str, image: &str, account: &str) -> String {
@@ -427,7 +433,7 @@ pub async fn run(base: &Aws, plan: &Plan, req: &Request, progress: Progress, can
                     match f.c.ec2.describe_images().image_ids(cur).send().await {
                         Ok(r) if !r.images().is_empty() => {}
                         Ok(_) => return Err(Error::Other(way_back_lost(&g.name, &f.c.place(), cur, account))),
-                        Err(e) if e.as_service_error().and_then(|s| aws_sdk_ec2::error::ProvideErrorMetadata::code(s)).is_some_and(|c| c.starts_with("InvalidAMIID")) => {
+                        Err(e) if code_starts(&e, "InvalidAMIID") => {
                             return Err(Error::Other(way_back_lost(&g.name, &f.c.place(), cur, account)))
                         }
                         Err(e) => return Err(Error::aws("ec2:DescribeImages", format!("image {cur} (as account {account})"), &f.c.region, &e)),

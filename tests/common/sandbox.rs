@@ -200,8 +200,20 @@ impl Sandbox {
     /// A session of `role_arn` (AssumeRole made with the root keys, which the sandbox allows for
     /// set-up although AWS does not let a root user assume roles).
     pub async fn assume_role(&self, role_arn: &str, session: &str) -> Creds {
+        self.assume_role_with(role_arn, session, None).await
+    }
+
+    /// [`Sandbox::assume_role`] with an external id (a workload account's role that asks one).
+    pub async fn assume_role_with(&self, role_arn: &str, session: &str, external_id: Option<&str>) -> Creds {
         let sts = aws_sdk_sts::Client::new(&self.sdk_config("us-east-1").await);
-        let out = sts.assume_role().role_arn(role_arn).role_session_name(session).send().await.expect("assume the role");
+        let out = sts
+            .assume_role()
+            .role_arn(role_arn)
+            .role_session_name(session)
+            .set_external_id(external_id.map(str::to_string))
+            .send()
+            .await
+            .expect("assume the role");
         let c = out.credentials.unwrap();
         Creds {
             access_key_id: c.access_key_id,
