@@ -278,6 +278,7 @@ pub fn read(path: &Path) -> Result<Vec<Entry>> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Start {
     pub role: String,
+    pub env: String,
     pub bake_id: BakeId,
     pub region: String,
     pub regions: Vec<String>,
@@ -309,10 +310,11 @@ pub fn state(entries: &[Entry]) -> State {
     let mut s = State::default();
     for e in entries {
         match e {
-            Entry::Started { bake_id, role, region, pid, host, regions, .. } => {
+            Entry::Started { bake_id, role, env, region, pid, host, regions, .. } => {
                 s.started = Some(Start {
                     bake_id: bake_id.clone(),
                     role: role.clone(),
+                    env: env.clone(),
                     region: region.clone(),
                     regions: regions.clone(),
                     pid: *pid,

@@ -139,8 +139,9 @@ fn holder_now(what: &str, bake_id: Option<&str>, lease: Duration) -> crate::remo
     }
 }
 
-/// The lock in S3: created if absent (`If-None-Match: *`); a lease past its end is taken over
-/// (`If-Match` on what was read, so two takers cannot both win); renewed every third of the lease
+/// The lock in S3: created if absent (`If-None-Match: *`); a lease past its end — judged on S3's
+/// clock, see [`crate::remote::Remote::holder`] — is taken over (`If-Match` on what was read, so
+/// two takers cannot both win); renewed every third of the lease
 /// (`If-Match` on our own last write); released on drop. Waiting polls every second.
 #[allow(clippy::too_many_arguments)] // the lock's identity and the caller's context
 async fn acquire_remote(
@@ -164,7 +165,7 @@ async fn acquire_remote(
             Write::Refused => match r.holder(&key).await? {
                 // Released between the two calls: try again at once.
                 None => continue,
-                Some((h, etag)) if h.expires <= crate::remote::now_secs() => {
+                Some(crate::remote::Lock { holder: h, etag, ended: true, .. }) => {
                     me.since = crate::journal::now_rfc3339();
                     match r.replace(&key, body(&me), &etag).await? {
                         Write::Done(new) => {
@@ -174,7 +175,7 @@ async fn acquire_remote(
                         Write::Refused => None,
                     }
                 }
-                Some((h, _)) => {
+                Some(crate::remote::Lock { holder: h, .. }) => {
                     if !wait {
                         return Err(Error::Other(format!("{role}/{env} is being changed already: {h}; without --no-wait this run waits for it")));
                     }

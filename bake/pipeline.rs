@@ -104,6 +104,11 @@ async fn bake_in(b: Bake<'_>, manifest: &mut Manifest, cancel: Cancel) -> Result
         at: journal::now_rfc3339(),
         regions: std::iter::once(region.clone()).chain(plan.image.regions.iter().cloned()).collect(),
     })?;
+    if let Some(r) = crate::remote::get() {
+        if let Err(e) = r.record_started(root, manifest).await {
+            report.info(&format!("warning: the start of bake {id} was not recorded in the shared state: {e}"));
+        }
+    }
     if let Ok(mut a) = active.lock() {
         a.push(id.clone());
     }

@@ -32,6 +32,7 @@ pub async fn replay(aws: &Aws, root: &Path, id: &BakeId, extra_regions: &[String
     let mut regions: BTreeSet<String> = extra_regions.iter().cloned().collect();
     let mut born = BTreeMap::new();
     let mut succeeded = false;
+    let mut started: Option<(String, String)> = None;
     let (mut live, published, handle) = if path.exists() {
         let state = journal::state(&journal::read(&path)?);
         if journal::is_running(&state) {
@@ -40,14 +41,15 @@ pub async fn replay(aws: &Aws, root: &Path, id: &BakeId, extra_regions: &[String
         }
         // On another machine: running while its process still renews its lock's lease.
         if let (Some(r), Some(st), None) = (crate::remote::get(), &state.started, state.finished) {
-            if let Some(h) = r.running(&st.role, &st.host, st.pid).await? {
+            if let Some(l) = r.running(&st.role, &st.host, st.pid).await? {
                 return Err(Error::Other(format!(
-                    "bake {id} is still running: {h}, its lock's lease current (until {}s from now); interrupt it, or wait for it to end",
-                    h.expires.saturating_sub(crate::remote::now_secs())
+                    "bake {id} is still running: {}, its lock's lease current (for {}s more unless renewed); interrupt it, or wait for it to end",
+                    l.holder, l.until
                 )));
             }
         }
         if let Some(st) = &state.started {
+            started = Some((st.role.clone(), st.env.clone()));
             regions.insert(st.region.clone());
             regions.extend(st.regions.iter().cloned());
         }
@@ -75,6 +77,10 @@ pub async fn replay(aws: &Aws, root: &Path, id: &BakeId, extra_regions: &[String
         if let Some(h) = &handle {
             let status = if succeeded { Finish::Succeeded } else { Finish::Cleaned };
             h.append(journal::Entry::Finished { status, at: journal::now_rfc3339() })?;
+        }
+        // Its shared record, left `running` by a runner that died, now says it was cleaned up.
+        if let (Some(r), Some((role, env))) = (crate::remote::get(), &started) {
+            r.record_cleaned(root, role, env, id.as_str()).await?;
         }
     }
     Ok(Outcome { removed, errors, journal, regions: regions.into_iter().collect() })
@@ -136,30 +142,16 @@ fn iam_tags(tags: &[aws_sdk_iam::types::Tag]) -> BTreeMap<String, String> {
 }
 
 /// Every resource bake made (`bake:managed=true` and a bake id) in `regions`, and its IAM roles
-/// and instance profiles under /bake/, whose bake is not running here and which is older than
+/// and instance profiles under /bake/, whose bake is not running (here, or with shared state on
+/// any machine) and which is older than
 /// `older_than`. Finished images and their snapshots are never orphans; launch configurations and
 /// launch templates are a roll's products, never swept. Every page of every list is read.
 pub async fn find_orphans(aws: &Aws, root: &Path, regions: &[String], older_than: Duration) -> Result<Sweep> {
-    let running = running(root);
-    let mut sweep = Sweep::default();
-    let consider = |r: Resource, tags: &BTreeMap<String, String>, age: Option<Duration>, sweep: &mut Sweep| {
-        if let Some(why) = not_bakes(tags) {
-            sweep.skipped.push((r, why));
-            return;
-        }
-        let id = tags.get(crate::tags::ID).cloned().unwrap_or_default();
-        if running.contains(&id) {
-            sweep.skipped.push((r, format!("bake {id} is still running here")));
-        } else if age.map(|a| a < older_than).unwrap_or(false) {
-            sweep.skipped.push((r, format!("younger than {}", crate::config::Secs(older_than.as_secs()))));
-        } else {
-            sweep.orphans.push(Orphan { resource: r, bake_id: id, age });
-        }
-    };
+    let mut found: Vec<(Resource, BTreeMap<String, String>, Option<Duration>)> = Vec::new();
     for region in regions {
         for (r, tags) in teardown::find_tagged(aws, region, Filter::builder().name("tag-key").values(crate::tags::MANAGED).build()).await? {
             let age = age_of(tags.get(crate::tags::CREATED).map(String::as_str));
-            consider(r, &tags, age, &mut sweep);
+            found.push((r, tags, age));
         }
     }
     let region = aws.default_region().or_else(|| regions.first().cloned()).unwrap_or_else(|| "us-east-1".into());
@@ -168,7 +160,7 @@ pub async fn find_orphans(aws: &Aws, root: &Path, regions: &[String], older_than
         let r = c.iam.get_role().role_name(&name).send().await.map_err(|e| Error::aws("iam:GetRole", format!("role {name}"), "global", &e))?;
         let Some(role) = r.role() else { continue };
         let age = SystemTime::try_from(*role.create_date()).ok().and_then(|t| SystemTime::now().duration_since(t).ok());
-        consider(Resource::new(Kind::IamRole, &name, "global"), &iam_tags(role.tags()), age, &mut sweep);
+        found.push((Resource::new(Kind::IamRole, &name, "global"), iam_tags(role.tags()), age));
     }
     for name in teardown::iam_names(&c, Kind::InstanceProfile).await? {
         let r = c
@@ -180,7 +172,38 @@ pub async fn find_orphans(aws: &Aws, root: &Path, regions: &[String], older_than
             .map_err(|e| Error::aws("iam:GetInstanceProfile", format!("instance profile {name}"), "global", &e))?;
         let Some(p) = r.instance_profile() else { continue };
         let age = SystemTime::try_from(*p.create_date()).ok().and_then(|t| SystemTime::now().duration_since(t).ok());
-        consider(Resource::new(Kind::InstanceProfile, &name, "global"), &iam_tags(p.tags()), age, &mut sweep);
+        found.push((Resource::new(Kind::InstanceProfile, &name, "global"), iam_tags(p.tags()), age));
+    }
+    // Which bakes run: here, by this machine's journals; with shared state, anywhere, by a lock
+    // whose lease is current held by the process the bake's shared journal names.
+    let mut running: BTreeMap<String, String> = running(root).into_iter().map(|id| (id, "here".to_string())).collect();
+    if let Some(remote) = crate::remote::get() {
+        let ids: BTreeSet<String> =
+            found.iter().filter_map(|(_, tags, _)| tags.get(crate::tags::ID)).filter(|id| BakeId::parse(id).is_some()).cloned().collect();
+        let held = remote.held().await?;
+        let unknown: Vec<String> = ids.into_iter().filter(|id| !running.contains_key(id)).collect();
+        for id in unknown {
+            let Some(first) = remote.journal_first(&id).await? else { continue };
+            let Ok(journal::Entry::Started { role, host, pid, .. }) = serde_json::from_str::<journal::Entry>(&first) else { continue };
+            if let Some(l) = held.iter().find(|l| l.holder.host == host && l.holder.pid == pid && l.key.starts_with(&format!("locks/{role}/"))) {
+                running.insert(id, format!("on {host} (pid {pid}), its lock {} current", remote.url(&l.key)));
+            }
+        }
+    }
+    let mut sweep = Sweep::default();
+    for (r, tags, age) in found {
+        if let Some(why) = not_bakes(&tags) {
+            sweep.skipped.push((r, why));
+            continue;
+        }
+        let id = tags.get(crate::tags::ID).cloned().unwrap_or_default();
+        if let Some(wher) = running.get(&id) {
+            sweep.skipped.push((r, format!("bake {id} is still running {wher}")));
+        } else if age.map(|a| a < older_than).unwrap_or(false) {
+            sweep.skipped.push((r, format!("younger than {}", crate::config::Secs(older_than.as_secs()))));
+        } else {
+            sweep.orphans.push(Orphan { resource: r, bake_id: id, age });
+        }
     }
     Ok(sweep)
 }
@@ -193,6 +216,12 @@ pub async fn remove_orphans(aws: &Aws, root: &Path, orphans: Vec<Orphan>) -> Vec
     }
     let mut errors = Vec::new();
     for (id, rs) in by_bake {
+        // A journal in the shared state (a runner gone): brought here, and appended to there.
+        if let Some(b) = BakeId::parse(&id) {
+            if let Err(e) = journal::pull(root, &b).await {
+                errors.push(e);
+            }
+        }
         let handle = BakeId::parse(&id)
             .map(|b| journal::journal_path(root, &b))
             .filter(|p| p.exists())

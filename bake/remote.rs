@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 
 pub struct Remote {
     pub s3: aws_sdk_s3::Client,
+    /// S3's clock, as its answers' `Date` headers tell it.
+    clock: ServerClock,
     pub bucket: String,
     pub prefix: String,
     pub region: String,
@@ -40,7 +42,8 @@ pub async fn init(aws: &crate::aws::Aws, spec: &StateSpec) -> Result<&'static Re
     let region = spec.region.clone().or_else(|| aws.default_region()).ok_or_else(|| {
         Error::Other(format!("{}: no region for the state bucket {}: set state.region, or give --region", crate::config::state::FILE, spec.bucket))
     })?;
-    let mut conf = aws_sdk_s3::config::Builder::from(&base).region(aws_config::Region::new(region.clone()));
+    let clock = ServerClock::default();
+    let mut conf = aws_sdk_s3::config::Builder::from(&base).region(aws_config::Region::new(region.clone())).interceptor(clock.clone());
     // A custom endpoint (AWS_ENDPOINT_URL: a test double, a VPC endpoint by IP) answers for one
     // host: address buckets by path there.
     if base.endpoint_url().is_some() {
@@ -48,6 +51,7 @@ pub async fn init(aws: &crate::aws::Aws, spec: &StateSpec) -> Result<&'static Re
     }
     let r = Remote {
         s3: aws_sdk_s3::Client::from_conf(conf.build()),
+        clock,
         bucket: spec.bucket.clone(),
         prefix: spec.prefix.clone(),
         region,
@@ -68,6 +72,42 @@ pub async fn init(aws: &crate::aws::Aws, spec: &StateSpec) -> Result<&'static Re
     REMOTE.get().ok_or_else(|| Error::Other("the state bucket could not be kept".into()))
 }
 
+/// S3's clock: the last `Date` header S3 answered with, and when (on this machine's monotonic
+/// clock) it came. A lease is judged by S3's own times — when the lock was last written
+/// (`LastModified`) against S3's now — so machines whose clocks disagree still agree on it.
+#[derive(Clone, Debug, Default)]
+struct ServerClock(std::sync::Arc<std::sync::Mutex<Option<(i64, std::time::Instant)>>>);
+
+impl ServerClock {
+    /// S3's time now, in whole seconds since the epoch; this machine's when S3 has not said.
+    fn now(&self) -> i64 {
+        match self.0.lock().ok().and_then(|g| *g) {
+            Some((secs, at)) => secs + at.elapsed().as_secs() as i64,
+            None => now_secs() as i64,
+        }
+    }
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for ServerClock {
+    fn name(&self) -> &'static str {
+        "bake-s3-clock"
+    }
+    fn read_after_transmit(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> std::result::Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let date = context.response().headers().get("date");
+        if let Some(t) = date.and_then(|d| aws_smithy_types::DateTime::from_str(d, aws_smithy_types::date_time::Format::HttpDate).ok()) {
+            if let Ok(mut g) = self.0.lock() {
+                *g = Some((t.secs(), std::time::Instant::now()));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a conditional write found.
 pub enum Write {
     /// Written: the object's new ETag.
@@ -78,6 +118,14 @@ pub enum Write {
 
 /// The HTTP status of a failed call's answer (412: a condition failed; 409: a concurrent
 /// conditional write won; 404: nothing there), when there was an answer.
+/// An answer's ETag: conditional writes depend on it, so an answer without one is an error.
+fn etag_of(etag: Option<&str>, call: &str, what: &str, region: &str) -> Result<String> {
+    match etag {
+        Some(e) if !e.is_empty() => Ok(e.to_string()),
+        _ => Err(Error::Other(format!("{call} of {what} in {region} answered without an ETag, which bake's locks and journal depend on"))),
+    }
+}
+
 fn status<E>(e: &aws_smithy_runtime_api::client::result::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>) -> Option<u16> {
     e.raw_response().map(|r| r.status().as_u16())
 }
@@ -106,7 +154,7 @@ impl Remote {
     /// Creates `rest` unless it exists.
     pub async fn create(&self, rest: &str, body: Vec<u8>) -> Result<Write> {
         match self.put(rest, body).if_none_match("*").send().await {
-            Ok(o) => Ok(Write::Done(o.e_tag().unwrap_or_default().to_string())),
+            Ok(o) => Ok(Write::Done(etag_of(o.e_tag(), "s3:PutObject", &self.url(rest), &self.region)?)),
             Err(e) if matches!(status(&e), Some(412) | Some(409)) => Ok(Write::Refused),
             Err(e) => Err(Error::aws("s3:PutObject", self.url(rest), &self.region, &e)),
         }
@@ -115,7 +163,7 @@ impl Remote {
     /// Replaces `rest` if it is still the version `etag` names.
     pub async fn replace(&self, rest: &str, body: Vec<u8>, etag: &str) -> Result<Write> {
         match self.put(rest, body).if_match(etag).send().await {
-            Ok(o) => Ok(Write::Done(o.e_tag().unwrap_or_default().to_string())),
+            Ok(o) => Ok(Write::Done(etag_of(o.e_tag(), "s3:PutObject", &self.url(rest), &self.region)?)),
             Err(e) if matches!(status(&e), Some(412) | Some(409) | Some(404)) => Ok(Write::Refused),
             Err(e) => Err(Error::aws("s3:PutObject", self.url(rest), &self.region, &e)),
         }
@@ -123,11 +171,20 @@ impl Remote {
 
     /// The object and its ETag; None when absent.
     pub async fn read(&self, rest: &str) -> Result<Option<(Vec<u8>, String)>> {
+        Ok(self.read_object(rest).await?.map(|o| (o.body, o.etag)))
+    }
+
+    /// The object, its ETag and when S3 last wrote it; None when absent.
+    async fn read_object(&self, rest: &str) -> Result<Option<Object>> {
         match self.s3.get_object().bucket(&self.bucket).key(self.key(rest)).send().await {
             Ok(o) => {
-                let etag = o.e_tag().unwrap_or_default().to_string();
+                let etag = etag_of(o.e_tag(), "s3:GetObject", &self.url(rest), &self.region)?;
+                let written = o
+                    .last_modified()
+                    .map(|t| t.secs())
+                    .ok_or_else(|| Error::Other(format!("s3:GetObject of {} in {} answered without LastModified", self.url(rest), self.region)))?;
                 let body = o.body.collect().await.map_err(|e| Error::Other(format!("reading {} failed: {e}", self.url(rest))))?.into_bytes().to_vec();
-                Ok(Some((body, etag)))
+                Ok(Some(Object { body, etag, written }))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) || status(&e) == Some(404) => Ok(None),
             Err(e) => Err(Error::aws("s3:GetObject", self.url(rest), &self.region, &e)),
@@ -164,6 +221,13 @@ impl Remote {
     }
 }
 
+struct Object {
+    body: Vec<u8>,
+    etag: String,
+    /// When S3 last wrote it, seconds since the epoch on S3's clock.
+    written: i64,
+}
+
 /// Runs `f` to completion from synchronous code (the journal's append) inside or outside the
 /// async runtime. No runtime to be had (no threads left) is an error, not a panic.
 pub fn block_on<T, F: std::future::Future<Output = Result<T>>>(f: F) -> Result<T> {
@@ -188,7 +252,8 @@ pub struct Holder {
     #[serde(default)]
     pub bake_id: Option<String>,
     pub since: String,
-    /// Seconds since the epoch when the lease ends unless renewed.
+    /// Seconds since the epoch when the lease ends unless renewed, on the holder's clock: for
+    /// people reading the object. bake itself judges the lease on S3's clock.
     pub expires: u64,
 }
 
@@ -215,46 +280,74 @@ pub fn lock_key(role: &str, env: &str) -> String {
 }
 
 impl Remote {
-    /// Reads a lock: its holder and ETag; None when free.
-    pub async fn holder(&self, key: &str) -> Result<Option<(Holder, String)>> {
-        match self.read(key).await? {
-            None => Ok(None),
-            Some((body, etag)) => match serde_json::from_slice(&body) {
-                Ok(h) => Ok(Some((h, etag))),
-                // Not bake's writing: held as if written by a run bake does not know, for one
-                // lease from when it was last written.
-                Err(_) => {
-                    let written = self
-                        .s3
-                        .head_object()
-                        .bucket(&self.bucket)
-                        .key(self.key(key))
-                        .send()
-                        .await
-                        .ok()
-                        .and_then(|o| o.last_modified().map(|t| t.secs().max(0) as u64))
-                        .unwrap_or_else(now_secs);
-                    let since = aws_smithy_types::DateTime::from_secs(written as i64).fmt(aws_smithy_types::date_time::Format::DateTime).unwrap_or_default();
-                    Ok(Some((
-                        Holder { command: "an unreadable lock object".into(), since, expires: written + self.lease.as_secs(), ..Default::default() },
-                        etag,
-                    )))
-                }
-            },
-        }
+    /// Reads a lock: its holder, its ETag, and whether its lease has ended; None when free.
+    ///
+    /// The lease is judged on S3's clock alone: it has ended when the lock was last written
+    /// (S3's `LastModified`) more than a lease ago by S3's `Date` — never by comparing this
+    /// machine's clock with the holder's. Both are whole seconds, so "more than" is strict: the
+    /// lock is at least a lease old, whatever the rounding. A holder renews every third of a lease.
+    pub async fn holder(&self, key: &str) -> Result<Option<Lock>> {
+        let Some(o) = self.read_object(key).await? else { return Ok(None) };
+        let age = self.clock.now() - o.written;
+        let ended = age > self.lease.as_secs() as i64;
+        let until = (self.lease.as_secs() as i64 - age).max(0) as u64;
+        let holder = match serde_json::from_slice::<Holder>(&o.body) {
+            Ok(h) => h,
+            // Not bake's writing: held as if written by a run bake does not know, for one lease
+            // from when it was last written.
+            Err(_) => {
+                let since = aws_smithy_types::DateTime::from_secs(o.written).fmt(aws_smithy_types::date_time::Format::DateTime).unwrap_or_default();
+                Holder { command: "an unreadable lock object".into(), since, ..Default::default() }
+            }
+        };
+        Ok(Some(Lock { holder, etag: o.etag, ended, until }))
     }
 
-    /// The unexpired lock of `role` held by the process `pid` on `host`, if any: a bake (or
-    /// roll) still running on that machine.
-    pub async fn running(&self, role: &str, host: &str, pid: u32) -> Result<Option<Holder>> {
-        for key in self.list(&format!("locks/{role}/")).await? {
-            if let Some((h, _)) = self.holder(&key).await? {
-                if h.host == host && h.pid == pid && h.expires > now_secs() {
-                    return Ok(Some(h));
+    /// The current lock of `role` held by the process `pid` on `host`, if any: a bake (or roll)
+    /// still running on that machine.
+    pub async fn running(&self, role: &str, host: &str, pid: u32) -> Result<Option<Lock>> {
+        Ok(self
+            .held()
+            .await?
+            .into_iter()
+            .find(|l| l.holder.host == host && l.holder.pid == pid && l.key.starts_with(&format!("locks/{role}/")))
+            .map(|l| l.lock))
+    }
+
+    /// Every lock whose lease is current, of every role and env.
+    pub async fn held(&self) -> Result<Vec<KeyedLock>> {
+        let mut out = Vec::new();
+        for key in self.list("locks/").await? {
+            if let Some(lock) = self.holder(&key).await? {
+                if !lock.ended {
+                    out.push(KeyedLock { key, lock });
                 }
             }
         }
-        Ok(None)
+        Ok(out)
+    }
+}
+
+/// A lock as read: who holds it, its ETag, whether its lease has ended (on S3's clock), and how
+/// many seconds of it are left.
+#[derive(Debug, Clone)]
+pub struct Lock {
+    pub holder: Holder,
+    pub etag: String,
+    pub ended: bool,
+    pub until: u64,
+}
+
+/// A lock and its key (relative to the prefix).
+pub struct KeyedLock {
+    pub key: String,
+    pub lock: Lock,
+}
+
+impl std::ops::Deref for KeyedLock {
+    type Target = Lock;
+    fn deref(&self) -> &Lock {
+        &self.lock
     }
 }
 
@@ -292,11 +385,70 @@ impl Remote {
         Ok(out)
     }
 
-    /// Stores a bake's or roll's record under `manifests/<role>/<env>/<id>.json`.
+    /// Stores a bake's or roll's record under `manifests/<role>/<env>/<id>.json`: the final one
+    /// replaces the `running` record its start left.
     pub async fn put_manifest(&self, role: &str, env: &str, id: &str, record: &serde_json::Value) -> Result<()> {
         let body = serde_json::to_vec(record).map_err(|e| Error::Other(format!("cannot encode the record of {id}: {e}")))?;
-        match self.create(&format!("manifests/{role}/{env}/{id}.json"), body).await? {
+        let rest = record_key(role, env, id);
+        self.put(&rest, body).send().await.map_err(|e| Error::aws("s3:PutObject", self.url(&rest), &self.region, &e))?;
+        Ok(())
+    }
+
+    /// The record of a bake that has just started (status `running`): a bake whose runner dies
+    /// still shows in `bake ls --history`, and `bake cleanup` later marks it cleaned.
+    pub async fn record_started(&self, root: &std::path::Path, m: &crate::manifest::Manifest) -> Result<()> {
+        let mut rec = serde_json::json!({"kind": m.kind, "at": m.started_at, "by": who(root), "manifest": m});
+        rec["manifest"]["status"] = "running".into();
+        let body = serde_json::to_vec(&rec).map_err(|e| Error::Other(format!("cannot encode the record of {}: {e}", m.bake_id)))?;
+        match self.create(&record_key(&m.role, &m.env, &m.bake_id), body).await? {
             Write::Done(_) | Write::Refused => Ok(()),
         }
     }
+
+    /// After `bake cleanup` finished a bake that never wrote its final record (its runner died):
+    /// the record says so. A record that is not `running` is left as it is.
+    pub async fn record_cleaned(&self, root: &std::path::Path, role: &str, env: &str, id: &str) -> Result<()> {
+        let rest = record_key(role, env, id);
+        let Some((body, etag)) = self.read(&rest).await? else { return Ok(()) };
+        let Ok(mut rec) = serde_json::from_slice::<serde_json::Value>(&body) else { return Ok(()) };
+        if rec["manifest"]["status"].as_str() != Some("running") {
+            return Ok(());
+        }
+        let by = who(root);
+        rec["manifest"]["status"] = "cleaned".into();
+        rec["manifest"]["error"] = format!(
+            "ended without finishing (its runner stopped); cleaned up by {} on {} with bake cleanup",
+            by["user"].as_str().unwrap_or_default(),
+            by["host"].as_str().unwrap_or_default()
+        )
+        .into();
+        rec["cleaned_by"] = by;
+        let body = serde_json::to_vec(&rec).map_err(|e| Error::Other(format!("cannot encode the record of {id}: {e}")))?;
+        match self.replace(&rest, body, &etag).await? {
+            Write::Done(_) | Write::Refused => Ok(()),
+        }
+    }
+
+    /// The first entry of a shared journal (the bake's start: who, where, which process).
+    pub async fn journal_first(&self, bake_id: &str) -> Result<Option<String>> {
+        match self.list(&journal_prefix(bake_id)).await?.first() {
+            Some(key) => Ok(self.read(key).await?.map(|(b, _)| String::from_utf8_lossy(&b).trim_end().to_string())),
+            None => Ok(None),
+        }
+    }
+}
+
+pub fn record_key(role: &str, env: &str, id: &str) -> String {
+    format!("manifests/{role}/{env}/{id}.json")
+}
+
+/// Who runs bake, for the shared records: the user, the machine, the process and the project
+/// folder.
+pub fn who(root: &std::path::Path) -> serde_json::Value {
+    serde_json::json!({
+        "user": user(),
+        "host": crate::journal::hostname(),
+        "pid": std::process::id(),
+        "folder": std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()).display().to_string(),
+    })
 }

@@ -994,6 +994,26 @@ fn bake_runs_as_the_container_runs_it_non_root_with_a_read_only_project() {
     sh(&["chmod", "-R", "u+w", root.to_str().unwrap()]);
 }
 
+/// The sandbox's S3 (signed, as every object call must be): reads an object's status, writes one.
+struct S3 {
+    rt: tokio::runtime::Runtime,
+    client: aws_sdk_s3::Client,
+}
+
+impl S3 {
+    fn new(sb: &Sandbox) -> S3 {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let conf = rt.block_on(sb.sdk_config("us-east-1"));
+        S3 { rt, client: aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build()) }
+    }
+    fn exists(&self, bucket: &str, key: &str) -> bool {
+        self.rt.block_on(self.client.head_object().bucket(bucket).key(key).send()).is_ok()
+    }
+    fn put(&self, bucket: &str, key: &str, body: &Value) {
+        self.rt.block_on(self.client.put_object().bucket(bucket).key(key).body(body.to_string().into_bytes().into()).send()).unwrap();
+    }
+}
+
 /// A project whose state is shared in the sandbox's S3 (`bake.toml [state]`), with a short lease.
 fn share_state(root: &Path, bucket: &str) {
     std::fs::write(root.join("bake.toml"), format!("[state]\ns3 = \"s3://{bucket}/team\"\nlease = \"3s\"\n")).unwrap();
@@ -1034,6 +1054,24 @@ fn shared_state_one_lock_for_every_folder_a_lease_for_the_dead_and_a_journal_any
     sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=base step=updates", "duration": 600}]})));
     let (mut dead, lines) = spawn_until(&sb, a.path(), &["build", "kaiju", "--env", "staging", "--force"], "base/updates");
     let id = lines.iter().find_map(|l| l.split("bake b-").nth(1)).map(|rest| format!("b-{}", &rest[..12])).unwrap();
+    // While it runs, another machine's orphan sweep leaves its resources alone: its shared
+    // journal names the process that holds the lock. Its history record says it runs.
+    let sweep = |dir: &Path| {
+        let out = bake(&sb, dir, &["cleanup", "--orphans", "--older-than", "0s", "--region", "us-east-1", "--output", "json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        json_out(&out)
+    };
+    let status_of = |dir: &Path| {
+        let out = bake(&sb, dir, &["ls", "--history", "--output", "json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let h = json_out(&out);
+        h.as_array().unwrap().iter().find(|r| r["manifest"]["bake_id"] == id.as_str()).map(|r| r["manifest"]["status"].clone()).unwrap_or_default()
+    };
+    let s = sweep(b.path());
+    let skipped = s["skipped"].as_array().unwrap();
+    assert!(skipped.iter().any(|r| r["type"] == "instance" && r["why"].as_str().unwrap().contains(&format!("bake {id} is still running on "))), "{s}");
+    assert!(s["orphans"].as_array().unwrap().iter().all(|o| o["bake_id"] != id.as_str()), "{s}");
+    assert_eq!(status_of(c.path()), "running");
     signal(&dead, libc::SIGKILL);
     dead.wait().unwrap();
     std::fs::remove_dir_all(a.path().join(".bake")).unwrap();
@@ -1045,6 +1083,10 @@ fn shared_state_one_lock_for_every_folder_a_lease_for_the_dead_and_a_journal_any
     assert!(text(&out.stderr).contains("took over the lock s3://bake-state/team/locks/kaiju/staging.json"), "{}", text(&out.stderr));
     assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
     let second = json_out(&out);
+    // Its lease over, the dead bake is an orphan to any machine, and unfinished in the history.
+    let s = sweep(b.path());
+    assert!(s["orphans"].as_array().unwrap().iter().any(|o| o["bake_id"] == id.as_str() && o["type"] == "instance"), "{s}");
+    assert_eq!(status_of(c.path()), "unfinished");
     // The dead bake, cleaned up from a folder that never saw it: its journal is in S3.
     assert!(!c.path().join(".bake").exists());
     let out = bake(&sb, c.path(), &["cleanup", &id]);
@@ -1061,6 +1103,48 @@ fn shared_state_one_lock_for_every_folder_a_lease_for_the_dead_and_a_journal_any
     let ids: Vec<&str> = h.as_array().unwrap().iter().map(|r| r["manifest"]["bake_id"].as_str().unwrap_or_default()).collect();
     assert!(ids.contains(&f["bake_id"].as_str().unwrap()) && ids.contains(&second["bake_id"].as_str().unwrap()), "{h}");
     assert!(h.as_array().unwrap().iter().all(|r| !r["by"]["host"].as_str().unwrap_or_default().is_empty()), "{h}");
+    assert_eq!(status_of(c.path()), "cleaned");
+    // Ctrl-C releases the lock at once: the object is gone, nothing made is left.
+    sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=base step=updates", "duration": 600}]})));
+    let (child, _) = spawn_until(&sb, a.path(), &["build", "kaiju", "--env", "staging", "--force"], "base/updates");
+    let s3 = S3::new(&sb);
+    assert!(s3.exists("bake-state", "team/locks/kaiju/staging.json"), "held while it runs");
+    signal(&child, libc::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(!s3.exists("bake-state", "team/locks/kaiju/staging.json"), "released");
+    sb.control("DELETE", "/_sandbox/ssm/outcomes", None);
+    assert_eq!(live(&sb), expected, "the interrupted bake left nothing");
+}
+
+/// A lease is judged on S3's clock, never the holder's: a lock whose writer's clock ran behind
+/// (its `expires` long past) holds while it is renewed, and one whose writer's clock ran ahead
+/// (`expires` in 2100) ends a lease after S3 last saw it written. Every exit path releases it,
+/// a failure included.
+#[test]
+fn a_shared_lease_is_judged_on_s3s_clock_not_the_holders() {
+    let sb = Sandbox::start();
+    assert_eq!(sb.call("PUT", "/bake-state", None).0, 200);
+    let dir = project_copy();
+    let root = dir.path();
+    share_state(root, "bake-state");
+    // A source that does not exist: the bake fails right after taking the lock.
+    edit(root, "roles/kaiju.toml", "/aws/service/canonical/ubuntu/server/22.04/", "/aws/service/canonical/ubuntu/server/20.10/");
+    let (s3, lock) = (S3::new(&sb), "team/locks/kaiju/staging.json");
+    let holder = |expires: u64| json!({"owner": "ops", "host": "skewed", "pid": 7, "command": "bake build kaiju/staging", "since": "2026-12-02T00:00:00Z", "expires": expires});
+    s3.put("bake-state", lock, &holder(0));
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--no-wait"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("kaiju/staging is being changed already: bake build kaiju/staging by ops on skewed (pid 7)"), "{err}");
+    s3.put("bake-state", lock, &holder(4_102_444_800));
+    std::thread::sleep(Duration::from_secs(5));
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--no-wait"]);
+    let err = text(&out.stdout) + &text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("took over the lock s3://bake-state/team/locks/kaiju/staging.json from bake build kaiju/staging by ops on skewed"), "{err}");
+    assert!(err.contains("the parameter does not exist"), "{err}");
+    assert!(!s3.exists("bake-state", lock), "released when the bake failed");
 }
 
 /// A state bucket bake cannot use stops it before anything is created, in one line.

@@ -192,11 +192,17 @@ async fn holding_only_its_role_scoped_policies_bake_does_everything_and_every_st
     team_fleet(&sb, "billing", "staging", &old).await;
     sb.control("POST", "/_sandbox/delays", Some(json!({"visibility_lag": lag})));
 
-    // The administrator's one-time set-up, with the root keys.
+    // The administrator's one-time set-up, with the root keys. The team's state is shared in S3
+    // (bake.toml [state]), so the state policy is needed too — and enough.
     let out = bake(&sb, root, &["bootstrap"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sb.call("PUT", "/bake-state", None).0, 200);
+    std::fs::write(root.join("bake.toml"), "[state]\ns3 = \"s3://bake-state/team\"\nlease = \"5s\"\n").unwrap();
     let (operator, roller) = (rendered(root, "operator"), rendered(root, "roller"));
-    let op = user_with(&sb, "kaiju-operator", &[("operator", &operator), ("roller", &roller)]).await;
+    let out = common::bake(root, &["policy", "state", "--account", ACCOUNT]);
+    assert!(out.status.success(), "bake policy state: {}", text(&out.stderr));
+    let state: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let op = user_with(&sb, "kaiju-operator", &[("operator", &operator), ("roller", &roller), ("state", &state)]).await;
     sb.run_as(Some(&op));
     sb.clear_decisions();
 
@@ -215,6 +221,7 @@ async fn holding_only_its_role_scoped_policies_bake_does_everything_and_every_st
     let patched = json_out(&out);
     assert_eq!(patched["roll"]["status"], "succeeded");
     ok("ls", &bake(&sb, root, &["ls", "kaiju", "--env", "staging"]));
+    ok("ls --history", &bake(&sb, root, &["ls", "--history"]));
     let out = bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--keep", "1", "--yes", "--output", "json"]);
     ok("prune", &out);
     assert!(json_out(&out)["decisions"].as_array().unwrap().iter().any(|d| d["delete"] == true), "prune removed the golden image");
@@ -253,7 +260,7 @@ async fn holding_only_its_role_scoped_policies_bake_does_everything_and_every_st
         }
     }
     let mut dead: Vec<String> = Vec::new();
-    for sid in allow_sids(&operator).into_iter().chain(allow_sids(&roller)) {
+    for sid in allow_sids(&operator).into_iter().chain(allow_sids(&roller)).chain(allow_sids(&state)) {
         if !needed.contains_key(&sid) {
             dead.push(sid);
         }
@@ -279,7 +286,7 @@ async fn holding_only_its_role_scoped_policies_bake_does_everything_and_every_st
     sb.run_as(None);
     let mut without = operator.clone();
     without["Statement"].as_array_mut().unwrap().retain(|s| s["Sid"] != "PublishParameters");
-    let short = user_with(&sb, "short-operator", &[("operator", &without), ("roller", &roller)]).await;
+    let short = user_with(&sb, "short-operator", &[("operator", &without), ("roller", &roller), ("state", &state)]).await;
     sb.run_as(Some(&short));
     let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--force"]);
     assert_eq!(out.status.code(), Some(1));

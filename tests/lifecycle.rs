@@ -158,6 +158,23 @@ async fn a_patch_rolls_with_the_roles_patch_preferences_and_a_roll_waits_for_a_r
     assert!(text(&out.stderr).contains("waiting for bake patch kaiju/staging (pid"), "{}", text(&out.stderr));
     let p2: Value = serde_json::from_str(&std::fs::read_to_string(root.join("p2.json")).unwrap()).unwrap();
     assert_eq!(json_ok(&out)["ami"], p2["images"]["us-east-1"]["ami_id"], "the roll rolled what the patch made");
+
+    // The same with the team's state in S3: the lock is an object there, and looks the same.
+    assert_eq!(sb.call("PUT", "/bake-state", None).0, 200);
+    std::fs::write(root.join("bake.toml"), "[state]\ns3 = \"s3://bake-state/team\"\nlease = \"3s\"\n").unwrap();
+    let (running, _) =
+        common::spawn_until(&sb, root, &["patch", "kaiju", "--env", "staging", "--packages", "libssl3", "--manifest", "p3.json"], "started (journal");
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--no-wait"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("kaiju/staging is being changed already: bake patch kaiju/staging by "), "{err}");
+    let out = bake(&sb, root, &["roll", "kaiju", "--env", "staging", "--output", "json"]);
+    let running = running.wait_with_output().unwrap();
+    assert_eq!(running.status.code(), Some(0), "{}", text(&running.stderr));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("waiting for bake patch kaiju/staging by "), "{}", text(&out.stderr));
+    let p3: Value = serde_json::from_str(&std::fs::read_to_string(root.join("p3.json")).unwrap()).unwrap();
+    assert_eq!(json_ok(&out)["ami"], p3["images"]["us-east-1"]["ami_id"], "the roll rolled what the patch made");
 }
 
 /// An image that looks like one bake made (in `ec2`'s region), one second after the last.

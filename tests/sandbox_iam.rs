@@ -433,3 +433,66 @@ fn the_evaluator_and_the_authorization_table_pass_their_python_checks() {
     println!("{text}");
     assert!(out.status.success(), "{text}");
 }
+
+/// S3, as bake's shared state uses it: objects are authorized on their ARN (conditional writes
+/// and deletes included, with s3:if-none-match / s3:if-match), listings on the bucket with
+/// s3:prefix; a write under a KMS key also needs kms:GenerateDataKey through S3; what is not
+/// allowed is AccessDenied in S3's error format, and a sub-resource call the sandbox does not
+/// model is refused, never waved through.
+#[tokio::test]
+async fn s3_objects_and_listings_are_authorized_on_their_arns_and_prefixes() {
+    let sb = sandbox();
+    assert_eq!(sb.call("PUT", "/state", None).0, 200);
+    let s3_of = |conf: &aws_types::SdkConfig| aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(conf).force_path_style(true).build());
+    let doc = policy(vec![
+        allow(&["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], &["arn:aws:s3:::state/team/*"]),
+        json!({"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::state", "Condition": {"StringLike": {"s3:prefix": "team/*"}}}),
+        json!({"Effect": "Deny", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::state/team/locks/*", "Condition": {"Null": {"s3:if-none-match": "true", "s3:if-match": "true"}}}),
+    ]);
+    let bob = sb.create_user("bob", &[("state", doc)]).await;
+    let s3 = s3_of(&sb.sdk_config_as("us-east-1", &bob).await);
+    let body = || aws_sdk_s3::primitives::ByteStream::from_static(b"{}");
+    // Allowed: under the prefix, a conditional create, a read, a listing of the prefix, a delete.
+    let put = s3.put_object().bucket("state").key("team/locks/a.json").if_none_match("*").body(body()).send().await.unwrap();
+    let etag = put.e_tag().unwrap().to_string();
+    s3.get_object().bucket("state").key("team/locks/a.json").send().await.unwrap();
+    s3.list_objects_v2().bucket("state").prefix("team/").send().await.unwrap();
+    let e = s3.put_object().bucket("state").key("team/locks/a.json").if_none_match("*").body(body()).send().await.unwrap_err();
+    assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(412), "allowed, and refused by S3's condition");
+    // Denied: an unconditional write where the policy wants a condition, outside the prefix, a
+    // listing of the whole bucket, another bucket.
+    let denied = |e: &aws_sdk_s3::Error, what: &str| {
+        let (code, msg) = (e.code().unwrap_or_default().to_string(), e.message().unwrap_or_default().to_string());
+        assert_eq!(code, "AccessDenied", "{what}: {msg}");
+        assert!(msg.starts_with("User: arn:aws:iam::123456789012:user/bob is not authorized to perform: s3:"), "{what}: {msg}");
+    };
+    let e = s3.put_object().bucket("state").key("team/locks/a.json").body(body()).send().await.unwrap_err();
+    denied(&e.into(), "an unconditional lock write");
+    let e = s3.put_object().bucket("state").key("other/x.json").body(body()).send().await.unwrap_err();
+    denied(&e.into(), "outside the prefix");
+    let e = s3.list_objects_v2().bucket("state").send().await.unwrap_err();
+    denied(&e.into(), "a listing without a prefix");
+    let e = s3.get_bucket_acl().bucket("state").send().await.unwrap_err();
+    let (code, msg) = err(e.as_service_error().unwrap());
+    assert_eq!(code, "AccessDenied");
+    assert!(msg.contains("the sandbox cannot evaluate it"), "{msg}");
+    // A conditional delete on the ETag.
+    s3.delete_object().bucket("state").key("team/locks/a.json").if_match(&etag).send().await.unwrap();
+    // With a KMS key, S3 asks KMS for the caller: without kms:GenerateDataKey the write is denied.
+    let key = sb.aws_json("kms", "TrentService.CreateKey", &json!({"Description": "state"}))["KeyMetadata"]["Arn"].as_str().unwrap().to_string();
+    let e = s3
+        .put_object()
+        .bucket("state")
+        .key("team/journal/b.json")
+        .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+        .ssekms_key_id(&key)
+        .body(body())
+        .send()
+        .await
+        .unwrap_err();
+    let (code, msg) = err(e.as_service_error().unwrap());
+    assert_eq!(code, "AccessDenied");
+    assert!(msg.contains("kms:GenerateDataKey"), "{msg}");
+    let denials = sb.decisions(true);
+    assert!(denials.iter().any(|d| d["action"] == "kms:GenerateDataKey" && d["resource"] == key.as_str()), "{denials:?}");
+}

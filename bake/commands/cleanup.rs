@@ -66,6 +66,10 @@ pub fn cleanup(g: &Global, a: &CleanupArgs) -> ExitStatus {
 
 fn orphans(g: &Global, a: &CleanupArgs) -> ExitStatus {
     let rt = runtime();
+    // With shared state, bakes running on other machines are told from their locks and journals.
+    if let Err(code) = super::shared_state(g, &rt) {
+        return code;
+    }
     let aws = rt.block_on(crate::aws::Aws::load(&super::connection(g)));
     let regions = match &g.region {
         Some(r) => vec![r.clone()],

@@ -161,6 +161,22 @@ fn history(g: &Global, a: &LsArgs) -> ExitStatus {
         Ok(r) => r,
         Err(e) => return failed(e),
     };
+    // A record still `running` whose process holds no lock any more: its runner died before the
+    // bake ended (`bake cleanup ID` finishes it and marks it cleaned).
+    if records.iter().any(|v| v["manifest"]["status"] == "running") {
+        let held = match rt.block_on(r.held()) {
+            Ok(h) => h,
+            Err(e) => return failed(e),
+        };
+        for v in records.iter_mut().filter(|v| v["manifest"]["status"] == "running") {
+            let (host, pid) = (v["by"]["host"].as_str().unwrap_or_default().to_string(), v["by"]["pid"].as_u64());
+            if !held.iter().any(|l| l.holder.host == host && Some(u64::from(l.holder.pid)) == pid) {
+                let id = v["manifest"]["bake_id"].as_str().unwrap_or_default().to_string();
+                v["manifest"]["status"] = "unfinished".into();
+                v["manifest"]["error"] = format!("its runner stopped before it ended and its lock's lease is over; finish it with: bake cleanup {id}").into();
+            }
+        }
+    }
     let when = |v: &serde_json::Value| v["at"].as_str().unwrap_or_default().to_string();
     records.sort_by_key(|v| std::cmp::Reverse(when(v)));
     records.truncate(a.last);

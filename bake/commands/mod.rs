@@ -257,11 +257,7 @@ fn shared_state(g: &Global, rt: &tokio::runtime::Runtime) -> Result<(), ExitStat
 
 /// Who runs bake, for the shared records: the user, the machine and the project folder.
 fn who(g: &Global) -> serde_json::Value {
-    serde_json::json!({
-        "user": crate::remote::user(),
-        "host": crate::journal::hostname(),
-        "folder": std::fs::canonicalize(&g.root).unwrap_or_else(|_| g.root.clone()).display().to_string(),
-    })
+    crate::remote::who(&g.root)
 }
 
 fn connection(g: &Global) -> crate::aws::Connection {

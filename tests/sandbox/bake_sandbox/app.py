@@ -34,6 +34,9 @@ def error_response(service, status, code, message):
     if service == "ec2":
         body = ERROR_XML_EC2.format(code=code, message=message, rid=rid)
         ctype = "text/xml"
+    elif service == "s3":
+        body = f"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><RequestId>{rid}</RequestId></Error>"
+        ctype = "application/xml"
     elif service in QUERY:
         kind = "Receiver" if status >= 500 else "Sender"
         body = ERROR_XML_QUERY.format(kind=kind, code=code, message=message, rid=rid)

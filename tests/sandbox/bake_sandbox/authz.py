@@ -34,6 +34,7 @@ from moto.iam.models import iam_backends
 from moto.sts.models import sts_backends
 
 from . import policy as pol
+from . import authz_s3
 from . import sigv4
 from .authz_builders import BUILDERS
 from .authz_requests import REQUEST_FAMILIES, TAG_FAMILIES, CallError, Req, parse_params
@@ -41,7 +42,7 @@ from .authz_table import table
 from .state import ACCOUNT
 
 ROOT_KEY = "testing"
-ENFORCED = {"ec2", "iam", "ssm", "autoscaling", "sts", "sns", "kms"}
+ENFORCED = {"ec2", "iam", "ssm", "autoscaling", "sts", "sns", "kms", "s3"}
 JSON_SERVICES = {"ssm", "kms"}
 
 
@@ -449,7 +450,22 @@ AUTH_ERRORS = {
 }
 
 
+# S3's REST errors for the same failures: https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html
+S3_AUTH_ERRORS = {
+    "missing": (403, "AccessDenied"),
+    "invalid_key": (403, "InvalidAccessKeyId"),
+    "expired": (400, "ExpiredToken"),
+    "signature": (403, "SignatureDoesNotMatch"),
+    "incomplete": (400, "AuthorizationHeaderMalformed"),
+}
+
+
 def _auth_error(service, failure):
+    if service == "s3":
+        status, code = S3_AUTH_ERRORS.get(failure.kind, S3_AUTH_ERRORS["signature"])
+        if failure.kind == "expired" and "Signature expired" in failure.message:
+            status, code = 403, "RequestTimeTooSkewed"
+        return _error(service, status, code, failure.message)
     ec2, query, js = AUTH_ERRORS.get(failure.kind, AUTH_ERRORS["signature"])
     if failure.kind == "expired" and "Signature expired" in failure.message:
         ec2, query, js = (400, "RequestExpired"), (403, "SignatureDoesNotMatch"), (400, "InvalidSignatureException")
@@ -516,10 +532,18 @@ def check(environ, service, region, action):
         return None
     service = cred.service
     region = cred.region
-    ambiguous = _ambiguous(environ, body)
+    ambiguous = _ambiguous(environ, body, rest=service == "s3")
     if ambiguous:
         return _error(service, 400, "InvalidRequest" if service != "ec2" else "InvalidParameterCombination", ambiguous)
-    params = parse_params(service, action, body, environ.get("QUERY_STRING", ""), environ)
+    if service == "s3":
+        try:
+            action, params = authz_s3.call_of(environ)
+        except pol.Unsupported as e:
+            call = Call(service, environ.get("REQUEST_METHOD", ""), region, {}, principal, environ)
+            d = _record(principal, call, Req("s3:*", "*"), "deny", f"because the sandbox cannot evaluate it: {e}")
+            return _denial(service, principal, d)
+    else:
+        params = parse_params(service, action, body, environ.get("QUERY_STRING", ""), environ)
     call = Call(service, action, region, params, principal, environ)
     if call.full == "sts:GetCallerIdentity":
         _record(principal, call, Req(call.full, "*"), "allow", "sts:GetCallerIdentity is never denied")
@@ -549,14 +573,16 @@ def check(environ, service, region, action):
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
-def _ambiguous(environ, body):
+def _ambiguous(environ, body, rest=False):
     """Why a request could be read one way here and another way by moto (which routes on the Host
-    header and merges query string and body), or None. Refused rather than authorized."""
+    header and merges query string and body), or None. Refused rather than authorized. A REST call
+    (S3: parameters in the path, query and headers, the body an object) is checked for its host
+    only."""
     host = (environ.get("HTTP_HOST") or "").rsplit(":", 1)[0] if not (environ.get("HTTP_HOST") or "").startswith("[") \
         else environ["HTTP_HOST"].split("]")[0] + "]"
     if host not in LOOPBACK:
         return f"The sandbox serves loopback only; Host {environ.get('HTTP_HOST')!r} is refused in IAM enforcing mode."
-    if environ.get("HTTP_X_AMZ_TARGET"):
+    if environ.get("HTTP_X_AMZ_TARGET") or rest:
         return None
     query = environ.get("QUERY_STRING", "")
     if query and body:

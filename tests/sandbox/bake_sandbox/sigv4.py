@@ -94,13 +94,20 @@ def _canonical_query(raw_query):
     return "&".join(f"{k}={v}" for k, v in pairs).encode()
 
 
+S3_PAYLOAD_LITERALS = {"UNSIGNED-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"}
+
+
 def canonical_request(environ, body, cred):
     raw_uri = _raw(environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/"))
     if raw_uri.startswith(b"http://") or raw_uri.startswith(b"https://"):
         raw_uri = b"/" + raw_uri.split(b"/", 3)[-1] if raw_uri.count(b"/") >= 3 else b"/"
     raw_path, _, raw_query = raw_uri.partition(b"?")
-    path = normalize_url_path(raw_path.decode("latin-1") or "/")
-    canonical_uri = urllib.parse.quote(path, safe="/~").encode()
+    if cred.service == "s3":
+        # S3: the path as sent, encoded once, never normalized (a key may hold `//` or `..`).
+        canonical_uri = urllib.parse.quote(urllib.parse.unquote(raw_path.decode("latin-1") or "/"), safe="/~").encode()
+    else:
+        path = normalize_url_path(raw_path.decode("latin-1") or "/")
+        canonical_uri = urllib.parse.quote(path, safe="/~").encode()
     headers = []
     for name in cred.signed_headers:
         value = _header(environ, name)
@@ -109,6 +116,12 @@ def canonical_request(environ, body, cred):
         headers.append(name.encode() + b":" + _trim(_raw(value)) + b"\n")
     declared = _header(environ, "x-amz-content-sha256")
     actual = hashlib.sha256(body).hexdigest()
+    if cred.service == "s3" and declared in S3_PAYLOAD_LITERALS:
+        # S3 signs these literals in place of the payload's hash (the payload is then unsigned,
+        # or signed chunk by chunk): https://docs.aws.amazon.com/AmazonS3/latest/API/sig-v4-header-based-auth.html
+        actual = declared
+    elif cred.service == "s3" and declared is None:
+        raise SigV4Error("incomplete", "S3 requires the x-amz-content-sha256 header.")
     if declared is not None and declared != actual:
         raise SigV4Error("mismatch", "The provided 'x-amz-content-sha256' header does not match what was computed.")
     return b"\n".join([
