@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod inventory;
 pub mod journal;
 pub mod lock;
 pub mod manifest;

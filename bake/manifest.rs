@@ -55,9 +55,25 @@ pub struct Manifest {
     /// For a patch: the parent, its parent, … back to a full bake.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lineage: Vec<String>,
+    /// What the image holds: its packages, kernel and container images (the whole inventory is
+    /// kept where `stored` says; `bake audit` reads it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<InventoryRecord>,
     /// With `bake build --roll`: the rollout of the new image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub roll: Option<RollManifest>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct InventoryRecord {
+    /// The digest the image is tagged with (`bake:inventory`).
+    pub sha256: String,
+    pub kernel: String,
+    /// How many Debian packages.
+    pub packages: usize,
+    pub containers: Vec<crate::inventory::Container>,
+    /// Where the whole inventory is kept (a local file, the shared state's object).
+    pub stored: Vec<String>,
 }
 
 #[derive(Serialize, Clone, Debug)]

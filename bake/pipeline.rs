@@ -115,6 +115,7 @@ async fn bake_in(b: Bake<'_>, manifest: &mut Manifest, cancel: Cancel) -> Result
     report.info(&format!("bake {id} started (journal {})", j.path.display()));
     let mut ctx = Baking {
         id: id.clone(),
+        root: root.to_path_buf(),
         plan: plan.clone(),
         region,
         aws: aws.clone(),
@@ -247,6 +248,10 @@ async fn stages(ctx: &mut Baking) -> Result<()> {
     ctx.stage_done("agent");
 
     stages::provision::run_all(ctx, &builder).instrument(stage("provision")).await?;
+
+    ctx.stage("inventory", "listing what the image holds");
+    stages::inventory::take(ctx, &builder).instrument(stage("inventory")).await?;
+    ctx.stage_done("inventory");
 
     ctx.stage("image", "stopping the builder");
     stages::image::create(ctx, &builder).instrument(stage("image")).await?;

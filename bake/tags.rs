@@ -25,6 +25,10 @@ pub const KIND: &str = "bake:kind";
 pub const PATCH_OF: &str = "bake:patch-of";
 pub const CVE: &str = "bake:cve";
 pub const PATCHED_PACKAGES: &str = "bake:patched-packages";
+/// The sha256 of the image's package inventory (`bake audit` reads the inventory it names).
+pub const INVENTORY: &str = "bake:inventory";
+/// When `bake prune` disabled the image (staged retirement): it is deregistered `retire_after` later.
+pub const RETIRED: &str = "bake:retired-at";
 
 /// On groups a roll moved.
 pub const IMAGE: &str = "bake:image";

@@ -89,8 +89,14 @@ fn every_example_role_bakes_and_leaves_only_its_images() {
         // The sandbox received exactly the rendered steps, in run-list order.
         let instance = m["builder"]["instance_id"].as_str().unwrap();
         let got: Vec<String> = sb.scripts(instance).iter().map(|r| r["script"].as_str().unwrap().to_string()).collect();
-        let want: Vec<String> = plan.steps.iter().map(|s| s.script.trim_end_matches('\n').to_string()).collect();
+        let mut want: Vec<String> = plan.steps.iter().map(|s| s.script.trim_end_matches('\n').to_string()).collect();
+        // Then the inventory of what the image holds, the last command on the builder.
+        want.push(bake::inventory::script().join("\n"));
         assert_eq!(got, want, "{role}: scripts received");
+        let inv = &m["inventory"];
+        assert!(inv["packages"].as_u64().unwrap() > 10 && inv["kernel"].as_str().unwrap().ends_with("-aws"), "{role}: {inv}");
+        let digest = inv["sha256"].as_str().unwrap();
+        assert!(Path::new(inv["stored"][0].as_str().unwrap()).exists(), "{role}: the inventory is kept");
         let comments: Vec<String> = sb.scripts(instance).iter().map(|r| r["comment"].as_str().unwrap().to_string()).collect();
         assert_eq!(comments[0], format!("bake {} base/updates", m["bake_id"].as_str().unwrap()));
         // Images: available, tagged with provenance, snapshots tagged, copies in the other regions.
@@ -109,6 +115,7 @@ fn every_example_role_bakes_and_leaves_only_its_images() {
             assert_eq!(img["tags"]["bake:fingerprint"], m["fingerprint"]);
             assert_eq!(img["tags"]["bake:cookbooks"], "base,docker,app-server");
             assert_eq!(img["tags"]["bake:id"], m["bake_id"]);
+            assert_eq!(img["tags"]["bake:inventory"], digest, "{role} {region}: the inventory's digest");
             assert!(img["snapshot_encrypted"].as_bool().unwrap(), "{role} {region}: encrypted");
             for (k, v) in &plan.image.tags {
                 assert_eq!(img["tags"][k], v.as_str());

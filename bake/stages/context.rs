@@ -41,6 +41,8 @@ pub struct Builder {
 /// are the manifest's (`manifest.images`, the build region's under `region`).
 pub struct Baking {
     pub id: BakeId,
+    /// The project folder (its state folder holds inventories).
+    pub root: std::path::PathBuf,
     pub plan: Plan,
     pub region: String,
     pub aws: Aws,
@@ -86,6 +88,9 @@ impl Baking {
         t.insert(crate::tags::COOKBOOKS.to_string(), cookbooks);
         if let Some(sha) = &self.opts.git_sha {
             t.insert(crate::tags::GIT_SHA.to_string(), sha.clone());
+        }
+        if let Some(inv) = &self.manifest.inventory {
+            t.insert(crate::tags::INVENTORY.to_string(), inv.sha256.clone());
         }
         t
     }

@@ -6,6 +6,7 @@ mod context;
 pub mod distribute;
 pub mod iam;
 pub mod image;
+pub mod inventory;
 pub mod launch;
 pub mod provision;
 pub mod source;

@@ -86,7 +86,7 @@ fn comment(ctx: &Baking, what: &str) -> String {
 }
 
 /// Sends one command and waits for it to end.
-async fn run_command(ctx: &Baking, builder: &Builder, label: &str, lines: Vec<String>, timeout: Duration) -> Result<Outcome> {
+pub(crate) async fn run_command(ctx: &Baking, builder: &Builder, label: &str, lines: Vec<String>, timeout: Duration) -> Result<Outcome> {
     let instance = builder.instance.clone();
     let region = ctx.region.clone();
     let ssm = ctx.c.ssm.clone();

@@ -85,7 +85,8 @@ def _only(data, allowed, what):
 def _outcome(rule):
     if not isinstance(rule, dict):
         raise BadRequest("an outcome is a JSON object")
-    _only(rule, {"match", "exit_code", "stdout", "stderr", "duration", "stdout_bytes", "stderr_bytes", "hang", "times"}, "outcome")
+    _only(rule, {"match", "exit_code", "stdout", "stderr", "duration", "stdout_bytes", "stderr_bytes", "hang", "times",
+                 "packages", "packages_generated", "kernel", "containers"}, "outcome")
     if not isinstance(rule.get("match"), str) or not rule["match"]:
         raise BadRequest("an outcome needs `match`, a regular expression matched against the script")
     try:
@@ -115,6 +116,25 @@ def _outcome(rule):
         if not isinstance(rule["hang"], bool):
             raise BadRequest("hang must be true or false")
         out["hang"] = rule["hang"]
+    # What the instance holds after the command succeeds (inventory.py).
+    if "packages" in rule:
+        p = rule["packages"]
+        if not isinstance(p, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in p.items()):
+            raise BadRequest("packages must map package names to versions (or null to remove one)")
+        out["packages"] = p
+    if "packages_generated" in rule:
+        if not isinstance(rule["packages_generated"], int) or isinstance(rule["packages_generated"], bool) or not 0 <= rule["packages_generated"] <= 100000:
+            raise BadRequest("packages_generated must be a whole number up to 100000")
+        out["packages_generated"] = rule["packages_generated"]
+    if "kernel" in rule:
+        if not isinstance(rule["kernel"], str) or not rule["kernel"]:
+            raise BadRequest("kernel must be a string")
+        out["kernel"] = rule["kernel"]
+    if "containers" in rule:
+        c = rule["containers"]
+        if not isinstance(c, list) or not all(isinstance(x, list) and len(x) == 3 and all(isinstance(y, str) for y in x) for x in c):
+            raise BadRequest("containers must be a list of [repository, tag, digest]")
+        out["containers"] = c
     return out
 
 

@@ -15,7 +15,7 @@ from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.responses.launch_templates import LaunchTemplates
 from moto.ec2.responses.security_groups import SecurityGroups
 
-from . import iam, images, ssm
+from . import iam, images, inventory, ssm
 from .state import err, ACCOUNT, STATE
 
 
@@ -240,6 +240,7 @@ def create_image(self):
         _set_snapshot_encryption(b, ami, vol.encrypted, vol.kms_key_id, vol.size)
     ami.root_device_name = inst.root_device_name
     STATE.image_meta[ami.id] = {"source_instance": instance_id}
+    inventory.image_from_instance(ami.id, inst)
     STATE.bear(ami.id)
     STATE.bear(ami.ebs_snapshot.id)
     image_pending(b, ami, region)
@@ -282,6 +283,7 @@ def copy_image(self):
     kms = self._get_param("KmsKeyId") or (getattr(src.ebs_snapshot, "kms_key_id", None) if encrypted and same_region else None)
     _set_snapshot_encryption(b, ami, encrypted, kms, getattr(src.ebs_snapshot.volume, "size", None))
     ami.root_device_name = src.root_device_name
+    inventory.image_from_image(ami.id, source_id)
     STATE.bear(ami.id)
     STATE.bear(ami.ebs_snapshot.id)
     if token:

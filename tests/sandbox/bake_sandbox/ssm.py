@@ -33,7 +33,7 @@ from moto.core.responses import ActionResult
 from moto.ec2.models import ec2_backends
 from moto.ssm.responses import SimpleSystemManagerResponse
 
-from . import iam, pages
+from . import iam, inventory, pages
 from .state import err, ACCOUNT, STATE, utcnow
 
 STDOUT_LIMIT = 24_000
@@ -173,6 +173,9 @@ class Invocation:
         self.syntax = _syntax_error(script, command["id"], instance_id)
         rule = None if self.syntax else _outcome(script)
         self.rule = rule
+        # bake's inventory script and its pages: answered from what the instance holds when the
+        # command ends (unless a rule says what it prints).
+        self.inventory = None if self.syntax or (rule and rule.get("stdout") is not None) else inventory.kind(script)
         if self.syntax:
             self.exit_code, self.stdout, self.stderr = 2, "", self.syntax
             self.duration = max(0.0, STATE.delays["command_duration"])
@@ -250,6 +253,10 @@ class Invocation:
             self.final = ("TimedOut", "ExecutionTimedOut", 137, self.stdout if not math.isinf(self.duration) else "",
                           "", self.start, end)
         elif self.exit_code == 0:
+            if inst is not None:
+                inventory.change(inst, self.rule)
+                if self.inventory:
+                    self.stdout = inventory.answer(inst, self.inventory)
             self.final = ("Success", "Success", 0, self.stdout, self.stderr, self.start, end)
         else:
             self.final = ("Failed", "Failed", self.exit_code, self.stdout, self.stderr, self.start, end)
