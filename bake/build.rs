@@ -34,6 +34,9 @@ pub struct Request {
     pub patch: Option<crate::manifest::PatchRecord>,
     /// When this role and env is being baked on this machine already: wait for it (else fail).
     pub wait_for_lock: bool,
+    /// `bake patch --affected`: what the new image must no longer hold; checked in its inventory
+    /// before anything rolls.
+    pub fixes: Vec<crate::inventory::Vulnerable>,
 }
 
 /// Plans for every role asked (all roles with `all`); every problem, or the plans.
@@ -100,7 +103,13 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
     let aws = base.counted();
     let mut manifest = Manifest {
         kind: if req.patch.is_some() { "patch".into() } else { "bake".into() },
-        patch: req.patch.clone(),
+        // A patch's parent is its plan's source (patches of several roles run at once).
+        patch: req.patch.clone().map(|mut p| {
+            if let crate::config::role::SourceSpec::Ami { id } = &plan.source {
+                p.parent = id.clone();
+            }
+            p
+        }),
         role: plan.role.clone(),
         env: plan.env.clone(),
         arch: plan.arch.clone().filter(|_| plan.architectures.len() > 1),
@@ -195,6 +204,13 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
             report.finish(&format!("failed: {e}"));
         }
     }
+    if !req.fixes.is_empty() && matches!(manifest.status, Status::Succeeded | Status::Leftovers) {
+        if let Some(still) = still_affected(&root, &manifest, &req.fixes).await {
+            manifest.status = Status::Failed;
+            manifest.error = Some(format!("patched, but the new image still holds {still}: the package repositories have no fix yet; nothing was rolled"));
+            report.finish(manifest.error.as_deref().unwrap_or_default());
+        }
+    }
     if req.roll && manifest.status.has_image() && !*cancel.borrow() {
         // A reused image may have been patched since: roll the newest image of the role then.
         let ami = if manifest.status == Status::Reused { None } else { manifest.images.get(&manifest.region).map(|i| i.ami_id.clone()) };
@@ -226,6 +242,20 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
         report.info(&format!("notification failed: {e}"));
     }
     manifest
+}
+
+/// What of `fixes` the new image's inventory still holds (`openssl 3.0.2-0ubuntu1.15 (below
+/// 3.0.13)`), if anything; an inventory that cannot be read counts as still affected.
+async fn still_affected(root: &Path, m: &Manifest, fixes: &[crate::inventory::Vulnerable]) -> Option<String> {
+    let Some(digest) = m.inventory.as_ref().map(|i| i.sha256.clone()) else { return Some("an unknown set of packages (no inventory)".into()) };
+    match crate::stages::inventory::load(root, &digest).await {
+        Ok(Some(inv)) => {
+            let hits = crate::audit::hits(&inv, fixes);
+            (!hits.is_empty()).then(|| hits.iter().map(|h| format!("{} {} (below {})", h.package, h.version, h.below)).collect::<Vec<_>>().join(", "))
+        }
+        Ok(None) => Some(format!("an unknown set of packages (its inventory {digest} is not found)")),
+        Err(e) => Some(format!("an unknown set of packages ({e})")),
+    }
 }
 
 pub async fn run(root: &Path, conn: &Connection, req: Request, plans: Vec<Plan>, progress: Progress) -> Vec<Manifest> {

@@ -27,6 +27,9 @@ pub struct ImageInfo {
     pub parent: Option<String>,
     pub cves: Vec<String>,
     pub deprecation_time: Option<String>,
+    /// The digest of its package inventory (`bake:inventory`), when bake kept one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<String>,
     pub snapshots: Vec<String>,
     /// `group NAME`, `launch-template NAME vN`, `launch-configuration NAME`, `parameter NAME`
     pub used_by: Vec<String>,
@@ -74,6 +77,7 @@ async fn images(c: &Clients, role: Option<&str>, env: Option<&str>) -> Result<Ve
                 parent: tag(i, crate::tags::PATCH_OF).map(str::to_string),
                 cves: tag(i, crate::tags::CVE).map(|c| c.split(',').map(str::to_string).collect()).unwrap_or_default(),
                 deprecation_time: i.deprecation_time().map(str::to_string),
+                inventory: tag(i, crate::tags::INVENTORY).map(str::to_string),
                 snapshots: i.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string)).collect(),
                 used_by: Vec::new(),
             })

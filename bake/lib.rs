@@ -1,6 +1,7 @@
 //! bake: turns a role (an ordered run list of cookbooks plus attributes, per environment) into a
 //! golden AMI, and rolls Auto Scaling groups onto it.
 
+pub mod audit;
 pub mod aws;
 pub mod bootstrap;
 pub mod build;

@@ -428,3 +428,120 @@ fn a_new_region_share_or_deprecation_redistributes_the_unchanged_image_without_b
     assert!(perms.create_volume_permissions().is_empty(), "{perms:?}");
     assert_eq!(json_ok(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]))["status"], "reused");
 }
+
+/// The security team's loop: every bake keeps what its image holds (a patch its own, not its
+/// parent's); `bake audit` finds the images below a fix by Debian's version order and what uses
+/// them, exit 3; `bake patch --affected … --roll` patches and rolls exactly those roles, and
+/// refuses to roll a patch that did not fix it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_finds_the_affected_images_and_patch_affected_patches_and_rolls_exactly_those() {
+    let sb = Sandbox::start();
+    sb.control("POST", "/_sandbox/time_scale", Some(json!({"time_scale": 0.002})));
+    sb.control("POST", "/_sandbox/delays", Some(json!({"visibility_lag": 0})));
+    let dir = project_copy();
+    let root = dir.path();
+    // kaiju keeps Ubuntu's openssl 3.0.2-0ubuntu1.15; www's updates step brings 3.0.13-0ubuntu3.
+    sb.control(
+        "POST",
+        "/_sandbox/ssm/outcomes",
+        Some(json!({"outcomes": [{"match": "role=www env=staging cookbook=base step=updates", "packages": {"openssl": "3.0.13-0ubuntu3"}, "times": 1}]})),
+    );
+    let kaiju = json_ok(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]));
+    let www = json_ok(&bake(&sb, root, &["build", "www", "--env", "staging", "--output", "json"]));
+    let k = kaiju["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
+    assert_ne!(kaiju["inventory"]["sha256"], www["inventory"]["sha256"]);
+    let conf = sb.sdk_config("us-east-1").await;
+    let (ec2, asg) = (aws_sdk_ec2::Client::new(&conf), aws_sdk_autoscaling::Client::new(&conf));
+    let lt = ec2
+        .create_launch_template()
+        .launch_template_name("kaiju")
+        .tag_specifications(common::opted_in_template("kaiju", "staging"))
+        .launch_template_data(ec2_t::RequestLaunchTemplateData::builder().image_id(&k).instance_type(ec2_t::InstanceType::T3Small).build())
+        .send()
+        .await
+        .unwrap();
+    let lt_id = lt.launch_template().unwrap().launch_template_id().unwrap().to_string();
+    asg.create_auto_scaling_group()
+        .auto_scaling_group_name("kaiju_staging")
+        .set_tags(Some(common::opted_in_group("kaiju_staging", "kaiju", "staging")))
+        .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(&lt_id).version("1").build())
+        .min_size(0)
+        .max_size(4)
+        .desired_capacity(2)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .unwrap();
+
+    // The audit: exactly kaiju's image, with what uses it; exit 3.
+    let out = bake(&sb, root, &["audit", "openssl<3.0.13", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: BTreeSet<&str> = r["affected"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
+    let kaijus: BTreeSet<&str> = kaiju["images"].as_object().unwrap().values().map(|i| i["ami_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, kaijus, "kaiju's image and its copy, not www's: {r}");
+    let home = r["affected"].as_array().unwrap().iter().find(|a| a["id"] == k.as_str()).unwrap();
+    let used: Vec<&str> = home["used_by"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
+    for u in ["group kaiju_staging", "launch-template kaiju v1", "parameter /bake/kaiju/staging/ami-id"] {
+        assert!(used.contains(&u), "{u} in {used:?}");
+    }
+    assert_eq!(home["hits"][0]["version"], "3.0.2-0ubuntu1.15");
+    assert!(r["unknown"].as_array().unwrap().is_empty(), "{r}");
+    // Debian's order, not string order: equal is fixed, an epoch outranks, `~` sorts first.
+    for (spec, code) in
+        [("openssl<3.0.2-0ubuntu1.15", 0), ("openssl<3.0.2-0ubuntu1.15~", 0), ("openssl<1:1.0", 3), ("openssl<3.0.2-0ubuntu1.16", 3), ("curl<99", 3)]
+    {
+        let out = bake(&sb, root, &["audit", spec, "--role", "kaiju"]);
+        assert_eq!(out.status.code(), Some(code), "{spec}: {}{}", text(&out.stdout), text(&out.stderr));
+    }
+    let out = bake(&sb, root, &["audit", "openssl<=3.0.13"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr).trim().lines().count(), 1, "{}", text(&out.stderr));
+    std::fs::write(root.join("advisories.txt"), "# this week\nopenssl<3.0.13 CVE-2024-0727\nzlib1g<1:1.2.11.dfsg-2ubuntu9.2\n").unwrap();
+    let out = bake(&sb, root, &["audit", "--file", "advisories.txt", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["affected"][0]["hits"][0]["cve"], "CVE-2024-0727");
+
+    // Patch everything affected, and roll: kaiju only. Its patch's inventory is its own.
+    sb.control(
+        "POST",
+        "/_sandbox/ssm/outcomes",
+        Some(json!({"outcomes": [{"match": "cookbook=security-patch", "packages": {"openssl": "3.0.13-0ubuntu3"}, "times": 1}]})),
+    );
+    let whole = json_ok(&bake(&sb, root, &["patch", "--affected", "openssl<3.0.13", "--cve", "CVE-2024-0727", "--roll", "--output", "json"]));
+    let patches = whole["patches"].as_array().unwrap();
+    assert_eq!(patches.len(), 1, "{whole}");
+    let p = &patches[0];
+    assert_eq!((p["role"].as_str(), p["status"].as_str(), p["roll"]["status"].as_str()), (Some("kaiju"), Some("succeeded"), Some("succeeded")), "{p}");
+    assert_eq!(p["patch"]["parent"], k.as_str());
+    assert_ne!(p["inventory"]["sha256"], kaiju["inventory"]["sha256"], "a patch's inventory is its own");
+    let patched = p["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
+    let g = asg.describe_auto_scaling_groups().auto_scaling_group_names("kaiju_staging").send().await.unwrap();
+    let spec = g.auto_scaling_groups()[0].launch_template().unwrap();
+    let v = ec2.describe_launch_template_versions().launch_template_id(&lt_id).versions(spec.version().unwrap()).send().await.unwrap();
+    assert_eq!(v.launch_template_versions()[0].launch_template_data().unwrap().image_id(), Some(patched.as_str()), "rolled");
+    // Nothing in use is affected now; the old image still is, unused (prune's, not patch's).
+    let out = bake(&sb, root, &["patch", "--affected", "openssl<3.0.13", "--roll"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("no image in use holds openssl<3.0.13: nothing to patch"), "{}", text(&out.stdout));
+    let out = bake(&sb, root, &["audit", "openssl<3.0.13", "--output", "json"]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["affected"].as_array().unwrap().len(), 2, "{r}");
+    let users: Vec<&str> =
+        r["affected"].as_array().unwrap().iter().flat_map(|a| a["used_by"].as_array().unwrap().iter().map(|u| u.as_str().unwrap())).collect();
+    assert_eq!(users, ["rollback of group kaiju_staging"], "{r}");
+
+    // A fix the repositories do not have yet: the patch is made, found still affected, not rolled.
+    let out = bake(&sb, root, &["patch", "--affected", "libssl3<3.0.13", "--roll", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let whole: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &whole["patches"][0];
+    assert_eq!(p["status"], "failed");
+    assert!(p["error"].as_str().unwrap().contains("still holds libssl3 3.0.2-0ubuntu1.15 (below libssl3<3.0.13)"), "{p}");
+    assert!(p["roll"].is_null(), "not rolled");
+    let g = asg.describe_auto_scaling_groups().auto_scaling_group_names("kaiju_staging").send().await.unwrap();
+    let spec = g.auto_scaling_groups()[0].launch_template().unwrap();
+    let v = ec2.describe_launch_template_versions().launch_template_id(&lt_id).versions(spec.version().unwrap()).send().await.unwrap();
+    assert_eq!(v.launch_template_versions()[0].launch_template_data().unwrap().image_id(), Some(patched.as_str()), "still on the good patch");
+}

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use super::{failed, json, out, problems, runtime, var_inputs, write_manifest, ExitStatus, Global, Output, RoleEnv};
+use super::{failed, json, out, problems, runtime, var_inputs, write_manifest, ExitStatus, Global, Output};
 use crate::config::{Problem, Project};
 use crate::manifest::{Manifest, Status};
 
@@ -54,8 +54,18 @@ pub struct BuildArgs {
 
 #[derive(Args, Debug)]
 pub struct PatchArgs {
-    #[command(flatten)]
-    pub target: RoleEnv,
+    /// The role to patch
+    #[arg(required_unless_present = "affected", conflicts_with = "affected")]
+    pub role: Option<String>,
+    #[arg(long, required_unless_present = "affected", conflicts_with = "affected")]
+    pub env: Option<String>,
+    /// Patch every role and env with an image in use that holds PACKAGE below VERSION (what `bake
+    /// audit PACKAGE<VERSION` finds), upgrading PACKAGE, each from its newest image, in parallel
+    #[arg(long, value_name = "PACKAGE<VERSION", conflicts_with_all = ["packages", "upgrade_all", "script", "from", "arch"])]
+    pub affected: Option<String>,
+    /// With --affected: how many patches run at once (1 to 64)
+    #[arg(long, default_value_t = 4, requires = "affected", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
     /// Upgrade exactly these packages (comma-separated)
     #[arg(long, value_name = "PKG,PKG")]
     pub packages: Option<String>,
@@ -90,6 +100,7 @@ fn request(g: &Global, o: &BakeOptions, roles: Vec<String>, all: bool, env: &str
         roll: o.roll,
         patch: None,
         wait_for_lock: !o.no_wait,
+        fixes: Vec::new(),
     }
 }
 
@@ -135,7 +146,13 @@ async fn record(g: &Global, manifests: &[crate::manifest::Manifest]) {
 }
 
 pub fn patch(g: &Global, a: &PatchArgs) -> ExitStatus {
-    let RoleEnv { role, env } = &a.target;
+    if let Some(spec) = &a.affected {
+        return patch_affected(g, a, spec);
+    }
+    let (Some(role), Some(env)) = (&a.role, &a.env) else {
+        eprintln!("error: name the role and --env to patch, or give --affected PACKAGE<VERSION");
+        return ExitStatus::Usage;
+    };
     let what = if let Some(p) = &a.packages {
         match crate::patch::packages(p) {
             Ok(v) => crate::patch::What::Packages(v),
@@ -222,6 +239,96 @@ pub fn patch(g: &Global, a: &PatchArgs) -> ExitStatus {
     report(g, &manifests, a.bake.manifest.as_deref())
 }
 
+/// `bake patch --affected PACKAGE<VERSION`: audit, then patch every role and env whose image in
+/// use is affected, each from its newest image, in parallel; each new image must no longer hold
+/// the package below the version before it rolls. One manifest: the audit and every patch.
+fn patch_affected(g: &Global, a: &PatchArgs, spec: &str) -> ExitStatus {
+    let vuln = match crate::inventory::Vulnerable::parse(spec) {
+        Ok(mut v) => {
+            v.cve = a.cves.first().cloned();
+            v
+        }
+        Err(e) => {
+            eprintln!("error: --affected {e}");
+            return ExitStatus::Usage;
+        }
+    };
+    if let Err(p) = crate::patch::check(&a.cves) {
+        problems(&p.into());
+        return ExitStatus::Usage;
+    }
+    let project = Project::new(&g.root);
+    let vars = match var_inputs(g) {
+        Ok(v) => v,
+        Err(p) => return problems(&p),
+    };
+    let rt = runtime();
+    if let Err(code) = super::shared_state(g, &rt) {
+        return code;
+    }
+    let report_of = match super::images::audit_report(g, &rt, None, None, std::slice::from_ref(&vuln)) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    for u in &report_of.unknown {
+        eprintln!("warning: {} in {} ({}/{}) is not audited: {}", u.id, u.region, u.role, u.env, u.why);
+    }
+    let targets = crate::audit::in_use(&report_of);
+    if targets.is_empty() {
+        if g.output == Output::Json {
+            out(&json(&serde_json::json!({"audit": report_of, "patches": []})));
+        } else {
+            out(&format!("no image in use holds {vuln}: nothing to patch ({} image(s) checked)", report_of.checked));
+        }
+        return ExitStatus::Success;
+    }
+    let what = crate::patch::What::Packages(vec![vuln.package.clone()]);
+    let conn = super::connection(g);
+    let mut plans = Vec::new();
+    for (role, env, arch) in &targets {
+        let base = match project.plans(role, env, &vars) {
+            Ok(p) => p.into_iter().find(|p| arch.is_none() || p.arch == *arch),
+            Err(p) => return problems(&p),
+        };
+        let Some(base) = base else { return failed(format!("roles/{role}.toml has no plan for {env}")) };
+        let parent = rt.block_on(async {
+            let aws = crate::aws::Aws::load(&conn).await;
+            let region = g.region.clone().or_else(|| base.builder.spec.region.clone()).or_else(|| aws.default_region());
+            match region {
+                Some(region) => crate::roll::newest_image_of(&aws.clients(&region), role, env, arch.as_deref()).await,
+                None => {
+                    Err(crate::error::Error::Other(format!("{role}/{env}: no region: give --region, set builder.region in the role, or configure AWS_REGION")))
+                }
+            }
+        });
+        let parent = match parent {
+            Ok(p) => p,
+            Err(e) => return failed(e),
+        };
+        match crate::patch::plan(&project, role, env, arch.as_deref(), &vars, &what, &parent, &a.cves) {
+            Ok(p) => plans.push(p),
+            Err(p) => return problems(&p),
+        }
+    }
+    if !g.quiet {
+        let names: Vec<String> = targets.iter().map(|(r, e, a)| format!("{r}/{e}{}", a.as_ref().map(|a| format!(" ({a})")).unwrap_or_default())).collect();
+        eprintln!("patching {} for {vuln}: {}", names.len(), names.join(", "));
+    }
+    let progress = crate::progress::Progress::new(g.quiet, g.output == Output::Json);
+    let mut req = request(g, &a.bake, targets.iter().map(|t| t.0.clone()).collect(), false, "", a.jobs as usize);
+    req.patch = Some(crate::manifest::PatchRecord { parent: String::new(), cves: a.cves.clone(), packages: vec![vuln.package.clone()] });
+    req.fixes = vec![vuln];
+    let manifests = rt.block_on(crate::build::run(&g.root, &conn, req, plans, progress));
+    rt.block_on(record(g, &manifests));
+    let whole = serde_json::json!({"audit": report_of, "patches": manifests});
+    write_manifest(&json(&whole), a.bake.manifest.as_deref());
+    if g.output == Output::Json {
+        out(&json(&whole));
+        return conclude(&manifests);
+    }
+    report(g, &manifests, None)
+}
+
 fn report(g: &Global, manifests: &[Manifest], manifest_file: Option<&std::path::Path>) -> ExitStatus {
     let text = if manifests.len() == 1 { json(&manifests[0]) } else { json(&manifests) };
     write_manifest(&text, manifest_file);
@@ -252,6 +359,11 @@ fn report(g: &Global, manifests: &[Manifest], manifest_file: Option<&std::path::
             }
         }
     }
+    conclude(manifests)
+}
+
+/// Each failure and leftover on stderr, and the exit status of the whole.
+fn conclude(manifests: &[Manifest]) -> ExitStatus {
     for m in manifests {
         if m.status.is_failure() {
             let arch = m.arch.as_ref().map(|a| format!(" ({a})")).unwrap_or_default();

@@ -29,6 +29,31 @@ pub struct LsArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// PACKAGE<VERSION: images holding PACKAGE below VERSION (the first fixed version)
+    #[arg(value_name = "PACKAGE<VERSION")]
+    pub specs: Vec<String>,
+    /// The CVE, with --package and --fixed
+    #[arg(long, value_name = "CVE-YYYY-NNNN", requires_all = ["package", "fixed"])]
+    pub cve: Option<String>,
+    /// With --fixed: the package
+    #[arg(long, requires = "fixed")]
+    pub package: Option<String>,
+    /// With --package: the first version that fixes it
+    #[arg(long, requires = "package", value_name = "VERSION")]
+    pub fixed: Option<String>,
+    /// A file of `PACKAGE<VERSION [CVE-ID]` lines (# comments)
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<std::path::PathBuf>,
+    /// Only this role's images
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Only this env's images
+    #[arg(long)]
+    pub env: Option<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct PruneArgs {
     #[command(flatten)]
     pub scope: Scope,
@@ -322,4 +347,101 @@ fn confirmed(n: usize) -> bool {
         return false;
     }
     true
+}
+
+/// What `bake audit` asks, from its command line: every problem names its argument.
+fn vulnerabilities(a: &AuditArgs) -> Result<Vec<crate::inventory::Vulnerable>, String> {
+    use crate::inventory::Vulnerable;
+    let mut out = Vec::new();
+    for s in &a.specs {
+        out.push(Vulnerable::parse(s)?);
+    }
+    if let (Some(p), Some(f)) = (&a.package, &a.fixed) {
+        let mut v = Vulnerable::parse(&format!("{p}<{f}")).map_err(|e| format!("--package/--fixed: {e}"))?;
+        if let Some(c) = &a.cve {
+            if !crate::patch::valid_cve(c) {
+                return Err(format!("--cve `{}` is not a CVE id (CVE-YYYY-NNNN)", crate::error::one_line(c)));
+            }
+            v.cve = Some(c.clone());
+        }
+        out.push(v);
+    }
+    if let Some(f) = &a.file {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: cannot read it: {e}", f.display()))?;
+        out.extend(Vulnerable::parse_file(&text, &f.display().to_string())?);
+    }
+    if out.is_empty() {
+        return Err("name what to look for: PACKAGE<VERSION, --package P --fixed V [--cve ID], or --file FILE".into());
+    }
+    Ok(out)
+}
+
+/// Lists the images in scope (with what uses them) and audits them.
+pub(super) fn audit_report(
+    g: &Global,
+    rt: &tokio::runtime::Runtime,
+    role: Option<String>,
+    env: Option<String>,
+    vulns: &[crate::inventory::Vulnerable],
+) -> Result<crate::audit::Report, ExitStatus> {
+    let aws = rt.block_on(crate::aws::Aws::load(&super::connection(g)));
+    let s = Scope { role, env };
+    let w = scope(g, &s, aws.default_region()).map_err(|p| problems(&p))?;
+    let images = rt.block_on(crate::catalog::list(&aws, &w.regions, s.role.as_deref(), s.env.as_deref(), &w.parameters, &w.accounts)).map_err(failed)?;
+    rt.block_on(crate::audit::run(&g.root, images, vulns)).map_err(failed)
+}
+
+pub fn audit(g: &Global, a: &AuditArgs) -> ExitStatus {
+    let vulns = match vulnerabilities(a) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitStatus::Usage;
+        }
+    };
+    let rt = runtime();
+    if let Err(code) = super::shared_state(g, &rt) {
+        return code;
+    }
+    let r = match audit_report(g, &rt, a.role.clone(), a.env.clone(), &vulns) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match g.output {
+        Output::Json => out(&json(&r)),
+        Output::Text => {
+            let mut text = String::new();
+            if !r.affected.is_empty() {
+                text.push_str(&format!("{:<22} {:<12} {:<22} {:<40} {}\n", "ROLE/ENV", "REGION", "IMAGE", "HOLDS", "USED BY"));
+            }
+            for x in &r.affected {
+                let holds: Vec<String> =
+                    x.hits.iter().map(|h| format!("{} {} (<{})", h.package, h.version, h.below.split('<').nth(1).unwrap_or_default())).collect();
+                text.push_str(&format!(
+                    "{:<22} {:<12} {:<22} {:<40} {}\n",
+                    format!("{}/{}", x.image.role, x.image.env),
+                    x.image.region,
+                    x.image.id,
+                    holds.join(", "),
+                    if x.image.used_by.is_empty() { "-".to_string() } else { x.image.used_by.join(", ") }
+                ));
+            }
+            for u in &r.unknown {
+                text.push_str(&format!("unknown: {} in {} ({}/{}): {}\n", u.id, u.region, u.role, u.env, u.why));
+            }
+            text.push_str(&format!(
+                "{} of {} image(s) hold {}{}",
+                r.affected.len(),
+                r.checked,
+                r.asked.join(", "),
+                if r.unknown.is_empty() { String::new() } else { format!("; {} not audited (no inventory)", r.unknown.len()) }
+            ));
+            out(&text);
+        }
+    }
+    if r.affected.is_empty() {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Affected
+    }
 }

@@ -103,13 +103,18 @@ pub enum Command {
     Roll(roll::RollArgs),
     /// Ship an emergency patch image: from the role's current golden image, run only a patch step
     #[command(
-        group(clap::ArgGroup::new("what").required(true).args(["packages", "upgrade_all", "script"])),
+        group(clap::ArgGroup::new("what").required(true).args(["packages", "upgrade_all", "script", "affected"])),
         after_help = "Examples:\n  bake patch boxoffice --env production --packages openssl,libssl3 --cve CVE-2024-5535 --roll\n  bake patch www --env production --upgrade-all\n  bake patch kaiju --env staging --script fix.sh --from ami-0123456789abcdef0\n\nExit codes: 0 patched (and rolled), 1 a failure, 130 interrupted."
     )]
     Patch(build::PatchArgs),
     /// List the images bake made, with their age, lineage, CVEs and what uses each
     #[command(after_help = "Examples:\n  bake ls\n  bake ls boxoffice --env production --output json")]
     Ls(images::LsArgs),
+    /// Which images bake made hold a package below a version, and what uses them
+    #[command(
+        after_help = "Examples:\n  bake audit 'openssl<3.0.13'\n  bake audit --cve CVE-2024-0727 --package openssl --fixed 3.0.13-0ubuntu3 --output json\n  bake audit --file advisories.txt --role boxoffice --env production\n  bake patch --affected 'openssl<3.0.13' --roll     # then patch and roll everything affected\n\nVersions compare by Debian's rules (epochs, ~, digits as numbers), not as strings. Each image's\npackage inventory is read from this machine's state folder or the shared state (bake.toml).\nExit codes: 0 nothing affected, 3 something affected, 1 a failure, 2 a bad command line."
+    )]
+    Audit(images::AuditArgs),
     /// Remove old images and their snapshots in every region; never one in use or among the newest
     #[command(
         after_help = "Examples:\n  bake prune --plan\n  bake prune boxoffice --env production --keep 5 --older-than 30d --yes\n\nAn image stays when a group, a launch template version a group uses, a launch configuration\nor the role's SSM parameter points at it, or when it is one of the newest N (--keep, else the\nrole's image.keep, else 3)."
@@ -140,6 +145,8 @@ pub enum ExitStatus {
     Usage,
     /// Ctrl-C or SIGTERM.
     Interrupted,
+    /// `bake audit`: an image holds a vulnerable package.
+    Affected,
 }
 
 impl From<ExitStatus> for ExitCode {
@@ -149,6 +156,7 @@ impl From<ExitStatus> for ExitCode {
             ExitStatus::Failure => ExitCode::from(1),
             ExitStatus::Usage => ExitCode::from(2),
             ExitStatus::Interrupted => ExitCode::from(130),
+            ExitStatus::Affected => ExitCode::from(3),
         }
     }
 }
@@ -309,7 +317,14 @@ fn preflight(g: &Global, command: &Command) -> Option<String> {
     }
     let talks_to_aws = matches!(
         command,
-        Command::Ls(_) | Command::Prune(_) | Command::Patch(_) | Command::Roll(_) | Command::Build(_) | Command::Cleanup(_) | Command::Bootstrap
+        Command::Ls(_)
+            | Command::Audit(_)
+            | Command::Prune(_)
+            | Command::Patch(_)
+            | Command::Roll(_)
+            | Command::Build(_)
+            | Command::Cleanup(_)
+            | Command::Bootstrap
     );
     if g.region.is_none() && talks_to_aws {
         if let Some((r, why)) = configured_region(g).and_then(|r| crate::config::limits::region_problem(&r).map(|w| (r, w))) {
@@ -343,6 +358,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Roll(a) => roll::roll(&g, a),
         Command::Ls(a) => images::ls(&g, a),
         Command::Prune(a) => images::prune(&g, a),
+        Command::Audit(a) => images::audit(&g, a),
         Command::Cleanup(a) => cleanup::cleanup(&g, a),
     };
     status.into()
