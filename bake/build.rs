@@ -133,7 +133,7 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
         Some(a) if plan.architectures.len() > 1 => format!("{}.{a}", plan.env),
         _ => plan.env.clone(),
     };
-    let _lock = match crate::lock::acquire(&root, &plan.role, &lock_env, &what, req.wait_for_lock, &report, cancel.clone()).await {
+    let lock = match crate::lock::acquire(&root, &plan.role, &lock_env, &what, req.wait_for_lock, &report, cancel.clone()).await {
         Ok(l) => l,
         Err(e) => {
             manifest.status = if matches!(e, Error::Interrupted) { Status::Interrupted } else { Status::Failed };
@@ -150,6 +150,7 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
         opts: Options { keep_on_error: req.keep_on_error, force: req.force, patch: req.patch.is_some(), git_sha: git.clone() },
         report: report.clone(),
         active,
+        lock: Some(&lock),
     };
     let result = match crate::aws::usable_region(region.clone(), "--region, builder.region or the AWS configuration") {
         Ok(_) => pipeline::bake(bake, &mut manifest, cancel.clone()).await,

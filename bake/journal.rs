@@ -225,9 +225,20 @@ pub async fn pull(root: &Path, id: &BakeId) -> Result<()> {
     if lines.is_empty() {
         return Ok(());
     }
+    // Each entry as written, or an error naming the object (not a local copy of it).
+    for (n, l) in lines.iter().enumerate() {
+        if let Err(e) = serde_json::from_str::<Entry>(l) {
+            return Err(Error::Other(format!(
+                "the shared journal of bake {id} ({}) has a bad entry, the {}th object: {e}",
+                r.url(&crate::remote::journal_prefix(id.as_str())),
+                n + 1
+            )));
+        }
+    }
     let path = journal_path(root, id);
     let local = std::fs::read_to_string(&path).unwrap_or_default();
-    if local.lines().count() < lines.len() {
+    // The shared journal wins over this machine's copy of it.
+    if local.lines().collect::<Vec<_>>() != lines.iter().map(String::as_str).collect::<Vec<_>>() {
         let dir = journal_dir(root);
         std::fs::create_dir_all(&dir).map_err(|e| Error::local("cannot create the journal folder", &dir, e))?;
         std::fs::write(&path, lines.join("\n") + "\n").map_err(|e| Error::local("cannot write the journal", &path, e))?;

@@ -19,23 +19,71 @@ pub struct Held {
     remote: Option<RemoteHeld>,
 }
 
-struct RemoteHeld {
+/// A lock held in S3: its key, what this run wrote into it and the ETag of that write. Every
+/// write (renewal, naming the bake) holds the mutex, so two of this run's writes never race each
+/// other's `If-Match`.
+#[derive(Clone)]
+struct Shared {
     key: String,
-    etag: std::sync::Arc<std::sync::Mutex<String>>,
+    state: std::sync::Arc<tokio::sync::Mutex<(crate::remote::Holder, String)>>,
+}
+
+struct RemoteHeld {
+    shared: Shared,
     renew: tokio::task::JoinHandle<()>,
+}
+
+/// The shared locks this process holds: the second Ctrl-C (which exits at once) releases them.
+static HELD: std::sync::Mutex<Vec<Shared>> = std::sync::Mutex::new(Vec::new());
+
+fn release(s: &Shared) {
+    let Ok(guard) = s.state.try_lock() else { return };
+    let etag = guard.1.clone();
+    drop(guard);
+    if let Some(r) = crate::remote::get() {
+        let delete = async { tokio::time::timeout(Duration::from_secs(5), r.delete_if(&s.key, &etag)).await.unwrap_or(Ok(false)) };
+        // Released only if still ours (a lock taken over after an expired lease is not).
+        if let Err(e) = crate::remote::block_on(delete) {
+            eprintln!("warning: could not release the lock {}: {e}; it frees itself when its lease ends", r.url(&s.key));
+        }
+    }
+}
+
+/// Releases every shared lock this process holds (the second Ctrl-C, before it exits).
+fn release_all() {
+    let held = HELD.lock().map(|h| h.clone()).unwrap_or_default();
+    for s in &held {
+        release(s);
+    }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
         if let Some(h) = self.remote.take() {
             h.renew.abort();
-            let etag = h.etag.lock().map(|e| e.clone()).unwrap_or_default();
-            if let Some(r) = crate::remote::get() {
-                // Released only if still ours (a lock taken over after an expired lease is not).
-                if let Err(e) = crate::remote::block_on(r.delete_if(&h.key, &etag)) {
-                    eprintln!("warning: could not release the lock {}: {e}; it frees itself when its lease ends", r.url(&h.key));
-                }
+            if let Ok(mut v) = HELD.lock() {
+                v.retain(|s| !std::sync::Arc::ptr_eq(&s.state, &h.shared.state));
             }
+            release(&h.shared);
+        }
+    }
+}
+
+impl Held {
+    /// Names the bake that holds the lock (in a shared lock, so that `bake cleanup --orphans` on
+    /// any machine knows it runs). Nothing to do for a local lock.
+    pub async fn attach(&self, bake_id: &str) -> Result<()> {
+        let (Some(h), Some(r)) = (&self.remote, crate::remote::get()) else { return Ok(()) };
+        let mut g = h.shared.state.lock().await;
+        let mut me = g.0.clone();
+        me.bake_id = Some(bake_id.to_string());
+        match r.replace(&h.shared.key, serde_json::to_vec(&me).unwrap_or_default(), &g.1).await? {
+            crate::remote::Write::Done(etag) => {
+                *g = (me, etag);
+                Ok(())
+            }
+            // Lost: the renewal notices and stops the run.
+            crate::remote::Write::Refused => Ok(()),
         }
     }
 }
@@ -136,6 +184,7 @@ fn holder_now(what: &str, bake_id: Option<&str>, lease: Duration) -> crate::remo
         bake_id: bake_id.map(str::to_string),
         since: crate::journal::now_rfc3339(),
         expires: crate::remote::now_secs() + lease.as_secs(),
+        lease_secs: lease.as_secs(),
     }
 }
 
@@ -189,9 +238,13 @@ async fn acquire_remote(
             },
         };
         if let Some(etag) = won {
-            let etag = std::sync::Arc::new(std::sync::Mutex::new(etag));
-            let renew = tokio::spawn(renew(r, key.clone(), format!("{role}/{env}"), me, etag.clone()));
-            return Ok(Held { _file: None, remote: Some(RemoteHeld { key, etag, renew }) });
+            let shared = Shared { key: key.clone(), state: std::sync::Arc::new(tokio::sync::Mutex::new((me, etag))) };
+            let renew = tokio::spawn(renew(r, format!("{role}/{env}"), shared.clone()));
+            if let Ok(mut v) = HELD.lock() {
+                v.push(shared.clone());
+            }
+            crate::signals::on_exit(release_all);
+            return Ok(Held { _file: None, remote: Some(RemoteHeld { shared, renew }) });
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -204,18 +257,17 @@ async fn acquire_remote(
 /// (changed or removed by someone else, or not renewed for a whole lease) stops the run as Ctrl-C
 /// does — what it made is cleaned up, groups it moved go back — so that two runs never change one
 /// role and env at once.
-async fn renew(r: &'static crate::remote::Remote, key: String, what: String, mut me: crate::remote::Holder, etag: std::sync::Arc<std::sync::Mutex<String>>) {
+async fn renew(r: &'static crate::remote::Remote, what: String, shared: Shared) {
     let every = (r.lease / 3).max(Duration::from_millis(500));
     let mut renewed = std::time::Instant::now();
     loop {
         tokio::time::sleep(every).await;
+        let mut g = shared.state.lock().await;
+        let mut me = g.0.clone();
         me.expires = crate::remote::now_secs() + r.lease.as_secs();
-        let current = etag.lock().map(|e| e.clone()).unwrap_or_default();
-        let why = match r.replace(&key, serde_json::to_vec(&me).unwrap_or_default(), &current).await {
+        let why = match r.replace(&shared.key, serde_json::to_vec(&me).unwrap_or_default(), &g.1).await {
             Ok(crate::remote::Write::Done(new)) => {
-                if let Ok(mut e) = etag.lock() {
-                    *e = new;
-                }
+                *g = (me, new);
                 renewed = std::time::Instant::now();
                 continue;
             }
@@ -227,14 +279,12 @@ async fn renew(r: &'static crate::remote::Remote, key: String, what: String, mut
                 continue;
             }
         };
+        drop(g);
         eprintln!(
             "error: {what}: the lock {} is no longer this run's ({why}); stopping as on Ctrl-C, so that two runs never change {what} at once",
-            r.url(&key)
+            r.url(&shared.key)
         );
-        // SAFETY: a signal to this process; its handler (signals.rs) starts the orderly stop.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGTERM);
-        }
+        crate::signals::request_stop();
         return;
     }
 }

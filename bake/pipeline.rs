@@ -29,6 +29,8 @@ pub struct Bake<'a> {
     pub report: Reporter,
     /// The bakes running in this process, for the second Ctrl-C's message.
     pub active: Active,
+    /// The role/env lock this bake holds: it is told the bake's id once there is one.
+    pub lock: Option<&'a crate::lock::Held>,
 }
 
 /// Bakes `b.plan` in `b.region` (or reuses / redistributes its unchanged image), filling in
@@ -40,7 +42,7 @@ pub async fn bake(b: Bake<'_>, manifest: &mut Manifest, cancel: Cancel) -> Resul
 }
 
 async fn bake_in(b: Bake<'_>, manifest: &mut Manifest, cancel: Cancel) -> Result<()> {
-    let Bake { root, aws, region, plan, opts, report, active } = b;
+    let Bake { root, aws, region, plan, opts, report, active, lock } = b;
     let c = aws.clients(&region);
     report.stage("source", "resolving the source image");
     let t = Instant::now();
@@ -104,6 +106,11 @@ async fn bake_in(b: Bake<'_>, manifest: &mut Manifest, cancel: Cancel) -> Result
         at: journal::now_rfc3339(),
         regions: std::iter::once(region.clone()).chain(plan.image.regions.iter().cloned()).collect(),
     })?;
+    if let Some(l) = lock {
+        if let Err(e) = l.attach(id.as_str()).await {
+            report.info(&format!("warning: the lock does not name bake {id}: {e}"));
+        }
+    }
     if let Some(r) = crate::remote::get() {
         if let Err(e) = r.record_started(root, manifest).await {
             report.info(&format!("warning: the start of bake {id} was not recorded in the shared state: {e}"));

@@ -41,7 +41,7 @@ pub async fn replay(aws: &Aws, root: &Path, id: &BakeId, extra_regions: &[String
         }
         // On another machine: running while its process still renews its lock's lease.
         if let (Some(r), Some(st), None) = (crate::remote::get(), &state.started, state.finished) {
-            if let Some(l) = r.running(&st.role, &st.host, st.pid).await? {
+            if let Some(l) = r.running(id.as_str(), &st.role, &st.host, st.pid).await? {
                 return Err(Error::Other(format!(
                     "bake {id} is still running: {}, its lock's lease current (for {}s more unless renewed); interrupt it, or wait for it to end",
                     l.holder, l.until
@@ -181,6 +181,16 @@ pub async fn find_orphans(aws: &Aws, root: &Path, regions: &[String], older_than
         let ids: BTreeSet<String> =
             found.iter().filter_map(|(_, tags, _)| tags.get(crate::tags::ID)).filter(|id| BakeId::parse(id).is_some()).cloned().collect();
         let held = remote.held().await?;
+        // A lock names the bake that holds it.
+        for l in &held {
+            if let Some(id) = l.holder.bake_id.as_ref().filter(|id| ids.contains(*id)) {
+                running.insert(
+                    id.clone(),
+                    format!("on {} (pid {}), its lock {} current", crate::error::one_line(&l.holder.host), l.holder.pid, remote.url(&l.key)),
+                );
+            }
+        }
+        // A lock from before it named its bake: the process the bake's shared journal names.
         let unknown: Vec<String> = ids.into_iter().filter(|id| !running.contains_key(id)).collect();
         for id in unknown {
             let Some(first) = remote.journal_first(&id).await? else { continue };

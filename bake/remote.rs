@@ -202,6 +202,11 @@ impl Remote {
 
     /// Every key under `rest` (relative to the prefix), every page, sorted.
     pub async fn list(&self, rest: &str) -> Result<Vec<String>> {
+        Ok(self.list_written(rest).await?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// Every key under `rest` with when S3 last wrote it (seconds, S3's clock), sorted by key.
+    pub async fn list_written(&self, rest: &str) -> Result<Vec<(String, i64)>> {
         let under = self.key(rest);
         let pages: Vec<aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output> = self
             .s3
@@ -215,7 +220,8 @@ impl Remote {
             .map_err(|e| Error::aws("s3:ListObjectsV2", self.url(rest), &self.region, &e))?;
         let objects: Vec<&aws_sdk_s3::types::Object> = pages.iter().flat_map(|p| p.contents()).collect();
         let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
-        let mut keys: Vec<String> = objects.iter().filter_map(|o| o.key()).filter_map(|k| k.get(strip..)).map(str::to_string).collect();
+        let mut keys: Vec<(String, i64)> =
+            objects.iter().filter_map(|o| Some((o.key()?.get(strip..)?.to_string(), o.last_modified().map(|t| t.secs()).unwrap_or(0)))).collect();
         keys.sort();
         Ok(keys)
     }
@@ -255,6 +261,10 @@ pub struct Holder {
     /// Seconds since the epoch when the lease ends unless renewed, on the holder's clock: for
     /// people reading the object. bake itself judges the lease on S3's clock.
     pub expires: u64,
+    /// The holder's lease (its bake.toml's), in seconds: a reader whose own lease differs judges
+    /// the lock by this one. 0 (a lock written before it was recorded): the reader's.
+    #[serde(default)]
+    pub lease_secs: u64,
 }
 
 pub fn now_secs() -> u64 {
@@ -263,10 +273,12 @@ pub fn now_secs() -> u64 {
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // What anyone who can write to the prefix wrote: one line, control characters escaped.
+        let l = crate::error::one_line;
         if self.host.is_empty() {
-            return write!(f, "{} (last written {})", self.command, self.since);
+            return write!(f, "{} (last written {})", l(&self.command), l(&self.since));
         }
-        write!(f, "{} by {} on {} (pid {}) since {}", self.command, self.owner, self.host, self.pid, self.since)
+        write!(f, "{} by {} on {} (pid {}) since {}", l(&self.command), l(&self.owner), l(&self.host), self.pid, l(&self.since))
     }
 }
 
@@ -288,9 +300,6 @@ impl Remote {
     /// lock is at least a lease old, whatever the rounding. A holder renews every third of a lease.
     pub async fn holder(&self, key: &str) -> Result<Option<Lock>> {
         let Some(o) = self.read_object(key).await? else { return Ok(None) };
-        let age = self.clock.now() - o.written;
-        let ended = age > self.lease.as_secs() as i64;
-        let until = (self.lease.as_secs() as i64 - age).max(0) as u64;
         let holder = match serde_json::from_slice::<Holder>(&o.body) {
             Ok(h) => h,
             // Not bake's writing: held as if written by a run bake does not know, for one lease
@@ -300,17 +309,27 @@ impl Remote {
                 Holder { command: "an unreadable lock object".into(), since, ..Default::default() }
             }
         };
+        // The holder's lease, when it wrote one bake accepts (bake.toml's bounds); else ours.
+        let lease = match holder.lease_secs {
+            s if crate::config::state::LEASE_RANGE.contains(&s) => s,
+            _ => self.lease.as_secs(),
+        } as i64;
+        let age = self.clock.now() - o.written;
+        let ended = age > lease;
+        let until = (lease - age).max(0) as u64;
         Ok(Some(Lock { holder, etag: o.etag, ended, until }))
     }
 
-    /// The current lock of `role` held by the process `pid` on `host`, if any: a bake (or roll)
-    /// still running on that machine.
-    pub async fn running(&self, role: &str, host: &str, pid: u32) -> Result<Option<Lock>> {
+    /// The current lock that names bake `bake_id`, or of `role` held by the process `pid` on
+    /// `host`, if any: the bake still runs on that machine.
+    pub async fn running(&self, bake_id: &str, role: &str, host: &str, pid: u32) -> Result<Option<Lock>> {
         Ok(self
             .held()
             .await?
             .into_iter()
-            .find(|l| l.holder.host == host && l.holder.pid == pid && l.key.starts_with(&format!("locks/{role}/")))
+            .find(|l| {
+                l.holder.bake_id.as_deref() == Some(bake_id) || (l.holder.host == host && l.holder.pid == pid && l.key.starts_with(&format!("locks/{role}/")))
+            })
             .map(|l| l.lock))
     }
 
@@ -451,4 +470,24 @@ pub fn who(root: &std::path::Path) -> serde_json::Value {
         "pid": std::process::id(),
         "folder": std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()).display().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_prints_on_one_line_whatever_was_written_into_the_lock() {
+        let h = Holder {
+            owner: "ops\u{1b}[31m\nfake: line".into(),
+            host: "h\r".into(),
+            pid: 7,
+            command: "bake build a/b".into(),
+            since: "t".into(),
+            ..Default::default()
+        };
+        let s = h.to_string();
+        assert!(!s.contains('\n') && !s.contains('\u{1b}') && !s.contains('\r'), "{s:?}");
+        assert!(s.starts_with("bake build a/b by ops\\u{1b}[31m fake: line on h (pid 7)"), "{s}");
+    }
 }

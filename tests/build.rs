@@ -1019,6 +1019,10 @@ impl S3 {
     fn put(&self, bucket: &str, key: &str, body: &Value) {
         self.rt.block_on(self.client.put_object().bucket(bucket).key(key).body(body.to_string().into_bytes().into()).send()).unwrap();
     }
+    fn get(&self, bucket: &str, key: &str) -> Value {
+        let o = self.rt.block_on(self.client.get_object().bucket(bucket).key(key).send()).unwrap();
+        serde_json::from_slice(&self.rt.block_on(o.body.collect()).unwrap().into_bytes()).unwrap()
+    }
 }
 
 /// A project whose state is shared in the sandbox's S3 (`bake.toml [state]`), with a short lease.
@@ -1079,6 +1083,9 @@ fn shared_state_one_lock_for_every_folder_a_lease_for_the_dead_and_a_journal_any
     assert!(skipped.iter().any(|r| r["type"] == "instance" && r["why"].as_str().unwrap().contains(&format!("bake {id} is still running on "))), "{s}");
     assert!(s["orphans"].as_array().unwrap().iter().all(|o| o["bake_id"] != id.as_str()), "{s}");
     assert_eq!(status_of(c.path()), "running");
+    let lock = S3::new(&sb).get("bake-state", "team/locks/kaiju/staging.json");
+    assert_eq!(lock["bake_id"], id.as_str(), "the lock names the bake that holds it: {lock}");
+    assert_eq!(lock["lease_secs"], 3, "and its lease: {lock}");
     signal(&dead, libc::SIGKILL);
     dead.wait().unwrap();
     std::fs::remove_dir_all(a.path().join(".bake")).unwrap();
@@ -1138,7 +1145,7 @@ fn a_shared_lease_is_judged_on_s3s_clock_not_the_holders() {
     // A source that does not exist: the bake fails right after taking the lock.
     edit(root, "roles/kaiju.toml", "/aws/service/canonical/ubuntu/server/22.04/", "/aws/service/canonical/ubuntu/server/20.10/");
     let (s3, lock) = (S3::new(&sb), "team/locks/kaiju/staging.json");
-    let holder = |expires: u64| json!({"owner": "ops", "host": "skewed", "pid": 7, "command": "bake build kaiju/staging", "since": "2026-12-02T00:00:00Z", "expires": expires});
+    let holder = |expires: u64| json!({"owner": "ops", "host": "skewed", "pid": 7, "command": "bake build kaiju/staging", "since": "2026-12-02T00:00:00Z", "expires": expires, "lease_secs": 3});
     s3.put("bake-state", lock, &holder(0));
     let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--no-wait"]);
     let err = text(&out.stderr);
@@ -1152,6 +1159,19 @@ fn a_shared_lease_is_judged_on_s3s_clock_not_the_holders() {
     assert!(err.contains("took over the lock s3://bake-state/team/locks/kaiju/staging.json from bake build kaiju/staging by ops on skewed"), "{err}");
     assert!(err.contains("the parameter does not exist"), "{err}");
     assert!(!s3.exists("bake-state", lock), "released when the bake failed");
+    // The holder's lease, not the reader's: a holder with an hour's lease, last written 5 s ago,
+    // still holds the lock for a reader whose bake.toml says 3 s. What it wrote is printed on one
+    // line, control characters escaped.
+    let mut long = holder(0);
+    long["lease_secs"] = json!(3600);
+    long["owner"] = json!("ops\u{1b}[31m\nfake: line");
+    s3.put("bake-state", lock, &long);
+    std::thread::sleep(Duration::from_secs(5));
+    let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--no-wait"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is being changed already: bake build kaiju/staging by ops\\u{1b}[31m fake: line on skewed"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 /// A state bucket bake cannot use stops it before anything is created, in one line.
@@ -1241,4 +1261,33 @@ fn a_run_that_loses_its_shared_lock_stops_and_cleans_up() {
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("is no longer this run's (someone else changed or removed it); stopping as on Ctrl-C"), "{err}");
     assert_eq!(live(&sb), before, "what it made is gone");
+    // Lost while a Ctrl-C's cleanup runs: the cleanup finishes (it is not a second Ctrl-C).
+    sb.control("POST", "/_sandbox/delays", Some(json!({"instance_shutting_down": 3})));
+    let (child, _) = spawn_until(&sb, dir.path(), &["build", "kaiju", "--env", "staging"], "base/updates");
+    signal(&child, libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    rt.block_on(async {
+        let conf = sb.sdk_config("us-east-1").await;
+        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build());
+        s3.delete_object().bucket("bake-state").key("team/locks/kaiju/staging.json").send().await.unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(!err.contains("left behind"), "{err}");
+    assert_eq!(live(&sb), before, "the cleanup finished");
+    // A second Ctrl-C exits at once, and releases the shared lock on its way out.
+    sb.control("POST", "/_sandbox/delays", Some(json!({"instance_shutting_down": 0})));
+    let (child, lines) = spawn_until(&sb, dir.path(), &["build", "kaiju", "--env", "staging"], "base/updates");
+    let id = lines.iter().find_map(|l| l.split("bake b-").nth(1)).map(|rest| format!("b-{}", &rest[..12])).unwrap();
+    signal(&child, libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(100));
+    signal(&child, libc::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(&format!("left behind; finish with: bake cleanup {id}")), "{}", text(&out.stderr));
+    assert!(!S3::new(&sb).exists("bake-state", "team/locks/kaiju/staging.json"), "released");
+    let out = bake(&sb, dir.path(), &["cleanup", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(live(&sb), before);
 }

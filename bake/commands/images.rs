@@ -23,9 +23,9 @@ pub struct LsArgs {
     /// status, image; newest first
     #[arg(long)]
     pub history: bool,
-    /// With --history: at most this many records
-    #[arg(long, default_value_t = 20, requires = "history")]
-    pub last: usize,
+    /// With --history: at most this many records, the newest (1 to 1000)
+    #[arg(long, default_value_t = 20, requires = "history", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub last: u16,
 }
 
 #[derive(Args, Debug)]
@@ -168,15 +168,25 @@ fn history(g: &Global, a: &LsArgs) -> ExitStatus {
         (Some(role), None) => format!("manifests/{role}/"),
         (None, _) => "manifests/".to_string(),
     };
+    if let Some(role) = &a.scope.role {
+        if let Err(p) = Project::new(&g.root).role(role) {
+            return problems(&p);
+        }
+    }
+    // The newest records by when S3 last wrote them (one listing), and only those are read.
     let records: Result<Vec<serde_json::Value>, crate::error::Error> = rt.block_on(async {
+        let mut keys = r.list_written(&under).await?;
+        keys.retain(|(key, _)| a.scope.env.is_none() || a.scope.role.is_some() || key.split('/').nth(2) == a.scope.env.as_deref());
+        keys.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
         let mut out = Vec::new();
-        for key in r.list(&under).await? {
-            if a.scope.env.is_some() && a.scope.role.is_none() && key.split('/').nth(2).is_none_or(|e| Some(e) != a.scope.env.as_deref()) {
-                continue;
+        for (key, _) in keys {
+            if out.len() >= a.last as usize {
+                break;
             }
             if let Some((body, _)) = r.read(&key).await? {
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
-                    out.push(v);
+                match serde_json::from_slice::<serde_json::Value>(&body) {
+                    Ok(v) => out.push(v),
+                    Err(e) => eprintln!("warning: {} is not a record bake wrote ({e}); left out", r.url(&key)),
                 }
             }
         }
@@ -204,7 +214,7 @@ fn history(g: &Global, a: &LsArgs) -> ExitStatus {
     }
     let when = |v: &serde_json::Value| v["at"].as_str().unwrap_or_default().to_string();
     records.sort_by_key(|v| std::cmp::Reverse(when(v)));
-    records.truncate(a.last);
+
     match g.output {
         Output::Json => out(&json(&records)),
         Output::Text => {
