@@ -30,6 +30,17 @@ pub struct ImageInfo {
     /// The digest of its package inventory (`bake:inventory`), when bake kept one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inventory: Option<String>,
+    /// `available`, or `disabled` (retiring: `bake prune` disabled it).
+    pub state: String,
+    /// DeregistrationProtection as EC2 reports it: `disabled`, `enabled-with-cooldown`,
+    /// `enabled-without-cooldown`, `disabled after <time>` (the cooldown).
+    pub protection: String,
+    /// ImdsSupport: `v2.0` when instances launched from it must use IMDSv2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imds_support: Option<String>,
+    /// When `bake prune` disabled it (`bake:retired-at`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<String>,
     pub snapshots: Vec<String>,
     /// `group NAME`, `launch-template NAME vN`, `launch-configuration NAME`, `parameter NAME`
     pub used_by: Vec<String>,
@@ -57,7 +68,19 @@ async fn images(c: &Clients, role: Option<&str>, env: Option<&str>) -> Result<Ve
     if let Some(e) = env {
         filters.push(Filter::builder().name(format!("tag:{}", tags::ENV)).values(e).build());
     }
-    let found = c.images("bake's images", &["self".to_string()], filters).await?;
+    // Disabled images too: those `bake prune` is retiring.
+    let found: Vec<Image> = c
+        .ec2
+        .describe_images()
+        .owners("self")
+        .include_disabled(true)
+        .set_filters(Some(filters))
+        .into_paginator()
+        .items()
+        .send()
+        .try_collect()
+        .await
+        .map_err(|e| Error::aws("ec2:DescribeImages", "bake's images", &c.region, &e))?;
     found
         .iter()
         .map(|i| {
@@ -78,6 +101,10 @@ async fn images(c: &Clients, role: Option<&str>, env: Option<&str>) -> Result<Ve
                 cves: tag(i, crate::tags::CVE).map(|c| c.split(',').map(str::to_string).collect()).unwrap_or_default(),
                 deprecation_time: i.deprecation_time().map(str::to_string),
                 inventory: tag(i, crate::tags::INVENTORY).map(str::to_string),
+                state: i.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+                protection: i.deregistration_protection().unwrap_or("disabled").to_string(),
+                imds_support: i.imds_support().map(|s| s.as_str().to_string()),
+                retired_at: tag(i, crate::tags::RETIRED).map(str::to_string),
                 snapshots: i.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string)).collect(),
                 used_by: Vec::new(),
             })
@@ -200,42 +227,95 @@ pub async fn list(
     Ok(all)
 }
 
+/// What prune does with one image.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Keep,
+    /// Lift its deregistration protection, disable it (DisableImage: no new launches, hidden from
+    /// listings), and deregister it `retire_after` later.
+    Retire,
+    /// Its retirement is over: deregister it and delete its snapshots.
+    Deregister,
+}
+
 /// What prune decides for one image.
 #[derive(Serialize, Clone, Debug)]
 pub struct Decision {
     pub image: ImageInfo,
+    /// It goes (now or when its retirement ends).
     pub delete: bool,
+    pub action: Action,
     pub why: String,
 }
 
-/// Pure: per role, env, region (and architecture), keep the newest `keep` and whatever is in use or young;
-/// delete the rest. `images` is newest first within each group (as `list` returns them).
-pub fn decide(images: Vec<ImageInfo>, keep: &dyn Fn(&str, &str) -> usize, older_than_days: Option<f64>) -> Vec<Decision> {
+/// When a retiring image may be deregistered: `retired_at` plus `retire_after`.
+fn retirement_ends(retired_at: &str, retire_after: std::time::Duration) -> Option<std::time::SystemTime> {
+    let t = aws_smithy_types::DateTime::from_str(retired_at, aws_smithy_types::date_time::Format::DateTime).ok()?;
+    std::time::SystemTime::try_from(t).ok()?.checked_add(retire_after)
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    aws_smithy_types::DateTime::from(t).fmt(aws_smithy_types::date_time::Format::DateTime).unwrap_or_default()
+}
+
+/// Pure: per role, env, region (and architecture), keep the newest `keep` available images and
+/// whatever is in use or young; retire the rest (disable now, deregister `retire_after(role, env)`
+/// after it was disabled, at `now`). `images` is newest first within each group (as `list`
+/// returns them).
+pub fn decide(
+    images: Vec<ImageInfo>,
+    keep: &dyn Fn(&str, &str) -> usize,
+    older_than_days: Option<f64>,
+    retire_after: &dyn Fn(&str, &str) -> std::time::Duration,
+    now: std::time::SystemTime,
+) -> Vec<Decision> {
     let mut seen: BTreeMap<(String, String, String, Option<String>), usize> = BTreeMap::new();
     let mut out = Vec::new();
     for i in images {
+        let disabled = i.state == "disabled";
         let n = seen.entry((i.role.clone(), i.env.clone(), i.region.clone(), i.arch.clone())).or_default();
-        *n += 1;
+        // Only available images count among the newest kept: a disabled one cannot be launched.
+        if !disabled {
+            *n += 1;
+        }
         let k = keep(&i.role, &i.env);
-        let (delete, why) = if !i.used_by.is_empty() {
-            (false, format!("in use by {}", i.used_by.join(", ")))
+        let after = retire_after(&i.role, &i.env);
+        let (action, why) = if !i.used_by.is_empty() {
+            let restore = if disabled { format!(" (and disabled: bake prune --restore {})", i.id) } else { String::new() };
+            (Action::Keep, format!("in use by {}{restore}", i.used_by.join(", ")))
+        } else if disabled {
+            match i.retired_at.as_deref().and_then(|r| retirement_ends(r, after)) {
+                Some(end) if end <= now => (Action::Deregister, format!("retired {} ago or more, unused", crate::config::Secs(after.as_secs()))),
+                Some(end) => (Action::Keep, format!("retiring: disabled, deregistered after {} (bake prune --restore {} brings it back)", rfc3339(end), i.id)),
+                // Disabled by someone else: its retirement starts now.
+                None => (Action::Retire, "disabled outside bake, unused: retiring it from now".to_string()),
+            }
         } else if *n <= k {
-            (false, format!("one of the newest {k}"))
+            (Action::Keep, format!("one of the newest {k}"))
         } else if let Some(days) = older_than_days.filter(|d| i.age_days < *d) {
-            (false, format!("younger than {days:.0} days"))
+            (Action::Keep, format!("younger than {days:.0} days"))
         } else {
-            (true, format!("older than the newest {k}, unused"))
+            (Action::Retire, format!("older than the newest {k}, unused: disabled now, deregistered after {}", crate::config::Secs(after.as_secs())))
         };
-        out.push(Decision { image: i, delete, why });
+        out.push(Decision { image: i, delete: action != Action::Keep, action, why });
     }
     out
 }
 
 /// Deregisters an image and deletes its snapshots (through cleanup's deletes: already gone is
 /// done, a snapshot still "in use" right after the deregistration is retried); one error stops
-/// only this image.
-pub async fn remove(aws: &Aws, i: &ImageInfo) -> Result<()> {
+/// only this image. Protection is lifted first; while AWS's cooldown still holds it, nothing is
+/// done and the error says until when.
+pub async fn remove(aws: &Aws, i: &ImageInfo) -> Result<Removal> {
     use crate::journal::{Kind, Resource};
+    let c = aws.clients(&i.region);
+    if i.protection.starts_with("enabled") {
+        unprotect(&c, &i.id).await?;
+    }
+    if let Some(until) = cooldown(&c, &i.id).await? {
+        return Ok(Removal::Protected(until));
+    }
     let gone = crate::stages::teardown::delete(aws, &Resource::new(Kind::Image, &i.id, &i.region), None).await?;
     for s in &i.snapshots {
         let r = Resource::new(Kind::Snapshot, s, &i.region);
@@ -243,7 +323,94 @@ pub async fn remove(aws: &Aws, i: &ImageInfo) -> Result<()> {
             crate::stages::teardown::delete(aws, &r, None).await?;
         }
     }
+    Ok(Removal::Done)
+}
+
+/// What [`remove`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// Deregistered, its snapshots deleted.
+    Done,
+    /// Still protected by AWS's cooldown, until then: left for a later prune.
+    Protected(String),
+}
+
+async fn unprotect(c: &Clients, image: &str) -> Result<()> {
+    c.ec2
+        .disable_image_deregistration_protection()
+        .image_id(image)
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:DisableImageDeregistrationProtection", format!("image {image}"), &c.region, &e))?;
     Ok(())
+}
+
+/// When the image's protection cooldown ends, if it still holds (`disabled after <time>`).
+async fn cooldown(c: &Clients, image: &str) -> Result<Option<String>> {
+    let r = c
+        .ec2
+        .describe_images()
+        .image_ids(image)
+        .include_disabled(true)
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:DescribeImages", format!("image {image}"), &c.region, &e))?;
+    let p = r.images().first().and_then(|i| i.deregistration_protection()).unwrap_or("disabled");
+    Ok(match p.strip_prefix("disabled after ") {
+        Some(t) => aws_smithy_types::DateTime::from_str(t, aws_smithy_types::date_time::Format::DateTime)
+            .ok()
+            .and_then(|d| std::time::SystemTime::try_from(d).ok())
+            .filter(|d| *d > std::time::SystemTime::now())
+            .map(|_| t.to_string()),
+        None if p.starts_with("enabled") => Some("protection is lifted".to_string()),
+        None => None,
+    })
+}
+
+/// Starts an image's retirement: protection lifted, the image disabled (no new launches; AWS
+/// removes its launch permissions), and tagged with when (`bake:retired-at`).
+pub async fn retire(aws: &Aws, i: &ImageInfo) -> Result<()> {
+    let c = aws.clients(&i.region);
+    if i.protection.starts_with("enabled") {
+        unprotect(&c, &i.id).await?;
+    }
+    if i.state != "disabled" {
+        c.ec2.disable_image().image_id(&i.id).send().await.map_err(|e| Error::aws("ec2:DisableImage", format!("image {}", i.id), &i.region, &e))?;
+    }
+    let tag = aws_sdk_ec2::types::Tag::builder().key(tags::RETIRED).value(crate::journal::now_rfc3339()).build();
+    c.ec2.create_tags().resources(&i.id).tags(tag).send().await.map_err(|e| Error::aws("ec2:CreateTags", format!("image {}", i.id), &i.region, &e))?;
+    Ok(())
+}
+
+/// `bake prune --restore AMI`: a retiring image enabled again, its retirement forgotten. Only
+/// one bake made, and only while it is disabled.
+pub async fn restore(aws: &Aws, region: &str, image: &str) -> Result<bool> {
+    let c = aws.clients(region);
+    let r = match c.ec2.describe_images().image_ids(image).owners("self").include_disabled(true).send().await {
+        Ok(r) => r,
+        // Not in this region.
+        Err(e) if crate::error::is_not_found(aws_sdk_ec2::error::ProvideErrorMetadata::code(&e)) => return Ok(false),
+        Err(e) => return Err(Error::aws("ec2:DescribeImages", format!("image {image}"), region, &e)),
+    };
+    let Some(i) = r.images().first() else { return Ok(false) };
+    if tag(i, tags::COMPLETE) != Some("true") || tag(i, tags::MANAGED) != Some("true") {
+        return Err(Error::Other(format!("image {image} in {region} is not an image bake made (no bake:complete tag): bake restores only its own")));
+    }
+    if i.state().map(|s| s.as_str()) != Some("disabled") {
+        return Err(Error::Other(format!(
+            "image {image} in {region} is {}, not disabled: there is nothing to restore",
+            i.state().map(|s| s.as_str()).unwrap_or("in no known state")
+        )));
+    }
+    c.ec2.enable_image().image_id(image).send().await.map_err(|e| Error::aws("ec2:EnableImage", format!("image {image}"), region, &e))?;
+    c.ec2
+        .delete_tags()
+        .resources(image)
+        .tags(aws_sdk_ec2::types::Tag::builder().key(tags::RETIRED).build())
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:DeleteTags", format!("image {image}"), region, &e))?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -265,16 +432,18 @@ mod tests {
     #[test]
     fn keeps_newest_in_use_and_young() {
         let imgs = vec![img("a", 1.0, &[]), img("b", 10.0, &[]), img("c", 40.0, &["group web_production"]), img("d", 50.0, &[]), img("e", 5.0, &[])];
-        let d = decide(imgs.clone(), &|_, _| 2, None);
+        let week = |_: &str, _: &str| std::time::Duration::from_secs(7 * 86_400);
+        let now = std::time::SystemTime::now();
+        let d = decide(imgs.clone(), &|_, _| 2, None, &week, now);
         let del: Vec<&str> = d.iter().filter(|x| x.delete).map(|x| x.image.id.as_str()).collect();
         assert_eq!(del, ["d", "e"]);
         assert!(d[2].why.contains("in use by group web_production"));
-        let d = decide(imgs, &|_, _| 2, Some(30.0));
+        let d = decide(imgs, &|_, _| 2, Some(30.0), &week, now);
         let del: Vec<&str> = d.iter().filter(|x| x.delete).map(|x| x.image.id.as_str()).collect();
         assert_eq!(del, ["d"], "e is younger than 30 days");
         // A role that bakes two architectures keeps the newest of each.
         let arch = |id: &str, a: &str| ImageInfo { arch: Some(a.into()), ..img(id, 10.0, &[]) };
-        let d = decide(vec![arch("x1", "x86_64"), arch("a1", "arm64"), arch("x2", "x86_64"), arch("a2", "arm64")], &|_, _| 1, None);
+        let d = decide(vec![arch("x1", "x86_64"), arch("a1", "arm64"), arch("x2", "x86_64"), arch("a2", "arm64")], &|_, _| 1, None, &week, now);
         let del: Vec<&str> = d.iter().filter(|x| x.delete).map(|x| x.image.id.as_str()).collect();
         assert_eq!(del, ["x2", "a2"]);
     }

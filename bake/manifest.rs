@@ -42,6 +42,14 @@ pub struct Manifest {
     /// before sharing there.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub public_access: BTreeMap<String, String>,
+    /// What an operator should look at though nothing failed (AMI Block Public Access off where
+    /// bake shared an image), one sentence each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// The images bake put deregistration protection on (`ami-… in us-east-1`): what the
+    /// parameter names now and what it named before.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub protected: Vec<String>,
     /// Stage → seconds.
     pub stages: BTreeMap<String, f64>,
     /// `service:Operation` → calls.
@@ -134,6 +142,9 @@ pub struct ParameterRecord {
     /// What bake wrote to the parameter (a write that was not the version after the one bake read
     /// is reported: another writer came in between).
     pub value: String,
+    /// What it held before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
 }
 
 /// What `bake roll` did (also `bake build --roll`).

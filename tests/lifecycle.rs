@@ -193,6 +193,8 @@ async fn ls_reports_usage_and_prune_keeps_what_is_used_or_newest() {
     sb.control("POST", "/_sandbox/delays", Some(json!({"visibility_lag": 0})));
     let dir = project_copy();
     let root = dir.path();
+    // Removed at once, no retirement (staged retirement has its own test).
+    edit(root, "roles/kaiju.toml", "name = \"kaiju-{{env}}-{{timestamp}}\"", "name = \"kaiju-{{env}}-{{timestamp}}\"\nretire_after = \"0s\"");
     let conf = sb.sdk_config("us-east-1").await;
     let ec2 = aws_sdk_ec2::Client::new(&conf);
     let asg = aws_sdk_autoscaling::Client::new(&conf);
@@ -244,7 +246,7 @@ async fn ls_reports_usage_and_prune_keeps_what_is_used_or_newest() {
     let out = bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--keep", "1", "--plan"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(sb.calls()["mutating"].as_array().unwrap().is_empty());
-    assert!(text(&out.stdout).contains(&format!("remove {} us-east-1", ids[3])), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains(&format!("retire     {} us-east-1", ids[3])), "{}", text(&out.stdout));
     // Deregistering fails in us-west-2: reported; us-east-1 goes on.
     sb.control(
         "POST",
@@ -259,7 +261,7 @@ async fn ls_reports_usage_and_prune_keeps_what_is_used_or_newest() {
     for (i, id) in ids.iter().enumerate() {
         let gone = image(&sb, id).is_null();
         let keep = i <= 2 || i == 5; // in use, or the newest
-        assert_eq!(gone, !keep, "image {i} {id}");
+        assert_eq!(gone, !keep, "image {i} {id}: {}{}", text(&out.stdout), text(&out.stderr));
     }
     // Removed images took their snapshots with them.
     let live: BTreeSet<String> = sb.live().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
@@ -544,4 +546,104 @@ async fn audit_finds_the_affected_images_and_patch_affected_patches_and_rolls_ex
     let spec = g.auto_scaling_groups()[0].launch_template().unwrap();
     let v = ec2.describe_launch_template_versions().launch_template_id(&lt_id).versions(spec.version().unwrap()).send().await.unwrap();
     assert_eq!(v.launch_template_versions()[0].launch_template_data().unwrap().image_id(), Some(patched.as_str()), "still on the good patch");
+}
+
+/// Protected golden images and staged retirement: the image a parameter names and the one before
+/// it carry deregistration protection (with the cooldown) and require IMDSv2; AWS refuses to
+/// deregister them; `bake prune` first disables what it retires (lifting protection), deregisters
+/// it `retire_after` later and only once AWS's 24-hour cooldown has passed; `bake prune --restore`
+/// brings a retiring image back. Sharing with AMI Block Public Access off warns in the manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_images_are_protected_and_prune_retires_them_in_stages() {
+    let sb = Sandbox::start();
+    sb.control("POST", "/_sandbox/delays", Some(json!({"visibility_lag": 0, "block_public_access": 0})));
+    let dir = project_copy();
+    let root = dir.path();
+    let key = sb.aws_json("kms", "TrentService.CreateKey", &json!({"Description": "golden"}))["KeyMetadata"]["Arn"].as_str().unwrap().to_string();
+    edit(root, "roles/kaiju.toml", "instance_type = \"t3.small\"", &format!("instance_type = \"t3.small\"\nkms_key_id = \"{key}\""));
+    edit(
+        root,
+        "roles/kaiju.toml",
+        "image = { regions = [\"us-west-2\"] }",
+        "image = { regions = [\"us-west-2\"], kms_keys = { us-west-2 = \"alias/golden\" }, share_accounts = [\"210987654321\"], retire_after = \"4s\" }",
+    );
+    let ec2 = aws_sdk_ec2::Client::new(&sb.sdk_config("us-east-1").await);
+    ec2.disable_image_block_public_access().send().await.unwrap();
+    let a = json_ok(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--output", "json"]));
+    let warnings: Vec<&str> = a["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert!(warnings.iter().any(|w| w.starts_with("AMI Block Public Access is unblocked in us-east-1, where bake shared the image")), "{warnings:?}");
+    assert_eq!(a["public_access"]["us-east-1"], "unblocked");
+    ec2.enable_image_block_public_access().image_block_public_access_state(ec2_t::ImageBlockPublicAccessEnabledState::BlockNewSharing).send().await.unwrap();
+    let b = json_ok(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--force", "--output", "json"]));
+    let c = json_ok(&bake(&sb, root, &["build", "kaiju", "--env", "staging", "--force", "--output", "json"]));
+    let id = |m: &Value, r: &str| m["images"][r]["ami_id"].as_str().unwrap().to_string();
+    let (a1, b1, c1) = (id(&a, "us-east-1"), id(&b, "us-east-1"), id(&c, "us-east-1"));
+    let protected: Vec<&str> = c["protected"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert!(
+        protected.contains(&format!("{c1} in us-east-1").as_str()) && protected.contains(&format!("{b1} in us-east-1").as_str()),
+        "the golden image and the one before: {protected:?}"
+    );
+    let ls = json_ok(&bake(&sb, root, &["ls", "kaiju", "--env", "staging", "--output", "json"]));
+    for i in ls.as_array().unwrap() {
+        assert_eq!(
+            (i["state"].as_str(), i["protection"].as_str(), i["imds_support"].as_str()),
+            (Some("available"), Some("enabled-with-cooldown"), Some("v2.0")),
+            "{i}"
+        );
+    }
+    let e = ec2.deregister_image().image_id(&a1).send().await.unwrap_err();
+    assert_eq!(e.as_service_error().and_then(|s| s.meta().code()), Some("OperationNotPermitted"), "AWS refuses: {e:?}");
+
+    // Prune retires a and b: disabled, protection lifted (the cooldown runs), deregistered later.
+    let out = bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--keep", "1", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("disabled {a1} in us-east-1: deregistered by a prune after 4s (bake prune --restore {a1} brings it back)")),
+        "{}",
+        text(&out.stdout)
+    );
+    let state = |ls: &Value, ami: &str| ls.as_array().unwrap().iter().find(|i| i["id"] == ami).cloned().unwrap_or(Value::Null);
+    let ls = json_ok(&bake(&sb, root, &["ls", "kaiju", "--env", "staging", "--output", "json"]));
+    for ami in [&a1, &b1] {
+        let i = state(&ls, ami);
+        assert_eq!(i["state"], "disabled", "{i}");
+        assert!(i["protection"].as_str().unwrap().starts_with("disabled after "), "{i}");
+        assert!(i["retired_at"].is_string(), "{i}");
+    }
+    assert_eq!(state(&ls, &c1)["state"], "available");
+    assert_eq!(ec2.describe_images().image_ids(&a1).send().await.unwrap().images().len(), 0, "hidden from launches and listings");
+    // Within its retirement it stays.
+    let out = bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--keep", "1", "--yes", "--output", "json"]);
+    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let of = |ami: &str| d["decisions"].as_array().unwrap().iter().find(|x| x["image"]["id"] == ami).cloned().unwrap();
+    assert_eq!(of(&a1)["action"], "keep", "{d}");
+    assert!(of(&a1)["why"].as_str().unwrap().starts_with("retiring: disabled, deregistered after "), "{d}");
+    // Restored: b is available again.
+    let out = bake(&sb, root, &["prune", "--restore", &b1]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&format!("restored {b1} in us-east-1")), "{}", text(&out.stdout));
+    assert_eq!(ec2.describe_images().image_ids(&b1).send().await.unwrap().images().len(), 1);
+    for (arg, code, says) in [
+        (b1.as_str(), 1, "is available, not disabled: there is nothing to restore"),
+        ("ami-not-hex", 2, "is not an image id"),
+        ("ami-0123456789abcdef0", 1, "not found among this account's images"),
+    ] {
+        let out = bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--restore", arg]);
+        assert_eq!(out.status.code(), Some(code), "{arg}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(says), "{arg}: {}", text(&out.stderr));
+    }
+    // Its retirement over, a is deregistered only once AWS's cooldown has passed too.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let out = bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--keep", "1", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&format!("disabled {a1} in us-east-1: protected from deregistration until ")), "{}", text(&out.stdout));
+    assert!(!image(&sb, &a1).is_null(), "still there");
+    sb.control("POST", "/_sandbox/clock", Some(json!({"advance": 25 * 3600})));
+    let snap = image(&sb, &a1)["snapshot"].as_str().unwrap().to_string();
+    let out = bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--keep", "1", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&format!("removed {a1} in us-east-1")), "{}", text(&out.stdout));
+    assert!(image(&sb, &a1).is_null(), "deregistered");
+    let live: BTreeSet<String> = sb.live().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    assert!(!live.contains(&snap), "with its snapshot");
 }

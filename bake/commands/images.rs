@@ -4,7 +4,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::{duration, failed, json, out, problems, runtime, var_inputs, ExitStatus, Global, Output};
-use crate::catalog::{Decision, ImageInfo};
+use crate::catalog::{Action, Decision, ImageInfo};
 use crate::config::{Problems, Project, Secs};
 
 /// Which roles and envs a listing covers (every one by default).
@@ -69,6 +69,9 @@ pub struct PruneArgs {
     /// Only show what would be removed
     #[arg(long)]
     pub plan: bool,
+    /// Bring back an image prune disabled and has not deregistered yet
+    #[arg(long, value_name = "AMI_ID", conflicts_with_all = ["keep", "older_than", "plan"])]
+    pub restore: Option<String>,
 }
 
 /// Where a listing looks: regions, the parameters bake publishes, each role's `image.keep`.
@@ -79,6 +82,8 @@ struct Where {
     /// with the parameters published there.
     accounts: Vec<(crate::config::role::TargetAccount, std::collections::BTreeSet<String>)>,
     keep: std::collections::BTreeMap<(String, String), usize>,
+    /// Each role's and env's `image.retire_after`.
+    retire_after: std::collections::BTreeMap<(String, String), std::time::Duration>,
 }
 
 fn scope(g: &Global, s: &Scope, default_region: Option<String>) -> Result<Where, Problems> {
@@ -91,6 +96,7 @@ fn scope(g: &Global, s: &Scope, default_region: Option<String>) -> Result<Where,
     let mut regions = std::collections::BTreeSet::new();
     let mut parameters = std::collections::BTreeSet::new();
     let mut keep = std::collections::BTreeMap::new();
+    let mut retire_after = std::collections::BTreeMap::new();
     let mut accounts: Vec<(crate::config::role::TargetAccount, std::collections::BTreeSet<String>)> = Vec::new();
     for r in &roles {
         let rf = project.role(r)?;
@@ -129,12 +135,13 @@ fn scope(g: &Global, s: &Scope, default_region: Option<String>) -> Result<Where,
             if let Some(k) = resolved.image.keep {
                 keep.insert((r.clone(), e.clone()), k as usize);
             }
+            retire_after.insert((r.clone(), e.clone()), resolved.image.retire_after.as_duration());
         }
     }
     if let Some(r) = &g.region {
         regions = [r.clone()].into();
     }
-    Ok(Where { regions: regions.into_iter().collect(), parameters, accounts, keep })
+    Ok(Where { regions: regions.into_iter().collect(), parameters, accounts, keep, retire_after })
 }
 
 /// The images bake made in the scope, with what uses each.
@@ -267,12 +274,17 @@ pub fn ls(g: &Global, a: &LsArgs) -> ExitStatus {
                 return ExitStatus::Success;
             }
             let mut text = format!(
-                "{:<22} {:<12} {:<22} {:>6}  {:<6} {:<22} {:<18} {:<25} {}\n",
-                "ROLE/ENV", "REGION", "IMAGE", "AGE", "KIND", "PARENT", "CVE", "DEPRECATED", "USED BY"
+                "{:<22} {:<12} {:<22} {:>6}  {:<6} {:<9} {:<10} {:<22} {:<18} {:<25} {}\n",
+                "ROLE/ENV", "REGION", "IMAGE", "AGE", "KIND", "STATE", "PROTECTED", "PARENT", "CVE", "DEPRECATED", "USED BY"
             );
             for i in &images {
+                let protected = match i.protection.as_str() {
+                    p if p.starts_with("enabled") => "yes",
+                    p if p.starts_with("disabled after") => "cooldown",
+                    _ => "no",
+                };
                 text.push_str(&format!(
-                    "{:<22} {:<12} {:<22} {:>5.1}d  {:<6} {:<22} {:<18} {:<25} {}\n",
+                    "{:<22} {:<12} {:<22} {:>5.1}d  {:<6} {:<9} {:<10} {:<22} {:<18} {:<25} {}\n",
                     match &i.arch {
                         Some(a) => format!("{}/{} ({a})", i.role, i.env),
                         None => format!("{}/{}", i.role, i.env),
@@ -281,6 +293,8 @@ pub fn ls(g: &Global, a: &LsArgs) -> ExitStatus {
                     i.id,
                     i.age_days,
                     i.kind,
+                    i.state,
+                    protected,
                     i.parent.clone().unwrap_or_else(|| "-".into()),
                     if i.cves.is_empty() { "-".to_string() } else { i.cves.join(",") },
                     i.deprecation_time.clone().unwrap_or_else(|| "-".into()),
@@ -294,13 +308,18 @@ pub fn ls(g: &Global, a: &LsArgs) -> ExitStatus {
 }
 
 pub fn prune(g: &Global, a: &PruneArgs) -> ExitStatus {
+    if let Some(ami) = &a.restore {
+        return restore(g, a, ami);
+    }
     let older = a.older_than.map(|s| s.0 as f64 / 86_400.0);
     let (rt, aws, w, images) = match listed(g, &a.scope) {
         Ok(x) => x,
         Err(code) => return code,
     };
     let keep_of = |r: &str, e: &str| a.keep.or_else(|| w.keep.get(&(r.to_string(), e.to_string())).copied()).unwrap_or(3);
-    let decisions = crate::catalog::decide(images, &keep_of, older);
+    let week = std::time::Duration::from_secs(crate::config::limits::RETIRE_AFTER_DEFAULT);
+    let retire_of = |r: &str, e: &str| w.retire_after.get(&(r.to_string(), e.to_string())).copied().unwrap_or(week);
+    let decisions = crate::catalog::decide(images, &keep_of, older, &retire_of, std::time::SystemTime::now());
     let doomed: Vec<&Decision> = decisions.iter().filter(|d| d.delete).collect();
     if g.output == Output::Json {
         out(&json(&json!({"decisions": decisions, "removing": !a.plan && a.yes})));
@@ -309,7 +328,11 @@ pub fn prune(g: &Global, a: &PruneArgs) -> ExitStatus {
         for d in &decisions {
             text.push_str(&format!(
                 "{} {} {} ({}/{}{}, {:.1} days): {}\n",
-                if d.delete { "remove" } else { "keep  " },
+                match d.action {
+                    Action::Keep => "keep      ",
+                    Action::Retire => "retire    ",
+                    Action::Deregister => "deregister",
+                },
                 d.image.id,
                 d.image.region,
                 d.image.role,
@@ -319,7 +342,7 @@ pub fn prune(g: &Global, a: &PruneArgs) -> ExitStatus {
                 d.why
             ));
         }
-        text.push_str(&format!("{} image(s) to remove, {} kept", doomed.len(), decisions.len() - doomed.len()));
+        text.push_str(&format!("{} image(s) to retire or deregister, {} kept", doomed.len(), decisions.len() - doomed.len()));
         out(&text);
     }
     if a.plan || doomed.is_empty() {
@@ -329,17 +352,66 @@ pub fn prune(g: &Global, a: &PruneArgs) -> ExitStatus {
         return ExitStatus::Success;
     }
     let mut status = ExitStatus::Success;
+    let say = |s: String| {
+        if !g.quiet && g.output == Output::Text {
+            out(&s);
+        }
+    };
     for d in doomed {
-        match rt.block_on(crate::catalog::remove(&aws, &d.image)) {
-            Ok(()) => {
-                if !g.quiet && g.output == Output::Text {
-                    out(&format!("removed {} in {} and {} snapshot(s)", d.image.id, d.image.region, d.image.snapshots.len()));
-                }
+        let i = &d.image;
+        let now = d.action == Action::Deregister || retire_of(&i.role, &i.env).is_zero();
+        if d.action == Action::Retire {
+            if let Err(e) = rt.block_on(crate::catalog::retire(&aws, i)) {
+                status = failed(e);
+                continue;
+            }
+            if !now {
+                say(format!(
+                    "disabled {} in {}: deregistered by a prune after {} (bake prune --restore {} brings it back)",
+                    i.id,
+                    i.region,
+                    crate::config::Secs(retire_of(&i.role, &i.env).as_secs()),
+                    i.id
+                ));
+                continue;
+            }
+        }
+        match rt.block_on(crate::catalog::remove(&aws, i)) {
+            Ok(crate::catalog::Removal::Done) => say(format!("removed {} in {} and {} snapshot(s)", i.id, i.region, i.snapshots.len())),
+            Ok(crate::catalog::Removal::Protected(until)) => {
+                say(format!("disabled {} in {}: protected from deregistration until {until} (AWS's cooldown); a prune after that removes it", i.id, i.region))
             }
             Err(e) => status = failed(e),
         }
     }
     status
+}
+
+/// `bake prune --restore AMI`: looks for it in the scope's regions (or --region).
+fn restore(g: &Global, a: &PruneArgs, ami: &str) -> ExitStatus {
+    if !(ami.starts_with("ami-") && ami.len() <= 21 && ami[4..].bytes().all(|b| b.is_ascii_hexdigit()) && ami.len() > 4) {
+        eprintln!("error: --restore `{}` is not an image id (ami- and hex digits)", crate::error::one_line(ami));
+        return ExitStatus::Usage;
+    }
+    let rt = runtime();
+    let aws = rt.block_on(crate::aws::Aws::load(&super::connection(g)));
+    let w = match scope(g, &a.scope, aws.default_region()) {
+        Ok(w) => w,
+        Err(p) => return problems(&p),
+    };
+    for region in &w.regions {
+        match rt.block_on(crate::catalog::restore(&aws, region, ami)) {
+            Ok(true) => {
+                if !g.quiet {
+                    out(&format!("restored {ami} in {region}: enabled again, no longer retiring"));
+                }
+                return ExitStatus::Success;
+            }
+            Ok(false) => {}
+            Err(e) => return failed(e),
+        }
+    }
+    failed(format!("image {ami}: not found among this account's images in {} (give --region)", w.regions.join(", ")))
 }
 
 /// Asks on a terminal; elsewhere (CI, a pipe) removes nothing without --yes.

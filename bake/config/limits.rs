@@ -233,6 +233,16 @@ pub const WAIT_MAX: u64 = 7 * 86_400;
 /// Deprecation at most 10 years ahead. EC2 API reference, EnableImageDeprecation, `DeprecateAt`.
 pub const DEPRECATE_DAYS_MAX: u32 = 3_650;
 
+/// `image.retire_after`: how long `bake prune` leaves an image disabled before deregistering it.
+/// bake's own choice (DisableImage has no limit): a week by default, long enough to notice and
+/// `bake prune --restore`, and past the 24 hours deregistration protection holds after it is
+/// lifted (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ami-deregistration-protection.html);
+/// at most the 10 years a deprecation date may reach.
+pub const RETIRE_AFTER_DEFAULT: u64 = 7 * 86_400;
+pub const RETIRE_AFTER_MAX: u64 = 3_650 * 86_400;
+/// Deregistration protection's cooldown: "enforces deregistration protection for 24 hours after it is disabled".
+pub const PROTECTION_COOLDOWN: u64 = 24 * 3_600;
+
 /// Instance refresh preferences. Auto Scaling API reference, RefreshPreferences:
 /// MinHealthyPercentage 0–100, MaxHealthyPercentage 100–200 and at most 100 above the minimum,
 /// CheckpointPercentages rising, 1–100 (a refresh stops at the last one: bake requires 100),

@@ -545,6 +545,10 @@ fn resolve_arch(rf: &RoleFile, env: &str, inputs: &VarInputs, arch: Option<&str>
         }
         _ => {}
     }
+    let retire_after = image.retire_after.unwrap_or(Secs(limits::RETIRE_AFTER_DEFAULT));
+    if retire_after.0 > limits::RETIRE_AFTER_MAX {
+        problems.push(p(&ip.key("retire_after"), format!("{retire_after} is more than {} days", limits::RETIRE_AFTER_MAX / 86_400)));
+    }
     let parameter = image
         .ssm_parameter
         .clone()
@@ -575,6 +579,7 @@ fn resolve_arch(rf: &RoleFile, env: &str, inputs: &VarInputs, arch: Option<&str>
         share_ous: image.share_ous.clone().unwrap_or_default(),
         deprecate_after_days: image.deprecate_after_days,
         keep: image.keep,
+        retire_after,
         ssm_parameter: parameter,
     };
 

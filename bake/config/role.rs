@@ -77,6 +77,8 @@ pub struct ImageLayer {
     pub share_ous: Option<Vec<String>>,
     pub deprecate_after_days: Option<u32>,
     pub keep: Option<u32>,
+    /// How long `bake prune` leaves an image disabled before it deregisters it (default 7 days).
+    pub retire_after: Option<Secs>,
     pub ssm_parameter: Option<String>,
 }
 
@@ -220,6 +222,9 @@ pub struct ImageSpec {
     pub share_ous: Vec<String>,
     pub deprecate_after_days: Option<u32>,
     pub keep: Option<u32>,
+    /// How long `bake prune` leaves an image disabled (DisableImage: hidden from launches, a
+    /// `bake prune --restore` away from back) before it deregisters it.
+    pub retire_after: Secs,
     pub ssm_parameter: String,
 }
 

@@ -127,6 +127,17 @@ async fn share_and_deprecate(ctx: &Baking, c: &Clients, image: &str, snaps: &[St
     let mut want: Vec<LaunchPermission> = spec.share_accounts.iter().map(|a| LaunchPermission::builder().user_id(a).build()).collect();
     want.extend(spec.share_organizations.iter().map(|o| LaunchPermission::builder().organization_arn(o).build()));
     want.extend(spec.share_ous.iter().map(|o| LaunchPermission::builder().organizational_unit_arn(o).build()));
+    // An image this run made requires IMDSv2 of every instance launched from it ("After you set
+    // the value to v2.0, you can't undo it": only on images this run made).
+    if ctx.fresh.contains(image) {
+        c.ec2
+            .modify_image_attribute()
+            .image_id(image)
+            .imds_support(aws_sdk_ec2::types::AttributeValue::builder().value("v2.0").build())
+            .send()
+            .await
+            .map_err(|e| Error::aws("ec2:ModifyImageAttribute", format!("image {image} (ImdsSupport v2.0)"), region, &e))?;
+    }
     // An image this run made has no launch permission yet; any other may have some to revoke.
     let have = if ctx.fresh.contains(image) { Vec::new() } else { launch_permissions(c, image).await? };
     let add: Vec<LaunchPermission> = want.iter().filter(|p| !have.contains(p)).cloned().collect();
@@ -191,6 +202,18 @@ async fn share_and_deprecate(ctx: &Baking, c: &Clients, image: &str, snaps: &[St
     Ok(())
 }
 
+/// Turns on deregistration protection, with the cooldown: once lifted, it holds for 24 more hours.
+async fn protect(c: &Clients, image: &str) -> Result<()> {
+    c.ec2
+        .enable_image_deregistration_protection()
+        .image_id(image)
+        .with_cooldown(true)
+        .send()
+        .await
+        .map_err(|e| Error::aws("ec2:EnableImageDeregistrationProtection", format!("image {image}"), &c.region, &e))?;
+    Ok(())
+}
+
 /// Points the role's SSM parameter at the image in one region, journaling what it held before
 /// (in bake's own account: a failed bake restores it). In another account (`c.account`) the
 /// parameter is written last and not restored: it names an image bake already keeps.
@@ -233,7 +256,7 @@ async fn publish(ctx: &Baking, c: &Clients, image: &str) -> Result<ParameterReco
             "parameter {name} in {region}: another writer changed it between bake's read (version {v}) and its write (version {written}); it holds {image} now"
         ));
     }
-    Ok(ParameterRecord { region: c.region.clone(), account: c.account.clone(), name, value: image.to_string() })
+    Ok(ParameterRecord { region: c.region.clone(), account: c.account.clone(), name, value: image.to_string(), previous })
 }
 
 /// Copies the image to every region of the role that has none yet (a redistribution starts with
@@ -295,12 +318,32 @@ pub async fn run(ctx: &mut Baking) -> Result<()> {
     if let Ok(m) = ctx.public_access.lock() {
         ctx.manifest.public_access = m.clone();
     }
+    for (region, state) in ctx.manifest.public_access.clone() {
+        if state != "block-new-sharing" {
+            ctx.manifest.warnings.push(format!(
+                "AMI Block Public Access is {state} in {region}, where bake shared the image: anyone allowed here could make an image public; turn it on with `aws ec2 enable-image-block-public-access --image-block-public-access-state block-new-sharing --region {region}`"
+            ));
+        }
+    }
     // Mark the product before publishing it: an image named by a parameter is never swept.
     crate::stages::teardown::keep_products(ctx).await?;
     for (region, id) in &images {
         let c = ctx.aws.clients(region);
         let p = publish(ctx, &c, id).await?;
         ctx.manifest.parameters.push(p);
+    }
+    // Published everywhere: the image and the one it replaced are protected from deregistration
+    // (with AWS's 24-hour cooldown once lifted); `bake prune` lifts it from those it retires. Last,
+    // so that a failed bake can still remove what it made.
+    let records = ctx.manifest.parameters.clone();
+    for p in records.iter().filter(|p| p.account.is_none()) {
+        let c = ctx.aws.clients(&p.region);
+        for image in std::iter::once(&p.value).chain(p.previous.iter().filter(|v| v.starts_with("ami-") && **v != p.value)) {
+            match protect(&c, image).await {
+                Ok(()) => ctx.manifest.protected.push(format!("{image} in {}", p.region)),
+                Err(e) => ctx.report.info(&format!("warning: {e}")),
+            }
+        }
     }
     // Then every workload account's, in its regions, with its role. From here the image is the
     // product whatever happens (a workload account may name it already): a parameter that cannot

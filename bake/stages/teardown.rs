@@ -167,7 +167,13 @@ pub async fn delete(aws: &Aws, r: &Resource, born: Option<SystemTime>) -> Result
         }
         Kind::Image => {
             let describe = || async {
-                let r = unless_gone(c.ec2.describe_images().image_ids(id).send().await, "ec2:DescribeImages", format!("image {id}"), &region)?;
+                // A disabled image (prune retires them) is listed only when asked for.
+                let r = unless_gone(
+                    c.ec2.describe_images().image_ids(id).include_disabled(true).send().await,
+                    "ec2:DescribeImages",
+                    format!("image {id}"),
+                    &region,
+                )?;
                 Ok(r.and_then(|d| d.images().iter().find(|i| i.image_id() == Some(id)).map(crate::aws::snapshot_ids)))
             };
             let Some(snapshots) = believed(born, describe).await? else { return Ok(Vec::new()) };

@@ -255,8 +255,22 @@ def disable_image_block_public_access(self):
 _orig_modify = AmisResponse.modify_image_attribute
 
 
+# ImdsSupport: "Set to v2.0 to indicate that IMDSv2 is specified in the AMI [...] After you set the
+# value to v2.0, you can't undo it." (ModifyImageAttribute; DescribeImages shows it as ImdsSupport.)
+Ami.imds_support = property(lambda self: STATE.image_meta.get(self.id, {}).get("imds_support"))
+
+
 def modify_image_attribute(self):
     ami = _ami(self, self._get_param("ImageId"), owned=True)
+    imds = self._get_param("ImdsSupport.Value") or self._get_param("ImdsSupport")
+    if isinstance(imds, dict):
+        imds = imds.get("Value")
+    if imds is not None:
+        if imds != "v2.0":
+            raise err("InvalidParameterValue", f"Value ({imds}) for parameter imdsSupport is invalid. The only valid value is v2.0.")
+        self.error_on_dryrun()
+        _meta(ami.id)["imds_support"] = "v2.0"
+        return EmptyResult()
     lp = self._get_param("LaunchPermission", {}) or {}
     adds = list(lp.get("Add", []) or [])
     if self._get_param("OperationType") == "add":
