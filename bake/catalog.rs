@@ -104,7 +104,8 @@ async fn images(c: &Clients, role: Option<&str>, env: Option<&str>) -> Result<Ve
                 state: i.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
                 protection: i.deregistration_protection().unwrap_or("disabled").to_string(),
                 imds_support: i.imds_support().map(|s| s.as_str().to_string()),
-                retired_at: tag(i, crate::tags::RETIRED).map(str::to_string),
+                // Only a disabled image is retiring (a restored one keeps the tag, unread).
+                retired_at: tag(i, crate::tags::RETIRED).filter(|_| i.state().map(|s| s.as_str()) == Some("disabled")).map(str::to_string),
                 snapshots: i.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string)).collect(),
                 used_by: Vec::new(),
             })
@@ -382,8 +383,8 @@ pub async fn retire(aws: &Aws, i: &ImageInfo) -> Result<()> {
     Ok(())
 }
 
-/// `bake prune --restore AMI`: a retiring image enabled again, its retirement forgotten. Only
-/// one bake made, and only while it is disabled.
+/// `bake prune --restore AMI`: a retiring image enabled again, its retirement over. Only one
+/// bake made, and only while it is disabled.
 pub async fn restore(aws: &Aws, region: &str, image: &str) -> Result<bool> {
     let c = aws.clients(region);
     let r = match c.ec2.describe_images().image_ids(image).owners("self").include_disabled(true).send().await {
@@ -402,14 +403,9 @@ pub async fn restore(aws: &Aws, region: &str, image: &str) -> Result<bool> {
             i.state().map(|s| s.as_str()).unwrap_or("in no known state")
         )));
     }
+    // Its bake:retired-at stays: it means something only on a disabled image, and a later
+    // retirement writes it again (so the operator needs no ec2:DeleteTags).
     c.ec2.enable_image().image_id(image).send().await.map_err(|e| Error::aws("ec2:EnableImage", format!("image {image}"), region, &e))?;
-    c.ec2
-        .delete_tags()
-        .resources(image)
-        .tags(aws_sdk_ec2::types::Tag::builder().key(tags::RETIRED).build())
-        .send()
-        .await
-        .map_err(|e| Error::aws("ec2:DeleteTags", format!("image {image}"), region, &e))?;
     Ok(true)
 }
 

@@ -753,8 +753,8 @@ fn whole_step_output_goes_to_s3_and_cloudwatch_when_the_role_says() {
         assert_eq!(o["bytes"], 30000, "the whole output: {o}");
         assert_eq!(o["stored"], true, "{o}");
     }
-    // Every step's command sent its output there, not only the long one.
-    let steps = m["steps"].as_array().unwrap().len();
+    // Every step's command sent its output there, not only the long one (and the inventory's).
+    let steps = m["steps"].as_array().unwrap().len() + 1;
     assert_eq!(outputs.iter().filter(|o| o["stream"] == "stdout" && o["url"].as_str().unwrap().starts_with("https://")).count(), steps);
     assert_only_products_added(&sb, &before, &m);
 }
@@ -1118,6 +1118,11 @@ fn shared_state_one_lock_for_every_folder_a_lease_for_the_dead_and_a_journal_any
     assert!(ids.contains(&f["bake_id"].as_str().unwrap()) && ids.contains(&second["bake_id"].as_str().unwrap()), "{h}");
     assert!(h.as_array().unwrap().iter().all(|r| !r["by"]["host"].as_str().unwrap_or_default().is_empty()), "{h}");
     assert_eq!(status_of(c.path()), "cleaned");
+    // Inventories are shared too: a folder that baked nothing audits the team's images.
+    let out = bake(&sb, c.path(), &["audit", "openssl<3.0.13", "--region", "us-east-1", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let r = json_out(&out);
+    assert!(r["unknown"].as_array().unwrap().is_empty() && !r["affected"].as_array().unwrap().is_empty(), "{r}");
     // Ctrl-C releases the lock at once: the object is gone, nothing made is left.
     sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=base step=updates", "duration": 600}]})));
     let (child, _) = spawn_until(&sb, a.path(), &["build", "kaiju", "--env", "staging", "--force"], "base/updates");

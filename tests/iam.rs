@@ -224,7 +224,9 @@ async fn holding_only_its_role_scoped_policies_bake_does_everything_and_every_st
     ok("ls --history", &bake(&sb, root, &["ls", "--history"]));
     let out = bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--keep", "1", "--yes", "--output", "json"]);
     ok("prune", &out);
-    assert!(json_out(&out)["decisions"].as_array().unwrap().iter().any(|d| d["delete"] == true), "prune removed the golden image");
+    let decisions = json_out(&out)["decisions"].as_array().unwrap().clone();
+    let retired = decisions.iter().find(|d| d["action"] == "retire").expect("prune retired the golden image")["image"]["id"].as_str().unwrap().to_string();
+    ok("prune --restore", &bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--restore", &retired]));
     // A failed bake kept for debugging, removed by `bake cleanup ID`.
     sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=base step=time", "exit_code": 1, "times": 2}]})));
     let out = bake(&sb, root, &["build", "kaiju", "--env", "staging", "--force", "--on-error", "abort", "--output", "json"]);

@@ -49,9 +49,10 @@ fn a_patch_starts_from_the_golden_image_and_runs_only_the_patch_step() {
     assert_eq!(steps.len(), 1);
     assert_eq!(steps[0]["cookbook"], "security-patch");
     assert_eq!(steps[0]["rebooted"], true, "the step asked for a reboot");
-    // Only the patch step reached the builder.
+    // Only the patch step reached the builder, then the inventory of what the image holds.
     let scripts = sb.scripts(p["builder"]["instance_id"].as_str().unwrap());
-    assert_eq!(scripts.len(), 1);
+    assert_eq!(scripts.len(), 2);
+    assert_eq!(scripts[1]["script"].as_str().unwrap(), bake::inventory::script().join("\n"));
     let script = scripts[0]["script"].as_str().unwrap();
     assert!(script.contains("cookbook=security-patch step=patch") && script.contains("pkgs=(openssl libssl3)"), "{script}");
     // Lineage and provenance tags; the image and its copy are published.
@@ -504,6 +505,10 @@ async fn audit_finds_the_affected_images_and_patch_affected_patches_and_rolls_ex
     assert_eq!(out.status.code(), Some(3));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["affected"][0]["hits"][0]["cve"], "CVE-2024-0727");
+    let out = bake(&sb, root, &["audit", "--cve", "CVE-2024-0727", "--package", "openssl", "--fixed", "3.0.13-0ubuntu3", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((r["asked"][0].as_str(), r["affected"].as_array().unwrap().len()), (Some("openssl<3.0.13-0ubuntu3 (CVE-2024-0727)"), 2), "{r}");
 
     // Patch everything affected, and roll: kaiju only. Its patch's inventory is its own.
     sb.control(

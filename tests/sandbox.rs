@@ -2186,3 +2186,69 @@ async fn another_account_assumes_a_trusting_role_and_sees_only_what_is_shared_wi
     c.ec2.deregister_image().image_id(&managed).send().await.unwrap();
     assert_eq!(b.ec2.describe_images().image_ids(&managed).send().await.unwrap_err().code(), Some("InvalidAMIID.NotFound"));
 }
+
+/// Reads an instance's inventory as bake does: the first page, then pages until the size the
+/// script printed; checked, parsed, and how many commands it took.
+async fn read_inventory(c: &Clients, id: &str) -> (bake::inventory::Inventory, usize) {
+    let cmd = send(c, id, &bake::inventory::script().join("\n"), "60").await;
+    let out = finished(c, &cmd, id).await.standard_output_content().unwrap().to_string();
+    let (size, sha, first) = bake::inventory::first_page(&out).unwrap();
+    let mut doc = first.into_bytes();
+    let mut pages = 1;
+    while doc.len() < size {
+        let cmd = send(c, id, &bake::inventory::page_script(doc.len()).join("\n"), "60").await;
+        let page = finished(c, &cmd, id).await.standard_output_content().unwrap().to_string();
+        assert!(page.len() <= bake::inventory::PAGE && !page.is_empty());
+        doc.extend_from_slice(page.as_bytes());
+        pages += 1;
+    }
+    assert_eq!((doc.len(), bake::plan::sha256_hex(&doc)), (size, sha));
+    (bake::inventory::parse(&String::from_utf8(doc).unwrap()).unwrap(), pages)
+}
+
+/// What is installed (inventory.py): an instance holds what its image held, an outcome rule
+/// changes it when its command succeeds, CreateImage keeps it; bake's inventory script and its
+/// pages are answered byte for byte, a large listing across pages. ImdsSupport takes only v2.0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_hold_their_images_packages_and_answer_the_inventory_script() {
+    let sb = Sandbox::start();
+    let c = clients(&sb).await;
+    profile(&c, "inv", true).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let id = launch(&c, &ubuntu(&c).await, Some("inv")).await;
+    until(20, "the agent", || async { online(&c).await.iter().any(|(i, s)| *i == id && s == "Online").then_some(()) }).await;
+    // Bad rules are refused.
+    let (code, _) = sb.call("POST", "/_sandbox/ssm/outcomes", Some(&json!({"outcomes": [{"match": "x", "packages": ["openssl"]}]})));
+    assert_eq!(code, 400);
+    sb.control(
+        "POST",
+        "/_sandbox/ssm/outcomes",
+        Some(json!({"outcomes": [{"match": "upgrade", "packages": {"openssl": "3.0.13-0ubuntu3", "snapd": null}, "packages_generated": 1500, "kernel": "6.8.0-1009-aws", "containers": [["nginx", "1.25", "sha256:abc"]]}]})),
+    );
+    let cmd = send(&c, &id, "apt-get upgrade -y", "60").await;
+    assert_eq!(finished(&c, &cmd, &id).await.status(), Some(&ssm_t::CommandInvocationStatus::Success));
+    let (inv, pages) = read_inventory(&c, &id).await;
+    assert!(pages >= 3, "{pages} pages");
+    assert_eq!(inv.kernel, "6.8.0-1009-aws");
+    assert_eq!(inv.versions("openssl")[0].version, "3.0.13-0ubuntu3");
+    assert!(inv.versions("snapd").is_empty() && inv.versions("libssl3")[0].version == "3.0.2-0ubuntu1.15");
+    assert!(inv.packages.len() > 1500 && inv.containers.len() == 1);
+    // An image of it holds the same; an instance of that image too.
+    c.ec2.stop_instances().instance_ids(&id).send().await.unwrap();
+    until(20, "stopped", || async { (state(&c, &id).await == "stopped").then_some(()) }).await;
+    let image = c.ec2.create_image().instance_id(&id).name("inv-image").send().await.unwrap().image_id().unwrap().to_string();
+    until(20, "available", || async {
+        let r = c.ec2.describe_images().image_ids(&image).send().await.ok()?;
+        (r.images().first()?.state() == Some(&ec2_t::ImageState::Available)).then_some(())
+    })
+    .await;
+    let second = launch(&c, &image, Some("inv")).await;
+    until(20, "the agent", || async { online(&c).await.iter().any(|(i, s)| *i == second && s == "Online").then_some(()) }).await;
+    assert_eq!(read_inventory(&c, &second).await.0, inv, "the lineage: what the image was made from");
+    // ImdsSupport: v2.0 only, then shown.
+    let e = c.ec2.modify_image_attribute().image_id(&image).imds_support(ec2_t::AttributeValue::builder().value("v1.0").build()).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidParameterValue"));
+    c.ec2.modify_image_attribute().image_id(&image).imds_support(ec2_t::AttributeValue::builder().value("v2.0").build()).send().await.unwrap();
+    let r = c.ec2.describe_images().image_ids(&image).send().await.unwrap();
+    assert_eq!(r.images()[0].imds_support(), Some(&ec2_t::ImdsSupportValues::V20));
+}

@@ -274,8 +274,8 @@ pub fn ls(g: &Global, a: &LsArgs) -> ExitStatus {
                 return ExitStatus::Success;
             }
             let mut text = format!(
-                "{:<22} {:<12} {:<22} {:>6}  {:<6} {:<9} {:<10} {:<22} {:<18} {:<25} {}\n",
-                "ROLE/ENV", "REGION", "IMAGE", "AGE", "KIND", "STATE", "PROTECTED", "PARENT", "CVE", "DEPRECATED", "USED BY"
+                "{:<22} {:<12} {:<22} {:>6}  {:<6} {:<9} {:<10} {:<13} {:<22} {:<18} {:<25} {}\n",
+                "ROLE/ENV", "REGION", "IMAGE", "AGE", "KIND", "STATE", "PROTECTED", "INVENTORY", "PARENT", "CVE", "DEPRECATED", "USED BY"
             );
             for i in &images {
                 let protected = match i.protection.as_str() {
@@ -284,7 +284,7 @@ pub fn ls(g: &Global, a: &LsArgs) -> ExitStatus {
                     _ => "no",
                 };
                 text.push_str(&format!(
-                    "{:<22} {:<12} {:<22} {:>5.1}d  {:<6} {:<9} {:<10} {:<22} {:<18} {:<25} {}\n",
+                    "{:<22} {:<12} {:<22} {:>5.1}d  {:<6} {:<9} {:<10} {:<13} {:<22} {:<18} {:<25} {}\n",
                     match &i.arch {
                         Some(a) => format!("{}/{} ({a})", i.role, i.env),
                         None => format!("{}/{}", i.role, i.env),
@@ -295,6 +295,7 @@ pub fn ls(g: &Global, a: &LsArgs) -> ExitStatus {
                     i.kind,
                     i.state,
                     protected,
+                    i.inventory.as_deref().map(|d| d.chars().take(12).collect::<String>()).unwrap_or_else(|| "-".into()),
                     i.parent.clone().unwrap_or_else(|| "-".into()),
                     if i.cves.is_empty() { "-".to_string() } else { i.cves.join(",") },
                     i.deprecation_time.clone().unwrap_or_else(|| "-".into()),
