@@ -361,9 +361,7 @@ pub fn state(entries: &[Entry]) -> State {
     s
 }
 
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
-}
+pub use crate::remote::hostname;
 
 /// True when the bake made its image and published it (whatever cleanup left).
 pub fn succeeded(s: &State) -> bool {

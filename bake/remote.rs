@@ -282,6 +282,11 @@ impl std::fmt::Display for Holder {
     }
 }
 
+/// This machine's name, as the kernel has it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
 /// Who runs bake here: the user's name, or the uid.
 pub fn user() -> String {
     std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).ok().filter(|u| !u.is_empty()).unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }))
@@ -466,7 +471,7 @@ pub fn record_key(role: &str, env: &str, id: &str) -> String {
 pub fn who(root: &std::path::Path) -> serde_json::Value {
     serde_json::json!({
         "user": user(),
-        "host": crate::journal::hostname(),
+        "host": hostname(),
         "pid": std::process::id(),
         "folder": std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()).display().to_string(),
     })
