@@ -55,13 +55,7 @@ pub fn hits(inv: &Inventory, vulns: &[Vulnerable]) -> Vec<Hit> {
     let mut out = Vec::new();
     for v in vulns {
         for p in v.affects(inv) {
-            out.push(Hit {
-                below: format!("{}<{}", v.package, v.fixed),
-                cve: v.cve.clone(),
-                package: p.name.clone(),
-                version: p.version.clone(),
-                arch: p.arch.clone(),
-            });
+            out.push(Hit { below: v.spec(), cve: v.cve.clone(), package: p.name.clone(), version: p.version.clone(), arch: p.arch.clone() });
         }
     }
     out
@@ -70,7 +64,7 @@ pub fn hits(inv: &Inventory, vulns: &[Vulnerable]) -> Vec<Hit> {
 /// Reads each image's inventory (once per digest) and checks it.
 pub async fn run(root: &Path, images: Vec<ImageInfo>, vulns: &[Vulnerable]) -> Result<Report> {
     let mut report = Report { asked: vulns.iter().map(|v| v.to_string()).collect(), checked: images.len(), ..Default::default() };
-    let mut read: BTreeMap<String, Option<Inventory>> = BTreeMap::new();
+    let mut read: BTreeMap<String, std::result::Result<Option<Inventory>, String>> = BTreeMap::new();
     for image in images {
         let unknown = |why: String| Unknown {
             id: image.id.clone(),
@@ -85,14 +79,15 @@ pub async fn run(root: &Path, images: Vec<ImageInfo>, vulns: &[Vulnerable]) -> R
             continue;
         };
         if !read.contains_key(&digest) {
-            let inv = crate::stages::inventory::load(root, &digest).await?;
+            let inv = crate::stages::inventory::load(root, &digest).await.map_err(|e| e.to_string());
             read.insert(digest.clone(), inv);
         }
-        match read.get(&digest).and_then(Option::as_ref) {
-            None => report
+        match read.get(&digest) {
+            Some(Err(e)) => report.unknown.push(unknown(e.clone())),
+            None | Some(Ok(None)) => report
                 .unknown
                 .push(unknown(format!("its inventory {digest} is neither in this machine's state folder nor in a shared state (bake.toml [state]) here"))),
-            Some(inv) => {
+            Some(Ok(Some(inv))) => {
                 let h = hits(inv, vulns);
                 if !h.is_empty() {
                     report.affected.push(Affected { image, hits: h });
@@ -103,11 +98,17 @@ pub async fn run(root: &Path, images: Vec<ImageInfo>, vulns: &[Vulnerable]) -> R
     Ok(report)
 }
 
+/// Pure: whether an image is in use by something that runs or launches it (a rollback target
+/// alone does not).
+pub fn running(used_by: &[String]) -> bool {
+    used_by.iter().any(|u| !u.starts_with("rollback of "))
+}
+
 /// Pure: the roles and envs (and architectures) an affected image is in use for — what `bake
 /// patch --affected` patches — sorted, once each.
 pub fn in_use(report: &Report) -> Vec<(String, String, Option<String>)> {
     // What a group would go back to with `bake roll --rollback` does not run: not in use here.
-    let running = |a: &&Affected| a.image.used_by.iter().any(|u| !u.starts_with("rollback of "));
+    let running = |a: &&Affected| running(&a.image.used_by);
     let mut out: Vec<(String, String, Option<String>)> =
         report.affected.iter().filter(running).map(|a| (a.image.role.clone(), a.image.env.clone(), a.image.arch.clone())).collect();
     out.sort();

@@ -34,8 +34,8 @@ pub struct Request {
     pub patch: Option<crate::manifest::PatchRecord>,
     /// When this role and env is being baked on this machine already: wait for it (else fail).
     pub wait_for_lock: bool,
-    /// `bake patch --affected`: what the new image must no longer hold; checked in its inventory
-    /// before anything rolls.
+    /// `bake patch --affected`: what the new image must no longer hold; checked in the builder's
+    /// inventory before any image is made (a patch that did not fix it fails and leaves nothing).
     pub fixes: Vec<crate::inventory::Vulnerable>,
 }
 
@@ -147,7 +147,7 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
         aws: &aws,
         region: region.clone(),
         plan: &plan,
-        opts: Options { keep_on_error: req.keep_on_error, force: req.force, patch: req.patch.is_some(), git_sha: git.clone() },
+        opts: Options { keep_on_error: req.keep_on_error, force: req.force, patch: req.patch.is_some(), git_sha: git.clone(), fixes: req.fixes.clone() },
         report: report.clone(),
         active,
         lock: Some(&lock),
@@ -205,13 +205,6 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
             report.finish(&format!("failed: {e}"));
         }
     }
-    if !req.fixes.is_empty() && matches!(manifest.status, Status::Succeeded | Status::Leftovers) {
-        if let Some(still) = still_affected(&root, &manifest, &req.fixes).await {
-            manifest.status = Status::Failed;
-            manifest.error = Some(format!("patched, but the new image still holds {still}: the package repositories have no fix yet; nothing was rolled"));
-            report.finish(manifest.error.as_deref().unwrap_or_default());
-        }
-    }
     if req.roll && manifest.status.has_image() && !*cancel.borrow() {
         // A reused image may have been patched since: roll the newest image of the role then.
         let ami = if manifest.status == Status::Reused { None } else { manifest.images.get(&manifest.region).map(|i| i.ami_id.clone()) };
@@ -243,20 +236,6 @@ async fn bake_one(root: PathBuf, base: Aws, plan: Plan, req: Request, progress: 
         report.info(&format!("notification failed: {e}"));
     }
     manifest
-}
-
-/// What of `fixes` the new image's inventory still holds (`openssl 3.0.2-0ubuntu1.15 (below
-/// 3.0.13)`), if anything; an inventory that cannot be read counts as still affected.
-async fn still_affected(root: &Path, m: &Manifest, fixes: &[crate::inventory::Vulnerable]) -> Option<String> {
-    let Some(digest) = m.inventory.as_ref().map(|i| i.sha256.clone()) else { return Some("an unknown set of packages (no inventory)".into()) };
-    match crate::stages::inventory::load(root, &digest).await {
-        Ok(Some(inv)) => {
-            let hits = crate::audit::hits(&inv, fixes);
-            (!hits.is_empty()).then(|| hits.iter().map(|h| format!("{} {} (below {})", h.package, h.version, h.below)).collect::<Vec<_>>().join(", "))
-        }
-        Ok(None) => Some(format!("an unknown set of packages (its inventory {digest} is not found)")),
-        Err(e) => Some(format!("an unknown set of packages ({e})")),
-    }
 }
 
 pub async fn run(root: &Path, conn: &Connection, req: Request, plans: Vec<Plan>, progress: Progress) -> Vec<Manifest> {

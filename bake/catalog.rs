@@ -41,6 +41,9 @@ pub struct ImageInfo {
     /// When `bake prune` disabled it (`bake:retired-at`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retired_at: Option<String>,
+    /// When `bake prune --restore` brought it back: prune leaves it for `retire_after` from then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored_at: Option<String>,
     pub snapshots: Vec<String>,
     /// `group NAME`, `launch-template NAME vN`, `launch-configuration NAME`, `parameter NAME`
     pub used_by: Vec<String>,
@@ -104,8 +107,14 @@ async fn images(c: &Clients, role: Option<&str>, env: Option<&str>) -> Result<Ve
                 state: i.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
                 protection: i.deregistration_protection().unwrap_or("disabled").to_string(),
                 imds_support: i.imds_support().map(|s| s.as_str().to_string()),
-                // Only a disabled image is retiring (a restored one keeps the tag, unread).
-                retired_at: tag(i, crate::tags::RETIRED).filter(|_| i.state().map(|s| s.as_str()) == Some("disabled")).map(str::to_string),
+                // Only a disabled image is retiring; an available one may have been restored.
+                retired_at: tag(i, crate::tags::RETIRED)
+                    .filter(|v| i.state().map(|s| s.as_str()) == Some("disabled") && !v.starts_with(RESTORED))
+                    .map(str::to_string),
+                restored_at: tag(i, crate::tags::RETIRED)
+                    .and_then(|v| v.strip_prefix(RESTORED))
+                    .filter(|_| i.state().map(|s| s.as_str()) != Some("disabled"))
+                    .map(str::to_string),
                 snapshots: i.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string)).collect(),
                 used_by: Vec::new(),
             })
@@ -250,6 +259,9 @@ pub struct Decision {
     pub why: String,
 }
 
+/// How `bake:retired-at` marks an image `bake prune --restore` brought back: `restored <time>`.
+pub const RESTORED: &str = "restored ";
+
 /// When a retiring image may be deregistered: `retired_at` plus `retire_after`.
 fn retirement_ends(retired_at: &str, retire_after: std::time::Duration) -> Option<std::time::SystemTime> {
     let t = aws_smithy_types::DateTime::from_str(retired_at, aws_smithy_types::date_time::Format::DateTime).ok()?;
@@ -286,18 +298,26 @@ pub fn decide(
             let restore = if disabled { format!(" (and disabled: bake prune --restore {})", i.id) } else { String::new() };
             (Action::Keep, format!("in use by {}{restore}", i.used_by.join(", ")))
         } else if disabled {
+            let began = i.retired_at.as_deref().and_then(|r| retirement_ends(r, std::time::Duration::ZERO));
             match i.retired_at.as_deref().and_then(|r| retirement_ends(r, after)) {
+                // Written by a clock that ran ahead: begun again now, else it would never end.
+                _ if began.is_some_and(|b| b > now + std::time::Duration::from_secs(3600)) => {
+                    (Action::Retire, "its bake:retired-at is in the future (a clock ahead?): its retirement starts again now".to_string())
+                }
                 Some(end) if end <= now => (Action::Deregister, format!("retired {} ago or more, unused", crate::config::Secs(after.as_secs()))),
                 Some(end) => (Action::Keep, format!("retiring: disabled, deregistered after {} (bake prune --restore {} brings it back)", rfc3339(end), i.id)),
                 // Disabled by someone else: its retirement starts now.
                 None => (Action::Retire, "disabled outside bake, unused: retiring it from now".to_string()),
             }
+        } else if let Some(until) = i.restored_at.as_deref().and_then(|r| retirement_ends(r, after)).filter(|u| *u > now) {
+            (Action::Keep, format!("restored by bake prune --restore: kept until {}", rfc3339(until)))
         } else if *n <= k {
             (Action::Keep, format!("one of the newest {k}"))
         } else if let Some(days) = older_than_days.filter(|d| i.age_days < *d) {
             (Action::Keep, format!("younger than {days:.0} days"))
         } else {
-            (Action::Retire, format!("older than the newest {k}, unused: disabled now, deregistered after {}", crate::config::Secs(after.as_secs())))
+            let cooldown = if i.protection.starts_with("enabled-with-cooldown") { ", and once AWS's 24-hour protection cooldown has passed" } else { "" };
+            (Action::Retire, format!("older than the newest {k}, unused: disabled now, deregistered after {}{cooldown}", crate::config::Secs(after.as_secs())))
         };
         out.push(Decision { image: i, delete: action != Action::Keep, action, why });
     }
@@ -394,8 +414,9 @@ pub async fn restore(aws: &Aws, region: &str, image: &str) -> Result<bool> {
         Err(e) => return Err(Error::aws("ec2:DescribeImages", format!("image {image}"), region, &e)),
     };
     let Some(i) = r.images().first() else { return Ok(false) };
-    if tag(i, tags::COMPLETE) != Some("true") || tag(i, tags::MANAGED) != Some("true") {
-        return Err(Error::Other(format!("image {image} in {region} is not an image bake made (no bake:complete tag): bake restores only its own")));
+    // What prune retires (a finished bake image, `bake:complete`), it restores.
+    if tag(i, tags::COMPLETE) != Some("true") {
+        return Err(Error::Other(format!("image {image} in {region} is not an image bake made (no {}=true tag): bake restores only its own", tags::COMPLETE)));
     }
     if i.state().map(|s| s.as_str()) != Some("disabled") {
         return Err(Error::Other(format!(
@@ -403,9 +424,11 @@ pub async fn restore(aws: &Aws, region: &str, image: &str) -> Result<bool> {
             i.state().map(|s| s.as_str()).unwrap_or("in no known state")
         )));
     }
-    // Its bake:retired-at stays: it means something only on a disabled image, and a later
-    // retirement writes it again (so the operator needs no ec2:DeleteTags).
     c.ec2.enable_image().image_id(image).send().await.map_err(|e| Error::aws("ec2:EnableImage", format!("image {image}"), region, &e))?;
+    // Marked restored (the same tag, so the operator needs no ec2:DeleteTags): prune leaves it
+    // for a whole `retire_after` before it may retire it again.
+    let tag = aws_sdk_ec2::types::Tag::builder().key(tags::RETIRED).value(format!("{RESTORED}{}", crate::journal::now_rfc3339())).build();
+    c.ec2.create_tags().resources(image).tags(tag).send().await.map_err(|e| Error::aws("ec2:CreateTags", format!("image {image}"), region, &e))?;
     Ok(true)
 }
 

@@ -153,12 +153,46 @@ impl fmt::Display for Version {
     }
 }
 
-/// What `bake audit` looks for: a package below the version that fixes it (optionally for a CVE).
+/// What `bake audit` looks for: a package below the version that fixes it (optionally for a CVE),
+/// of one architecture when the spec names one (`libssl3:arm64<3.0.13`, as dpkg names packages).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vulnerable {
     pub package: String,
+    pub arch: Option<String>,
     pub fixed: Version,
     pub cve: Option<String>,
+}
+
+/// Why `v` is not a version as Debian policy writes them (dpkg refuses these), if it is not:
+/// `[epoch:]upstream[-revision]`, the epoch digits, the upstream starting with a digit, the
+/// revision not empty; only letters, digits and `.+~` (and `-`, `:` where they separate).
+/// https://www.debian.org/doc/debian-policy/ch-controlfields.html#version
+pub fn version_problem(v: &str) -> Option<String> {
+    let (epoch, rest) = match v.split_once(':') {
+        Some((e, r)) => (Some(e), r),
+        None => (None, v),
+    };
+    if let Some(e) = epoch {
+        if e.is_empty() || !e.bytes().all(|b| b.is_ascii_digit()) {
+            return Some("its epoch (before `:`) must be digits".into());
+        }
+    }
+    let (upstream, revision) = match rest.rsplit_once('-') {
+        Some((u, r)) => (u, Some(r)),
+        None => (rest, None),
+    };
+    if !upstream.starts_with(|c: char| c.is_ascii_digit()) {
+        return Some("its upstream version must start with a digit".into());
+    }
+    let ok = |s: &str, extra: &[u8]| s.bytes().all(|b| b.is_ascii_alphanumeric() || b".+~".contains(&b) || extra.contains(&b));
+    if !ok(upstream, b"-:") {
+        return Some("only letters, digits and . + ~ (and - or : where they separate) may appear in it".into());
+    }
+    match revision {
+        Some("") => Some("its revision (after the last `-`) is empty".into()),
+        Some(r) if !ok(r, b"") => Some("its revision may hold only letters, digits and . + ~".into()),
+        _ => None,
+    }
 }
 
 impl Vulnerable {
@@ -172,6 +206,11 @@ impl Vulnerable {
             return Err(format!("`{}`: write PACKAGE<VERSION (the first fixed version), e.g. openssl<3.0.13", crate::error::one_line(s)));
         };
         let (name, version) = (name.trim(), version.trim());
+        let (name, arch) = match name.split_once(':') {
+            Some((n, a)) if !a.is_empty() && a.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') => (n, Some(a.to_string())),
+            Some(_) => return Err(format!("`{}`: write PACKAGE or PACKAGE:ARCH (e.g. libssl3:arm64) before <", crate::error::one_line(s))),
+            None => (name, None),
+        };
         if version.starts_with('=') {
             return Err(format!(
                 "`{}`: write PACKAGE<VERSION with the first fixed version (below it is affected); <= is not a bound bake takes",
@@ -181,13 +220,18 @@ impl Vulnerable {
         if !crate::config::checks::debian_package(name) {
             return Err(format!("`{}`: `{}` is not a Debian package name", crate::error::one_line(s), crate::error::one_line(name)));
         }
+        if let Some(why) = version_problem(version) {
+            return Err(format!("`{}`: `{}` is not a Debian version: {why}", crate::error::one_line(s), crate::error::one_line(version)));
+        }
         let fixed = Version::from_str(version).map_err(|e| format!("`{}`: {e}", crate::error::one_line(s)))?;
-        Ok(Vulnerable { package: name.to_string(), fixed, cve: None })
+        Ok(Vulnerable { package: name.to_string(), arch, fixed, cve: None })
     }
 
     /// A file of them: one per line, `PACKAGE<VERSION [CVE-ID]`; `#` starts a comment.
     pub fn parse_file(text: &str, file: &str) -> Result<Vec<Vulnerable>, String> {
         let mut out = Vec::new();
+        // A byte-order mark some editors write is not part of the first line.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (n, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -215,18 +259,44 @@ impl Vulnerable {
 
     /// The installed versions of the package that are below the fixed version.
     pub fn affects<'a>(&self, inv: &'a Inventory) -> Vec<&'a Package> {
-        inv.versions(&self.package).into_iter().filter(|p| Version::from_str(&p.version).map(|v| v < self.fixed).unwrap_or(false)).collect()
+        inv.versions(&self.package)
+            .into_iter()
+            .filter(|p| self.arch.as_ref().is_none_or(|a| *a == p.arch))
+            .filter(|p| Version::from_str(&p.version).map(|v| v < self.fixed).unwrap_or(false))
+            .collect()
+    }
+}
+
+impl Vulnerable {
+    /// `PACKAGE[:ARCH]<VERSION`, without the CVE.
+    pub fn spec(&self) -> String {
+        match &self.arch {
+            Some(a) => format!("{}:{a}<{}", self.package, self.fixed),
+            None => format!("{}<{}", self.package, self.fixed),
+        }
     }
 }
 
 impl fmt::Display for Vulnerable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}<{}", self.package, self.fixed)?;
+        write!(f, "{}", self.spec())?;
         if let Some(c) = &self.cve {
             write!(f, " ({c})")?;
         }
         Ok(())
     }
+}
+
+/// Pure: what of `fixes` `inv` still holds below the fix, one phrase each
+/// (`openssl 3.0.2-0ubuntu1.15 (below openssl<3.0.13)`).
+pub fn still_below(inv: &Inventory, fixes: &[Vulnerable]) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in fixes {
+        for p in v.affects(inv) {
+            out.push(format!("{} {} (below {})", p.name, p.version, v.spec()));
+        }
+    }
+    out
 }
 
 /// Per package name, its versions: for showing what an image holds of the packages asked about.
@@ -268,7 +338,27 @@ mod tests {
         let s = Vulnerable::parse("openssl<3.0.13").unwrap();
         assert_eq!((s.package.as_str(), s.fixed.to_string().as_str()), ("openssl", "3.0.13"));
         assert_eq!(Vulnerable::parse(" libssl3 < 1:3.0.13-0ubuntu3 ").unwrap().fixed, v("1:3.0.13-0ubuntu3"));
-        for bad in ["openssl<=3.0.13", "openssl", "openssl>3", "<3.0", "Open_SSL<3", "openssl<", "openssl<3 0", "openssl<\n3", "*<1"] {
+        assert_eq!(Vulnerable::parse("libssl3:arm64<3.0.13").unwrap().arch.as_deref(), Some("arm64"));
+        assert!(Vulnerable::parse_file("\u{feff}openssl<3\n", "bom.txt").is_ok(), "a byte-order mark is not part of the name");
+        for bad in [
+            "openssl<1:",
+            "openssl<1-",
+            "openssl<a",
+            "openssl<3:",
+            "openssl<x:1",
+            "openssl<1.0-a_b",
+            "libssl3:<3",
+            "libssl3:AMD64<3",
+            "openssl<=3.0.13",
+            "openssl",
+            "openssl>3",
+            "<3.0",
+            "Open_SSL<3",
+            "openssl<",
+            "openssl<3 0",
+            "openssl<\n3",
+            "*<1",
+        ] {
             assert!(Vulnerable::parse(bad).is_err(), "{bad:?}");
         }
         let f = Vulnerable::parse_file("# advisories\nopenssl<3.0.13 CVE-2024-0727\n\nlibssl3<3.0.13  # same\n", "a.txt").unwrap();
@@ -290,6 +380,7 @@ mod tests {
         let s = Vulnerable::parse("libssl3<3.0.13").unwrap();
         let hit: Vec<&str> = s.affects(&inv).iter().map(|p| p.arch.as_str()).collect();
         assert_eq!(hit, ["amd64"], "only the architecture below the fix");
+        assert!(Vulnerable::parse("libssl3:i386<3.0.13").unwrap().affects(&inv).is_empty(), "of the architecture named");
         assert!(Vulnerable::parse("openssl<3.0.2-0ubuntu1.15").unwrap().affects(&inv).is_empty(), "equal is fixed");
         assert!(Vulnerable::parse("curl<9").unwrap().affects(&inv).is_empty(), "not installed is not affected");
         assert_eq!(inv.sha256(), parse(&doc).unwrap().sha256(), "the digest is stable");

@@ -490,6 +490,27 @@ async fn audit_finds_the_affected_images_and_patch_affected_patches_and_rolls_ex
     }
     assert_eq!(home["hits"][0]["version"], "3.0.2-0ubuntu1.15");
     assert!(r["unknown"].as_array().unwrap().is_empty(), "{r}");
+    // An inventory changed after bake wrote it is not read as something else: those images are
+    // not audited, and an audit that could not look at everything does not pass (exit 1).
+    let digest = www["inventory"]["sha256"].as_str().unwrap();
+    let kept = std::path::PathBuf::from(www["inventory"]["stored"][0].as_str().unwrap());
+    let original = std::fs::read_to_string(&kept).unwrap();
+    std::fs::write(&kept, original.replace("3.0.13-0ubuntu3", "9.9.9-0ubuntu1")).unwrap();
+    let out = bake(&sb, root, &["audit", "openssl<3.0.13", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(3), "kaiju's are still affected: {}", text(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let unknown = r["unknown"].as_array().unwrap();
+    assert_eq!(unknown.len(), 2, "www's image and its copy: {r}");
+    assert!(unknown[0]["why"].as_str().unwrap().contains("does not match its digest: it was changed after bake wrote it"), "{r}");
+    let out = bake(&sb, root, &["audit", "openssl<3.0.13", "--role", "www"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("2 image(s) could not be audited"), "{}", text(&out.stderr));
+    assert_eq!(bake(&sb, root, &["audit", "openssl<3.0.13", "--role", "www", "--ignore-unaudited"]).status.code(), Some(0));
+    std::fs::write(&kept, original).unwrap();
+    assert!(kept.ends_with(format!("{digest}.json")));
+    let out = bake(&sb, root, &["audit", "openssl<3.0.13", "--env", "prod"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no role has an environment `prod`"), "{}", text(&out.stderr));
     // Debian's order, not string order: equal is fixed, an epoch outranks, `~` sorts first.
     for (spec, code) in
         [("openssl<3.0.2-0ubuntu1.15", 0), ("openssl<3.0.2-0ubuntu1.15~", 0), ("openssl<1:1.0", 3), ("openssl<3.0.2-0ubuntu1.16", 3), ("curl<99", 3)]
@@ -547,6 +568,10 @@ async fn audit_finds_the_affected_images_and_patch_affected_patches_and_rolls_ex
     assert_eq!(p["status"], "failed");
     assert!(p["error"].as_str().unwrap().contains("still holds libssl3 3.0.2-0ubuntu1.15 (below libssl3<3.0.13)"), "{p}");
     assert!(p["roll"].is_null(), "not rolled");
+    assert!(p["images"].as_object().unwrap().is_empty() && p["parameters"].as_array().unwrap().is_empty(), "no image made, nothing published: {p}");
+    let ssm = aws_sdk_ssm::Client::new(&conf);
+    let param = ssm.get_parameter().name("/bake/kaiju/staging/ami-id").send().await.unwrap();
+    assert_eq!(param.parameter().unwrap().value(), Some(patched.as_str()), "the parameter still names the good patch");
     let g = asg.describe_auto_scaling_groups().auto_scaling_group_names("kaiju_staging").send().await.unwrap();
     let spec = g.auto_scaling_groups()[0].launch_template().unwrap();
     let v = ec2.describe_launch_template_versions().launch_template_id(&lt_id).versions(spec.version().unwrap()).send().await.unwrap();
@@ -628,6 +653,9 @@ async fn golden_images_are_protected_and_prune_retires_them_in_stages() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(&format!("restored {b1} in us-east-1")), "{}", text(&out.stdout));
     assert_eq!(ec2.describe_images().image_ids(&b1).send().await.unwrap().images().len(), 1);
+    let plan = json_ok(&bake(&sb, root, &["prune", "kaiju", "--env", "staging", "--keep", "1", "--plan", "--output", "json"]));
+    let b_now = plan["decisions"].as_array().unwrap().iter().find(|x| x["image"]["id"] == b1.as_str()).cloned().unwrap();
+    assert!(b_now["action"] == "keep" && b_now["why"].as_str().unwrap().starts_with("restored by bake prune --restore: kept until "), "{b_now}");
     for (arg, code, says) in [
         (b1.as_str(), 1, "is available, not disabled: there is nothing to restore"),
         ("ami-not-hex", 2, "is not an image id"),

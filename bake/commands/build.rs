@@ -274,6 +274,20 @@ fn patch_affected(g: &Global, a: &PatchArgs, spec: &str) -> ExitStatus {
         eprintln!("warning: {} in {} ({}/{}) is not audited: {}", u.id, u.region, u.role, u.env, u.why);
     }
     let targets = crate::audit::in_use(&report_of);
+    // An image in use that could not be audited may well hold it: never "nothing to patch".
+    let unaudited: Vec<String> = report_of
+        .unknown
+        .iter()
+        .filter(|u| crate::audit::running(&u.used_by))
+        .map(|u| format!("{} in {} ({}/{}: {})", u.id, u.region, u.role, u.env, u.why))
+        .collect();
+    if targets.is_empty() && !unaudited.is_empty() {
+        return failed(format!(
+            "{} image(s) in use could not be audited, so whether they hold {vuln} is unknown: {}; nothing was patched",
+            unaudited.len(),
+            unaudited.join("; ")
+        ));
+    }
     if targets.is_empty() {
         if g.output == Output::Json {
             out(&json(&serde_json::json!({"audit": report_of, "patches": []})));

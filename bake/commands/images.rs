@@ -51,6 +51,10 @@ pub struct AuditArgs {
     /// Only this env's images
     #[arg(long)]
     pub env: Option<String>,
+    /// Exit 0 (not 1) when nothing is affected though some images could not be audited (no
+    /// inventory: made before bake kept them, or kept on another machine)
+    #[arg(long)]
+    pub ignore_unaudited: bool,
 }
 
 #[derive(Args, Debug)]
@@ -98,6 +102,19 @@ fn scope(g: &Global, s: &Scope, default_region: Option<String>) -> Result<Where,
     let mut keep = std::collections::BTreeMap::new();
     let mut retire_after = std::collections::BTreeMap::new();
     let mut accounts: Vec<(crate::config::role::TargetAccount, std::collections::BTreeSet<String>)> = Vec::new();
+    if let Some(env) = &s.env {
+        let mut known = false;
+        for r in &roles {
+            known |= project.role(r)?.envs.iter().any(|e| e == env);
+        }
+        if !known {
+            let why = match &s.role {
+                Some(r) => format!("roles/{r}.toml has no environment `{}`", crate::error::one_line(env)),
+                None => format!("no role has an environment `{}`", crate::error::one_line(env)),
+            };
+            return Err(crate::config::Problem::new("(command line)", "--env", why).into());
+        }
+    }
     for r in &roles {
         let rf = project.role(r)?;
         for e in rf.envs.iter().filter(|e| s.env.as_ref().map(|x| x == *e).unwrap_or(true)) {
@@ -404,7 +421,7 @@ fn restore(g: &Global, a: &PruneArgs, ami: &str) -> ExitStatus {
         match rt.block_on(crate::catalog::restore(&aws, region, ami)) {
             Ok(true) => {
                 if !g.quiet {
-                    out(&format!("restored {ami} in {region}: enabled again, no longer retiring"));
+                    out(&format!("restored {ami} in {region}: enabled again; prune leaves it alone for image.retire_after"));
                 }
                 return ExitStatus::Success;
             }
@@ -512,19 +529,33 @@ pub fn audit(g: &Global, a: &AuditArgs) -> ExitStatus {
             for u in &r.unknown {
                 text.push_str(&format!("unknown: {} in {} ({}/{}): {}\n", u.id, u.region, u.role, u.env, u.why));
             }
+            // What was found, once each, a few named.
+            let mut found: Vec<&str> = r.affected.iter().flat_map(|a| a.hits.iter().map(|h| h.below.as_str())).collect();
+            found.sort();
+            found.dedup();
+            let named = if found.len() > 5 { format!("{} and {} more", found[..5].join(", "), found.len() - 5) } else { found.join(", ") };
             text.push_str(&format!(
-                "{} of {} image(s) hold {}{}",
+                "{} of {} image(s) hold a package below its fix{}{}",
                 r.affected.len(),
                 r.checked,
-                r.asked.join(", "),
-                if r.unknown.is_empty() { String::new() } else { format!("; {} not audited (no inventory)", r.unknown.len()) }
+                if found.is_empty() { String::new() } else { format!(" ({named})") },
+                if r.unknown.is_empty() { String::new() } else { format!("; {} not audited", r.unknown.len()) }
             ));
             out(&text);
         }
     }
-    if r.affected.is_empty() {
-        ExitStatus::Success
-    } else {
+    if !r.affected.is_empty() {
         ExitStatus::Affected
+    } else if !r.unknown.is_empty() && !a.ignore_unaudited {
+        eprintln!(
+            "error: nothing affected among the audited images, but {} image(s) could not be audited (first: {} in {}: {}); --ignore-unaudited accepts that",
+            r.unknown.len(),
+            r.unknown[0].id,
+            r.unknown[0].region,
+            r.unknown[0].why
+        );
+        ExitStatus::Failure
+    } else {
+        ExitStatus::Success
     }
 }

@@ -22,6 +22,9 @@ pub struct Options {
     /// `bake patch`: record the source image's lineage.
     pub patch: bool,
     pub git_sha: Option<String>,
+    /// `bake patch --affected`: what the builder must no longer hold once patched; checked in
+    /// its inventory before any image is made.
+    pub fixes: Vec<crate::inventory::Vulnerable>,
 }
 
 /// The builder's temporary identity (iam → launch).

@@ -49,6 +49,16 @@ pub async fn take(ctx: &mut Baking, builder: &Builder) -> Result<()> {
     }
     let text = String::from_utf8(doc).map_err(|_| Error::Other(format!("{what}: it is not UTF-8 text")))?;
     let inv = inventory::parse(&text).map_err(|e| Error::Other(format!("{what}: {e}")))?;
+    // A patch that was to fix something (`bake patch --affected`) and did not: no image is made,
+    // nothing is published or rolled.
+    let still = crate::inventory::still_below(&inv, &ctx.opts.fixes);
+    if !still.is_empty() {
+        return Err(Error::Other(format!(
+            "patched, but builder {} still holds {}: the package repositories have no fix yet; no image was made, nothing published or rolled",
+            builder.instance,
+            still.join(", ")
+        )));
+    }
     let digest = inv.sha256();
     let stored = store(ctx, &inv, &digest).await?;
     ctx.report.info(&format!("inventory: {} packages, kernel {}, {} container images (sha256 {digest})", inv.packages.len(), inv.kernel, inv.containers.len()));
@@ -83,25 +93,45 @@ async fn store(ctx: &Baking, inv: &Inventory, digest: &str) -> Result<Vec<String
 }
 
 /// Reads the inventory `digest` names: this machine's copy, else the shared state's. None when
-/// neither has it.
+/// neither has it. A digest that is not a sha256 (a forged or broken `bake:inventory` tag) and a
+/// copy that does not hash to its digest (changed since bake wrote it) are errors, never read as
+/// something else: the caller says the image could not be audited.
 pub async fn load(root: &std::path::Path, digest: &str) -> Result<Option<Inventory>> {
-    let parse =
-        |bytes: &[u8], from: &str| serde_json::from_slice::<Inventory>(bytes).map_err(|e| Error::Other(format!("the inventory {from} cannot be read: {e}")));
-    let path = local_path(root, digest);
-    if let Ok(bytes) = std::fs::read(&path) {
-        let inv = parse(&bytes, &path.display().to_string())?;
-        if inv.sha256() == digest {
-            return Ok(Some(inv));
+    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        return Err(Error::Other(format!("its {} tag `{}` is not a sha256", crate::tags::INVENTORY, crate::error::one_line(digest))));
+    }
+    let read = |bytes: &[u8], from: &str| -> Result<Inventory> {
+        let inv: Inventory = serde_json::from_slice(bytes).map_err(|e| Error::Other(format!("its inventory {from} cannot be read: {e}")))?;
+        if inv.sha256() != digest {
+            return Err(Error::Other(format!("its inventory {from} does not match its digest: it was changed after bake wrote it")));
         }
+        Ok(inv)
+    };
+    let path = local_path(root, digest);
+    let local = std::fs::read(&path).ok().map(|bytes| read(&bytes, &path.display().to_string()));
+    if let Some(Ok(inv)) = local {
+        return Ok(Some(inv));
     }
     if let Some(r) = crate::remote::get() {
         if let Some((bytes, _)) = r.read(&remote_key(digest)).await? {
-            let inv = parse(&bytes, &r.url(&remote_key(digest)))?;
-            if inv.sha256() != digest {
-                return Err(Error::Other(format!("the inventory {} does not match its digest {digest}", r.url(&remote_key(digest)))));
-            }
-            return Ok(Some(inv));
+            return read(&bytes, &r.url(&remote_key(digest))).map(Some);
         }
     }
-    Ok(None)
+    match local {
+        Some(Err(e)) => Err(e),
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_digest_that_is_not_a_sha256_is_never_read_as_a_path() {
+        let dir = std::env::temp_dir();
+        for forged in ["../../../etc/passwd", "", "AB", &"A".repeat(64), &format!("{}/", "a".repeat(63))] {
+            let e = super::load(&dir, forged).await.unwrap_err().to_string();
+            assert!(e.contains("is not a sha256"), "{forged:?}: {e}");
+        }
+        assert!(super::load(&dir, &"0".repeat(64)).await.unwrap().is_none());
+    }
 }
