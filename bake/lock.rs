@@ -37,15 +37,21 @@ struct RemoteHeld {
 static HELD: std::sync::Mutex<Vec<Shared>> = std::sync::Mutex::new(Vec::new());
 
 fn release(s: &Shared) {
-    let Ok(guard) = s.state.try_lock() else { return };
-    let etag = guard.1.clone();
-    drop(guard);
-    if let Some(r) = crate::remote::get() {
-        let delete = async { tokio::time::timeout(Duration::from_secs(5), r.delete_if(&s.key, &etag)).await.unwrap_or(Ok(false)) };
-        // Released only if still ours (a lock taken over after an expired lease is not).
-        if let Err(e) = crate::remote::block_on(delete) {
-            eprintln!("warning: could not release the lock {}: {e}; it frees itself when its lease ends", r.url(&s.key));
-        }
+    let Some(r) = crate::remote::get() else { return };
+    // A renewal may be writing the lock right now (on another thread, or aborted but not yet
+    // stopped): wait for it, and hold the lock's state until the delete is done, so that no
+    // renewal comes in between. Released only if still ours (a lock taken over after an expired
+    // lease is not).
+    let done = crate::remote::block_on(async {
+        let g = tokio::time::timeout(Duration::from_secs(5), s.state.lock())
+            .await
+            .map_err(|_| crate::error::Error::Other("a renewal of it did not finish".into()))?;
+        tokio::time::timeout(Duration::from_secs(5), r.delete_if(&s.key, &g.1))
+            .await
+            .map_err(|_| crate::error::Error::Other("S3 did not answer within 5 s".into()))?
+    });
+    if let Err(e) = done {
+        eprintln!("warning: could not release the lock {}: {e}; it frees itself when its lease ends", r.url(&s.key));
     }
 }
 
