@@ -335,8 +335,15 @@ impl Clients {
 
     /// Images matching `filters`, owned by `owners` (any owner when empty).
     pub async fn images(&self, what: &str, owners: &[String], filters: Vec<Ec2Filter>) -> Result<Vec<aws_sdk_ec2::types::Image>> {
+        self.images_with(what, owners, filters, false).await
+    }
+
+    /// [`Clients::images`], disabled images included when asked (DescribeImages leaves them out
+    /// unless `IncludeDisabled`).
+    pub async fn images_with(&self, what: &str, owners: &[String], filters: Vec<Ec2Filter>, include_disabled: bool) -> Result<Vec<aws_sdk_ec2::types::Image>> {
         self.ec2
             .describe_images()
+            .include_disabled(include_disabled)
             .set_owners(Some(owners.to_vec()).filter(|o| !o.is_empty()))
             .set_filters(Some(filters))
             .into_paginator()

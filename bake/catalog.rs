@@ -72,18 +72,7 @@ async fn images(c: &Clients, role: Option<&str>, env: Option<&str>) -> Result<Ve
         filters.push(Filter::builder().name(format!("tag:{}", tags::ENV)).values(e).build());
     }
     // Disabled images too: those `bake prune` is retiring.
-    let found: Vec<Image> = c
-        .ec2
-        .describe_images()
-        .owners("self")
-        .include_disabled(true)
-        .set_filters(Some(filters))
-        .into_paginator()
-        .items()
-        .send()
-        .try_collect()
-        .await
-        .map_err(|e| Error::aws("ec2:DescribeImages", "bake's images", &c.region, &e))?;
+    let found = c.images_with("bake's images", &["self".to_string()], filters, true).await?;
     found
         .iter()
         .map(|i| {

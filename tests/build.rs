@@ -1019,6 +1019,9 @@ impl S3 {
     fn put(&self, bucket: &str, key: &str, body: &Value) {
         self.rt.block_on(self.client.put_object().bucket(bucket).key(key).body(body.to_string().into_bytes().into()).send()).unwrap();
     }
+    fn delete(&self, bucket: &str, key: &str) {
+        self.rt.block_on(self.client.delete_object().bucket(bucket).key(key).send()).unwrap();
+    }
     fn get(&self, bucket: &str, key: &str) -> Value {
         let o = self.rt.block_on(self.client.get_object().bucket(bucket).key(key).send()).unwrap();
         serde_json::from_slice(&self.rt.block_on(o.body.collect()).unwrap().into_bytes()).unwrap()
@@ -1255,12 +1258,8 @@ fn a_run_that_loses_its_shared_lock_stops_and_cleans_up() {
     let before = live(&sb);
     sb.control("POST", "/_sandbox/ssm/outcomes", Some(json!({"outcomes": [{"match": "cookbook=base step=updates", "duration": 600}]})));
     let (child, _) = spawn_until(&sb, dir.path(), &["build", "kaiju", "--env", "staging"], "base/updates");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let conf = sb.sdk_config("us-east-1").await;
-        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build());
-        s3.delete_object().bucket("bake-state").key("team/locks/kaiju/staging.json").send().await.unwrap();
-    });
+    let s3 = S3::new(&sb);
+    s3.delete("bake-state", "team/locks/kaiju/staging.json");
     let out = child.wait_with_output().unwrap();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
@@ -1271,11 +1270,7 @@ fn a_run_that_loses_its_shared_lock_stops_and_cleans_up() {
     let (child, _) = spawn_until(&sb, dir.path(), &["build", "kaiju", "--env", "staging"], "base/updates");
     signal(&child, libc::SIGINT);
     std::thread::sleep(Duration::from_millis(300));
-    rt.block_on(async {
-        let conf = sb.sdk_config("us-east-1").await;
-        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build());
-        s3.delete_object().bucket("bake-state").key("team/locks/kaiju/staging.json").send().await.unwrap();
-    });
+    s3.delete("bake-state", "team/locks/kaiju/staging.json");
     let out = child.wait_with_output().unwrap();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");

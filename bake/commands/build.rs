@@ -213,20 +213,10 @@ pub fn patch(g: &Global, a: &PatchArgs) -> ExitStatus {
     let conn = super::connection(g);
     let parent = match &a.from {
         Some(a) => a.clone(),
-        None => {
-            let r = rt.block_on(async {
-                let aws = crate::aws::Aws::load(&conn).await;
-                let region = g.region.clone().or_else(|| base.builder.spec.region.clone()).or_else(|| aws.default_region());
-                match region {
-                    Some(region) => crate::roll::newest_image_of(&aws.clients(&region), role, env, arch.as_deref()).await,
-                    None => Err(crate::error::Error::Other("no region: give --region, set builder.region in the role, or configure AWS_REGION".into())),
-                }
-            });
-            match r {
-                Ok(a) => a,
-                Err(e) => return failed(e),
-            }
-        }
+        None => match rt.block_on(newest_image(g, &conn, &base, role, env, arch.as_deref())) {
+            Ok(a) => a,
+            Err(e) => return failed(e),
+        },
     };
     let plan = match crate::patch::plan(&project, role, env, arch.as_deref(), &vars, &what, &parent, &a.cves) {
         Ok(p) => p,
@@ -305,17 +295,7 @@ fn patch_affected(g: &Global, a: &PatchArgs, spec: &str) -> ExitStatus {
             Err(p) => return problems(&p),
         };
         let Some(base) = base else { return failed(format!("roles/{role}.toml has no plan for {env}")) };
-        let parent = rt.block_on(async {
-            let aws = crate::aws::Aws::load(&conn).await;
-            let region = g.region.clone().or_else(|| base.builder.spec.region.clone()).or_else(|| aws.default_region());
-            match region {
-                Some(region) => crate::roll::newest_image_of(&aws.clients(&region), role, env, arch.as_deref()).await,
-                None => {
-                    Err(crate::error::Error::Other(format!("{role}/{env}: no region: give --region, set builder.region in the role, or configure AWS_REGION")))
-                }
-            }
-        });
-        let parent = match parent {
+        let parent = match rt.block_on(newest_image(g, &conn, &base, role, env, arch.as_deref())) {
             Ok(p) => p,
             Err(e) => return failed(e),
         };
@@ -341,6 +321,23 @@ fn patch_affected(g: &Global, a: &PatchArgs, spec: &str) -> ExitStatus {
         return conclude(&manifests);
     }
     report(g, &manifests, None)
+}
+
+/// The newest image bake made for `role`/`env` (and `arch`) where it builds: what a patch starts
+/// from.
+async fn newest_image(
+    g: &Global,
+    conn: &crate::aws::Connection,
+    base: &crate::plan::Plan,
+    role: &str,
+    env: &str,
+    arch: Option<&str>,
+) -> crate::error::Result<String> {
+    let aws = crate::aws::Aws::load(conn).await;
+    match g.region.clone().or_else(|| base.builder.spec.region.clone()).or_else(|| aws.default_region()) {
+        Some(region) => crate::roll::newest_image_of(&aws.clients(&region), role, env, arch).await,
+        None => Err(crate::error::Error::Other(format!("{role}/{env}: no region: give --region, set builder.region in the role, or configure AWS_REGION"))),
+    }
 }
 
 fn report(g: &Global, manifests: &[Manifest], manifest_file: Option<&std::path::Path>) -> ExitStatus {

@@ -467,7 +467,14 @@ fn vulnerabilities(a: &AuditArgs) -> Result<Vec<crate::inventory::Vulnerable>, S
         out.push(v);
     }
     if let Some(f) = &a.file {
-        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: cannot read it: {e}", f.display()))?;
+        // At most 16 MiB (a device such as /dev/zero never ends): plenty for advisories.
+        const MAX: u64 = 16 << 20;
+        let file = std::fs::File::open(f).map_err(|e| format!("{}: cannot read it: {e}", f.display()))?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX + 1), &mut text).map_err(|e| format!("{}: cannot read it: {e}", f.display()))?;
+        if text.len() as u64 > MAX {
+            return Err(format!("{}: more than {} MiB; an advisory file is a list of PACKAGE<VERSION lines", f.display(), MAX >> 20));
+        }
         out.extend(Vulnerable::parse_file(&text, &f.display().to_string())?);
     }
     if out.is_empty() {
