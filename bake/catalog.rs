@@ -323,7 +323,9 @@ pub async fn remove(aws: &Aws, i: &ImageInfo) -> Result<Removal> {
     if i.protection.starts_with("enabled") {
         unprotect(&c, &i.id).await?;
     }
-    if let Some(until) = cooldown(&c, &i.id).await? {
+    // Listed unprotected with no cooldown running: nothing to wait for, no second look.
+    let maybe_protected = i.protection != "disabled";
+    if let Some(until) = if maybe_protected { cooldown(&c, &i.id).await? } else { None } {
         return Ok(Removal::Protected(until));
     }
     let gone = crate::stages::teardown::delete(aws, &Resource::new(Kind::Image, &i.id, &i.region), None).await?;

@@ -177,7 +177,7 @@ pub async fn find_orphans(aws: &Aws, root: &Path, regions: &[String], older_than
     // Which bakes run: here, by this machine's journals; with shared state, anywhere, by a lock
     // whose lease is current held by the process the bake's shared journal names.
     let mut running: BTreeMap<String, String> = running(root).into_iter().map(|id| (id, "here".to_string())).collect();
-    if let Some(remote) = crate::remote::get() {
+    if let Some(remote) = crate::remote::get().filter(|_| !found.is_empty()) {
         let ids: BTreeSet<String> =
             found.iter().filter_map(|(_, tags, _)| tags.get(crate::tags::ID)).filter(|id| BakeId::parse(id).is_some()).cloned().collect();
         let held = remote.held().await?;

@@ -115,26 +115,7 @@ async fn a_patch_rolls_with_the_roles_patch_preferences_and_a_roll_waits_for_a_r
     let conf = sb.sdk_config("us-east-1").await;
     let ec2 = aws_sdk_ec2::Client::new(&conf);
     let asg = aws_sdk_autoscaling::Client::new(&conf);
-    let lt = ec2
-        .create_launch_template()
-        .launch_template_name("kaiju")
-        .tag_specifications(common::opted_in_template("kaiju", "staging"))
-        .launch_template_data(ec2_t::RequestLaunchTemplateData::builder().image_id(&g).instance_type(ec2_t::InstanceType::T3Small).build())
-        .send()
-        .await
-        .unwrap();
-    let lt_id = lt.launch_template().unwrap().launch_template_id().unwrap().to_string();
-    asg.create_auto_scaling_group()
-        .auto_scaling_group_name("kaiju_staging")
-        .set_tags(Some(common::opted_in_group("kaiju_staging", "kaiju", "staging")))
-        .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(&lt_id).version("1").build())
-        .min_size(0)
-        .max_size(4)
-        .desired_capacity(2)
-        .availability_zones("us-east-1a")
-        .send()
-        .await
-        .unwrap();
+    kaiju_group(&ec2, &asg, &g).await;
     let p = json_ok(&bake(&sb, root, &["patch", "kaiju", "--env", "staging", "--packages", "openssl", "--roll", "--output", "json"]));
     let patch = p["images"]["us-east-1"]["ami_id"].as_str().unwrap().to_string();
     assert_eq!(p["roll"]["status"], "succeeded");
@@ -176,6 +157,32 @@ async fn a_patch_rolls_with_the_roles_patch_preferences_and_a_roll_waits_for_a_r
     assert!(text(&out.stderr).contains("waiting for bake patch kaiju/staging by "), "{}", text(&out.stderr));
     let p3: Value = serde_json::from_str(&std::fs::read_to_string(root.join("p3.json")).unwrap()).unwrap();
     assert_eq!(json_ok(&out)["ami"], p3["images"]["us-east-1"]["ami_id"], "the roll rolled what the patch made");
+}
+
+/// kaiju/staging's team fleet on `image`: an opted-in launch template `kaiju` and a two-instance
+/// group `kaiju_staging` on its version 1. The template's id.
+async fn kaiju_group(ec2: &aws_sdk_ec2::Client, asg: &aws_sdk_autoscaling::Client, image: &str) -> String {
+    let lt = ec2
+        .create_launch_template()
+        .launch_template_name("kaiju")
+        .tag_specifications(common::opted_in_template("kaiju", "staging"))
+        .launch_template_data(ec2_t::RequestLaunchTemplateData::builder().image_id(image).instance_type(ec2_t::InstanceType::T3Small).build())
+        .send()
+        .await
+        .unwrap();
+    let lt_id = lt.launch_template().unwrap().launch_template_id().unwrap().to_string();
+    asg.create_auto_scaling_group()
+        .auto_scaling_group_name("kaiju_staging")
+        .set_tags(Some(common::opted_in_group("kaiju_staging", "kaiju", "staging")))
+        .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(&lt_id).version("1").build())
+        .min_size(0)
+        .max_size(4)
+        .desired_capacity(2)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .unwrap();
+    lt_id
 }
 
 /// An image that looks like one bake made (in `ec2`'s region), one second after the last.
@@ -455,26 +462,7 @@ async fn audit_finds_the_affected_images_and_patch_affected_patches_and_rolls_ex
     assert_ne!(kaiju["inventory"]["sha256"], www["inventory"]["sha256"]);
     let conf = sb.sdk_config("us-east-1").await;
     let (ec2, asg) = (aws_sdk_ec2::Client::new(&conf), aws_sdk_autoscaling::Client::new(&conf));
-    let lt = ec2
-        .create_launch_template()
-        .launch_template_name("kaiju")
-        .tag_specifications(common::opted_in_template("kaiju", "staging"))
-        .launch_template_data(ec2_t::RequestLaunchTemplateData::builder().image_id(&k).instance_type(ec2_t::InstanceType::T3Small).build())
-        .send()
-        .await
-        .unwrap();
-    let lt_id = lt.launch_template().unwrap().launch_template_id().unwrap().to_string();
-    asg.create_auto_scaling_group()
-        .auto_scaling_group_name("kaiju_staging")
-        .set_tags(Some(common::opted_in_group("kaiju_staging", "kaiju", "staging")))
-        .launch_template(asg_t::LaunchTemplateSpecification::builder().launch_template_id(&lt_id).version("1").build())
-        .min_size(0)
-        .max_size(4)
-        .desired_capacity(2)
-        .availability_zones("us-east-1a")
-        .send()
-        .await
-        .unwrap();
+    let lt_id = kaiju_group(&ec2, &asg, &k).await;
 
     // The audit: exactly kaiju's image, with what uses it; exit 3.
     let out = bake(&sb, root, &["audit", "openssl<3.0.13", "--output", "json"]);
