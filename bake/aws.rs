@@ -343,7 +343,7 @@ impl Clients {
     pub async fn images_with(&self, what: &str, owners: &[String], filters: Vec<Ec2Filter>, include_disabled: bool) -> Result<Vec<aws_sdk_ec2::types::Image>> {
         self.ec2
             .describe_images()
-            .include_disabled(include_disabled)
+            .set_include_disabled(include_disabled.then_some(true))
             .set_owners(Some(owners.to_vec()).filter(|o| !o.is_empty()))
             .set_filters(Some(filters))
             .into_paginator()
